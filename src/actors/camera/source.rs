@@ -1,0 +1,370 @@
+//! The camera's decode thread: open the stream, decode, sample to the camera's rate, letterbox
+//! straight into the model layout and hand frames to the device; reconnect with capped backoff.
+//!
+//! Timestamps from the container are not trusted (some files carry broken ones, e.g. a frame rate
+//! of 214748359/3579125): sampling counts frames against the stream's nominal rate, pacing of
+//! replayed files follows the same count, and capture time is the wall clock at decode.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use ffmpeg_next as ffmpeg;
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling;
+
+use super::spec::RtspTransport;
+use super::status::{CameraStatus, StreamState};
+use crate::actors::gpu::batch::{PushOutcome, Queued};
+use crate::actors::messages::{CameraId, Frame};
+use crate::detector::Letterbox;
+use crate::metrics::Metrics;
+use crate::supervision::Backoff;
+
+/// Rate assumed for a stream whose container rate is missing or implausible.
+pub const FALLBACK_SOURCE_FPS: f64 = 30.0;
+
+/// Where decoded frames go: the camera's queue on its device.
+pub trait FrameSink: Send {
+    /// Never blocks a live camera; a replay waits for room unless `cancelled()` turns true.
+    fn push(&self, item: Queued, cancelled: &dyn Fn() -> bool) -> PushOutcome;
+}
+
+#[derive(Clone)]
+pub struct SourceConfig {
+    pub camera_id: CameraId,
+    /// May carry credentials: never log it, use `redact_url`.
+    pub url: String,
+    pub is_file: bool,
+    pub fps: f64,
+    pub looping: bool,
+    /// Pace file sources at their own rate.
+    pub realtime: bool,
+    pub rtsp_transport: RtspTransport,
+    pub input_size: u32,
+    pub read_timeout: Duration,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    /// Give up after a failure once this many retries failed (`analyze`: 0); `None` retries for ever.
+    pub max_retries: Option<u32>,
+}
+
+pub struct SourceHandle {
+    stop: Arc<AtomicBool>,
+    _thread: JoinHandle<()>,
+}
+
+impl SourceHandle {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn spawn(config: SourceConfig, status: Arc<CameraStatus>, sink: Box<dyn FrameSink>, metrics: Arc<Metrics>) -> SourceHandle {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("decode-{}", config.camera_id))
+        .spawn(move || Streamer { config, status, sink, metrics, stop: thread_stop, seq: 0 }.run())
+        .expect("spawning a decode thread");
+    SourceHandle { stop, _thread: thread }
+}
+
+enum RunEnd {
+    /// End of a file.
+    EndOfFile,
+    /// Asked to stop, or the device no longer takes this camera.
+    Stopped,
+}
+
+struct Streamer {
+    config: SourceConfig,
+    status: Arc<CameraStatus>,
+    sink: Box<dyn FrameSink>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    /// Sampled-frame number, continuing across reconnects and loops.
+    seq: u64,
+}
+
+impl Streamer {
+    fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        while !self.stopped() {
+            self.status.set_state(StreamState::Connecting, None);
+            let seq_before = self.seq;
+            // A panic in FFmpeg glue or in our code becomes a failed attempt, not a dead camera.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_once()))
+                .unwrap_or_else(|panic| Err(format!("decode panicked: {}", panic_message(&panic))));
+            if self.seq > seq_before {
+                backoff.reset();
+            }
+            match result {
+                Ok(RunEnd::Stopped) => return,
+                Ok(RunEnd::EndOfFile) if self.config.looping && self.seq > seq_before => continue,
+                Ok(RunEnd::EndOfFile) => {
+                    self.status.set_state(StreamState::Ended, None);
+                    self.sink.push(Queued::End, &|| self.stopped());
+                    return;
+                }
+                Err(error) => {
+                    let error = sanitize(&error, &self.config.url);
+                    tracing::warn!(camera = %self.config.camera_id, %error, "stream failed");
+                    if self.config.max_retries.is_some_and(|max| backoff.failures() >= max) {
+                        self.status.set_state(StreamState::Failed, Some(error));
+                        self.sink.push(Queued::End, &|| self.stopped());
+                        return;
+                    }
+                    self.status.set_state(StreamState::BackingOff, Some(error));
+                    self.status.reconnects.inc();
+                    self.sleep(backoff.next_delay());
+                }
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps in short steps so a stop request is honoured quickly.
+    fn sleep(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        while !self.stopped() {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    fn run_once(&mut self) -> Result<RunEnd, String> {
+        let opened = Instant::now();
+        let last_activity = Arc::new(AtomicU64::new(0));
+        let interrupt = {
+            let stop = self.stop.clone();
+            let last_activity = last_activity.clone();
+            let timeout_ms = self.config.read_timeout.as_millis() as u64;
+            move || {
+                let idle = (opened.elapsed().as_millis() as u64).saturating_sub(last_activity.load(Ordering::Relaxed));
+                stop.load(Ordering::SeqCst) || idle > timeout_ms
+            }
+        };
+        let mut options = ffmpeg::Dictionary::new();
+        if !self.config.is_file && self.config.url.starts_with("rtsp") {
+            let transport = match self.config.rtsp_transport {
+                RtspTransport::Tcp => "tcp",
+                RtspTransport::Udp => "udp",
+            };
+            options.set("rtsp_transport", transport);
+        }
+        let mut input = ffmpeg::format::input_with_interrupt_and_dictionary(&self.config.url, interrupt, options)
+            .map_err(|e| format!("cannot open stream: {e}"))?;
+        let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or("no video stream")?;
+        let stream_index = stream.index();
+        let source_fps = plausible_rate(stream.avg_frame_rate()).or_else(|| plausible_rate(stream.rate())).unwrap_or(FALLBACK_SOURCE_FPS);
+        let mut decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+            .and_then(|c| c.decoder().video())
+            .map_err(|e| format!("cannot decode stream: {e}"))?;
+
+        let sampler = Sampler::new(source_fps, self.config.fps);
+        let pace = (self.config.is_file && self.config.realtime).then(Instant::now);
+        let mut converter: Option<Converter> = None;
+        let mut decoded = ffmpeg::frame::Video::empty();
+        let mut packet = ffmpeg::Packet::empty();
+        let mut frame_index: u64 = 0;
+        let mut at_eof = false;
+        // Decoder time since the last kept frame: sampled-out frames cost the next kept one.
+        let mut decode_time = Duration::ZERO;
+        loop {
+            if self.stopped() {
+                return Ok(RunEnd::Stopped);
+            }
+            if !at_eof {
+                last_activity.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+                match packet.read(&mut input) {
+                    Ok(()) if packet.stream() != stream_index => continue,
+                    Ok(()) => {
+                        let started = Instant::now();
+                        // A corrupt packet is skipped; the decoder resyncs at the next key frame.
+                        let _ = decoder.send_packet(&packet);
+                        decode_time += started.elapsed();
+                    }
+                    Err(ffmpeg::Error::Eof) => {
+                        at_eof = true;
+                        let _ = decoder.send_eof();
+                    }
+                    Err(ffmpeg::Error::InvalidData) => continue,
+                    Err(_) if self.stopped() => return Ok(RunEnd::Stopped),
+                    Err(e) => return Err(format!("read failed: {e}")),
+                }
+            }
+            let mut got_frame = false;
+            loop {
+                let started = Instant::now();
+                if decoder.receive_frame(&mut decoded).is_err() {
+                    break;
+                }
+                decode_time += started.elapsed();
+                got_frame = true;
+                self.status.decoded.inc();
+                if self.status.state() != StreamState::Streaming {
+                    self.status.set_state(StreamState::Streaming, None);
+                }
+                let index = frame_index;
+                frame_index += 1;
+                if !sampler.keep(index) {
+                    continue;
+                }
+                if let Some(start) = pace {
+                    let due = start + Duration::from_secs_f64(index as f64 / source_fps);
+                    self.sleep(due.saturating_duration_since(Instant::now()));
+                }
+                let captured = Instant::now();
+                let captured_at = SystemTime::now();
+                let convert_started = Instant::now();
+                let conv = match &mut converter {
+                    Some(c) if c.fits(&decoded) => c,
+                    slot => slot.insert(Converter::new(&decoded, self.config.input_size)?),
+                };
+                let (pixels, letterbox) = conv.convert(&decoded)?;
+                self.metrics.stages.decode.record(std::mem::take(&mut decode_time) + convert_started.elapsed());
+                let frame = Frame {
+                    camera_id: self.config.camera_id.clone(),
+                    seq: self.seq,
+                    captured_at,
+                    captured,
+                    pixels,
+                    letterbox,
+                };
+                self.seq += 1;
+                match self.sink.push(Queued::Frame(frame), &|| self.stopped()) {
+                    PushOutcome::Queued | PushOutcome::Full => {}
+                    PushOutcome::DroppedOldest => {
+                        self.status.dropped.inc();
+                    }
+                    PushOutcome::Detached => return Ok(RunEnd::Stopped),
+                }
+            }
+            if at_eof && !got_frame {
+                return Ok(RunEnd::EndOfFile);
+            }
+        }
+    }
+}
+
+/// A container frame rate we believe: a whole number, or an NTSC-style n/1001, in 1..=240 fps.
+fn plausible_rate(rate: ffmpeg::Rational) -> Option<f64> {
+    let (num, den) = (rate.numerator(), rate.denominator());
+    if num <= 0 || !(den == 1 || den == 1001) {
+        return None;
+    }
+    let fps = num as f64 / den as f64;
+    (1.0..=240.0).contains(&fps).then_some(fps)
+}
+
+/// Keeps frames so that `target` of every `source` per second pass, evenly spread.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampler {
+    ratio: f64,
+}
+
+impl Sampler {
+    pub fn new(source_fps: f64, target_fps: f64) -> Self {
+        Self { ratio: (target_fps / source_fps).min(1.0) }
+    }
+
+    pub fn keep(&self, index: u64) -> bool {
+        let slot = |i: u64| (i as f64 * self.ratio).floor() as u64;
+        index == 0 || slot(index + 1) > slot(index)
+    }
+}
+
+/// Scales decoded frames to the letterboxed size in BGR and lays them out as model input.
+struct Converter {
+    scaler: scaling::Context,
+    letterbox: Letterbox,
+    format: Pixel,
+    bgr: ffmpeg::frame::Video,
+    planar: Vec<u8>,
+}
+
+// The scaler holds raw FFmpeg pointers; it is created and used on the decode thread only.
+unsafe impl Send for Converter {}
+
+impl Converter {
+    fn new(frame: &ffmpeg::frame::Video, input_size: u32) -> Result<Self, String> {
+        let letterbox = Letterbox::new(frame.width(), frame.height(), input_size);
+        let (w, h) = letterbox.scaled_size();
+        let scaler = scaling::Context::get(frame.format(), frame.width(), frame.height(), Pixel::BGR24, w, h, scaling::Flags::BILINEAR)
+            .map_err(|e| format!("cannot scale {}x{} {:?}: {e}", frame.width(), frame.height(), frame.format()))?;
+        Ok(Self { scaler, letterbox, format: frame.format(), bgr: ffmpeg::frame::Video::empty(), planar: Vec::new() })
+    }
+
+    fn fits(&self, frame: &ffmpeg::frame::Video) -> bool {
+        frame.width() == self.letterbox.src_width && frame.height() == self.letterbox.src_height && frame.format() == self.format
+    }
+
+    fn convert(&mut self, frame: &ffmpeg::frame::Video) -> Result<(Bytes, Letterbox), String> {
+        self.scaler.run(frame, &mut self.bgr).map_err(|e| format!("scaling failed: {e}"))?;
+        self.letterbox.write_planar(self.bgr.data(0), self.bgr.stride(0), &mut self.planar);
+        Ok((Bytes::from(std::mem::take(&mut self.planar)), self.letterbox))
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Error text with the camera URL (and so any password in it) removed.
+fn sanitize(error: &str, url: &str) -> String {
+    let mut out = error.replace(url, "<camera url>");
+    if let Ok(parsed) = url::Url::parse(url) {
+        if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
+            out = out.replace(password, "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(source: f64, target: f64, n: u64) -> Vec<u64> {
+        let s = Sampler::new(source, target);
+        (0..n).filter(|&i| s.keep(i)).collect()
+    }
+
+    #[test]
+    fn sampling_spreads_frames_evenly() {
+        assert_eq!(kept(30.0, 15.0, 8), vec![0, 1, 3, 5, 7]);
+        assert_eq!(kept(30.0, 30.0, 5), vec![0, 1, 2, 3, 4]);
+        assert_eq!(kept(25.0, 60.0, 3), vec![0, 1, 2], "never more than the source");
+        assert_eq!(kept(30.0, 10.0, 30).len(), 10);
+    }
+
+    #[test]
+    fn implausible_container_rates_are_ignored() {
+        assert_eq!(plausible_rate(ffmpeg::Rational::new(25, 1)), Some(25.0));
+        assert!((plausible_rate(ffmpeg::Rational::new(30000, 1001)).unwrap() - 29.97).abs() < 0.01);
+        assert_eq!(plausible_rate(ffmpeg::Rational::new(214748359, 3579125)), None);
+        assert_eq!(plausible_rate(ffmpeg::Rational::new(0, 1)), None);
+        assert_eq!(plausible_rate(ffmpeg::Rational::new(90000, 1)), None);
+    }
+
+    #[test]
+    fn errors_lose_the_url_and_password() {
+        let url = "rtsp://admin:s3cret@cam/live";
+        let e = sanitize("cannot open rtsp://admin:s3cret@cam/live: refused (s3cret)", url);
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}

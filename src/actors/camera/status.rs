@@ -1,0 +1,124 @@
+//! A camera's live status, shared by its decode thread, its device, its connector and the API.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::actors::connector::lines::LineCount;
+use crate::actors::messages::CameraId;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    Connecting,
+    Streaming,
+    BackingOff,
+    /// A file source reached its end (not looped); its analytics are final.
+    Ended,
+    /// The source gave up (analyze of an unreadable file).
+    Failed,
+    Stopped,
+}
+
+pub struct CameraStatus {
+    pub id: CameraId,
+    /// Milliseconds since the Unix epoch when this camera actor started: part of event ids, so a
+    /// restarted camera (whose frame numbers start again) never reuses an id.
+    pub epoch_ms: u64,
+    state: Mutex<(StreamState, Option<String>)>,
+    pub decoded: Counter,
+    pub processed: Counter,
+    pub dropped: Counter,
+    pub reconnects: Counter,
+    pub events: Counter,
+    counts: Mutex<Vec<LineCount>>,
+    /// Becomes true once everything the source produced went through its connector.
+    finished: watch::Sender<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub state: StreamState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub frames_decoded: u64,
+    pub frames_processed: u64,
+    pub frames_dropped: u64,
+    pub reconnects: u64,
+    pub events: u64,
+}
+
+impl CameraStatus {
+    pub fn new(id: CameraId, metrics: &Metrics) -> Self {
+        let labels = metrics.camera(&id);
+        let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Self {
+            epoch_ms,
+            state: Mutex::new((StreamState::Connecting, None)),
+            decoded: metrics.frames_decoded.get_or_create(&labels).clone(),
+            processed: metrics.frames_processed.get_or_create(&labels).clone(),
+            dropped: metrics.frames_dropped.get_or_create(&labels).clone(),
+            reconnects: metrics.camera_reconnects.get_or_create(&labels).clone(),
+            events: metrics.events.get_or_create(&labels).clone(),
+            counts: Mutex::new(Vec::new()),
+            finished: watch::Sender::new(false),
+            id,
+        }
+    }
+
+    /// Sets the stream state; `error` is shown to operators, so it must not hold credentials.
+    pub fn set_state(&self, state: StreamState, error: Option<String>) {
+        let mut guard = self.state.lock();
+        // A final state is not overwritten by a late report from a stopping thread.
+        if matches!(guard.0, StreamState::Ended | StreamState::Failed) && state == StreamState::Stopped {
+            return;
+        }
+        guard.0 = state;
+        if error.is_some() {
+            guard.1 = error;
+        }
+    }
+
+    pub fn state(&self) -> StreamState {
+        self.state.lock().0
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.state.lock().1.clone()
+    }
+
+    pub fn view(&self) -> StatusView {
+        let (state, last_error) = self.state.lock().clone();
+        StatusView {
+            state,
+            last_error,
+            frames_decoded: self.decoded.get(),
+            frames_processed: self.processed.get(),
+            frames_dropped: self.dropped.get(),
+            reconnects: self.reconnects.get(),
+            events: self.events.get(),
+        }
+    }
+
+    pub fn set_counts(&self, counts: &[LineCount]) {
+        *self.counts.lock() = counts.to_vec();
+    }
+
+    pub fn counts(&self) -> Vec<LineCount> {
+        self.counts.lock().clone()
+    }
+
+    pub fn mark_finished(&self) {
+        self.finished.send_replace(true);
+    }
+
+    /// Resolves once the camera's stream ended and all its frames were analysed.
+    pub async fn wait_finished(&self) {
+        let mut rx = self.finished.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}

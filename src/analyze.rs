@@ -1,0 +1,214 @@
+//! Offline runs of the live code path: `analyze` counts a recorded clip, `bench` measures it.
+//!
+//! Both start the same pipeline as `serve` (device actor and inference thread, connector shard,
+//! camera actor with its decode thread) with the camera in offline mode: frames are never dropped,
+//! so a run is repeatable, and events go to memory instead of Redis and PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::actors::camera::{CameraSpec, StreamState};
+use crate::actors::connector::lines::{LineCount, LineSpec};
+use crate::actors::messages::Event;
+use crate::detector::Detector;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::sinks::MemorySink;
+use crate::topology::{CameraMode, Pipeline};
+
+/// Parses `x1,y1,x2,y2` into a line named `line-{n}`.
+pub fn parse_line(n: usize, text: &str) -> Result<LineSpec, String> {
+    let values: Vec<f64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("--line {text:?}: expected four numbers x1,y1,x2,y2"))?;
+    let [x1, y1, x2, y2] = values[..] else {
+        return Err(format!("--line {text:?}: expected four numbers x1,y1,x2,y2"));
+    };
+    let line = LineSpec { id: format!("line-{n}"), name: String::new(), a: [x1, y1], b: [x2, y2] };
+    match line.validate().first() {
+        Some(error) => Err(format!("--line {text:?}: {error}")),
+        None => Ok(line),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnalyzeReport {
+    pub video: String,
+    pub frames: u64,
+    pub frames_dropped: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    pub lines: Vec<LineCount>,
+}
+
+pub struct AnalyzeRun {
+    pub report: AnalyzeReport,
+    /// Events with the instant each reached the sink.
+    pub events: Vec<(Event, Instant)>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Analyses every frame of a clip (or `fps` of them per second) and returns the counts.
+pub async fn analyze(settings: &Settings, video: &Path, lines: Vec<LineSpec>, fps: Option<f64>) -> anyhow::Result<AnalyzeRun> {
+    let video: PathBuf = std::fs::canonicalize(video).map_err(|e| anyhow::anyhow!("{}: {e}", video.display()))?;
+    let url = url::Url::from_file_path(&video).map_err(|_| anyhow::anyhow!("{}: not a file path", video.display()))?;
+    let spec = CameraSpec {
+        id: "clip".into(),
+        name: video.display().to_string(),
+        url: url.to_string(),
+        // Without --fps every frame is analysed.
+        fps: Some(fps.unwrap_or(120.0)),
+        lines,
+        rtsp_transport: None,
+        replay: None,
+    };
+    let errors = spec.validate();
+    anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
+
+    let metrics = Arc::new(Metrics::new());
+    let sink = Arc::new(MemorySink::default());
+    let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone())?;
+    let started = Instant::now();
+    let status = pipeline.start_camera(spec, CameraMode::Offline).await?;
+    status.wait_finished().await;
+    let seconds = started.elapsed().as_secs_f64();
+    if status.state() == StreamState::Failed {
+        anyhow::bail!("{}: {}", video.display(), status.last_error().unwrap_or_else(|| "cannot read".into()));
+    }
+    let view = status.view();
+    let report = AnalyzeReport {
+        video: video.display().to_string(),
+        frames: view.frames_processed,
+        frames_dropped: view.frames_dropped,
+        seconds,
+        fps: view.frames_processed as f64 / seconds.max(1e-9),
+        lines: status.counts(),
+    };
+    pipeline.stop_camera("clip").await;
+    Ok(AnalyzeRun { report, events: sink.take(), metrics })
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub video: String,
+    pub device: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub frames: u64,
+    pub pipeline_fps: f64,
+    pub model_only_fps: f64,
+    /// pipeline / model-only: 1.0 means the pipeline costs nothing beyond the model.
+    pub ratio: f64,
+    /// Mean milliseconds per kept frame (decode), per batch (inference), per frame (tracking).
+    pub stage_ms: StageTimes,
+    pub events: usize,
+    /// Frame capture to event emitted, milliseconds.
+    pub capture_to_event_ms_p50: f64,
+    pub capture_to_event_ms_p99: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageTimes {
+    pub decode_per_frame: f64,
+    pub inference_per_batch: f64,
+    pub inference_per_frame: f64,
+    pub tracking_per_frame: f64,
+}
+
+/// Runs the whole pipeline on a clip, then the model alone with the same batch size and threads
+/// for the same number of frames, in this one process.
+pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> anyhow::Result<BenchReport> {
+    let run = analyze(settings, video, lines, None).await?;
+    let stages = &run.metrics.stages;
+    let (decode_ms, _) = stages.decode.mean_ms();
+    let (inference_ms, batches) = stages.inference.mean_ms();
+    let (tracking_ms, _) = stages.tracking.mean_ms();
+    let frames = run.report.frames;
+    let batch_size = ((frames as f64 / batches.max(1) as f64).round() as usize).max(1);
+
+    let mut latencies: Vec<f64> = run
+        .events
+        .iter()
+        .filter_map(|(e, at)| e.captured.map(|c| at.duration_since(c).as_secs_f64() * 1e3))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+
+    let (model_only_fps, device) = model_only(settings, batch_size, frames.max(1) as usize)?;
+    Ok(BenchReport {
+        video: run.report.video,
+        device,
+        threads: crate::actors::gpu::worker::effective_threads(settings.device.cpu_threads),
+        batch_size,
+        frames,
+        pipeline_fps: run.report.fps,
+        model_only_fps,
+        ratio: run.report.fps / model_only_fps,
+        stage_ms: StageTimes {
+            decode_per_frame: decode_ms,
+            inference_per_batch: inference_ms,
+            inference_per_frame: inference_ms / batch_size as f64,
+            tracking_per_frame: tracking_ms,
+        },
+        events: run.events.len(),
+        capture_to_event_ms_p50: percentile(&latencies, 0.50),
+        capture_to_event_ms_p99: percentile(&latencies, 0.99),
+    })
+}
+
+/// Frames per second of the model alone: one input tensor prepared once on the device, forward
+/// passes only, no decode, no NMS, no copies back.
+fn model_only(settings: &Settings, batch_size: usize, frames: usize) -> anyhow::Result<(f64, String)> {
+    let device = crate::detector::model::select_devices(settings.device.kind).map_err(anyhow::Error::msg)?[0];
+    if device == tch::Device::Cpu {
+        tch::set_num_threads(crate::actors::gpu::worker::effective_threads(settings.device.cpu_threads) as i32);
+    }
+    let detector = Detector::load(&settings.model, device)?;
+    let grey = vec![crate::detector::input::PAD_VALUE; 3 * (settings.model.input_size as usize).pow(2)];
+    let input = detector.input_tensor(&vec![grey.as_slice(); batch_size])?;
+    let _warm_up = detector.forward_tensor(&input)?;
+    let calls = frames.div_ceil(batch_size).max(1);
+    let started = Instant::now();
+    for _ in 0..calls {
+        let out = detector.forward_tensor(&input)?;
+        if device != tch::Device::Cpu {
+            out.sum(tch::Kind::Float).double_value(&[]); // wait for the device
+        }
+    }
+    let seconds = started.elapsed().max(Duration::from_nanos(1)).as_secs_f64();
+    Ok(((calls * batch_size) as f64 / seconds, crate::detector::model::device_name(device)))
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_and_validate() {
+        let l = parse_line(1, "0,150,320,150").unwrap();
+        assert_eq!((l.id.as_str(), l.a, l.b), ("line-1", [0.0, 150.0], [320.0, 150.0]));
+        assert!(parse_line(1, "0,150,320").is_err());
+        assert!(parse_line(1, "a,b,c,d").is_err());
+        assert!(parse_line(1, "5,5,5,5").unwrap_err().contains("zero-length"));
+    }
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}

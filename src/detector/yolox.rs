@@ -1,0 +1,126 @@
+//! Decoder for YOLOX raw output: one row per grid cell over strides 8, 16 and 32, row-major,
+//! each `(tx, ty, tw, th, objectness, class scores...)` with objectness and classes already sigmoid.
+
+use super::{BBox, Detection, Letterbox, ObjectClass};
+
+pub const STRIDES: [u32; 3] = [8, 16, 32];
+
+/// Rows the model emits for a square input of `input_size`.
+pub fn rows_for(input_size: u32) -> usize {
+    STRIDES.iter().map(|s| ((input_size / s) as usize).pow(2)).sum()
+}
+
+/// Decodes one image's rows into detections of the reported classes, in source-frame pixels.
+/// A row's class is its best-scoring COCO class; rows whose best class is not reported are dropped.
+pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_threshold: f32) -> Vec<Detection> {
+    let mut out = Vec::new();
+    if row_len < 6 {
+        return out;
+    }
+    let mut row_index = 0usize;
+    for stride in STRIDES {
+        let grid = (letterbox.input_size / stride) as usize;
+        let s = stride as f32;
+        for gy in 0..grid {
+            for gx in 0..grid {
+                let Some(row) = rows.get(row_index * row_len..(row_index + 1) * row_len) else {
+                    return out;
+                };
+                row_index += 1;
+                let objectness = row[4];
+                // Cheap reject first: score = obj x cls <= obj.
+                if !(objectness >= score_threshold) {
+                    continue;
+                }
+                let (class_id, class_score) = row[5..]
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |best, (i, &p)| if p > best.1 { (i, p) } else { best });
+                let score = objectness * class_score;
+                if !(score >= score_threshold) {
+                    continue;
+                }
+                let Some(class) = ObjectClass::from_coco(class_id) else { continue };
+                let cx = (row[0] + gx as f32) * s;
+                let cy = (row[1] + gy as f32) * s;
+                let w = row[2].exp() * s;
+                let h = row[3].exp() * s;
+                let bbox = to_source(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0, letterbox);
+                if bbox.area() > 0.0 {
+                    out.push(Detection { bbox, score, class });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn to_source(x1: f32, y1: f32, x2: f32, y2: f32, lb: &Letterbox) -> BBox {
+    let (w, h) = (lb.src_width as f32, lb.src_height as f32);
+    BBox::new(
+        (x1 / lb.ratio).clamp(0.0, w),
+        (y1 / lb.ratio).clamp(0.0, h),
+        (x2 / lb.ratio).clamp(0.0, w),
+        (y2 / lb.ratio).clamp(0.0, h),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROW: usize = 85;
+
+    fn empty_rows(input: u32) -> Vec<f32> {
+        vec![0.0; rows_for(input) * ROW]
+    }
+
+    #[test]
+    fn yolox_nano_has_3549_rows() {
+        assert_eq!(rows_for(416), 3549);
+    }
+
+    #[test]
+    fn decodes_a_cell_of_the_second_stride_into_source_pixels() {
+        let lb = Letterbox::new(320, 240, 416); // ratio 1.3
+        let mut rows = empty_rows(416);
+        // stride 16 starts after 52*52 rows; cell (gx=3, gy=2) of its 26x26 grid
+        let r = 52 * 52 + 2 * 26 + 3;
+        let row = &mut rows[r * ROW..(r + 1) * ROW];
+        row[0] = 0.5; // cx = 3.5 * 16 = 56
+        row[1] = 0.5; // cy = 2.5 * 16 = 40
+        row[2] = (2.0f32).ln(); // w = 32
+        row[3] = 0.0; // h = 16
+        row[4] = 0.9;
+        row[5 + 2] = 0.8; // car
+        let dets = decode(&rows, ROW, &lb, 0.3);
+        assert_eq!(dets.len(), 1);
+        let d = dets[0];
+        assert_eq!(d.class, ObjectClass::Car);
+        assert!((d.score - 0.72).abs() < 1e-6);
+        let expect = BBox::new(40.0 / 1.3, 32.0 / 1.3, 72.0 / 1.3, 48.0 / 1.3);
+        for (a, b) in [(d.bbox.x1, expect.x1), (d.bbox.y1, expect.y1), (d.bbox.x2, expect.x2), (d.bbox.y2, expect.y2)] {
+            assert!((a - b).abs() < 1e-3, "{:?} vs {:?}", d.bbox, expect);
+        }
+    }
+
+    #[test]
+    fn unreported_classes_low_scores_and_nan_are_dropped() {
+        let lb = Letterbox::new(416, 416, 416);
+        let mut rows = empty_rows(416);
+        rows[4] = 0.9;
+        rows[5 + 9] = 0.9; // traffic light
+        rows[ROW + 4] = 0.2;
+        rows[ROW + 5 + 2] = 0.2; // car at 0.04
+        rows[2 * ROW + 4] = f32::NAN;
+        rows[2 * ROW + 5 + 2] = 0.9;
+        assert!(decode(&rows, ROW, &lb, 0.1).is_empty());
+    }
+
+    #[test]
+    fn short_output_does_not_panic() {
+        let lb = Letterbox::new(416, 416, 416);
+        assert!(decode(&[0.5; 100], ROW, &lb, 0.1).is_empty());
+        assert!(decode(&[], 3, &lb, 0.1).is_empty());
+    }
+}

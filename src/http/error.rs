@@ -1,0 +1,51 @@
+//! The one mapping from errors to HTTP statuses; every error body is `{"error": "..."}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::service::ServiceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            ServiceError::Duplicate(_) => ApiError::Conflict(e.to_string()),
+            ServiceError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            ServiceError::Db(_) | ServiceError::Redis(_) => ApiError::Unavailable(e.to_string()),
+            ServiceError::Topology(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
+        }
+        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": self.to_string() }))
+    }
+}

@@ -1,0 +1,47 @@
+//! Liveness, readiness and Prometheus metrics.
+
+use actix_web::{web, HttpResponse};
+
+use crate::service::Service;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// The process answers: nothing more (a failing dependency must not get it restarted).
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "live" }))
+}
+
+/// Ready when PostgreSQL and Redis answer and a model is loaded on every device.
+async fn ready(service: web::Data<Service>) -> HttpResponse {
+    let postgres = service.db.ping().await.map_err(|e| e.to_string());
+    let redis = service.redis_ping().await.map_err(|e| e.to_string());
+    let devices = service.pipeline.device_names();
+    let check = |r: &Result<(), String>| match r {
+        Ok(()) => serde_json::json!({ "ok": true }),
+        Err(e) => serde_json::json!({ "ok": false, "error": e }),
+    };
+    let ok = postgres.is_ok() && redis.is_ok() && !devices.is_empty();
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": {
+            "postgres": check(&postgres),
+            "redis": check(&redis),
+            "model": { "ok": !devices.is_empty(), "devices": devices },
+        }
+    });
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(service: web::Data<Service>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(service.metrics.encode())
+}

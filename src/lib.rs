@@ -1,0 +1,17 @@
+//! its-analytics: real-time traffic-camera analytics as an actor system.
+//!
+//! Cameras (decode threads) -> devices (batched inference) -> connector shards (tracking and
+//! counting) -> sinks (Redis, PostgreSQL). See `docs/ARCHITECTURE.md`.
+
+pub mod actors;
+pub mod analyze;
+pub mod db;
+pub mod detector;
+pub mod http;
+pub mod metrics;
+pub mod redis_keys;
+pub mod service;
+pub mod settings;
+pub mod sinks;
+pub mod supervision;
+pub mod topology;

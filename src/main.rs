@@ -1,0 +1,121 @@
+//! `its-analytics`: serve the control API and pipeline, analyse a clip, or benchmark.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use its_analytics::analyze::{self, parse_line};
+use its_analytics::settings::Settings;
+
+#[derive(Parser)]
+#[command(name = "its-analytics", version, about = "Real-time traffic-camera analytics")]
+struct Cli {
+    /// Configuration file (TOML) layered over the defaults; ITS__SECTION__KEY variables override both.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: control API, cameras from PostgreSQL, events to Redis and PostgreSQL.
+    Serve,
+    /// Count line crossings in a recorded clip through the live code path, as fast as possible.
+    Analyze {
+        video: PathBuf,
+        /// A counting line x1,y1,x2,y2 in source pixels; repeat for more lines.
+        #[arg(long = "line", required = true)]
+        lines: Vec<String>,
+        /// Frames per second to analyse (default: every frame).
+        #[arg(long)]
+        fps: Option<f64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pipeline frames/s against the model alone, per-stage times and latency on one clip.
+    Bench {
+        #[arg(default_value = "../shared/assets/video/overpass_video03.avi")]
+        video: PathBuf,
+        #[arg(long = "line", default_value = "0,150,320,150")]
+        lines: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,actix_server=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    ffmpeg_next::init().expect("FFmpeg initialises");
+    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    let result = actix::System::new().block_on(run(cli.command, settings));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let service = its_analytics::service::Service::start(settings).await?;
+            its_analytics::http::serve(service).await?;
+        }
+        Command::Analyze { video, lines, fps, json } => {
+            let lines = parse_lines(&lines)?;
+            let run = analyze::analyze(&settings, &video, lines, fps).await?;
+            let r = run.report;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{}: {} frames in {:.2} s ({:.1} frames/s), {} dropped", r.video, r.frames, r.seconds, r.fps, r.frames_dropped);
+                for line in &r.lines {
+                    let classes: Vec<String> =
+                        line.by_class.iter().map(|(c, d)| format!("{c} {}/{}", d.in_, d.out)).collect();
+                    println!("  {}: in {} out {}  [{}]", line.id, line.in_, line.out, classes.join(", "));
+                }
+            }
+        }
+        Command::Bench { video, lines, json } => {
+            let lines = parse_lines(&lines)?;
+            let r = analyze::bench(&settings, &video, lines).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("clip            {}", r.video);
+                println!("device          {} ({} threads), batch {}", r.device, r.threads, r.batch_size);
+                println!("frames          {}", r.frames);
+                println!("pipeline        {:.1} frames/s", r.pipeline_fps);
+                println!("model only      {:.1} frames/s", r.model_only_fps);
+                println!("ratio           {:.3}", r.ratio);
+                println!(
+                    "stages (ms)     decode {:.2}/frame, inference {:.2}/batch ({:.2}/frame), tracking {:.3}/frame",
+                    r.stage_ms.decode_per_frame, r.stage_ms.inference_per_batch, r.stage_ms.inference_per_frame, r.stage_ms.tracking_per_frame
+                );
+                println!("capture->event  p50 {:.1} ms, p99 {:.1} ms over {} events", r.capture_to_event_ms_p50, r.capture_to_event_ms_p99, r.events);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_lines(texts: &[String]) -> anyhow::Result<Vec<its_analytics::actors::connector::lines::LineSpec>> {
+    texts.iter().enumerate().map(|(i, t)| parse_line(i + 1, t).map_err(anyhow::Error::msg)).collect()
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics: names are constants here, labels are bounded (camera and device ids only,
+//! never track or frame ids). Counters shown by the API are these same counters, read back.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabels {
+    pub camera: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub device: String,
+}
+
+// Counter names get `_total` appended by the encoder.
+pub const FRAMES_DECODED: &str = "its_frames_decoded";
+pub const FRAMES_PROCESSED: &str = "its_frames_processed";
+pub const FRAMES_DROPPED: &str = "its_frames_dropped";
+pub const EVENTS: &str = "its_events";
+pub const CAMERA_RECONNECTS: &str = "its_camera_reconnects";
+pub const BATCH_SIZE: &str = "its_batch_size";
+pub const INFERENCE_LATENCY: &str = "its_inference_latency_seconds";
+pub const QUEUE_DEPTH: &str = "its_device_queue_depth";
+/// The brief's name, unprefixed: dashboards and alert rules use it as is.
+pub const ANALYTICS_LATENCY: &str = "analytics_latency_seconds";
+pub const EVENTS_PUBLISHED: &str = "its_events_published";
+pub const EVENTS_DROPPED: &str = "its_events_dropped";
+pub const SINK_FAILURES: &str = "its_sink_failures";
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub frames_decoded: Family<CameraLabels, Counter>,
+    pub frames_processed: Family<CameraLabels, Counter>,
+    pub frames_dropped: Family<CameraLabels, Counter>,
+    pub events: Family<CameraLabels, Counter>,
+    pub camera_reconnects: Family<CameraLabels, Counter>,
+    pub batch_size: HistogramFamily<DeviceLabels>,
+    pub inference_latency: HistogramFamily<DeviceLabels>,
+    pub queue_depth: Family<DeviceLabels, Gauge>,
+    /// Capture of the frame to the event published on Redis.
+    pub analytics_latency: Histogram,
+    pub events_published: Counter,
+    pub events_dropped: Counter,
+    pub sink_failures: Counter,
+    pub stages: Stages,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::default(),
+            frames_decoded: Family::default(),
+            frames_processed: Family::default(),
+            frames_dropped: Family::default(),
+            events: Family::default(),
+            camera_reconnects: Family::default(),
+            batch_size: Family::new_with_constructor(batch_histogram),
+            inference_latency: Family::new_with_constructor(latency_histogram),
+            queue_depth: Family::default(),
+            analytics_latency: latency_histogram(),
+            events_published: Counter::default(),
+            events_dropped: Counter::default(),
+            sink_failures: Counter::default(),
+            stages: Stages::default(),
+        };
+        let r = &mut m.registry;
+        r.register(FRAMES_DECODED, "Frames decoded and sampled, per camera", m.frames_decoded.clone());
+        r.register(FRAMES_PROCESSED, "Frames through detection and tracking, per camera", m.frames_processed.clone());
+        r.register(
+            FRAMES_DROPPED,
+            "Frames dropped (device saturated or frame past its deadline), per camera",
+            m.frames_dropped.clone(),
+        );
+        r.register(EVENTS, "Events emitted, per camera", m.events.clone());
+        r.register(CAMERA_RECONNECTS, "Stream reconnection attempts after a failure, per camera", m.camera_reconnects.clone());
+        r.register(BATCH_SIZE, "Frames per model call, per device", m.batch_size.clone());
+        r.register(INFERENCE_LATENCY, "Model call duration in seconds, per device", m.inference_latency.clone());
+        r.register(QUEUE_DEPTH, "Frames waiting for a device", m.queue_depth.clone());
+        r.register(ANALYTICS_LATENCY, "Frame capture to event published on Redis, seconds", m.analytics_latency.clone());
+        r.register(EVENTS_PUBLISHED, "Events delivered to Redis and PostgreSQL", m.events_published.clone());
+        r.register(EVENTS_DROPPED, "Events dropped because the sink queue was full", m.events_dropped.clone());
+        r.register(SINK_FAILURES, "Failed event delivery attempts (retried)", m.sink_failures.clone());
+        m
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn camera(&self, camera: &str) -> CameraLabels {
+        CameraLabels { camera: camera.to_string() }
+    }
+
+    /// Forgets a removed camera's series so labels stay bounded by the live cameras.
+    pub fn remove_camera(&self, camera: &str) {
+        let labels = self.camera(camera);
+        for family in [&self.frames_decoded, &self.frames_processed, &self.frames_dropped, &self.events, &self.camera_reconnects] {
+            family.remove(&labels);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+
+/// Total time and count of one pipeline stage, for `bench`'s per-stage breakdown.
+#[derive(Debug, Default)]
+pub struct StageClock {
+    nanos: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl StageClock {
+    pub fn record(&self, elapsed: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Mean milliseconds per record, and the number of records.
+    pub fn mean_ms(&self) -> (f64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = self.count.load(Relaxed);
+        let mean = if count == 0 { 0.0 } else { self.nanos.load(Relaxed) as f64 / count as f64 / 1e6 };
+        (mean, count)
+    }
+}
+
+/// Per-stage clocks: decode (decode + sample + letterbox, per kept frame), inference (per batch:
+/// model + output decode + NMS), tracking (per frame: tracker + lines + events).
+#[derive(Debug, Default)]
+pub struct Stages {
+    pub decode: StageClock,
+    pub inference: StageClock,
+    pub tracking: StageClock,
+}

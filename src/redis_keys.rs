@@ -1,0 +1,22 @@
+//! Redis key and channel names, all under the configured prefix.
+
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_string() }
+    }
+
+    /// Stream of every event, for consumers that must not miss any (XREAD / consumer groups).
+    pub fn events_stream(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// Pub/sub channel of one camera's events, for live consumers.
+    pub fn camera_channel(&self, camera_id: &str) -> String {
+        format!("{}:events:{camera_id}", self.prefix)
+    }
+}

@@ -1,0 +1,112 @@
+//! The running service: settings, the pipeline, PostgreSQL and Redis, and the operations the
+//! control API offers on them. HTTP handlers stay thin; the rules live here.
+
+use std::sync::Arc;
+
+use crate::actors::camera::{CameraSpec, CameraStatus};
+use crate::db::{Db, DbError};
+use crate::metrics::Metrics;
+use crate::redis_keys::RedisKeys;
+use crate::settings::Settings;
+use crate::sinks::publisher::{Publisher, RedisPool};
+use crate::topology::{CameraMode, Pipeline, TopologyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid camera: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("camera {0} already exists")]
+    Duplicate(String),
+    #[error("camera {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+pub struct Service {
+    pub settings: Settings,
+    pub pipeline: Pipeline,
+    pub db: Db,
+    pub redis: RedisPool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// Connects to PostgreSQL (migrating) and Redis, loads the model, starts the pipeline and
+    /// every camera stored in PostgreSQL. Must run inside an actix system.
+    pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
+        let metrics = Arc::new(Metrics::new());
+        let db = Db::connect(&settings.postgres.url, settings.postgres.pool_size).await?;
+        let manager = bb8_redis::RedisConnectionManager::new(settings.redis.url.as_str())?;
+        let redis = bb8::Pool::builder()
+            .max_size(settings.redis.pool_size)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .build(manager)
+            .await?;
+        let publisher = Publisher::spawn(
+            redis.clone(),
+            RedisKeys::new(&settings.redis.key_prefix),
+            settings.redis.stream_max_len,
+            db.clone(),
+            metrics.clone(),
+            65_536,
+        );
+        let pipeline = Pipeline::start(settings.clone(), metrics.clone(), Arc::new(publisher))?;
+        let service = Arc::new(Self { settings, pipeline, db, redis, metrics });
+        for spec in service.db.cameras().await? {
+            let id = spec.id.clone();
+            // A stored camera that no longer validates (a file that went away) is reported, not fatal.
+            let errors = spec.validate();
+            if !errors.is_empty() {
+                tracing::error!(camera = %id, errors = ?errors, "stored camera not started");
+                continue;
+            }
+            service.pipeline.start_camera(spec, CameraMode::Live).await?;
+            tracing::info!(camera = %id, "camera restored");
+        }
+        Ok(service)
+    }
+
+    pub async fn register_camera(&self, spec: CameraSpec) -> Result<Arc<CameraStatus>, ServiceError> {
+        let errors = spec.validate();
+        if !errors.is_empty() {
+            return Err(ServiceError::Invalid(errors));
+        }
+        if self.pipeline.camera(&spec.id).is_some() || !self.db.insert_camera(&spec).await? {
+            return Err(ServiceError::Duplicate(spec.id));
+        }
+        tracing::info!(camera = %spec.id, url = %crate::actors::camera::redact_url(&spec.url), "camera registered");
+        match self.pipeline.start_camera(spec.clone(), CameraMode::Live).await {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                // Keep PostgreSQL and the running set in agreement.
+                let _ = self.db.delete_camera(&spec.id).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn remove_camera(&self, id: &str) -> Result<(), ServiceError> {
+        let stopped = self.pipeline.stop_camera(id).await;
+        let deleted = self.db.delete_camera(id).await?;
+        if stopped || deleted {
+            tracing::info!(camera = %id, "camera removed");
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound(id.to_string()))
+        }
+    }
+
+    pub async fn redis_ping(&self) -> Result<(), ServiceError> {
+        let mut conn = self.redis.get().await.map_err(|e| ServiceError::Redis(e.to_string()))?;
+        bb8_redis::redis::cmd("PING")
+            .query_async::<String>(&mut *conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| ServiceError::Redis(e.to_string()))
+    }
+}

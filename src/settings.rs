@@ -1,0 +1,277 @@
+//! Typed service settings: `configs/default.toml` < `--config FILE` < `ITS__SECTION__KEY` env vars.
+//!
+//! Every section denies unknown keys, and `validate` returns every problem at once so an operator
+//! fixes a config in one round instead of one error per restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::actors::connector::tracker::TrackerConfig;
+
+/// The defaults, compiled in so the binary runs without the configs folder.
+pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub redis: RedisSettings,
+    pub postgres: PostgresSettings,
+    pub model: ModelSettings,
+    pub device: DeviceSettings,
+    pub batching: BatchingSettings,
+    pub cameras: CameraDefaults,
+    pub connector: ConnectorSettings,
+    pub tracker: TrackerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address the control API, health and metrics listen on.
+    pub bind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of every key and channel, so several deployments (or tests) share one Redis.
+    pub key_prefix: String,
+    /// Approximate cap on the events stream (XADD MAXLEN ~).
+    pub stream_max_len: u64,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    pub url: String,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFamily {
+    /// YOLOX raw head output `[N, anchors, 5 + classes]`, objectness and classes already sigmoid.
+    Yolox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// TorchScript file made by `scripts/convert_model.py`; relative paths are from the working directory.
+    pub path: PathBuf,
+    pub family: ModelFamily,
+    /// Square network input side in pixels.
+    pub input_size: u32,
+    /// Minimum objectness x class score kept.
+    pub score_threshold: f32,
+    /// IoU above which the weaker of two boxes of one class group is suppressed.
+    pub nms_iou: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// Every CUDA device libtorch sees, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    pub kind: DeviceKind,
+    /// libtorch intra-op threads on the CPU device; 0 = number of cores.
+    pub cpu_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSettings {
+    /// Largest batch sent to the model.
+    pub max_batch: usize,
+    /// How long the first frame of a batch may wait for others.
+    pub max_wait_ms: u64,
+    /// Frames queued per camera before the oldest is dropped (live cameras).
+    pub queue_per_camera: usize,
+    /// A frame older than this when its batch forms is skipped; 0 = never skip.
+    pub frame_deadline_ms: u64,
+}
+
+impl BatchingSettings {
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+
+    pub fn frame_deadline(&self) -> Option<Duration> {
+        (self.frame_deadline_ms > 0).then(|| Duration::from_millis(self.frame_deadline_ms))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraDefaults {
+    /// Sampling rate of a camera registered without `fps`.
+    pub default_fps: f64,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`.
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Network read timeout of a stream, after which it counts as failed and reconnects.
+    pub read_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorSettings {
+    /// Number of ConnectorActor shards; each camera is pinned to one by rendezvous hashing.
+    pub shards: usize,
+    /// Mailbox capacity of one shard.
+    pub mailbox: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Defaults, then the optional file, then `ITS__SECTION__KEY` variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("ITS")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Every problem with the settings, reported together.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut errors = Vec::new();
+        if self.http.bind.parse::<SocketAddr>().is_err() {
+            errors.push(format!("http.bind {:?} is not an address like 127.0.0.1:8080", self.http.bind));
+        }
+        check_url(&mut errors, "redis.url", &self.redis.url, &["redis", "rediss"]);
+        check_url(&mut errors, "postgres.url", &self.postgres.url, &["postgres", "postgresql"]);
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            errors.push("redis.key_prefix must be non-empty without spaces".into());
+        }
+        if self.redis.pool_size == 0 {
+            errors.push("redis.pool_size must be at least 1".into());
+        }
+        if self.postgres.pool_size == 0 {
+            errors.push("postgres.pool_size must be at least 1".into());
+        }
+        if !(32..=2048).contains(&self.model.input_size) || self.model.input_size % 32 != 0 {
+            errors.push("model.input_size must be a multiple of 32 in 32..=2048".into());
+        }
+        if !(0.0..=1.0).contains(&self.model.score_threshold) {
+            errors.push("model.score_threshold must be in 0..=1".into());
+        }
+        if !(0.0..=1.0).contains(&self.model.nms_iou) {
+            errors.push("model.nms_iou must be in 0..=1".into());
+        }
+        if !(1..=256).contains(&self.batching.max_batch) {
+            errors.push("batching.max_batch must be in 1..=256".into());
+        }
+        if self.batching.max_wait_ms > 10_000 {
+            errors.push("batching.max_wait_ms must be at most 10000".into());
+        }
+        if self.batching.queue_per_camera == 0 {
+            errors.push("batching.queue_per_camera must be at least 1".into());
+        }
+        if !(self.cameras.default_fps > 0.0 && self.cameras.default_fps <= 120.0) {
+            errors.push("cameras.default_fps must be in (0, 120]".into());
+        }
+        if self.cameras.reconnect_initial_ms == 0 || self.cameras.reconnect_max_ms < self.cameras.reconnect_initial_ms {
+            errors.push("cameras.reconnect_initial_ms must be > 0 and <= cameras.reconnect_max_ms".into());
+        }
+        if self.cameras.read_timeout_ms < 100 {
+            errors.push("cameras.read_timeout_ms must be at least 100".into());
+        }
+        if !(1..=256).contains(&self.connector.shards) {
+            errors.push("connector.shards must be in 1..=256".into());
+        }
+        if self.connector.mailbox < 16 {
+            errors.push("connector.mailbox must be at least 16".into());
+        }
+        errors.extend(self.tracker.validate());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError::Invalid(errors))
+        }
+    }
+}
+
+fn check_url(errors: &mut Vec<String>, key: &str, value: &str, schemes: &[&str]) {
+    match url::Url::parse(value) {
+        Ok(url) if schemes.contains(&url.scheme()) => {}
+        Ok(url) => errors.push(format!("{key} has scheme {:?}; expected one of {schemes:?}", url.scheme())),
+        // The parser's message never echoes the URL, so a password in it cannot leak here.
+        Err(e) => errors.push(format!("{key} is not a valid URL: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = Settings::load(None).expect("defaults load");
+        assert_eq!(settings.http.bind, "127.0.0.1:8080");
+        assert_eq!(settings.model.input_size, 416);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let mut settings = Settings::load(None).unwrap();
+        settings.http.bind = "nowhere".into();
+        settings.batching.max_batch = 0;
+        settings.redis.url = "http://x".into();
+        let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("http.bind")));
+        assert!(errors.iter().any(|e| e.contains("batching.max_batch")));
+        assert!(errors.iter().any(|e| e.contains("redis.url")));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[http]\nbind = \"127.0.0.1:9\"\nbnid = 1\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("over.toml");
+        std::fs::write(&path, "[batching]\nmax_batch = 2\n").unwrap();
+        let settings = Settings::load(Some(&path)).unwrap();
+        assert_eq!(settings.batching.max_batch, 2);
+        assert_eq!(settings.batching.max_wait_ms, Settings::load(None).unwrap().batching.max_wait_ms);
+    }
+}
