@@ -280,7 +280,7 @@ impl Sampler {
 
     pub fn keep(&self, index: u64) -> bool {
         let slot = |i: u64| (i as f64 * self.ratio).floor() as u64;
-        index == 0 || slot(index + 1) > slot(index)
+        index == 0 || slot(index) > slot(index - 1)
     }
 }
 
@@ -346,7 +346,8 @@ mod tests {
 
     #[test]
     fn sampling_spreads_frames_evenly() {
-        assert_eq!(kept(30.0, 15.0, 8), vec![0, 1, 3, 5, 7]);
+        assert_eq!(kept(30.0, 15.0, 8), vec![0, 2, 4, 6]);
+        assert_eq!(kept(30.0, 10.0, 7), vec![0, 3, 6]);
         assert_eq!(kept(30.0, 30.0, 5), vec![0, 1, 2, 3, 4]);
         assert_eq!(kept(25.0, 60.0, 3), vec![0, 1, 2], "never more than the source");
         assert_eq!(kept(30.0, 10.0, 30).len(), 10);

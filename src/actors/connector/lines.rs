@@ -51,9 +51,8 @@ fn side(a: (f64, f64), b: (f64, f64), p: (f64, f64)) -> f64 {
     (b.0 - a.0) * (p.1 - a.1) - (b.1 - a.1) * (p.0 - a.0)
 }
 
-/// The direction in which the move `from -> to` crosses segment `a -> b`, if it does. Touching the
-/// line counts as being on the side the point came from, so a point that stops exactly on the line
-/// and moves on is counted once, when it leaves.
+/// The direction in which the move `from -> to` crosses segment `a -> b`, if it does. Both points
+/// must be strictly off the line (see `LineCounter` for points on it).
 pub fn crossing(a: (f64, f64), b: (f64, f64), from: (f64, f64), to: (f64, f64)) -> Option<Direction> {
     let s_from = side(a, b, from);
     let s_to = side(a, b, to);
@@ -108,12 +107,13 @@ pub struct Crossing {
     pub class: ObjectClass,
 }
 
-/// The lines of one camera and the state needed to detect crossings: each track's last ground
-/// point and which lines it has been counted on.
+/// The lines of one camera and the state needed to detect crossings: for each track and line,
+/// the track's last ground point that was off the line (a point exactly on a line does not move
+/// the anchor, so stopping on the line and leaving still counts), and which lines it was counted on.
 pub struct LineCounter {
     lines: Vec<LineSpec>,
     counts: Vec<LineCount>,
-    last_point: HashMap<u64, (f64, f64)>,
+    anchors: HashMap<(u64, usize), (f64, f64)>,
     counted: HashSet<(u64, usize)>,
 }
 
@@ -123,29 +123,33 @@ impl LineCounter {
             .iter()
             .map(|l| LineCount { id: l.id.clone(), name: l.name.clone(), ..Default::default() })
             .collect();
-        Self { lines, counts, last_point: HashMap::new(), counted: HashSet::new() }
+        Self { lines, counts, anchors: HashMap::new(), counted: HashSet::new() }
     }
 
     /// Records a track's new ground point; returns the lines it crossed since its last one.
     pub fn observe(&mut self, track_id: u64, point: (f64, f64), class: ObjectClass) -> Vec<Crossing> {
         let mut crossings = Vec::new();
-        if let Some(prev) = self.last_point.insert(track_id, point) {
-            for (i, line) in self.lines.iter().enumerate() {
-                if self.counted.contains(&(track_id, i)) {
-                    continue;
+        for (i, line) in self.lines.iter().enumerate() {
+            let key = (track_id, i);
+            if self.counted.contains(&key) {
+                continue;
+            }
+            let a = (line.a[0], line.a[1]);
+            let b = (line.b[0], line.b[1]);
+            if side(a, b, point) == 0.0 {
+                continue;
+            }
+            let Some(anchor) = self.anchors.insert(key, point) else { continue };
+            if let Some(direction) = crossing(a, b, anchor, point) {
+                self.counted.insert(key);
+                self.anchors.remove(&key);
+                let count = &mut self.counts[i];
+                match direction {
+                    Direction::In => count.in_ += 1,
+                    Direction::Out => count.out += 1,
                 }
-                let a = (line.a[0], line.a[1]);
-                let b = (line.b[0], line.b[1]);
-                if let Some(direction) = crossing(a, b, prev, point) {
-                    self.counted.insert((track_id, i));
-                    let count = &mut self.counts[i];
-                    match direction {
-                        Direction::In => count.in_ += 1,
-                        Direction::Out => count.out += 1,
-                    }
-                    count.by_class.entry(class).or_default().add(direction);
-                    crossings.push(Crossing { line_id: line.id.clone(), direction, class });
-                }
+                count.by_class.entry(class).or_default().add(direction);
+                crossings.push(Crossing { line_id: line.id.clone(), direction, class });
             }
         }
         crossings
@@ -153,7 +157,7 @@ impl LineCounter {
 
     /// Forgets tracks that are no longer alive, so memory follows the live tracks.
     pub fn retain_tracks(&mut self, alive: impl Fn(u64) -> bool) {
-        self.last_point.retain(|id, _| alive(*id));
+        self.anchors.retain(|(id, _), _| alive(*id));
         self.counted.retain(|(id, _)| alive(*id));
     }
 
