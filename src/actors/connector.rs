@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message};
 
-use crate::actors::camera::CameraStatus;
+use crate::actors::camera::{CameraStatus, StreamState};
 use crate::actors::messages::{CameraId, Event, FrameDetections, ToConnector, LINE_CROSSING};
 use crate::metrics::Metrics;
 use crate::sinks::EventSink;
@@ -156,6 +156,9 @@ impl Handler<ToConnector> for ConnectorActor {
             ToConnector::Detections(frame) => self.on_frame(frame),
             ToConnector::StreamEnded(camera_id) => {
                 if let Some(camera) = self.cameras.get(&camera_id) {
+                    if camera.status.state() != StreamState::Failed {
+                        camera.status.set_state(StreamState::Ended, None);
+                    }
                     camera.status.mark_finished();
                 }
             }

@@ -106,7 +106,7 @@ impl Streamer {
                 Ok(RunEnd::Stopped) => return,
                 Ok(RunEnd::EndOfFile) if self.config.looping && self.seq > seq_before => continue,
                 Ok(RunEnd::EndOfFile) => {
-                    self.status.set_state(StreamState::Ended, None);
+                    // The connector marks the camera ended once the last frame went through.
                     self.sink.push(Queued::End, &|| self.stopped());
                     return;
                 }

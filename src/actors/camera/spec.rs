@@ -120,7 +120,7 @@ impl CameraSpec {
             "rtsp" | "rtsps" | "http" | "https" => Err("url needs a host".into()),
             "file" => Ok(SourceKind::File),
             other => Err(format!(
-                "url scheme {other:?} is not supported; use rtsp, rtsps, http, https or file"
+                "url scheme {other:?} is not supported (use rtsp, rtsps, http, https or file)"
             )),
         }
     }

@@ -1,0 +1,153 @@
+//! The control API over real HTTP against the real binary, PostgreSQL and Redis: validation at
+//! the edge, the camera life cycle, persistence across restarts, credentials never returned.
+
+mod common;
+
+use common::{Service, TestEnv};
+use serde_json::{json, Value};
+
+fn camera(id: &str, url: &str) -> Value {
+    json!({ "id": id, "url": url, "lines": [{ "id": "l1", "a": [0, 150], "b": [320, 150] }] })
+}
+
+async fn post(client: &reqwest::Client, svc: &Service, body: reqwest::Body) -> (u16, Value) {
+    let r = client
+        .post(svc.url("/api/v1/cameras"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx() {
+    let env = TestEnv::new().await;
+    let svc = Service::start(&env).await;
+    let client = reqwest::Client::new();
+    let clip = common::clip("overpass_video03.avi");
+    let file_url = format!("file://{}", clip.display());
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("malformed JSON", "{\"id\": ".into(), 400, "EOF"),
+        ("unknown field", json!({"id": "a", "url": "rtsp://h/x", "colour": 1}).to_string(), 400, "unknown field `colour`"),
+        ("missing field", json!({"id": "a"}).to_string(), 400, "missing field `url`"),
+        ("unsupported scheme", camera("a", "ftp://h/x").to_string(), 400, "scheme \\\"ftp\\\" is not supported"),
+        ("protocol trick", camera("a", "concat:/etc/passwd|x").to_string(), 400, "not supported"),
+        (
+            "zero-length line",
+            json!({"id": "a", "url": "rtsp://h/x", "lines": [{"id": "l", "a": [5, 5], "b": [5, 5]}]}).to_string(),
+            400,
+            "zero-length",
+        ),
+        ("bad id", camera("no spaces allowed", "rtsp://h/x").to_string(), 400, "id must be"),
+        ("missing file", camera("a", "file:///nope/clip.avi").to_string(), 400, "file not found"),
+        ("replay on a network camera", json!({"id": "a", "url": "rtsp://h/x", "replay": {"loop": true}}).to_string(), 400, "replay applies"),
+        ("bad fps", json!({"id": "a", "url": &file_url, "fps": -3}).to_string(), 400, "fps must be"),
+    ];
+    for (what, body, status, needle) in cases {
+        let (got, json) = post(&client, &svc, body.into()).await;
+        assert_eq!(got, status, "{what}: {json}");
+        let message = json["error"].as_str().unwrap_or_default().to_string();
+        assert!(json.to_string().contains(needle), "{what}: {message:?} lacks {needle:?}");
+    }
+
+    // Several problems come back together.
+    let (got, json) = post(&client, &svc, json!({"id": "bad id", "url": "ftp://h", "fps": 0}).to_string().into()).await;
+    assert_eq!(got, 400);
+    assert_eq!(json["error"].as_str().unwrap().matches(';').count(), 2, "{json}");
+
+    // Unknown camera and unknown endpoint.
+    for path in ["/api/v1/cameras/ghost", "/api/v1/cameras/ghost/counts", "/api/v1/nothing"] {
+        let r = client.get(svc.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+    }
+    let r = client.delete(svc.url("/api/v1/cameras/ghost")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Nothing was stored by any of that.
+    let rows = env.db().await.query_one("SELECT count(*) FROM cameras", &[]).await.unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 0);
+    let log = svc.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn cameras_persist_restart_and_never_show_their_password() {
+    let env = TestEnv::new().await;
+    let client = reqwest::Client::new();
+    // Nothing listens on port 9: the camera keeps reconnecting, which is what a dead camera does.
+    let secret_url = "rtsp://admin:s3cretPa55@127.0.0.1:9/stream";
+    let svc = Service::start_with(&env, &[("ITS__CAMERAS__RECONNECT_INITIAL_MS", "100"), ("ITS__CAMERAS__RECONNECT_MAX_MS", "200")]).await;
+
+    let (status, created) = post(&client, &svc, camera("gate-1", secret_url).to_string().into()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["url"], "rtsp://admin:***@127.0.0.1:9/stream");
+    let (status, dup) = post(&client, &svc, camera("gate-1", "rtsp://h/x").to_string().into()).await;
+    assert_eq!(status, 409, "{dup}");
+
+    // The stream fails and is retried, with the error reported and no password in it.
+    let cam = common::eventually("reconnect attempts", std::time::Duration::from_secs(20), || async {
+        let cam: Value = client.get(svc.url("/api/v1/cameras/gate-1")).send().await.ok()?.json().await.ok()?;
+        (cam["status"]["reconnects"].as_u64()? >= 2).then_some(cam)
+    })
+    .await;
+    assert!(cam["status"]["last_error"].as_str().is_some(), "{cam}");
+    let list: Value = client.get(svc.url("/api/v1/cameras")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["cameras"].as_array().unwrap().len(), 1);
+    let counts: Value = client.get(svc.url("/api/v1/cameras/gate-1/counts")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(counts["lines"][0]["id"], "l1");
+    assert_eq!(counts["lines"][0]["in"], 0);
+    let metrics = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("its_frames_decoded_total{camera=\"gate-1\"}"), "{metrics}");
+    assert!(metrics.contains("analytics_latency_seconds"));
+
+    // The password is stored (the camera must reconnect after a restart) ...
+    let row = env.db().await.query_one("SELECT spec->>'url' FROM cameras WHERE id = 'gate-1'", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), secret_url);
+    // ... but appears in no response and no log line.
+    let log = svc.stop();
+    for text in [created.to_string(), cam.to_string(), list.to_string(), counts.to_string(), metrics, log] {
+        assert!(!text.contains("s3cretPa55"), "password leaked in: {text}");
+    }
+
+    // A restarted service runs the stored cameras again.
+    let svc = Service::start(&env).await;
+    let cam: Value = client.get(svc.url("/api/v1/cameras/gate-1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cam["id"], "gate-1");
+    let r = client.delete(svc.url("/api/v1/cameras/gate-1")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = client.get(svc.url("/api/v1/cameras/gate-1")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let rows = env.db().await.query_one("SELECT count(*) FROM cameras", &[]).await.unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 0);
+}
+
+#[tokio::test]
+async fn health_reports_dependencies() {
+    let env = TestEnv::new().await;
+    let svc = Service::start(&env).await;
+    let client = reqwest::Client::new();
+    let live = client.get(svc.url("/health/live")).send().await.unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    let ready: Value = client.get(svc.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["checks"]["postgres"]["ok"], true);
+    assert_eq!(ready["checks"]["redis"]["ok"], true);
+    assert_eq!(ready["checks"]["model"]["devices"][0], "cpu");
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_every_error() {
+    let out = std::process::Command::new(common::binary())
+        .arg("serve")
+        .env("ITS__HTTP__BIND", "not-an-address")
+        .env("ITS__BATCHING__MAX_BATCH", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("http.bind") && stderr.contains("batching.max_batch"), "{stderr}");
+}

@@ -1,0 +1,193 @@
+//! Fixtures for integration tests: a database and Redis key prefix of the test's own, the real
+//! service binary on a free port, the real clips.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bb8_postgres::tokio_postgres::{self, NoTls};
+use bb8_redis::redis;
+
+pub fn admin_postgres_url() -> String {
+    std::env::var("ITS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("ITS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn clip(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/video").join(name);
+    path.canonicalize().unwrap_or_else(|e| panic!("test clip {} missing: {e}", path.display()))
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_its-analytics")
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A database and a Redis key prefix that belong to one test; both removed on drop.
+pub struct TestEnv {
+    pub name: String,
+    pub postgres_url: String,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "its_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+        );
+        let admin = admin_client().await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let base = admin_postgres_url();
+        let postgres_url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        Self { name, postgres_url }
+    }
+
+    pub fn key_prefix(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.postgres_url, NoTls).await.expect("connect test db");
+        tokio::spawn(conn);
+        client
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.expect("connect redis")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime; clean up on a thread of its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let admin = admin_client().await;
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query_async(&mut redis).await.unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: () = redis::cmd("DEL").arg(keys).query_async(&mut redis).await.unwrap();
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&admin_postgres_url(), NoTls).await.expect("connect admin postgres");
+    tokio::spawn(conn);
+    client
+}
+
+/// The real `its-analytics serve` process, configured for one test.
+pub struct Service {
+    child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub async fn start(env: &TestEnv) -> Self {
+        Self::start_with(env, &[]).await
+    }
+
+    pub async fn start_with(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}-{port}.log", env.name));
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("ITS__HTTP__BIND", format!("127.0.0.1:{port}"))
+            .env("ITS__POSTGRES__URL", &env.postgres_url)
+            .env("ITS__REDIS__URL", redis_url())
+            .env("ITS__REDIS__KEY_PREFIX", env.key_prefix())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start its-analytics");
+        let service = Self { child, base: format!("http://127.0.0.1:{port}"), log };
+        service.wait_ready().await;
+        service
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/health/ready", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("service not ready in 60 s; log:\n{}", self.log_text());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `timeout`. For
+/// watching an external process over its API, where there is nothing to await.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
