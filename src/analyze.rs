@@ -98,10 +98,16 @@ pub struct BenchReport {
     pub video: String,
     pub device: String,
     pub threads: usize,
+    /// Largest batch the pipeline can form for one offline camera (and the model-only batch).
     pub batch_size: usize,
+    /// Frames per model call the pipeline actually made.
+    pub mean_batch: f64,
     pub frames: u64,
     pub pipeline_fps: f64,
+    /// Mean of the two model-only measurements, before and after the pipeline run.
     pub model_only_fps: f64,
+    pub model_only_fps_before: f64,
+    pub model_only_fps_after: f64,
     /// pipeline / model-only: 1.0 means the pipeline costs nothing beyond the model.
     pub ratio: f64,
     /// Mean milliseconds per kept frame (decode), per batch (inference), per frame (tracking).
@@ -120,16 +126,23 @@ pub struct StageTimes {
     pub tracking_per_frame: f64,
 }
 
-/// Runs the whole pipeline on a clip, then the model alone with the same batch size and threads
-/// for the same number of frames, in this one process.
+/// Runs the whole pipeline on a clip and, in the same process, the model alone with the same
+/// batch size and threads.
 pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> anyhow::Result<BenchReport> {
+    let batch_size = settings.batching.max_batch.min(settings.batching.queue_per_camera).max(1);
+    // This machine's speed drifts between runs; the model alone is measured before and after the
+    // pipeline and averaged, so a drift does not land on one side of the ratio only.
+    let (before, device) = model_only_on_thread(settings, batch_size)?;
     let run = analyze(settings, video, lines, None).await?;
+    let (after, _) = model_only_on_thread(settings, batch_size)?;
+    let model_only_fps = (before + after) / 2.0;
+
     let stages = &run.metrics.stages;
     let (decode_ms, _) = stages.decode.mean_ms();
     let (inference_ms, batches) = stages.inference.mean_ms();
     let (tracking_ms, _) = stages.tracking.mean_ms();
     let frames = run.report.frames;
-    let batch_size = ((frames as f64 / batches.max(1) as f64).round() as usize).max(1);
+    let mean_batch = frames as f64 / batches.max(1) as f64;
 
     let mut latencies: Vec<f64> = run
         .events
@@ -138,20 +151,22 @@ pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> a
         .collect();
     latencies.sort_by(f64::total_cmp);
 
-    let (model_only_fps, device) = model_only(settings, batch_size, frames.max(1) as usize)?;
     Ok(BenchReport {
         video: run.report.video,
         device,
         threads: crate::actors::gpu::worker::effective_threads(settings.device.cpu_threads),
         batch_size,
+        mean_batch,
         frames,
         pipeline_fps: run.report.fps,
         model_only_fps,
+        model_only_fps_before: before,
+        model_only_fps_after: after,
         ratio: run.report.fps / model_only_fps,
         stage_ms: StageTimes {
             decode_per_frame: decode_ms,
             inference_per_batch: inference_ms,
-            inference_per_frame: inference_ms / batch_size as f64,
+            inference_per_frame: inference_ms / mean_batch.max(1.0),
             tracking_per_frame: tracking_ms,
         },
         events: run.events.len(),
@@ -159,6 +174,18 @@ pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> a
         capture_to_event_ms_p99: percentile(&latencies, 0.99),
     })
 }
+
+/// The model-only run on a thread of its own, set up like an inference thread (libtorch's
+/// thread count is per thread).
+fn model_only_on_thread(settings: &Settings, batch_size: usize) -> anyhow::Result<(f64, String)> {
+    let settings = settings.clone();
+    std::thread::spawn(move || model_only(&settings, batch_size, MODEL_ONLY_FRAMES))
+        .join()
+        .map_err(|_| anyhow::anyhow!("model-only run panicked"))?
+}
+
+/// Frames the model alone is timed on, per measurement.
+const MODEL_ONLY_FRAMES: usize = 600;
 
 /// Frames per second of the model alone: one input tensor prepared once on the device, forward
 /// passes only, no decode, no NMS, no copies back.

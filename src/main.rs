@@ -100,10 +100,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!("clip            {}", r.video);
-                println!("device          {} ({} threads), batch {}", r.device, r.threads, r.batch_size);
+                println!("device          {} ({} threads), batch {} (mean {:.2})", r.device, r.threads, r.batch_size, r.mean_batch);
                 println!("frames          {}", r.frames);
                 println!("pipeline        {:.1} frames/s", r.pipeline_fps);
-                println!("model only      {:.1} frames/s", r.model_only_fps);
+                println!(
+                    "model only      {:.1} frames/s (before {:.1}, after {:.1})",
+                    r.model_only_fps, r.model_only_fps_before, r.model_only_fps_after
+                );
                 println!("ratio           {:.3}", r.ratio);
                 println!(
                     "stages (ms)     decode {:.2}/frame, inference {:.2}/batch ({:.2}/frame), tracking {:.3}/frame",

@@ -42,6 +42,11 @@ impl Detector {
     /// Loads the module onto `device` and validates it with a smoke inference: a model whose
     /// output does not have the family's layout is rejected here, not at the first real frame.
     pub fn load(settings: &ModelSettings, device: Device) -> Result<Self, DetectorError> {
+        // The profiling graph executor re-specialises the frozen graph and ran YOLOX-Nano at
+        // 32 frames/s on 2 CPU threads where the plain executor runs it at 40 (Python: 42);
+        // a frozen convolutional graph gains nothing from profiling. Process-wide, set once.
+        static EXECUTOR: std::sync::Once = std::sync::Once::new();
+        EXECUTOR.call_once(|| tch::jit::set_profiling_mode(false));
         let module = CModule::load_on_device(&settings.path, device).map_err(|e| DetectorError::Load {
             path: settings.path.display().to_string(),
             message: e.to_string(),
