@@ -102,3 +102,43 @@ async fn rtsp_counts_match_the_file_within_one() {
     eprintln!("file: {from_file} crossings; rtsp: {live} crossings, {decoded} frames decoded, {} dropped", status["frames_dropped"]);
     assert!(live.abs_diff(from_file) <= 1, "rtsp {live} vs file {from_file}: {counts}");
 }
+
+/// An HTTP source: the highway clip served by a plain HTTP server. A network stream that ends is
+/// a dropped camera, so it is reconnected (not marked ended).
+#[tokio::test]
+async fn http_sources_stream_and_reconnect_when_they_end() {
+    let port = common::free_port();
+    let dir = common::clip("highway_video02.avi").parent().unwrap().to_path_buf();
+    let _server = Killed(
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::eventually("the HTTP server to listen", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    let env = TestEnv::new().await;
+    let svc = Service::start_with(&env, &[("ITS__CAMERAS__RECONNECT_INITIAL_MS", "200")]).await;
+    let http = reqwest::Client::new();
+    let body = json!({
+        "id": "highway-http",
+        "url": format!("http://127.0.0.1:{port}/highway_video02.avi"),
+        "fps": 5,
+        "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }]
+    });
+    let r = http.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let cam: Value = common::eventually("the whole clip and a reconnect", Duration::from_secs(120), || async {
+        let c: Value = http.get(svc.url("/api/v1/cameras/highway-http")).send().await.ok()?.json().await.ok()?;
+        (c["status"]["frames_decoded"].as_u64()? >= 750 && c["status"]["reconnects"].as_u64()? >= 1).then_some(c)
+    })
+    .await;
+    assert_eq!(cam["status"]["last_error"], "stream ended", "{cam}");
+    assert!(cam["status"]["frames_processed"].as_u64().unwrap() > 0, "{cam}");
+    assert_ne!(cam["status"]["state"], "ended");
+}

@@ -105,25 +105,40 @@ impl Streamer {
             match result {
                 Ok(RunEnd::Stopped) => return,
                 Ok(RunEnd::EndOfFile) if self.config.looping && self.seq > seq_before => continue,
-                Ok(RunEnd::EndOfFile) => {
+                Ok(RunEnd::EndOfFile) if self.config.is_file => {
                     // The connector marks the camera ended once the last frame went through.
                     self.sink.push(Queued::End, &|| self.stopped());
                     return;
                 }
-                Err(error) => {
-                    let error = sanitize(&error, &self.config.url);
-                    tracing::warn!(camera = %self.config.camera_id, %error, "stream failed");
-                    if self.config.max_retries.is_some_and(|max| backoff.failures() >= max) {
-                        self.status.set_state(StreamState::Failed, Some(error));
-                        self.sink.push(Queued::End, &|| self.stopped());
+                // A live stream has no end: the camera or the network dropped it.
+                Ok(RunEnd::EndOfFile) => {
+                    if self.give_up_after("stream ended".into(), &mut backoff) {
                         return;
                     }
-                    self.status.set_state(StreamState::BackingOff, Some(error));
-                    self.status.reconnects.inc();
-                    self.sleep(backoff.next_delay());
+                }
+                Err(error) => {
+                    if self.give_up_after(error, &mut backoff) {
+                        return;
+                    }
                 }
             }
         }
+    }
+
+    /// Records a failed attempt and waits out the backoff; `true` when out of retries (the
+    /// stream is then marked failed and ended).
+    fn give_up_after(&self, error: String, backoff: &mut Backoff) -> bool {
+        let error = sanitize(&error, &self.config.url);
+        tracing::warn!(camera = %self.config.camera_id, %error, "stream failed");
+        if self.config.max_retries.is_some_and(|max| backoff.failures() >= max) {
+            self.status.set_state(StreamState::Failed, Some(error));
+            self.sink.push(Queued::End, &|| self.stopped());
+            return true;
+        }
+        self.status.set_state(StreamState::BackingOff, Some(error));
+        self.status.reconnects.inc();
+        self.sleep(backoff.next_delay());
+        false
     }
 
     fn stopped(&self) -> bool {
