@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::actors::camera::{CameraSpec, StreamState};
+use crate::actors::camera::{CameraSpec, ReplayOptions, StreamState};
 use crate::actors::connector::lines::{LineCount, LineSpec};
 use crate::actors::messages::Event;
 use crate::detector::Detector;
@@ -53,8 +53,15 @@ pub struct AnalyzeRun {
     pub metrics: Arc<Metrics>,
 }
 
-/// Analyses every frame of a clip (or `fps` of them per second) and returns the counts.
-pub async fn analyze(settings: &Settings, video: &Path, lines: Vec<LineSpec>, fps: Option<f64>) -> anyhow::Result<AnalyzeRun> {
+/// Analyses every frame of a clip (or `fps` of them per second) and returns the counts. In
+/// `CameraMode::Live` the clip plays at its own rate like a live camera (frames may be dropped).
+pub async fn analyze(
+    settings: &Settings,
+    video: &Path,
+    lines: Vec<LineSpec>,
+    fps: Option<f64>,
+    mode: CameraMode,
+) -> anyhow::Result<AnalyzeRun> {
     let video: PathBuf = std::fs::canonicalize(video).map_err(|e| anyhow::anyhow!("{}: {e}", video.display()))?;
     let url = url::Url::from_file_path(&video).map_err(|_| anyhow::anyhow!("{}: not a file path", video.display()))?;
     let spec = CameraSpec {
@@ -65,7 +72,7 @@ pub async fn analyze(settings: &Settings, video: &Path, lines: Vec<LineSpec>, fp
         fps: Some(fps.unwrap_or(120.0)),
         lines,
         rtsp_transport: None,
-        replay: None,
+        replay: (mode == CameraMode::Live).then_some(ReplayOptions { looping: false, realtime: true }),
     };
     let errors = spec.validate();
     anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
@@ -74,7 +81,7 @@ pub async fn analyze(settings: &Settings, video: &Path, lines: Vec<LineSpec>, fp
     let sink = Arc::new(MemorySink::default());
     let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone())?;
     let started = Instant::now();
-    let status = pipeline.start_camera(spec, CameraMode::Offline).await?;
+    let status = pipeline.start_camera(spec, mode).await?;
     status.wait_finished().await;
     let seconds = started.elapsed().as_secs_f64();
     if status.state() == StreamState::Failed {
@@ -103,6 +110,7 @@ pub struct BenchReport {
     /// Frames per model call the pipeline actually made.
     pub mean_batch: f64,
     pub frames: u64,
+    /// Offline run: every frame, as fast as the device takes them.
     pub pipeline_fps: f64,
     /// Mean of the two model-only measurements, before and after the pipeline run.
     pub model_only_fps: f64,
@@ -112,10 +120,10 @@ pub struct BenchReport {
     pub ratio: f64,
     /// Mean milliseconds per kept frame (decode), per batch (inference), per frame (tracking).
     pub stage_ms: StageTimes,
-    pub events: usize,
-    /// Frame capture to event emitted, milliseconds.
-    pub capture_to_event_ms_p50: f64,
-    pub capture_to_event_ms_p99: f64,
+    /// Offline latencies include the wait in the full queue (backpressure by design).
+    pub offline_latency: Latency,
+    /// The clip played at its own rate as a live camera: the latency an operator sees.
+    pub live: LiveRun,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,16 +134,54 @@ pub struct StageTimes {
     pub tracking_per_frame: f64,
 }
 
-/// Runs the whole pipeline on a clip and, in the same process, the model alone with the same
-/// batch size and threads.
+/// Milliseconds from frame capture to the frame tracked and counted, and to each event emitted.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub frame_ms_p50: f64,
+    pub frame_ms_p99: f64,
+    pub events: usize,
+    pub event_ms_p50: f64,
+    pub event_ms_p99: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LiveRun {
+    pub source_fps: f64,
+    pub frames: u64,
+    pub frames_dropped: u64,
+    pub latency: Latency,
+}
+
+impl Latency {
+    fn of(run: &AnalyzeRun) -> Self {
+        let frames = run.metrics.stages.frame_latency.sorted();
+        let mut events: Vec<f64> = run
+            .events
+            .iter()
+            .filter_map(|(e, at)| e.captured.map(|c| at.duration_since(c).as_secs_f64() * 1e3))
+            .collect();
+        events.sort_by(f64::total_cmp);
+        Self {
+            frame_ms_p50: percentile(&frames, 0.50),
+            frame_ms_p99: percentile(&frames, 0.99),
+            events: events.len(),
+            event_ms_p50: percentile(&events, 0.50),
+            event_ms_p99: percentile(&events, 0.99),
+        }
+    }
+}
+
+/// Runs the whole pipeline on a clip offline (throughput) and live at the clip's own rate
+/// (latency), and in the same process the model alone with the same batch size and threads.
 pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> anyhow::Result<BenchReport> {
     let batch_size = settings.batching.max_batch.min(settings.batching.queue_per_camera).max(1);
     // This machine's speed drifts between runs; the model alone is measured before and after the
     // pipeline and averaged, so a drift does not land on one side of the ratio only.
     let (before, device) = model_only_on_thread(settings, batch_size)?;
-    let run = analyze(settings, video, lines, None).await?;
+    let run = analyze(settings, video, lines.clone(), None, CameraMode::Offline).await?;
     let (after, _) = model_only_on_thread(settings, batch_size)?;
     let model_only_fps = (before + after) / 2.0;
+    let live = analyze(settings, video, lines, None, CameraMode::Live).await?;
 
     let stages = &run.metrics.stages;
     let (decode_ms, _) = stages.decode.mean_ms();
@@ -143,16 +189,8 @@ pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> a
     let (tracking_ms, _) = stages.tracking.mean_ms();
     let frames = run.report.frames;
     let mean_batch = frames as f64 / batches.max(1) as f64;
-
-    let mut latencies: Vec<f64> = run
-        .events
-        .iter()
-        .filter_map(|(e, at)| e.captured.map(|c| at.duration_since(c).as_secs_f64() * 1e3))
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-
     Ok(BenchReport {
-        video: run.report.video,
+        video: run.report.video.clone(),
         device,
         threads: crate::actors::gpu::worker::effective_threads(settings.device.cpu_threads),
         batch_size,
@@ -169,9 +207,13 @@ pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> a
             inference_per_frame: inference_ms / mean_batch.max(1.0),
             tracking_per_frame: tracking_ms,
         },
-        events: run.events.len(),
-        capture_to_event_ms_p50: percentile(&latencies, 0.50),
-        capture_to_event_ms_p99: percentile(&latencies, 0.99),
+        offline_latency: Latency::of(&run),
+        live: LiveRun {
+            source_fps: live.report.fps,
+            frames: live.report.frames,
+            frames_dropped: live.report.frames_dropped,
+            latency: Latency::of(&live),
+        },
     })
 }
 

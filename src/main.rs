@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use its_analytics::analyze::{self, parse_line};
 use its_analytics::settings::Settings;
+use its_analytics::topology::CameraMode;
 
 #[derive(Parser)]
 #[command(name = "its-analytics", version, about = "Real-time traffic-camera analytics")]
@@ -80,7 +81,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Analyze { video, lines, fps, json } => {
             let lines = parse_lines(&lines)?;
-            let run = analyze::analyze(&settings, &video, lines, fps).await?;
+            let run = analyze::analyze(&settings, &video, lines, fps, CameraMode::Offline).await?;
             let r = run.report;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -112,7 +113,16 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     "stages (ms)     decode {:.2}/frame, inference {:.2}/batch ({:.2}/frame), tracking {:.3}/frame",
                     r.stage_ms.decode_per_frame, r.stage_ms.inference_per_batch, r.stage_ms.inference_per_frame, r.stage_ms.tracking_per_frame
                 );
-                println!("capture->event  p50 {:.1} ms, p99 {:.1} ms over {} events", r.capture_to_event_ms_p50, r.capture_to_event_ms_p99, r.events);
+                let l = &r.offline_latency;
+                println!(
+                    "offline latency frame p50 {:.1} / p99 {:.1} ms, event p50 {:.1} / p99 {:.1} ms ({} events; includes the wait in the full queue)",
+                    l.frame_ms_p50, l.frame_ms_p99, l.event_ms_p50, l.event_ms_p99, l.events
+                );
+                let l = &r.live.latency;
+                println!(
+                    "live            {} frames at {:.1} frames/s, {} dropped; capture->tracked p50 {:.1} / p99 {:.1} ms, capture->event p50 {:.1} / p99 {:.1} ms ({} events)",
+                    r.live.frames, r.live.source_fps, r.live.frames_dropped, l.frame_ms_p50, l.frame_ms_p99, l.event_ms_p50, l.event_ms_p99, l.events
+                );
             }
         }
     }

@@ -151,10 +151,37 @@ impl StageClock {
 }
 
 /// Per-stage clocks: decode (decode + sample + letterbox, per kept frame), inference (per batch:
-/// model + output decode + NMS), tracking (per frame: tracker + lines + events).
+/// model + output decode + NMS), tracking (per frame: tracker + lines + events), and each frame's
+/// latency from capture to tracked.
 #[derive(Debug, Default)]
 pub struct Stages {
     pub decode: StageClock,
     pub inference: StageClock,
     pub tracking: StageClock,
+    pub frame_latency: LatencySamples,
+}
+
+/// Latency samples in milliseconds for `bench`'s percentiles; keeps the first `CAP` only, so a
+/// long-running service holds a bounded amount.
+#[derive(Debug, Default)]
+pub struct LatencySamples {
+    samples: parking_lot::Mutex<Vec<f32>>,
+}
+
+impl LatencySamples {
+    const CAP: usize = 100_000;
+
+    pub fn record(&self, elapsed: std::time::Duration) {
+        let mut samples = self.samples.lock();
+        if samples.len() < Self::CAP {
+            samples.push(elapsed.as_secs_f32() * 1e3);
+        }
+    }
+
+    /// Sorted samples, milliseconds.
+    pub fn sorted(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self.samples.lock().iter().map(|&x| x as f64).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
 }

@@ -95,6 +95,7 @@ impl ConnectorActor {
         }
         camera.status.processed.inc();
         self.metrics.stages.tracking.record(started.elapsed());
+        self.metrics.stages.frame_latency.record(frame.captured.elapsed());
         // Track ids are never reused, so a track unseen for longer than the tracker keeps lost
         // tracks is finished; forget it every so often.
         if frame.seq % 256 == 0 {
