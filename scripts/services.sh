@@ -29,7 +29,7 @@ if ! answers "$pg_host" "$pg_port"; then
     if [ ! -s "$LOCAL/pg/PG_VERSION" ]; then
       say "initialising a local PostgreSQL in .local/pg"
       mkdir -p "$LOCAL/pg"; [ "$(id -u)" -eq 0 ] && chown postgres: "$LOCAL/pg"
-      "${as_pg[@]}" "$bin/initdb" -q -D "$LOCAL/pg" -U postgres --auth=trust >/dev/null
+      "${as_pg[@]}" "$bin/initdb" -D "$LOCAL/pg" -U postgres --auth=trust >"$LOCAL/initdb.log"
     fi
     say "starting local PostgreSQL on 127.0.0.1:$LOCAL_PG_PORT"
     [ "$(id -u)" -eq 0 ] && chown -R postgres: "$LOCAL/pg"

@@ -56,5 +56,5 @@ fi
 
 # --- 4. Build -----------------------------------------------------------------------------------
 say "building (release)"
-PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1 cargo build --release --locked --all-targets
+PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1 cargo build --release --locked --bin its-analytics
 say "ready: target/release/its-analytics"
