@@ -14,13 +14,12 @@ LOCAL_PG_PORT=55432
 LOCAL_REDIS_PORT=56379
 
 say() { printf '\033[1m[services]\033[0m %s\n' "$*" >&2; }
-host_port() { # URL -> "host port"
-  python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname or "127.0.0.1", p.port or int(sys.argv[2]))' "$1" "$2"
-}
 answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+# A server that answers but refuses us (a packaged PostgreSQL asking for a password) is no use:
+# probe by logging in to its maintenance database.
+pg_usable() { timeout 5 psql -w "${1%/*}/postgres" -Atqc 'select 1' >/dev/null 2>&1; }
 
-read -r pg_host pg_port < <(host_port "$PG_URL" 5432)
-if ! answers "$pg_host" "$pg_port"; then
+if ! pg_usable "$PG_URL"; then
   PG_URL="postgres://postgres@127.0.0.1:$LOCAL_PG_PORT/its"
   if ! answers 127.0.0.1 $LOCAL_PG_PORT; then
     bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -37,8 +36,7 @@ if ! answers "$pg_host" "$pg_port"; then
   fi
 fi
 
-read -r redis_host redis_port < <(host_port "$REDIS_URL" 6379)
-if ! answers "$redis_host" "$redis_port"; then
+if ! timeout 5 redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG; then
   REDIS_URL="redis://127.0.0.1:$LOCAL_REDIS_PORT"
   if ! answers 127.0.0.1 $LOCAL_REDIS_PORT; then
     say "starting local Redis on 127.0.0.1:$LOCAL_REDIS_PORT"

@@ -17,9 +17,15 @@ MODEL_OUT=models/yolox_nano.torchscript.pt
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
+# Rust comes from rustup (Debian's rustc is too old for the crates used here).
+if ! command -v cargo >/dev/null; then
+  say "cargo not found: install Rust >= 1.89 with rustup (https://rustup.rs) and run again"; exit 1
+fi
+
 # --- 1. Debian packages -------------------------------------------------------------------------
 packages=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev
-          libclang-dev clang pkg-config ffmpeg rtsp-server-perl redis-server postgresql python3-venv curl)
+          libclang-dev clang pkg-config ffmpeg rtsp-server-perl redis-server postgresql python3-venv curl
+          docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -81,7 +81,7 @@ pub async fn analyze(
     let sink = Arc::new(MemorySink::default());
     let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone())?;
     let started = Instant::now();
-    let status = pipeline.start_camera(spec, mode).await?;
+    let status = pipeline.start_camera(spec, mode, 0).await?;
     status.wait_finished().await;
     let seconds = started.elapsed().as_secs_f64();
     if status.state() == StreamState::Failed {

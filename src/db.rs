@@ -92,30 +92,46 @@ impl Db {
         Ok(())
     }
 
-    /// Inserts a camera; `false` when the id is taken.
-    pub async fn insert_camera(&self, spec: &CameraSpec) -> Result<bool, DbError> {
+    /// Inserts a camera and returns when it was registered (ms since the Unix epoch); `None`
+    /// when the id is taken.
+    pub async fn insert_camera(&self, spec: &CameraSpec) -> Result<Option<u64>, DbError> {
         let json = serde_json::to_value(spec).expect("a camera spec serialises");
-        let n = self
+        let row = self
             .pool
             .get()
             .await?
-            .execute("INSERT INTO cameras (id, spec) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", &[&spec.id, &json])
+            .query_opt(
+                "INSERT INTO cameras (id, spec) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
+                 RETURNING (extract(epoch FROM created_at) * 1000)::int8",
+                &[&spec.id, &json],
+            )
             .await?;
-        Ok(n == 1)
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
     pub async fn delete_camera(&self, id: &str) -> Result<bool, DbError> {
         Ok(self.pool.get().await?.execute("DELETE FROM cameras WHERE id = $1", &[&id]).await? == 1)
     }
 
-    pub async fn cameras(&self) -> Result<Vec<CameraSpec>, DbError> {
-        let rows = self.pool.get().await?.query("SELECT id, spec FROM cameras ORDER BY created_at, id", &[]).await?;
-        rows.iter()
+    /// The stored cameras with when each was registered (ms since the Unix epoch). A row that no
+    /// longer reads as a camera comes back as its error, so one bad row cannot stop the others.
+    pub async fn cameras(&self) -> Result<Vec<Result<(CameraSpec, u64), DbError>>, DbError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query("SELECT id, spec, (extract(epoch FROM created_at) * 1000)::int8 FROM cameras ORDER BY created_at, id", &[])
+            .await?;
+        Ok(rows
+            .iter()
             .map(|row| {
                 let id: String = row.get(0);
-                serde_json::from_value(row.get(1)).map_err(|e| DbError::Corrupt { id, message: e.to_string() })
+                let registered_ms = row.get::<_, i64>(2) as u64;
+                serde_json::from_value(row.get(1))
+                    .map(|spec| (spec, registered_ms))
+                    .map_err(|e| DbError::Corrupt { id, message: e.to_string() })
             })
-            .collect()
+            .collect())
     }
 
     /// Inserts events; ids already present are skipped, so a replay writes nothing twice.

@@ -62,7 +62,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     ffmpeg_next::init().expect("FFmpeg initialises");
-    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    // FFmpeg's own log lines can quote stream URLs (with their credentials) and bypass our
+    // scrubbing, so it stays silent; its errors reach operators through each camera's last_error.
+    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
     let result = actix::System::new().block_on(run(cli.command, settings));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -81,7 +81,7 @@ impl Metrics {
             stages: Stages::default(),
         };
         let r = &mut m.registry;
-        r.register(FRAMES_DECODED, "Frames decoded and sampled, per camera", m.frames_decoded.clone());
+        r.register(FRAMES_DECODED, "Frames decoded from the stream (before sampling to the camera's fps), per camera", m.frames_decoded.clone());
         r.register(FRAMES_PROCESSED, "Frames through detection and tracking, per camera", m.frames_processed.clone());
         r.register(
             FRAMES_DROPPED,

@@ -57,15 +57,23 @@ impl Service {
         );
         let pipeline = Pipeline::start(settings.clone(), metrics.clone(), Arc::new(publisher))?;
         let service = Arc::new(Self { settings, pipeline, db, redis, metrics });
-        for spec in service.db.cameras().await? {
+        // A stored camera that no longer reads or validates (a file that went away) is reported,
+        // not fatal: the others still start.
+        for stored in service.db.cameras().await? {
+            let (spec, registered_ms) = match stored {
+                Ok(camera) => camera,
+                Err(error) => {
+                    tracing::error!(%error, "stored camera not started");
+                    continue;
+                }
+            };
             let id = spec.id.clone();
-            // A stored camera that no longer validates (a file that went away) is reported, not fatal.
             let errors = spec.validate();
             if !errors.is_empty() {
                 tracing::error!(camera = %id, errors = ?errors, "stored camera not started");
                 continue;
             }
-            service.pipeline.start_camera(spec, CameraMode::Live).await?;
+            service.pipeline.start_camera(spec, CameraMode::Live, registered_ms).await?;
             tracing::info!(camera = %id, "camera restored");
         }
         Ok(service)
@@ -76,11 +84,14 @@ impl Service {
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
-        if self.pipeline.camera(&spec.id).is_some() || !self.db.insert_camera(&spec).await? {
+        if self.pipeline.camera(&spec.id).is_some() {
             return Err(ServiceError::Duplicate(spec.id));
         }
+        let Some(registered_ms) = self.db.insert_camera(&spec).await? else {
+            return Err(ServiceError::Duplicate(spec.id));
+        };
         tracing::info!(camera = %spec.id, url = %crate::actors::camera::redact_url(&spec.url), "camera registered");
-        match self.pipeline.start_camera(spec.clone(), CameraMode::Live).await {
+        match self.pipeline.start_camera(spec.clone(), CameraMode::Live, registered_ms).await {
             Ok(status) => Ok(status),
             Err(e) => {
                 // Keep PostgreSQL and the running set in agreement.

@@ -3,6 +3,7 @@
 //! Every section denies unknown keys, and `validate` returns every problem at once so an operator
 //! fixes a config in one round instead of one error per restart.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -146,6 +147,11 @@ pub enum SettingsError {
 impl Settings {
     /// Defaults, then the optional file, then `ITS__SECTION__KEY` variables; validated.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// As `load`, with the variables taken from `env` instead of the process environment.
+    pub fn load_with_env(file: Option<&Path>, env: Option<HashMap<String, String>>) -> Result<Self, SettingsError> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
@@ -156,7 +162,8 @@ impl Settings {
                 config::Environment::with_prefix("ITS")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(env),
             )
             .build()?
             .try_deserialize()?;

@@ -1,6 +1,7 @@
 //! Builds the running pipeline from settings: devices (one GpuActor + inference thread each),
 //! connector shards, and cameras on demand. The one place that knows how actors are wired.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Addr};
@@ -39,6 +40,8 @@ pub enum CameraMode {
 struct Device {
     name: String,
     actor: Addr<GpuActor>,
+    /// False once the inference thread has ended.
+    alive: Arc<AtomicBool>,
 }
 
 struct RunningCamera {
@@ -65,11 +68,12 @@ impl Pipeline {
         for device in select_devices(settings.device.kind).map_err(TopologyError::Device)? {
             let name = device_name(device);
             let queue = FrameQueue::new();
-            worker::spawn(&settings, device, queue.clone(), metrics.clone())
+            let alive = Arc::new(AtomicBool::new(true));
+            worker::spawn(&settings, device, queue.clone(), metrics.clone(), alive.clone())
                 .map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
             let actor = GpuActor::new(name.clone(), queue).start();
             tracing::info!(device = %name, "device ready");
-            devices.push(Device { name, actor });
+            devices.push(Device { name, actor, alive });
         }
         let shards = (0..settings.connector.shards)
             .map(|i| ConnectorActor::new(i, settings.connector.mailbox, settings.tracker, sink.clone(), metrics.clone()).start())
@@ -85,24 +89,36 @@ impl Pipeline {
         &self.metrics
     }
 
-    pub fn device_names(&self) -> Vec<String> {
-        self.devices.iter().map(|d| d.name.clone()).collect()
+    /// Each device with whether its inference thread is running.
+    pub fn devices(&self) -> Vec<(String, bool)> {
+        self.devices.iter().map(|d| (d.name.clone(), d.alive.load(Ordering::SeqCst))).collect()
     }
 
     /// Starts a validated camera: attach to the least-loaded device, register on its shard, then
     /// start its decode thread (so no frame can arrive before its tracker exists).
-    pub async fn start_camera(&self, spec: CameraSpec, mode: CameraMode) -> Result<Arc<CameraStatus>, TopologyError> {
+    /// `registered_ms` is when the camera was registered: a file camera's event ids derive from
+    /// it, so replaying the same file after a restart writes nothing twice; a live camera's
+    /// derive from its start, since its frame numbers start again from 0 with new content.
+    pub async fn start_camera(
+        &self,
+        spec: CameraSpec,
+        mode: CameraMode,
+        registered_ms: u64,
+    ) -> Result<Arc<CameraStatus>, TopologyError> {
         if self.cameras.contains_key(&spec.id) {
             return Err(TopologyError::AlreadyRunning(spec.id));
         }
         let camera_id: CameraId = spec.id.as_str().into();
-        let status = Arc::new(CameraStatus::new(camera_id.clone(), &self.metrics));
+        let is_file = spec.source_kind() == Ok(SourceKind::File);
+        let epoch_ms = if is_file { registered_ms } else { crate::actors::camera::status::now_ms() };
+        let status = Arc::new(CameraStatus::new(camera_id.clone(), epoch_ms, &self.metrics));
         let device = self.least_loaded_device();
         let shard = shard_for(&spec.id, self.shards.len());
-        let when_full = match mode {
-            CameraMode::Live if spec.replay_options().realtime => WhenFull::DropOldest,
-            CameraMode::Live if spec.source_kind() == Ok(SourceKind::Network) => WhenFull::DropOldest,
-            _ => WhenFull::Wait,
+        // Network cameras have no replay options; their default (`realtime`) makes them live.
+        let when_full = if mode == CameraMode::Live && spec.replay_options().realtime {
+            WhenFull::DropOldest
+        } else {
+            WhenFull::Wait
         };
         self.shards[shard]
             .send(AddCamera { status: status.clone(), lines: spec.lines.clone() })

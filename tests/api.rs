@@ -136,7 +136,8 @@ async fn health_reports_dependencies() {
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["checks"]["postgres"]["ok"], true);
     assert_eq!(ready["checks"]["redis"]["ok"], true);
-    assert_eq!(ready["checks"]["model"]["devices"][0], "cpu");
+    assert_eq!(ready["checks"]["model"]["devices"][0]["name"], "cpu");
+    assert_eq!(ready["checks"]["model"]["devices"][0]["alive"], true);
 }
 
 #[test]

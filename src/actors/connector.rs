@@ -47,7 +47,10 @@ struct CameraAnalytics {
     status: Arc<CameraStatus>,
     tracker: Tracker,
     lines: LineCounter,
-    /// Last frame in which each live track was seen, to forget finished tracks.
+    /// Frames this shard has tracked for the camera (dropped frames do not count: the tracker
+    /// ages its lost tracks in tracked frames too).
+    tracked_frames: u64,
+    /// `tracked_frames` when each live track was last seen, to forget finished tracks.
     last_seen: HashMap<u64, u64>,
 }
 
@@ -68,10 +71,12 @@ impl ConnectorActor {
     fn on_frame(&mut self, frame: FrameDetections) {
         let Some(camera) = self.cameras.get_mut(&frame.camera_id) else { return };
         let started = std::time::Instant::now();
+        camera.tracked_frames += 1;
+        let now = camera.tracked_frames;
         let tracked = camera.tracker.update(&frame.detections);
         let mut changed = false;
         for object in &tracked {
-            camera.last_seen.insert(object.track_id, frame.seq);
+            camera.last_seen.insert(object.track_id, now);
             let (x, y) = object.bbox.ground_point();
             for crossing in camera.lines.observe(object.track_id, (x as f64, y as f64), object.class) {
                 changed = true;
@@ -98,9 +103,9 @@ impl ConnectorActor {
         self.metrics.stages.frame_latency.record(frame.captured.elapsed());
         // Track ids are never reused, so a track unseen for longer than the tracker keeps lost
         // tracks is finished; forget it every so often.
-        if frame.seq % 256 == 0 {
+        if now % 256 == 0 {
             let horizon = self.tracker_config.max_lost_frames as u64 + 1;
-            camera.last_seen.retain(|_, seen| frame.seq.saturating_sub(*seen) <= horizon);
+            camera.last_seen.retain(|_, seen| now - *seen <= horizon);
             let alive = &camera.last_seen;
             camera.lines.retain_tracks(|id| alive.contains_key(&id));
         }
@@ -132,7 +137,13 @@ impl Handler<AddCamera> for ConnectorActor {
         msg.status.set_counts(lines.counts());
         self.cameras.insert(
             msg.status.id.clone(),
-            CameraAnalytics { status: msg.status, tracker: Tracker::new(self.tracker_config), lines, last_seen: HashMap::new() },
+            CameraAnalytics {
+                status: msg.status,
+                tracker: Tracker::new(self.tracker_config),
+                lines,
+                tracked_frames: 0,
+                last_seen: HashMap::new(),
+            },
         );
     }
 }

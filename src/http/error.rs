@@ -25,7 +25,14 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             ServiceError::Duplicate(_) => ApiError::Conflict(e.to_string()),
             ServiceError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            ServiceError::Db(_) | ServiceError::Redis(_) => ApiError::Unavailable(e.to_string()),
+            ServiceError::Db(_) | ServiceError::Redis(_) => {
+                // The driver's text stays in the log; clients learn only what is down.
+                tracing::warn!(error = %e, "dependency unavailable");
+                ApiError::Unavailable(match e {
+                    ServiceError::Db(_) => "database unavailable".into(),
+                    _ => "redis unavailable".into(),
+                })
+            }
             ServiceError::Topology(_) => ApiError::Internal(e.to_string()),
         }
     }

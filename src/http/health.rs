@@ -15,22 +15,24 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "live" }))
 }
 
-/// Ready when PostgreSQL and Redis answer and a model is loaded on every device.
+/// Ready when PostgreSQL and Redis answer and every device's inference thread runs its model.
 async fn ready(service: web::Data<Service>) -> HttpResponse {
     let postgres = service.db.ping().await.map_err(|e| e.to_string());
     let redis = service.redis_ping().await.map_err(|e| e.to_string());
-    let devices = service.pipeline.device_names();
+    let devices = service.pipeline.devices();
+    let model_ok = !devices.is_empty() && devices.iter().all(|(_, alive)| *alive);
+    let devices: Vec<_> = devices.into_iter().map(|(name, alive)| serde_json::json!({ "name": name, "alive": alive })).collect();
     let check = |r: &Result<(), String>| match r {
         Ok(()) => serde_json::json!({ "ok": true }),
         Err(e) => serde_json::json!({ "ok": false, "error": e }),
     };
-    let ok = postgres.is_ok() && redis.is_ok() && !devices.is_empty();
+    let ok = postgres.is_ok() && redis.is_ok() && model_ok;
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not_ready" },
         "checks": {
             "postgres": check(&postgres),
             "redis": check(&redis),
-            "model": { "ok": !devices.is_empty(), "devices": devices },
+            "model": { "ok": model_ok, "devices": devices },
         }
     });
     if ok {

@@ -74,7 +74,11 @@ async fn deliver(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: 
 
 async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: u64) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+    // MULTI/EXEC: a batch lands in Redis whole or not at all. A reply lost after EXEC still makes
+    // the retry publish it again, so Redis delivery is at least once (consumers key on event_id);
+    // PostgreSQL is exactly once.
     let mut pipe = bb8_redis::redis::pipe();
+    pipe.atomic();
     for event in batch {
         let json = serde_json::to_string(event).map_err(|e| e.to_string())?;
         pipe.cmd("PUBLISH").arg(keys.camera_channel(&event.camera_id)).arg(&json).ignore();

@@ -339,13 +339,11 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Error text with the camera URL (and so any password in it) removed.
+/// Error text with the camera URL and every secret in it removed.
 fn sanitize(error: &str, url: &str) -> String {
     let mut out = error.replace(url, "<camera url>");
-    if let Ok(parsed) = url::Url::parse(url) {
-        if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
-            out = out.replace(password, "***");
-        }
+    for secret in super::spec::url_secrets(url) {
+        out = out.replace(&secret, "***");
     }
     out
 }
@@ -379,8 +377,8 @@ mod tests {
 
     #[test]
     fn errors_lose_the_url_and_password() {
-        let url = "rtsp://admin:s3cret@cam/live";
-        let e = sanitize("cannot open rtsp://admin:s3cret@cam/live: refused (s3cret)", url);
-        assert!(!e.contains("s3cret"), "{e}");
+        let url = "rtsp://admin:s3cret@cam/live?token=t0k";
+        let e = sanitize("cannot open rtsp://admin:s3cret@cam/live: refused (s3cret, t0k)", url);
+        assert!(!e.contains("s3cret") && !e.contains("t0k"), "{e}");
     }
 }

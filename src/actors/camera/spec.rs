@@ -73,6 +73,9 @@ impl CameraSpec {
         if self.name.len() > 200 {
             errors.push("name is longer than 200 characters".into());
         }
+        if self.name.chars().any(char::is_control) || self.url.chars().any(char::is_control) {
+            errors.push("name and url must not contain control characters".into());
+        }
         match self.source_kind() {
             Ok(kind) => {
                 if kind == SourceKind::File {
@@ -140,13 +143,40 @@ impl CameraSpec {
     }
 }
 
-/// A URL safe to log or return: the password (if any) replaced by `***`. Unparseable input is
-/// withheld entirely, since it might still hold a secret.
+/// Query parameters that carry credentials on common cameras (`?user=admin&pwd=...`,
+/// `?token=...`), matched on the lower-cased parameter name.
+const SECRET_QUERY_KEYS: [&str; 8] = ["pass", "pwd", "token", "key", "auth", "sig", "secret", "cred"];
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_QUERY_KEYS.iter().any(|k| key.contains(k))
+}
+
+/// The secrets a URL carries: its password and the values of credential-like query parameters.
+pub fn url_secrets(raw: &str) -> Vec<String> {
+    let Ok(url) = url::Url::parse(raw) else { return Vec::new() };
+    let mut secrets: Vec<String> = url.password().filter(|p| !p.is_empty()).map(str::to_string).into_iter().collect();
+    secrets.extend(url.query_pairs().filter(|(k, v)| is_secret_key(k) && !v.is_empty()).map(|(_, v)| v.into_owned()));
+    secrets
+}
+
+/// A URL safe to log or return: the password and credential-like query values replaced by
+/// `***`. Unparseable input is withheld entirely, since it might still hold a secret.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) => {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
+            }
+            if url.query().is_some() {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_key(&k) { "***".to_string() } else { v.into_owned() };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
             }
             url.to_string()
         }
@@ -175,6 +205,9 @@ mod tests {
         assert_eq!(redact_url("rtsp://admin:s3cret@10.0.0.5:554/live"), "rtsp://admin:***@10.0.0.5:554/live");
         assert_eq!(redact_url("rtsp://10.0.0.5/live"), "rtsp://10.0.0.5/live");
         assert_eq!(redact_url("not a url with s3cret"), "<unparseable url>");
+        let q = redact_url("http://cam.example/snap.cgi?user=admin&pwd=s3cret&Token=abc&res=720");
+        assert_eq!(q, "http://cam.example/snap.cgi?user=admin&pwd=***&Token=***&res=720");
+        assert_eq!(url_secrets("rtsp://u:p4ss@h/x?auth_key=k3y&fps=5"), vec!["p4ss".to_string(), "k3y".to_string()]);
         let s = spec("rtsp://u:s3cret@host/x").redacted();
         assert!(!serde_json::to_string(&s).unwrap().contains("s3cret"));
     }
@@ -197,6 +230,13 @@ mod tests {
         assert_eq!(s.validate(), vec!["replay applies to file:// URLs only".to_string()]);
         let mut s = spec("http://cam.example/live");
         s.rtsp_transport = Some(RtspTransport::Udp);
+        assert_eq!(s.validate().len(), 1);
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let mut s = spec("rtsp://cam.example/live");
+        s.name = "gate\u{0}1".into();
         assert_eq!(s.validate().len(), 1);
     }
 

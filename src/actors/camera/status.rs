@@ -24,10 +24,14 @@ pub enum StreamState {
     Stopped,
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 pub struct CameraStatus {
     pub id: CameraId,
-    /// Milliseconds since the Unix epoch when this camera actor started: part of event ids, so a
-    /// restarted camera (whose frame numbers start again) never reuses an id.
+    /// Part of every event id (see `Pipeline::start_camera`), in milliseconds since the Unix epoch.
     pub epoch_ms: u64,
     state: Mutex<(StreamState, Option<String>)>,
     pub decoded: Counter,
@@ -53,9 +57,8 @@ pub struct StatusView {
 }
 
 impl CameraStatus {
-    pub fn new(id: CameraId, metrics: &Metrics) -> Self {
+    pub fn new(id: CameraId, epoch_ms: u64, metrics: &Metrics) -> Self {
         let labels = metrics.camera(&id);
-        let epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         Self {
             epoch_ms,
             state: Mutex::new((StreamState::Connecting, None)),

@@ -33,6 +33,8 @@ pub enum Queued {
 struct CameraQueue<R> {
     camera_id: CameraId,
     items: VecDeque<Queued>,
+    /// Frames among `items` (the rest are end markers).
+    frames: usize,
     capacity: usize,
     when_full: WhenFull,
     route: R,
@@ -84,13 +86,13 @@ impl<R: Clone> Intake<R> {
 
     pub fn attach(&mut self, camera_id: CameraId, capacity: usize, when_full: WhenFull, route: R) {
         self.detach(&camera_id);
-        self.cameras.push(CameraQueue { camera_id, items: VecDeque::new(), capacity: capacity.max(1), when_full, route });
+        self.cameras.push(CameraQueue { camera_id, items: VecDeque::new(), frames: 0, capacity: capacity.max(1), when_full, route });
     }
 
     pub fn detach(&mut self, camera_id: &str) {
         if let Some(i) = self.cameras.iter().position(|c| &*c.camera_id == camera_id) {
             let removed = self.cameras.remove(i);
-            self.queued_frames -= removed.items.iter().filter(|q| matches!(q, Queued::Frame(_))).count();
+            self.queued_frames -= removed.frames;
             if self.cursor > i {
                 self.cursor -= 1;
             }
@@ -101,19 +103,25 @@ impl<R: Clone> Intake<R> {
         self.queued_frames
     }
 
+    /// The most frames the queues can hold together: a batch cannot grow past this while
+    /// waiting, so the former stops waiting there.
+    pub fn capacity(&self) -> usize {
+        self.cameras.iter().map(|c| c.capacity).sum()
+    }
+
     pub fn push(&mut self, camera_id: &str, item: Queued) -> (PushOutcome, Option<Queued>) {
         let Some(queue) = self.cameras.iter_mut().find(|c| &*c.camera_id == camera_id) else {
             return (PushOutcome::Detached, Some(item));
         };
-        let frames = queue.items.iter().filter(|q| matches!(q, Queued::Frame(_))).count();
         let is_frame = matches!(item, Queued::Frame(_));
         let mut outcome = PushOutcome::Queued;
-        if is_frame && frames >= queue.capacity {
+        if is_frame && queue.frames >= queue.capacity {
             match queue.when_full {
                 WhenFull::Wait => return (PushOutcome::Full, Some(item)),
                 WhenFull::DropOldest => {
                     if let Some(i) = queue.items.iter().position(|q| matches!(q, Queued::Frame(_))) {
                         queue.items.remove(i);
+                        queue.frames -= 1;
                         self.queued_frames -= 1;
                         outcome = PushOutcome::DroppedOldest;
                     }
@@ -121,6 +129,7 @@ impl<R: Clone> Intake<R> {
             }
         }
         if is_frame {
+            queue.frames += 1;
             self.queued_frames += 1;
         }
         queue.items.push_back(item);
@@ -132,9 +141,10 @@ impl<R: Clone> Intake<R> {
         self.cameras.iter().any(|c| !c.items.is_empty())
     }
 
-    /// Forms a batch of at most `max_batch` frames, one per camera per round. Frames captured
-    /// before `expire_before` are skipped. End markers are taken only when they reach the head of
-    /// their queue, so they always follow the camera's last frame.
+    /// Forms a batch of at most `max_batch` frames, one per camera per round. Frames of live
+    /// cameras captured before `expire_before` are skipped (a replay's frames never expire: it
+    /// waits instead of dropping). End markers are taken only when they reach the head of their
+    /// queue, so they always follow the camera's last frame.
     pub fn form_batch(&mut self, max_batch: usize, expire_before: Option<Instant>) -> Batch<R> {
         let mut batch = Batch::default();
         let n = self.cameras.len();
@@ -155,8 +165,10 @@ impl<R: Clone> Intake<R> {
                     match head {
                         Queued::End => batch.ended.push((queue.camera_id.clone(), queue.route.clone())),
                         Queued::Frame(frame) => {
+                            queue.frames -= 1;
                             self.queued_frames -= 1;
-                            if expire_before.is_some_and(|t| frame.captured < t) {
+                            let live = queue.when_full == WhenFull::DropOldest;
+                            if live && expire_before.is_some_and(|t| frame.captured < t) {
                                 batch.expired.push((frame.camera_id.clone(), queue.route.clone()));
                                 continue;
                             }
@@ -237,7 +249,8 @@ impl<R: Clone> FrameQueue<R> {
             self.work.wait(&mut state);
         }
         let fill_until = Instant::now() + max_wait;
-        while state.0.queued_frames() < max_batch && !state.1 {
+        let target = max_batch.min(state.0.capacity());
+        while state.0.queued_frames() < target && !state.1 {
             if self.work.wait_until(&mut state, fill_until).timed_out() {
                 break;
             }
@@ -370,6 +383,28 @@ mod tests {
         assert_eq!(seqs(&batch), vec![("a".into(), 1)]);
         assert_eq!(batch.expired.len(), 1);
         assert_eq!(intake.queued_frames(), 0);
+    }
+
+    #[test]
+    fn replay_frames_never_expire() {
+        let mut intake = Intake::new();
+        intake.attach("a".into(), 8, WhenFull::Wait, ());
+        let old = Instant::now();
+        intake.push("a", frame_at("a", 0, old));
+        let batch = intake.form_batch(4, Some(old + Duration::from_secs(1)));
+        assert_eq!(seqs(&batch), vec![("a".into(), 0)]);
+        assert!(batch.expired.is_empty());
+    }
+
+    #[test]
+    fn a_batch_stops_waiting_at_what_the_queues_can_hold() {
+        let queue = FrameQueue::<()>::new();
+        queue.attach("a".into(), 2, WhenFull::Wait, ());
+        queue.push("a", frame("a", 0), &|| false);
+        queue.push("a", frame("a", 1), &|| false);
+        // max_batch 8 can never fill from one queue of 2; an hour's max_wait must not be waited.
+        let batch = queue.next_batch(8, Duration::from_secs(3600), None).unwrap();
+        assert_eq!(batch.frames.len(), 2);
     }
 
     #[test]

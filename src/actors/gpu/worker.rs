@@ -1,6 +1,7 @@
 //! The inference thread of one device: takes batches from the device queue, runs the model,
 //! and sends each frame's detections to its camera's connector shard in capture order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,20 +33,23 @@ impl WorkerConfig {
 }
 
 /// Loads the model on `device` inside a new inference thread and runs it until the queue closes.
-/// Returns once the model is loaded and validated, or with the reason it could not be.
+/// Returns once the model is loaded and validated, or with the reason it could not be. `alive`
+/// turns false when the thread ends (readiness reports it).
 pub fn spawn(
     settings: &Settings,
     device: tch::Device,
     queue: Arc<DeviceQueue>,
     metrics: Arc<Metrics>,
-) -> Result<std::thread::JoinHandle<()>, String> {
+    alive: Arc<AtomicBool>,
+) -> Result<(), String> {
     let model = settings.model.clone();
     let config = WorkerConfig::from_settings(settings);
     let name = device_name(device);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name(format!("infer-{name}"))
         .spawn(move || {
+            let _alive = AliveGuard(alive);
             if device == tch::Device::Cpu {
                 tch::set_num_threads(effective_threads(config.cpu_threads) as i32);
             }
@@ -62,8 +66,16 @@ pub fn spawn(
             Worker { detector, queue, metrics, labels: DeviceLabels { device: name }, config }.run();
         })
         .map_err(|e| format!("cannot start inference thread: {e}"))?;
-    ready_rx.recv().map_err(|_| "inference thread died while loading the model".to_string())??;
-    Ok(handle)
+    ready_rx.recv().map_err(|_| "inference thread died while loading the model".to_string())?
+}
+
+/// Marks the device dead when the inference thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 pub fn effective_threads(configured: usize) -> usize {
@@ -102,7 +114,10 @@ impl Worker {
     fn infer(&self, frames: Vec<(crate::actors::messages::Frame, CameraRoute)>) {
         let inputs: Vec<_> = frames.iter().map(|(f, _)| (f.pixels.as_ref(), f.letterbox)).collect();
         let started = Instant::now();
-        let result = self.detector.detect(&inputs);
+        // libtorch errors surface as panics in some tch calls (device out of memory, say): one
+        // failed batch is dropped and counted, the device keeps serving.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.detector.detect(&inputs)))
+            .unwrap_or_else(|_| Err(crate::detector::DetectorError::Inference("inference panicked".into())));
         self.metrics.stages.inference.record(started.elapsed());
         self.metrics.inference_latency.get_or_create(&self.labels).observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.get_or_create(&self.labels).observe(frames.len() as f64);
