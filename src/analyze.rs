@@ -179,6 +179,8 @@ pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> a
     // pipeline and averaged, so a drift does not land on one side of the ratio only.
     let (before, device) = model_only_on_thread(settings, batch_size)?;
     let run = analyze(settings, video, lines.clone(), None, CameraMode::Offline).await?;
+    // Let the finished pipeline's actors stop and its inference thread end before timing again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (after, _) = model_only_on_thread(settings, batch_size)?;
     let model_only_fps = (before + after) / 2.0;
     let live = analyze(settings, video, lines, None, CameraMode::Live).await?;
