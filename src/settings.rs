@@ -188,7 +188,7 @@ impl Settings {
         if self.postgres.pool_size == 0 {
             errors.push("postgres.pool_size must be at least 1".into());
         }
-        if !(32..=2048).contains(&self.model.input_size) || self.model.input_size % 32 != 0 {
+        if !(32..=2048).contains(&self.model.input_size) || !self.model.input_size.is_multiple_of(32) {
             errors.push("model.input_size must be a multiple of 32 in 32..=2048".into());
         }
         if !(0.0..=1.0).contains(&self.model.score_threshold) {

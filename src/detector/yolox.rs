@@ -28,8 +28,8 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
                 };
                 row_index += 1;
                 let objectness = row[4];
-                // Cheap reject first: score = obj x cls <= obj.
-                if !(objectness >= score_threshold) {
+                // Cheap reject first: score = obj x cls <= obj. NaN never passes.
+                if objectness.is_nan() || objectness < score_threshold {
                     continue;
                 }
                 let (class_id, class_score) = row[5..]
@@ -37,7 +37,7 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
                     .enumerate()
                     .fold((0, f32::MIN), |best, (i, &p)| if p > best.1 { (i, p) } else { best });
                 let score = objectness * class_score;
-                if !(score >= score_threshold) {
+                if score.is_nan() || score < score_threshold {
                     continue;
                 }
                 let Some(class) = ObjectClass::from_coco(class_id) else { continue };
