@@ -53,6 +53,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,actix_server=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
@@ -79,7 +80,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
             let service = its_analytics::service::Service::start(settings).await?;
-            its_analytics::http::serve(service).await?;
+            // Returns on SIGINT / SIGTERM, after in-flight requests finish.
+            its_analytics::http::serve(service.clone()).await?;
+            service.shutdown().await;
         }
         Command::Analyze { video, lines, fps, json } => {
             let lines = parse_lines(&lines)?;

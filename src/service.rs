@@ -33,7 +33,11 @@ pub struct Service {
     pub db: Db,
     pub redis: RedisPool,
     pub metrics: Arc<Metrics>,
+    publisher: Arc<Publisher>,
 }
+
+/// How long shutdown waits for the publisher to deliver what the connectors emitted.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Service {
     /// Connects to PostgreSQL (migrating) and Redis, loads the model, starts the pipeline and
@@ -47,16 +51,16 @@ impl Service {
             .connection_timeout(std::time::Duration::from_secs(5))
             .build(manager)
             .await?;
-        let publisher = Publisher::spawn(
+        let publisher = Arc::new(Publisher::spawn(
             redis.clone(),
             RedisKeys::new(&settings.redis.key_prefix),
             settings.redis.stream_max_len,
             db.clone(),
             metrics.clone(),
             65_536,
-        );
-        let pipeline = Pipeline::start(settings.clone(), metrics.clone(), Arc::new(publisher))?;
-        let service = Arc::new(Self { settings, pipeline, db, redis, metrics });
+        ));
+        let pipeline = Pipeline::start(settings.clone(), metrics.clone(), publisher.clone())?;
+        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, publisher });
         // A stored camera that no longer reads or validates (a file that went away) is reported,
         // not fatal: the others still start.
         for stored in service.db.cameras().await? {
@@ -109,6 +113,20 @@ impl Service {
             Ok(())
         } else {
             Err(ServiceError::NotFound(id.to_string()))
+        }
+    }
+
+    /// Orderly stop: cameras first (no new frames), then the events already emitted are
+    /// delivered before the process exits. Cameras stay registered and resume at the next start.
+    pub async fn shutdown(&self) {
+        for (spec, _) in self.pipeline.cameras() {
+            self.pipeline.stop_camera(&spec.id).await;
+        }
+        let (accepted, delivered) = self.publisher.drain(DRAIN_TIMEOUT).await;
+        if delivered < accepted {
+            tracing::error!(accepted, delivered, "shutdown: events not delivered in time");
+        } else {
+            tracing::info!(accepted, delivered, "shutdown: every event delivered");
         }
     }
 

@@ -5,6 +5,7 @@
 //! succeeds, so a PostgreSQL hiccup never writes the Redis stream twice. The intake is bounded:
 //! when it is full the event is dropped and counted (the durable outbox replaces this policy).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ const BATCH: usize = 256;
 pub struct Publisher {
     tx: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
+    /// Events accepted by `submit`, and events delivered to both stores: equal when drained.
+    accepted: AtomicU64,
+    delivered: Arc<AtomicU64>,
 }
 
 impl EventSink for Publisher {
@@ -31,6 +35,8 @@ impl EventSink for Publisher {
         if self.tx.try_send(event).is_err() {
             self.metrics.events_dropped.inc();
             tracing::error!("event sink queue full; event dropped");
+        } else {
+            self.accepted.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -40,14 +46,30 @@ impl Publisher {
     pub fn spawn(redis: RedisPool, keys: RedisKeys, stream_max_len: u64, db: Db, metrics: Arc<Metrics>, capacity: usize) -> Self {
         let (tx, mut rx) = mpsc::channel::<Event>(capacity);
         let task_metrics = metrics.clone();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let task_delivered = delivered.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 deliver(&batch, &redis, &keys, stream_max_len, &db, &task_metrics).await;
+                task_delivered.fetch_add(batch.len() as u64, Ordering::SeqCst);
                 batch.clear();
             }
         });
-        Self { tx, metrics }
+        Self { tx, metrics, accepted: AtomicU64::new(0), delivered }
+    }
+
+    /// Waits until every accepted event is delivered, or `timeout`; returns (accepted, delivered).
+    /// For shutdown: the cameras are stopped first, so nothing new arrives meanwhile.
+    pub async fn drain(&self, timeout: Duration) -> (u64, u64) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (accepted, delivered) = (self.accepted.load(Ordering::SeqCst), self.delivered.load(Ordering::SeqCst));
+            if delivered >= accepted || tokio::time::Instant::now() >= deadline {
+                return (accepted, delivered);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
