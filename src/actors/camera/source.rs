@@ -308,9 +308,6 @@ struct Converter {
     planar: Vec<u8>,
 }
 
-// The scaler holds raw FFmpeg pointers; it is created and used on the decode thread only.
-unsafe impl Send for Converter {}
-
 impl Converter {
     fn new(frame: &ffmpeg::frame::Video, input_size: u32) -> Result<Self, String> {
         let letterbox = Letterbox::new(frame.width(), frame.height(), input_size);
