@@ -96,7 +96,7 @@ pub async fn analyze(
         fps: view.frames_processed as f64 / seconds.max(1e-9),
         lines: status.counts(),
     };
-    pipeline.stop_camera("clip").await;
+    pipeline.shutdown().await;
     Ok(AnalyzeRun { report, events: sink.take(), metrics })
 }
 
@@ -178,9 +178,8 @@ pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> a
     // This machine's speed drifts between runs; the model alone is measured before and after the
     // pipeline and averaged, so a drift does not land on one side of the ratio only.
     let (before, device) = model_only_on_thread(settings, batch_size)?;
+    // `analyze` returns once its inference thread has ended, so it cannot slow the next timing.
     let run = analyze(settings, video, lines.clone(), None, CameraMode::Offline).await?;
-    // Let the finished pipeline's actors stop and its inference thread end before timing again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let (after, _) = model_only_on_thread(settings, batch_size)?;
     let model_only_fps = (before + after) / 2.0;
     let live = analyze(settings, video, lines, None, CameraMode::Live).await?;

@@ -116,12 +116,11 @@ impl Service {
         }
     }
 
-    /// Orderly stop: cameras first (no new frames), then the events already emitted are
-    /// delivered before the process exits. Cameras stay registered and resume at the next start.
+    /// Orderly stop: cameras and inference threads first (no new frames, no model call left
+    /// running), then the events already emitted are delivered before the process exits.
+    /// Cameras stay registered and resume at the next start.
     pub async fn shutdown(&self) {
-        for (spec, _) in self.pipeline.cameras() {
-            self.pipeline.stop_camera(&spec.id).await;
-        }
+        self.pipeline.shutdown().await;
         let (accepted, delivered) = self.publisher.drain(DRAIN_TIMEOUT).await;
         if delivered < accepted {
             tracing::error!(accepted, delivered, "shutdown: events not delivered in time");

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr};
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use crate::actors::camera::source::SourceConfig;
 use crate::actors::camera::{CameraActor, CameraSpec, CameraStatus, SourceKind, StopCamera};
 use crate::actors::connector::{shard_for, AddCamera, ConnectorActor, RemoveCamera};
 use crate::actors::gpu::batch::{FrameQueue, WhenFull};
-use crate::actors::gpu::{worker, AttachCamera, CameraRoute, DetachCamera, GpuActor};
+use crate::actors::gpu::{worker, AttachCamera, CameraRoute, DetachCamera, DeviceQueue, GpuActor};
 use crate::actors::messages::CameraId;
 use crate::detector::model::{check_model_file, device_name, select_devices};
 use crate::metrics::Metrics;
@@ -40,8 +41,11 @@ pub enum CameraMode {
 struct Device {
     name: String,
     actor: Addr<GpuActor>,
+    queue: Arc<DeviceQueue>,
     /// False once the inference thread has ended.
     alive: Arc<AtomicBool>,
+    /// Taken by `shutdown`, which waits for the thread.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct RunningCamera {
@@ -69,11 +73,11 @@ impl Pipeline {
             let name = device_name(device);
             let queue = FrameQueue::new();
             let alive = Arc::new(AtomicBool::new(true));
-            worker::spawn(&settings, device, queue.clone(), metrics.clone(), alive.clone())
+            let thread = worker::spawn(&settings, device, queue.clone(), metrics.clone(), alive.clone())
                 .map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
-            let actor = GpuActor::new(name.clone(), queue).start();
+            let actor = GpuActor::new(name.clone(), queue.clone()).start();
             tracing::info!(device = %name, "device ready");
-            devices.push(Device { name, actor, alive });
+            devices.push(Device { name, actor, queue, alive, thread: Mutex::new(Some(thread)) });
         }
         let shards = (0..settings.connector.shards)
             .map(|i| ConnectorActor::new(i, settings.connector.mailbox, settings.tracker, sink.clone(), metrics.clone()).start())
@@ -145,6 +149,20 @@ impl Pipeline {
         let _ = self.shards[camera.shard].send(RemoveCamera(camera_id)).await;
         self.metrics.remove_camera(id);
         true
+    }
+
+    /// Stops every camera, then each device's inference thread once it has finished its batch,
+    /// and waits for those threads: libtorch must not be mid-call while the process exits.
+    pub async fn shutdown(&self) {
+        for (spec, _) in self.cameras() {
+            self.stop_camera(&spec.id).await;
+        }
+        for device in &self.devices {
+            device.queue.close();
+            if let Some(thread) = device.thread.lock().take() {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        }
     }
 
     pub fn camera(&self, id: &str) -> Option<(CameraSpec, Arc<CameraStatus>)> {

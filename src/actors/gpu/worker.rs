@@ -41,12 +41,12 @@ pub fn spawn(
     queue: Arc<DeviceQueue>,
     metrics: Arc<Metrics>,
     alive: Arc<AtomicBool>,
-) -> Result<(), String> {
+) -> Result<std::thread::JoinHandle<()>, String> {
     let model = settings.model.clone();
     let config = WorkerConfig::from_settings(settings);
     let name = device_name(device);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name(format!("infer-{name}"))
         .spawn(move || {
             let _alive = AliveGuard(alive);
@@ -66,7 +66,8 @@ pub fn spawn(
             Worker { detector, queue, metrics, labels: DeviceLabels { device: name }, config }.run();
         })
         .map_err(|e| format!("cannot start inference thread: {e}"))?;
-    ready_rx.recv().map_err(|_| "inference thread died while loading the model".to_string())?
+    ready_rx.recv().map_err(|_| "inference thread died while loading the model".to_string())??;
+    Ok(handle)
 }
 
 /// Marks the device dead when the inference thread ends, however it ends.
