@@ -234,9 +234,7 @@ const MODEL_ONLY_FRAMES: usize = 600;
 /// passes only, no decode, no NMS, no copies back.
 fn model_only(settings: &Settings, batch_size: usize, frames: usize) -> anyhow::Result<(f64, String)> {
     let device = crate::detector::model::select_devices(settings.device.kind).map_err(anyhow::Error::msg)?[0];
-    if device == tch::Device::Cpu {
-        tch::set_num_threads(crate::actors::gpu::worker::effective_threads(settings.device.cpu_threads) as i32);
-    }
+    crate::actors::gpu::worker::set_up_thread(device, settings.device.cpu_threads);
     let detector = Detector::load(&settings.model, device)?;
     let grey = vec![crate::detector::input::PAD_VALUE; 3 * (settings.model.input_size as usize).pow(2)];
     let input = detector.input_tensor(&vec![grey.as_slice(); batch_size])?;

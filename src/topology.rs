@@ -159,7 +159,9 @@ impl Pipeline {
         }
         for device in &self.devices {
             device.queue.close();
-            if let Some(thread) = device.thread.lock().take() {
+            // Taken in its own statement: the lock must not be held across the await.
+            let thread = device.thread.lock().take();
+            if let Some(thread) = thread {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             }
         }

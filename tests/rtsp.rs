@@ -45,10 +45,7 @@ async fn rtsp_counts_match_the_file_within_one() {
             .spawn()
             .expect("rtsp-server-perl (Debian package rtsp-server-perl)"),
     );
-    common::eventually("the RTSP server to listen", Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", client_port)).await.ok().map(|_| ())
-    })
-    .await;
+    common::wait_listening("the RTSP server to listen", client_port).await;
 
     let env = TestEnv::new().await;
     let svc = Service::start_with(
@@ -118,10 +115,7 @@ async fn http_sources_stream_and_reconnect_when_they_end() {
             .spawn()
             .unwrap(),
     );
-    common::eventually("the HTTP server to listen", Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-    })
-    .await;
+    common::wait_listening("the HTTP server to listen", port).await;
     let env = TestEnv::new().await;
     let svc = Service::start_with(&env, &[("ITS__CAMERAS__RECONNECT_INITIAL_MS", "200")]).await;
     let http = reqwest::Client::new();

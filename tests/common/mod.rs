@@ -199,6 +199,14 @@ where
     }
 }
 
+/// Waits until something accepts TCP connections on a loopback port (a server a test started).
+pub async fn wait_listening(what: &str, port: u16) {
+    eventually(what, Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+}
+
 /// The value of an unlabelled metric in a Prometheus text page.
 pub fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()

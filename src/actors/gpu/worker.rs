@@ -50,9 +50,7 @@ pub fn spawn(
         .name(format!("infer-{name}"))
         .spawn(move || {
             let _alive = AliveGuard(alive);
-            if device == tch::Device::Cpu {
-                tch::set_num_threads(effective_threads(config.cpu_threads) as i32);
-            }
+            set_up_thread(device, config.cpu_threads);
             let detector = match Detector::load(&model, device) {
                 Ok(d) => {
                     let _ = ready_tx.send(Ok(()));
@@ -76,6 +74,13 @@ struct AliveGuard(Arc<AtomicBool>);
 impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Sets libtorch's thread count for CPU inference on the calling thread (the setting is per thread).
+pub fn set_up_thread(device: tch::Device, cpu_threads: usize) {
+    if device == tch::Device::Cpu {
+        tch::set_num_threads(effective_threads(cpu_threads) as i32);
     }
 }
 
