@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up, then runs the service with one demo camera: the overpass clip looped as a live camera
-# at its own frame rate, counted across a line at y=150. Ctrl-C stops it.
+# at its own frame rate, with the calibrated lanes of configs/geometry/overpass_video03.json
+# (counts across y=150, per lane, speeds, occupancy, headways). Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -24,13 +25,16 @@ curl -fsS "$API/health/ready" >/dev/null || { echo "service did not become ready
 curl -sS -o /dev/null -w "register demo camera: HTTP %{http_code} (409 = already registered)\n" \
   -X POST "$API/api/v1/cameras" -H 'content-type: application/json' -d @- <<JSON
 {"id": "demo-overpass", "name": "Overpass (demo clip, looped)", "url": "file://$CLIP", "fps": 30,
- "lines": [{"id": "y150", "name": "Across both lanes", "a": [0, 150], "b": [320, 150]}],
+ "geometry": $(cat configs/geometry/overpass_video03.json),
  "replay": {"loop": true, "realtime": true}}
 JSON
 cat <<TXT
 
 its-analytics is running on $API with the demo camera "demo-overpass".
   live counts:  curl -s $API/api/v1/cameras/demo-overpass/counts
+  live state:   curl -s $API/api/v1/cameras/demo-overpass/state
+  per minute:   curl -s '$API/api/v1/cameras/demo-overpass/analytics?interval=1m'
+  live events:  curl -N $API/api/v1/events/stream
   cameras:      curl -s $API/api/v1/cameras
   metrics:      curl -s $API/metrics
   events:       redis-cli -u \$ITS__REDIS__URL XREVRANGE its:events + - COUNT 5

@@ -12,7 +12,11 @@ use serde::Serialize;
 
 use crate::actors::camera::{CameraSpec, ReplayOptions, StreamState};
 use crate::actors::connector::lines::{LineCount, LineSpec};
-use crate::actors::messages::Event;
+use crate::actors::messages::{Event, EventDetail};
+use crate::analytics::geometry::Geometry;
+use crate::analytics::measures::{IntervalMeasures, MeasuresView};
+use crate::analytics::rollup::{roll_up, ElementSeries, Interval};
+use crate::analytics::{AggregateRow, ElementKind};
 use crate::detector::Detector;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -36,14 +40,68 @@ pub fn parse_line(n: usize, text: &str) -> Result<LineSpec, String> {
     }
 }
 
+/// Reads a geometry JSON file (the body of `PUT /api/v1/cameras/{id}/geometry`) and validates it.
+pub fn read_geometry(path: &Path) -> anyhow::Result<Geometry> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let geometry: Geometry = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let errors = geometry.validate();
+    anyhow::ensure!(errors.is_empty(), "{}: {}", path.display(), errors.join("; "));
+    Ok(geometry)
+}
+
 #[derive(Debug, Serialize)]
 pub struct AnalyzeReport {
     pub video: String,
+    /// Frames processed (analysed), and decoded (all frames of the clip).
     pub frames: u64,
+    pub frames_decoded: u64,
+    /// Frame time the clip covers, in seconds (from the frame clock, not the container).
+    pub media_seconds: f64,
     pub frames_dropped: u64,
     pub seconds: f64,
     pub fps: f64,
     pub lines: Vec<LineCount>,
+    /// Every line, zone and lane: its measures over the whole clip and per minute of frame time.
+    pub elements: Vec<ElementReport>,
+    /// Incident events in order (opened, updated, closed).
+    pub incidents: Vec<Event>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ElementReport {
+    pub id: String,
+    pub kind: String,
+    pub total: MeasuresView,
+    pub minutes: Vec<crate::analytics::rollup::IntervalValue>,
+}
+
+/// Per-element totals and minutes from the minute rows of one run.
+fn element_reports(rows: Vec<AggregateRow>) -> Vec<ElementReport> {
+    let mut totals: Vec<(String, ElementKind, IntervalMeasures)> = Vec::new();
+    for row in &rows {
+        match totals.iter_mut().find(|(id, _, _)| *id == row.element_id) {
+            Some((_, _, m)) => m.merge(&row.measures),
+            None => totals.push((row.element_id.clone(), row.element_kind, row.measures.clone())),
+        }
+    }
+    let stored = rows
+        .into_iter()
+        .map(|r| crate::db::StoredAggregate {
+            interval_start: r.interval_start,
+            geometry_version: r.geometry_version,
+            element_id: r.element_id,
+            element_kind: r.element_kind.as_str().to_string(),
+            measures: r.measures,
+        })
+        .collect();
+    let mut minutes: Vec<ElementSeries> = roll_up(stored, Interval::Minute);
+    totals
+        .into_iter()
+        .map(|(id, kind, measures)| {
+            let series = minutes.iter_mut().find(|s| s.id == id).map(|s| std::mem::take(&mut s.intervals)).unwrap_or_default();
+            ElementReport { total: measures.view_kind(kind), id, kind: kind.as_str().to_string(), minutes: series }
+        })
+        .collect()
 }
 
 pub struct AnalyzeRun {
@@ -58,7 +116,7 @@ pub struct AnalyzeRun {
 pub async fn analyze(
     settings: &Settings,
     video: &Path,
-    lines: Vec<LineSpec>,
+    geometry: Geometry,
     fps: Option<f64>,
     mode: CameraMode,
 ) -> anyhow::Result<AnalyzeRun> {
@@ -70,7 +128,7 @@ pub async fn analyze(
         url: url.to_string(),
         // Without --fps every frame is analysed.
         fps: Some(fps.unwrap_or(120.0)),
-        lines,
+        geometry,
         rtsp_transport: None,
         replay: (mode == CameraMode::Live).then_some(ReplayOptions { looping: false, realtime: true }),
     };
@@ -81,23 +139,37 @@ pub async fn analyze(
     let sink = Arc::new(MemorySink::default());
     let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone())?;
     let started = Instant::now();
-    let status = pipeline.start_camera(spec, mode, 0).await?;
+    let status = pipeline.start_camera(spec, mode, 0, 1).await?;
     status.wait_finished().await;
     let seconds = started.elapsed().as_secs_f64();
     if status.state() == StreamState::Failed {
         anyhow::bail!("{}: {}", video.display(), status.last_error().unwrap_or_else(|| "cannot read".into()));
     }
     let view = status.view();
+    let events = sink.take();
+    let incidents = events
+        .iter()
+        .filter(|(e, _)| !matches!(e.detail, EventDetail::LineCrossing(_)))
+        .map(|(e, _)| e.clone())
+        .collect();
+    let aggregates = sink.take_aggregates();
+    // Every element sees every frame, so any one element's rows cover the clip.
+    let media_seconds =
+        aggregates.iter().filter(|r| Some(&r.element_id) == aggregates.first().map(|f| &f.element_id)).map(|r| r.measures.seconds).sum();
     let report = AnalyzeReport {
         video: video.display().to_string(),
         frames: view.frames_processed,
+        frames_decoded: view.frames_decoded,
+        media_seconds,
         frames_dropped: view.frames_dropped,
         seconds,
         fps: view.frames_processed as f64 / seconds.max(1e-9),
         lines: status.counts(),
+        elements: element_reports(aggregates),
+        incidents,
     };
     pipeline.shutdown().await;
-    Ok(AnalyzeRun { report, events: sink.take(), metrics })
+    Ok(AnalyzeRun { report, events, metrics })
 }
 
 #[derive(Debug, Serialize)]
@@ -173,16 +245,16 @@ impl Latency {
 
 /// Runs the whole pipeline on a clip offline (throughput) and live at the clip's own rate
 /// (latency), and in the same process the model alone with the same batch size and threads.
-pub async fn bench(settings: &Settings, video: &Path, lines: Vec<LineSpec>) -> anyhow::Result<BenchReport> {
+pub async fn bench(settings: &Settings, video: &Path, geometry: Geometry) -> anyhow::Result<BenchReport> {
     let batch_size = settings.batching.max_batch.min(settings.batching.queue_per_camera).max(1);
     // This machine's speed drifts between runs; the model alone is measured before and after the
     // pipeline and averaged, so a drift does not land on one side of the ratio only.
     let (before, device) = model_only_on_thread(settings, batch_size)?;
     // `analyze` returns once its inference thread has ended, so it cannot slow the next timing.
-    let run = analyze(settings, video, lines.clone(), None, CameraMode::Offline).await?;
+    let run = analyze(settings, video, geometry.clone(), None, CameraMode::Offline).await?;
     let (after, _) = model_only_on_thread(settings, batch_size)?;
     let model_only_fps = (before + after) / 2.0;
-    let live = analyze(settings, video, lines, None, CameraMode::Live).await?;
+    let live = analyze(settings, video, geometry, None, CameraMode::Live).await?;
 
     let stages = &run.metrics.stages;
     let (decode_ms, _) = stages.decode.mean_ms();

@@ -8,11 +8,13 @@ use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 
 use crate::actors::camera::CameraSpec;
-use crate::actors::messages::Event;
+use crate::actors::messages::{Event, EventDetail};
+use crate::analytics::geometry::Geometry;
+use crate::analytics::AggregateRow;
 
 pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("db/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("db/0001_init.sql")), (2, include_str!("db/0002_analytics.sql"))];
 /// Serialises migrations across processes starting together.
 const MIGRATION_LOCK: i64 = 0x17_5a_11_7c;
 
@@ -92,43 +94,83 @@ impl Db {
         Ok(())
     }
 
-    /// Inserts a camera and returns when it was registered (ms since the Unix epoch); `None`
-    /// when the id is taken.
-    pub async fn insert_camera(&self, spec: &CameraSpec) -> Result<Option<u64>, DbError> {
+    /// Inserts a camera with its geometry as a new geometry version; returns when it was
+    /// registered (ms since the Unix epoch) and the version, or `None` when the id is taken.
+    pub async fn insert_camera(&self, spec: &CameraSpec) -> Result<Option<(u64, u32)>, DbError> {
         let json = serde_json::to_value(spec).expect("a camera spec serialises");
-        let row = self
-            .pool
-            .get()
-            .await?
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let row = tx
             .query_opt(
                 "INSERT INTO cameras (id, spec) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
                  RETURNING (extract(epoch FROM created_at) * 1000)::int8",
                 &[&spec.id, &json],
             )
             .await?;
-        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+        let Some(row) = row else { return Ok(None) };
+        let version = add_geometry_version(&tx, &spec.id, &spec.geometry).await?;
+        tx.commit().await?;
+        Ok(Some((row.get::<_, i64>(0) as u64, version)))
+    }
+
+    /// Stores `geometry` as the camera's next version and makes it current; `None` when there
+    /// is no such camera.
+    pub async fn set_geometry(&self, id: &str, geometry: &Geometry) -> Result<Option<u32>, DbError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        if tx.query_opt("SELECT 1 FROM cameras WHERE id = $1 FOR UPDATE", &[&id]).await?.is_none() {
+            return Ok(None);
+        }
+        let version = add_geometry_version(&tx, id, geometry).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    /// A stored geometry version of a camera, with when it was created.
+    pub async fn geometry(&self, id: &str, version: u32) -> Result<Option<(Geometry, DateTime<Utc>)>, DbError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "SELECT geometry, created_at FROM camera_geometries WHERE camera_id = $1 AND version = $2",
+                &[&id, &(version as i32)],
+            )
+            .await?;
+        row.map(|r| {
+            serde_json::from_value(r.get(0))
+                .map(|g| (g, r.get(1)))
+                .map_err(|e| DbError::Corrupt { id: id.to_string(), message: format!("geometry {version}: {e}") })
+        })
+        .transpose()
     }
 
     pub async fn delete_camera(&self, id: &str) -> Result<bool, DbError> {
         Ok(self.pool.get().await?.execute("DELETE FROM cameras WHERE id = $1", &[&id]).await? == 1)
     }
 
-    /// The stored cameras with when each was registered (ms since the Unix epoch). A row that no
-    /// longer reads as a camera comes back as its error, so one bad row cannot stop the others.
-    pub async fn cameras(&self) -> Result<Vec<Result<(CameraSpec, u64), DbError>>, DbError> {
+    /// The stored cameras with when each was registered (ms since the Unix epoch) and their
+    /// current geometry version. A row that no longer reads as a camera comes back as its error,
+    /// so one bad row cannot stop the others.
+    pub async fn cameras(&self) -> Result<Vec<Result<StoredCamera, DbError>>, DbError> {
         let rows = self
             .pool
             .get()
             .await?
-            .query("SELECT id, spec, (extract(epoch FROM created_at) * 1000)::int8 FROM cameras ORDER BY created_at, id", &[])
+            .query(
+                "SELECT id, spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version
+                 FROM cameras ORDER BY created_at, id",
+                &[],
+            )
             .await?;
         Ok(rows
             .iter()
             .map(|row| {
                 let id: String = row.get(0);
                 let registered_ms = row.get::<_, i64>(2) as u64;
+                let geometry_version = row.get::<_, i32>(3) as u32;
                 serde_json::from_value(row.get(1))
-                    .map(|spec| (spec, registered_ms))
+                    .map(|spec| StoredCamera { spec, registered_ms, geometry_version })
                     .map_err(|e| DbError::Corrupt { id, message: e.to_string() })
             })
             .collect())
@@ -136,42 +178,221 @@ impl Db {
 
     /// Inserts events; ids already present are skipped, so a replay writes nothing twice.
     pub async fn insert_events(&self, events: &[Event]) -> Result<u64, DbError> {
-        let mut ids = Vec::with_capacity(events.len());
-        let mut cameras = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut ts: Vec<DateTime<Utc>> = Vec::with_capacity(events.len());
-        let mut seqs = Vec::with_capacity(events.len());
-        let mut tracks = Vec::with_capacity(events.len());
-        let mut classes = Vec::with_capacity(events.len());
-        let mut lines = Vec::with_capacity(events.len());
-        let mut directions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
+        let mut rows = EventColumns::default();
         for e in events {
-            ids.push(e.event_id.clone());
-            cameras.push(e.camera_id.to_string());
-            types.push(e.kind.to_string());
-            ts.push(e.ts);
-            seqs.push(e.frame_seq as i64);
-            tracks.push(e.track_id as i64);
-            classes.push(e.class.as_str().to_string());
-            lines.push(e.line_id.clone());
-            directions.push(e.direction.as_str().to_string());
-            payloads.push(serde_json::to_value(e).expect("an event serialises"));
+            rows.push(e);
         }
+        let EventColumns { ids, cameras, types, ts, seqs, versions, tracks, classes, lines, directions, zones, incidents, payloads } =
+            &rows;
         let n = self
             .pool
             .get()
             .await?
             .execute(
-                "INSERT INTO events (event_id, camera_id, type, ts, frame_seq, track_id, class, line_id, direction, payload)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::int8[],
-                                      $7::text[], $8::text[], $9::text[], $10::jsonb[])
+                "INSERT INTO events (event_id, camera_id, type, ts, frame_seq, geometry_version, track_id, class, line_id,
+                                     direction, zone_id, incident_id, payload)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::int4[],
+                                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[])
                  ON CONFLICT (event_id) DO NOTHING",
-                &[&ids, &cameras, &types, &ts, &seqs, &tracks, &classes, &lines, &directions, &payloads],
+                &[ids, cameras, types, ts, seqs, versions, tracks, classes, lines, directions, zones, incidents, payloads],
             )
             .await?;
         Ok(n)
     }
+
+    /// Writes per-minute aggregate rows; a row written again replaces itself (idempotent).
+    pub async fn upsert_aggregates(&self, rows: &[AggregateRow]) -> Result<(), DbError> {
+        let mut cameras = Vec::with_capacity(rows.len());
+        let mut starts: Vec<DateTime<Utc>> = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(rows.len());
+        let mut elements = Vec::with_capacity(rows.len());
+        let mut kinds = Vec::with_capacity(rows.len());
+        let mut measures = Vec::with_capacity(rows.len());
+        for row in rows {
+            cameras.push(row.camera_id.to_string());
+            starts.push(row.interval_start);
+            versions.push(row.geometry_version as i32);
+            elements.push(row.element_id.clone());
+            kinds.push(row.element_kind.as_str().to_string());
+            measures.push(serde_json::to_value(&row.measures).expect("measures serialise"));
+        }
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "INSERT INTO analytics_1m (camera_id, interval_start, geometry_version, element_id, element_kind, measures)
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[], $6::jsonb[])
+                 ON CONFLICT (camera_id, interval_start, geometry_version, element_id)
+                 DO UPDATE SET element_kind = EXCLUDED.element_kind, measures = EXCLUDED.measures",
+                &[&cameras, &starts, &versions, &elements, &kinds, &measures],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Minute rows of a camera with `from <= interval_start < to`, in time order.
+    pub async fn aggregates(
+        &self,
+        camera_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<StoredAggregate>, DbError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT interval_start, geometry_version, element_id, element_kind, measures FROM analytics_1m
+                 WHERE camera_id = $1 AND interval_start >= $2 AND interval_start < $3
+                 ORDER BY interval_start, geometry_version, element_id",
+                &[&camera_id, &from, &to],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAggregate {
+                    interval_start: r.get(0),
+                    geometry_version: r.get::<_, i32>(1) as u32,
+                    element_id: r.get(2),
+                    element_kind: r.get(3),
+                    measures: serde_json::from_value(r.get(4)).map_err(|e| DbError::Corrupt {
+                        id: camera_id.to_string(),
+                        message: format!("aggregate row: {e}"),
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// One page of events matching `filter`, oldest first, after the cursor position.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, DbError> {
+        let (after_ts, after_id) = match &filter.after {
+            Some((ts, id)) => (Some(*ts), Some(id.clone())),
+            None => (None, None),
+        };
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT ts, event_id, payload FROM events
+                 WHERE ($1::text IS NULL OR camera_id = $1)
+                   AND ($2::text IS NULL OR type = $2)
+                   AND ($3::timestamptz IS NULL OR ts >= $3)
+                   AND ($4::timestamptz IS NULL OR ts < $4)
+                   AND ($5::timestamptz IS NULL OR (ts, event_id) > ($5, $6::text))
+                 ORDER BY ts, event_id
+                 LIMIT $7",
+                &[&filter.camera_id, &filter.kind, &filter.from, &filter.to, &after_ts, &after_id, &(filter.limit as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| StoredEvent { ts: r.get(0), event_id: r.get(1), payload: r.get(2) }).collect())
+    }
+}
+
+/// A camera as stored: the registration (current geometry included) and its bookkeeping.
+pub struct StoredCamera {
+    pub spec: CameraSpec,
+    pub registered_ms: u64,
+    pub geometry_version: u32,
+}
+
+pub struct StoredAggregate {
+    pub interval_start: DateTime<Utc>,
+    pub geometry_version: u32,
+    pub element_id: String,
+    pub element_kind: String,
+    pub measures: crate::analytics::measures::IntervalMeasures,
+}
+
+/// Which events to list. `after` is the (ts, event_id) of the last event of the previous page.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    pub camera_id: Option<String>,
+    pub kind: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub after: Option<(DateTime<Utc>, String)>,
+    pub limit: u32,
+}
+
+pub struct StoredEvent {
+    pub ts: DateTime<Utc>,
+    pub event_id: String,
+    pub payload: serde_json::Value,
+}
+
+/// Events as the columns of one UNNEST insert.
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<String>,
+    cameras: Vec<String>,
+    types: Vec<String>,
+    ts: Vec<DateTime<Utc>>,
+    seqs: Vec<i64>,
+    versions: Vec<i32>,
+    tracks: Vec<Option<i64>>,
+    classes: Vec<Option<String>>,
+    lines: Vec<Option<String>>,
+    directions: Vec<Option<String>>,
+    zones: Vec<Option<String>>,
+    incidents: Vec<Option<String>>,
+    payloads: Vec<serde_json::Value>,
+}
+
+impl EventColumns {
+    fn push(&mut self, e: &Event) {
+        self.ids.push(e.event_id.clone());
+        self.cameras.push(e.camera_id.to_string());
+        self.types.push(e.kind().to_string());
+        self.ts.push(e.ts);
+        self.seqs.push(e.frame_seq as i64);
+        self.versions.push(e.geometry_version as i32);
+        self.payloads.push(serde_json::to_value(e).expect("an event serialises"));
+        match &e.detail {
+            EventDetail::LineCrossing(c) => {
+                self.tracks.push(Some(c.track_id as i64));
+                self.classes.push(Some(c.class.as_str().to_string()));
+                self.lines.push(Some(c.line_id.clone()));
+                self.directions.push(Some(c.direction.as_str().to_string()));
+                self.zones.push(None);
+                self.incidents.push(None);
+            }
+            EventDetail::IncidentOpened(i) | EventDetail::IncidentUpdated(i) | EventDetail::IncidentClosed(i) => {
+                self.tracks.push(i.track_id.map(|t| t as i64));
+                self.classes.push(i.class.map(|c| c.as_str().to_string()));
+                self.lines.push(None);
+                self.directions.push(None);
+                self.zones.push(Some(i.zone_id.clone()));
+                self.incidents.push(Some(i.incident_id.clone()));
+            }
+        }
+    }
+}
+
+/// Appends `geometry` as the camera's next version (numbering continues across re-registration)
+/// and makes it the current one.
+async fn add_geometry_version(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    geometry: &Geometry,
+) -> Result<u32, DbError> {
+    let json = serde_json::to_value(geometry).expect("a geometry serialises");
+    let version: i32 = tx
+        .query_one(
+            "INSERT INTO camera_geometries (camera_id, version, geometry)
+             SELECT $1, COALESCE(MAX(version), 0) + 1, $2 FROM camera_geometries WHERE camera_id = $1
+             RETURNING version",
+            &[&id, &json],
+        )
+        .await?
+        .get(0);
+    tx.execute(
+        "UPDATE cameras SET geometry_version = $2, spec = jsonb_set(spec, '{geometry}', $3), updated_at = now() WHERE id = $1",
+        &[&id, &version, &json],
+    )
+    .await?;
+    Ok(version as u32)
 }
 
 async fn create_database(config: &tokio_postgres::Config) -> Result<(), DbError> {

@@ -4,9 +4,11 @@
 //! counting) -> sinks (Redis, PostgreSQL). See `docs/ARCHITECTURE.md`.
 
 pub mod actors;
+pub mod analytics;
 pub mod analyze;
 pub mod db;
 pub mod detector;
+pub mod evaluate;
 pub mod http;
 pub mod metrics;
 pub mod redis_keys;

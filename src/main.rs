@@ -1,9 +1,11 @@
-//! `its-analytics`: serve the control API and pipeline, analyse a clip, or benchmark.
+//! `its-analytics`: serve the control API and pipeline, analyse a clip, evaluate against ground
+//! truth, or benchmark.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use its_analytics::analytics::geometry::Geometry;
 use its_analytics::analyze::{self, parse_line};
 use its_analytics::settings::Settings;
 use its_analytics::topology::CameraMode;
@@ -22,11 +24,15 @@ struct Cli {
 enum Command {
     /// Run the service: control API, cameras from PostgreSQL, events to Redis and PostgreSQL.
     Serve,
-    /// Count line crossings in a recorded clip through the live code path, as fast as possible.
+    /// Analyse a recorded clip through the live code path, as fast as possible: counts, every
+    /// measure per element and minute, incidents.
     Analyze {
         video: PathBuf,
-        /// A counting line x1,y1,x2,y2 in source pixels; repeat for more lines.
-        #[arg(long = "line", required = true)]
+        /// Camera geometry JSON (lines, zones, lanes, exclusions, calibration), as in the API.
+        #[arg(long)]
+        geometry: Option<PathBuf>,
+        /// A counting line x1,y1,x2,y2 in source pixels (added to the geometry's); repeatable.
+        #[arg(long = "line")]
         lines: Vec<String>,
         /// Frames per second to analyse (default: every frame).
         #[arg(long)]
@@ -41,6 +47,17 @@ enum Command {
         video: PathBuf,
         #[arg(long = "line", default_value = "0,150,320,150")]
         lines: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the clips of a manifest with ground-truth counts; per-clip error and an AI City
+    /// Challenge style score (`docs/ANALYTICS.md`, Evaluation).
+    Evaluate {
+        #[arg(default_value = "configs/evaluate/assets.toml")]
+        manifest: PathBuf,
+        /// Directory the manifest's video paths are relative to.
+        #[arg(long, default_value = "../shared/assets")]
+        assets: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -84,9 +101,22 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             its_analytics::http::serve(service.clone()).await?;
             service.shutdown().await;
         }
-        Command::Analyze { video, lines, fps, json } => {
-            let lines = parse_lines(&lines)?;
-            let run = analyze::analyze(&settings, &video, lines, fps, CameraMode::Offline).await?;
+        Command::Analyze { video, geometry, lines, fps, json } => {
+            let mut geometry = match geometry {
+                Some(path) => analyze::read_geometry(&path)?,
+                None => Geometry::default(),
+            };
+            let first = geometry.lines.len();
+            for (i, text) in lines.iter().enumerate() {
+                geometry.lines.push(parse_line(first + i + 1, text).map_err(anyhow::Error::msg)?);
+            }
+            let errors = geometry.validate();
+            anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
+            anyhow::ensure!(
+                !geometry.lines.is_empty() || !geometry.zones.is_empty(),
+                "nothing to measure: give --geometry with lines or zones, or --line"
+            );
+            let run = analyze::analyze(&settings, &video, geometry, fps, CameraMode::Offline).await?;
             let r = run.report;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -97,11 +127,25 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                         line.by_class.iter().map(|(c, d)| format!("{c} {}/{}", d.in_, d.out)).collect();
                     println!("  {}: in {} out {}  [{}]", line.id, line.in_, line.out, classes.join(", "));
                 }
+                for element in r.elements.iter().filter(|e| e.kind != "line") {
+                    println!("  {} {}: {}", element.kind, element.id, serde_json::to_string(&element.total)?);
+                }
+                for incident in &r.incidents {
+                    println!("  {}", serde_json::to_string(incident)?);
+                }
+            }
+        }
+        Command::Evaluate { manifest, assets, json } => {
+            let report = its_analytics::evaluate::run(&settings, &manifest, &assets).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
             }
         }
         Command::Bench { video, lines, json } => {
-            let lines = parse_lines(&lines)?;
-            let r = analyze::bench(&settings, &video, lines).await?;
+            let geometry = Geometry { lines: parse_lines(&lines)?, ..Default::default() };
+            let r = analyze::bench(&settings, &video, geometry).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

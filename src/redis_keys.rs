@@ -19,4 +19,14 @@ impl RedisKeys {
     pub fn camera_channel(&self, camera_id: &str) -> String {
         format!("{}:events:{camera_id}", self.prefix)
     }
+
+    /// Pattern of every camera's channel, for the live event stream of the API.
+    pub fn all_cameras_pattern(&self) -> String {
+        format!("{}:events:*", self.prefix)
+    }
+
+    /// Hash of a camera's latest state (field `state`: JSON; `updated_at`: RFC 3339).
+    pub fn camera_state(&self, camera_id: &str) -> String {
+        format!("{}:state:{camera_id}", self.prefix)
+    }
 }

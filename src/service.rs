@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::actors::camera::{CameraSpec, CameraStatus};
+use crate::analytics::geometry::Geometry;
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
@@ -33,6 +34,7 @@ pub struct Service {
     pub db: Db,
     pub redis: RedisPool,
     pub metrics: Arc<Metrics>,
+    pub keys: RedisKeys,
     publisher: Arc<Publisher>,
 }
 
@@ -60,24 +62,28 @@ impl Service {
             65_536,
         ));
         let pipeline = Pipeline::start(settings.clone(), metrics.clone(), publisher.clone())?;
-        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, publisher });
+        let keys = RedisKeys::new(&settings.redis.key_prefix);
+        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, keys, publisher });
         // A stored camera that no longer reads or validates (a file that went away) is reported,
         // not fatal: the others still start.
         for stored in service.db.cameras().await? {
-            let (spec, registered_ms) = match stored {
+            let camera = match stored {
                 Ok(camera) => camera,
                 Err(error) => {
                     tracing::error!(%error, "stored camera not started");
                     continue;
                 }
             };
-            let id = spec.id.clone();
-            let errors = spec.validate();
+            let id = camera.spec.id.clone();
+            let errors = camera.spec.validate();
             if !errors.is_empty() {
                 tracing::error!(camera = %id, errors = ?errors, "stored camera not started");
                 continue;
             }
-            service.pipeline.start_camera(spec, CameraMode::Live, registered_ms).await?;
+            service
+                .pipeline
+                .start_camera(camera.spec, CameraMode::Live, camera.registered_ms, camera.geometry_version)
+                .await?;
             tracing::info!(camera = %id, "camera restored");
         }
         Ok(service)
@@ -91,11 +97,11 @@ impl Service {
         if self.pipeline.camera(&spec.id).is_some() {
             return Err(ServiceError::Duplicate(spec.id));
         }
-        let Some(registered_ms) = self.db.insert_camera(&spec).await? else {
+        let Some((registered_ms, version)) = self.db.insert_camera(&spec).await? else {
             return Err(ServiceError::Duplicate(spec.id));
         };
-        tracing::info!(camera = %spec.id, url = %crate::actors::camera::redact_url(&spec.url), "camera registered");
-        match self.pipeline.start_camera(spec.clone(), CameraMode::Live, registered_ms).await {
+        tracing::info!(camera = %spec.id, url = %crate::actors::camera::redact_url(&spec.url), geometry_version = version, "camera registered");
+        match self.pipeline.start_camera(spec.clone(), CameraMode::Live, registered_ms, version).await {
             Ok(status) => Ok(status),
             Err(e) => {
                 // Keep PostgreSQL and the running set in agreement.
@@ -105,9 +111,47 @@ impl Service {
         }
     }
 
+    /// Validates and stores a new geometry version and hands it to the running camera.
+    pub async fn set_geometry(&self, id: &str, geometry: Geometry) -> Result<u32, ServiceError> {
+        let errors = geometry.validate();
+        if !errors.is_empty() {
+            return Err(ServiceError::Invalid(errors));
+        }
+        if self.pipeline.camera(id).is_none() {
+            return Err(ServiceError::NotFound(id.to_string()));
+        }
+        let version = self.db.set_geometry(id, &geometry).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        self.pipeline.set_geometry(id, geometry, version).await?;
+        tracing::info!(camera = %id, geometry_version = version, "geometry replaced");
+        Ok(version)
+    }
+
+    /// The camera's latest state from the Redis cache; `None` before its first frame.
+    pub async fn live_state(&self, id: &str) -> Result<Option<serde_json::Value>, ServiceError> {
+        let mut conn = self.redis.get().await.map_err(|e| ServiceError::Redis(e.to_string()))?;
+        let fields: std::collections::HashMap<String, String> = bb8_redis::redis::cmd("HGETALL")
+            .arg(self.keys.camera_state(id))
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| ServiceError::Redis(e.to_string()))?;
+        let Some(state) = fields.get("state") else { return Ok(None) };
+        let mut state: serde_json::Value =
+            serde_json::from_str(state).map_err(|e| ServiceError::Redis(format!("cached state unreadable: {e}")))?;
+        if let (Some(map), Some(at)) = (state.as_object_mut(), fields.get("updated_at")) {
+            map.insert("cached_at".into(), at.clone().into());
+        }
+        Ok(Some(state))
+    }
+
     pub async fn remove_camera(&self, id: &str) -> Result<(), ServiceError> {
         let stopped = self.pipeline.stop_camera(id).await;
         let deleted = self.db.delete_camera(id).await?;
+        // The final state was queued before the stop returned; the cache entry goes with the
+        // camera once the publisher is through with it.
+        if let Ok(mut conn) = self.redis.get().await {
+            self.publisher.drain(DRAIN_TIMEOUT).await;
+            let _: Result<(), _> = bb8_redis::redis::cmd("DEL").arg(self.keys.camera_state(id)).query_async(&mut *conn).await;
+        }
         if stopped || deleted {
             tracing::info!(camera = %id, "camera removed");
             Ok(())

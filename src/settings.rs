@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::actors::connector::tracker::TrackerConfig;
+use crate::analytics::config::AnalyticsConfig;
 
 /// The defaults, compiled in so the binary runs without the configs folder.
 pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
@@ -27,6 +28,9 @@ pub struct Settings {
     pub cameras: CameraDefaults,
     pub connector: ConnectorSettings,
     pub tracker: TrackerConfig,
+    /// Thresholds of the measures and incidents (`docs/ANALYTICS.md`).
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +226,7 @@ impl Settings {
             errors.push("connector.mailbox must be at least 16".into());
         }
         errors.extend(self.tracker.validate());
+        errors.extend(self.analytics.validate());
         if errors.is_empty() {
             Ok(())
         } else {

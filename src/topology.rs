@@ -10,10 +10,11 @@ use parking_lot::Mutex;
 
 use crate::actors::camera::source::SourceConfig;
 use crate::actors::camera::{CameraActor, CameraSpec, CameraStatus, SourceKind, StopCamera};
-use crate::actors::connector::{shard_for, AddCamera, ConnectorActor, RemoveCamera};
+use crate::actors::connector::{shard_for, AddCamera, ConnectorActor, RemoveCamera, SetGeometry};
 use crate::actors::gpu::batch::{FrameQueue, WhenFull};
 use crate::actors::gpu::{worker, AttachCamera, CameraRoute, DetachCamera, DeviceQueue, GpuActor};
 use crate::actors::messages::CameraId;
+use crate::analytics::geometry::Geometry;
 use crate::detector::model::{check_model_file, device_name, select_devices};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -80,7 +81,14 @@ impl Pipeline {
             devices.push(Device { name, actor, queue, alive, thread: Mutex::new(Some(thread)) });
         }
         let shards = (0..settings.connector.shards)
-            .map(|i| ConnectorActor::new(i, settings.connector.mailbox, settings.tracker, sink.clone(), metrics.clone()).start())
+            .map(|i| ConnectorActor::new(
+                    i,
+                    settings.connector.mailbox,
+                    settings.tracker,
+                    settings.analytics.clone(),
+                    sink.clone(),
+                    metrics.clone(),
+                ).start())
             .collect();
         Ok(Self { settings, metrics, devices, shards, cameras: DashMap::new() })
     }
@@ -103,11 +111,13 @@ impl Pipeline {
     /// `registered_ms` is when the camera was registered: a file camera's event ids derive from
     /// it, so replaying the same file after a restart writes nothing twice; a live camera's
     /// derive from its start, since its frame numbers start again from 0 with new content.
+    /// `geometry_version` names `spec.geometry` in events and aggregates.
     pub async fn start_camera(
         &self,
         spec: CameraSpec,
         mode: CameraMode,
         registered_ms: u64,
+        geometry_version: u32,
     ) -> Result<Arc<CameraStatus>, TopologyError> {
         if self.cameras.contains_key(&spec.id) {
             return Err(TopologyError::AlreadyRunning(spec.id));
@@ -115,7 +125,7 @@ impl Pipeline {
         let camera_id: CameraId = spec.id.as_str().into();
         let is_file = spec.source_kind() == Ok(SourceKind::File);
         let epoch_ms = if is_file { registered_ms } else { crate::actors::camera::status::now_ms() };
-        let status = Arc::new(CameraStatus::new(camera_id.clone(), epoch_ms, &self.metrics));
+        let status = Arc::new(CameraStatus::new(camera_id.clone(), epoch_ms, geometry_version, &self.metrics));
         let device = self.least_loaded_device();
         let shard = shard_for(&spec.id, self.shards.len());
         // Network cameras have no replay options; their default (`realtime`) makes them live.
@@ -125,7 +135,7 @@ impl Pipeline {
             WhenFull::Wait
         };
         self.shards[shard]
-            .send(AddCamera { status: status.clone(), lines: spec.lines.clone() })
+            .send(AddCamera { status: status.clone(), geometry: spec.geometry.clone(), geometry_version })
             .await
             .map_err(|_| TopologyError::Stopped)?;
         let route = CameraRoute { connector: self.shards[shard].clone().recipient(), status: status.clone(), when_full };
@@ -138,6 +148,21 @@ impl Pipeline {
         let actor = CameraActor::new(config, status.clone(), Box::new(intake), self.metrics.clone()).start();
         self.cameras.insert(spec.id.clone(), RunningCamera { spec, status: status.clone(), actor, device, shard });
         Ok(status)
+    }
+
+    /// Makes a validated geometry the one a running camera is analysed with; `false` when the
+    /// camera is not running. The connector closes the old version's intervals and incidents.
+    pub async fn set_geometry(&self, id: &str, geometry: Geometry, version: u32) -> Result<bool, TopologyError> {
+        let shard = {
+            let Some(mut camera) = self.cameras.get_mut(id) else { return Ok(false) };
+            camera.spec.geometry = geometry.clone();
+            camera.shard
+        };
+        self.shards[shard]
+            .send(SetGeometry { camera_id: id.into(), geometry, version })
+            .await
+            .map_err(|_| TopologyError::Stopped)?;
+        Ok(true)
     }
 
     /// Stops a camera and forgets its live state; `false` when it was not running.

@@ -7,7 +7,7 @@ use common::{Service, TestEnv};
 use serde_json::{json, Value};
 
 fn camera(id: &str, url: &str) -> Value {
-    json!({ "id": id, "url": url, "lines": [{ "id": "l1", "a": [0, 150], "b": [320, 150] }] })
+    json!({ "id": id, "url": url, "geometry": { "lines": [{ "id": "l1", "a": [0, 150], "b": [320, 150] }] } })
 }
 
 async fn post(client: &reqwest::Client, svc: &Service, body: reqwest::Body) -> (u16, Value) {
@@ -38,7 +38,7 @@ async fn bad_input_gets_a_clear_4xx() {
         ("protocol trick", camera("a", "concat:/etc/passwd|x").to_string(), 400, "not supported"),
         (
             "zero-length line",
-            json!({"id": "a", "url": "rtsp://h/x", "lines": [{"id": "l", "a": [5, 5], "b": [5, 5]}]}).to_string(),
+            json!({"id": "a", "url": "rtsp://h/x", "geometry": {"lines": [{"id": "l", "a": [5, 5], "b": [5, 5]}]}}).to_string(),
             400,
             "zero-length",
         ),
@@ -123,6 +123,100 @@ async fn cameras_persist_restart_and_never_show_their_password() {
     assert_eq!(r.status().as_u16(), 404);
     let rows = env.db().await.query_one("SELECT count(*) FROM cameras", &[]).await.unwrap();
     assert_eq!(rows.get::<_, i64>(0), 0);
+}
+
+#[tokio::test]
+async fn geometry_is_validated_and_versioned() {
+    let env = TestEnv::new().await;
+    let svc = Service::start(&env).await;
+    let client = reqwest::Client::new();
+    let (status, created) = post(&client, &svc, camera("gate-2", "rtsp://127.0.0.1:9/x").to_string().into()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"]["geometry_version"], 1);
+    let put = |id: &str, body: Value| {
+        let request = client.put(svc.url(&format!("/api/v1/cameras/{id}/geometry"))).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // Every problem at once: a bow-tie zone, a stop line on a plain zone, collinear calibration.
+    let bad = json!({
+        "zones": [{"id": "z", "polygon": [[0, 0], [10, 10], [10, 0], [0, 10]], "stop_line": [[0, 5], [10, 5]]}],
+        "calibration": {"points": [
+            {"image": [0, 0], "ground": [0, 0]}, {"image": [10, 10], "ground": [1, 1]},
+            {"image": [20, 20], "ground": [2, 2]}, {"image": [30, 30], "ground": [3, 3]}
+        ]}
+    });
+    let (status, error) = put("gate-2", bad).await;
+    assert_eq!(status, 400, "{error}");
+    let message = error["error"].as_str().unwrap();
+    for needle in ["crosses itself", "stop_line", "collinear"] {
+        assert!(message.contains(needle), "{needle:?} missing: {message}");
+    }
+    let (status, _) = put("gate-2", json!({"zones": [], "colour": 1})).await;
+    assert_eq!(status, 400, "unknown keys are refused");
+    let (status, _) = put("ghost", json!({})).await;
+    assert_eq!(status, 404);
+
+    let lane = json!({
+        "lines": [{"id": "l1", "a": [0, 150], "b": [320, 150]}],
+        "zones": [{"id": "lane-1", "polygon": [[0, 0], [160, 0], [160, 240], [0, 240]], "direction": [[80, 0], [80, 240]]}],
+        "calibration": {"points": [
+            {"image": [0, 0], "ground": [0, 60]}, {"image": [320, 0], "ground": [7, 60]},
+            {"image": [0, 240], "ground": [0, 0]}, {"image": [320, 240], "ground": [7, 0]}
+        ]}
+    });
+    let (status, stored) = put("gate-2", lane.clone()).await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["version"], 2);
+    let current: Value = client.get(svc.url("/api/v1/cameras/gate-2/geometry")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((current["version"].clone(), current["geometry"]["zones"][0]["id"].clone()), (json!(2), json!("lane-1")));
+    let first: Value =
+        client.get(svc.url("/api/v1/cameras/gate-2/geometry?version=1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["geometry"]["zones"], json!([]), "{first}");
+    assert_eq!(first["geometry"]["lines"][0]["id"], "l1");
+    let r = client.get(svc.url("/api/v1/cameras/gate-2/geometry?version=9")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let cam: Value = client.get(svc.url("/api/v1/cameras/gate-2")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cam["status"]["geometry_version"], 2);
+    assert_eq!(cam["geometry"]["zones"][0]["id"], "lane-1");
+    let row = env.db().await.query_one("SELECT geometry_version, spec->'geometry' FROM cameras", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+    assert_eq!(row.get::<_, Value>(1), lane);
+
+    // No frame yet: no live state.
+    let r = client.get(svc.url("/api/v1/cameras/gate-2/state")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // History endpoints check their parameters, all problems at once.
+    for (path, needle) in [
+        ("/api/v1/events?type=bogus", "type"),
+        ("/api/v1/events?cursor=garbage", "cursor"),
+        ("/api/v1/events?limit=0", "limit"),
+        ("/api/v1/events?camera_id=bad%20id&limit=5000", "limit must"),
+        ("/api/v1/events?from=yesterday", "deserialize"),
+        ("/api/v1/events/stream?type=bogus", "type"),
+        ("/api/v1/cameras/gate-2/analytics?interval=5m", "interval"),
+        ("/api/v1/cameras/gate-2/analytics?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "before"),
+        ("/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "31 days"),
+    ] {
+        let r = client.get(svc.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(needle), "{path}: {body}");
+    }
+    let page: Value = client.get(svc.url("/api/v1/events?camera_id=gate-2")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page, json!({"events": [], "next_cursor": null}));
+    let history: Value =
+        client.get(svc.url("/api/v1/cameras/gate-2/analytics?interval=15m")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(history["elements"], json!([]), "{history}");
+    let r = client.get(svc.url("/api/v1/cameras/ghost/analytics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let log = svc.stop();
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
-//! `analyze` on the overpass clip against its hand count: 27 vehicles cross y=150, all towards
-//! the camera. Two runs must agree exactly (offline mode never drops a frame).
+//! The real clips against their hand counts (`evaluate` on the shipped manifest: 27 vehicles
+//! cross y=150 and y=200, all towards the camera, 17 in the left lane and 10 in the right), and
+//! `analyze --geometry`: calibrated measures, and an exclusion over burnt-in text.
 
 mod common;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn analyze(args: &[&str]) -> Value {
     let out = std::process::Command::new(common::binary())
@@ -17,20 +18,115 @@ fn analyze(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("analyze prints JSON")
 }
 
+fn assets() -> String {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
+    dir.canonicalize().expect("../shared/assets").display().to_string()
+}
+
+fn geometry_file(dir: &tempfile::TempDir, name: &str, geometry: &Value) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, geometry.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// The shipped manifest through `evaluate`: every hand-counted total, per lane too.
 #[test]
-fn overpass_counts_match_ground_truth_and_repeat_exactly() {
+fn evaluate_scores_the_shipped_manifest_against_ground_truth() {
+    let out = std::process::Command::new(common::binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["evaluate", "configs/evaluate/assets.toml", "--assets", &assets(), "--json"])
+        .output()
+        .expect("run its-analytics evaluate");
+    assert!(out.status.success(), "evaluate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("evaluate prints JSON");
+    let clip = &report["clips"][0];
+    let predicted = |line: &str, direction: &str| -> i64 {
+        let row = clip["truths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["line"] == line && t["direction"] == direction)
+            .unwrap_or_else(|| panic!("no row {line} {direction}: {report}"));
+        row["predicted"].as_i64().unwrap()
+    };
+    // Both full-width lines: exactly the 27 of the hand count, none the other way.
+    assert_eq!(predicted("y150", "in"), 27, "{report}");
+    assert_eq!(predicted("y150", "out"), 0, "{report}");
+    assert_eq!(predicted("y200", "in"), 27, "{report}");
+    // Per lane (the divider crosses y=150 near x=163): 17 left, 10 right, each within 1.
+    assert!((16..=18).contains(&predicted("y150-left", "in")), "{report}");
+    assert!((9..=11).contains(&predicted("y150-right", "in")), "{report}");
+    let effectiveness = report["aggregate"]["effectiveness"].as_f64().unwrap();
+    assert!(effectiveness >= 0.9, "effectiveness {effectiveness}: {report}");
+}
+
+/// A calibrated geometry gives speeds in km/h with their uncertainty and the lane measures;
+/// without the calibration no speed appears anywhere. The counts match the evaluate run.
+#[test]
+fn speeds_only_with_a_calibration() {
+    let dir = tempfile::tempdir().unwrap();
     let clip = common::clip("overpass_video03.avi");
-    let clip = clip.to_str().unwrap();
-    let first = analyze(&[clip, "--line", "0,150,320,150", "--line", "0,200,320,200"]);
-    for line in first["lines"].as_array().unwrap() {
-        let (inn, out) = (line["in"].as_u64().unwrap(), line["out"].as_u64().unwrap());
-        assert!((26..=28).contains(&inn), "{}: {inn} in, ground truth 27: {first}", line["id"]);
-        assert_eq!(out, 0, "all traffic moves towards the camera: {first}");
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/geometry/overpass_video03.json")).unwrap(),
+    )
+    .unwrap();
+    let calibrated = analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "cal.json", &shipped)]);
+    let line = |report: &Value, id: &str| report["lines"].as_array().unwrap().iter().find(|l| l["id"] == id).cloned().unwrap();
+    assert_eq!(line(&calibrated, "y150")["in"], 27, "{calibrated}");
+    let element = |report: &Value, id: &str| report["elements"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap();
+    for lane in ["lane-left", "lane-right"] {
+        let total = element(&calibrated, lane)["total"].clone();
+        let speed = total["speed_mean_kmh"].as_f64().unwrap_or_else(|| panic!("{lane} has no speed: {total}"));
+        // A suburban dual carriageway: whatever the exact calibration, not walking pace nor aircraft.
+        assert!((20.0..=160.0).contains(&speed), "{lane}: {speed} km/h");
+        assert!(total["speed_p85_kmh"].as_f64().unwrap() >= speed * 0.9, "{total}");
+        assert!(total["density_per_km"].as_f64().is_some(), "{total}");
+        assert!(total["los"].as_str().is_some(), "{total}");
+        assert!(total["headway_mean_s"].as_f64().unwrap() > 0.5, "{total}");
+        assert!(total["occupancy_percent"].as_f64().unwrap() > 0.0, "{total}");
     }
-    assert_eq!(first["frames_dropped"], 0);
-    let second = analyze(&[clip, "--line", "0,150,320,150", "--line", "0,200,320,200"]);
-    assert_eq!(first["lines"], second["lines"], "runs differ");
-    assert_eq!(first["frames"], second["frames"]);
+    // The left lane's stop line: free-flowing traffic forms no queue.
+    assert_eq!(element(&calibrated, "lane-left")["total"]["queue_max_vehicles"], 0);
+
+    let mut uncalibrated = shipped.clone();
+    uncalibrated.as_object_mut().unwrap().remove("calibration");
+    let plain = analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "plain.json", &uncalibrated)]);
+    assert_eq!(line(&plain, "y150"), line(&calibrated, "y150"), "the calibration changes no count");
+    let text = plain.to_string();
+    for field in ["speed_mean_kmh", "speed_p85_kmh", "density_per_km", "\"los\"", "queue_max_m", "gap_mean_s"] {
+        assert!(!text.contains(field), "{field} without a calibration: {text}");
+    }
+    assert!(element(&plain, "lane-left")["total"]["headway_mean_s"].as_f64().is_some(), "headways need no calibration");
+}
+
+/// The burnt-in title of highway_video02.avi is detected as a bus; masked, it is gone, and the
+/// traffic elsewhere is measured exactly as before.
+#[test]
+fn an_exclusion_masks_the_burnt_in_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::clip("highway_video02.avi");
+    // The top band holds the overlays (and the far carriageway); the road is below it.
+    let zones = json!([
+        {"id": "top", "polygon": [[0, 0], [210, 0], [210, 40], [0, 40]]},
+        {"id": "road", "polygon": [[0, 40], [320, 40], [320, 240], [0, 240]]}
+    ]);
+    let volume = |report: &Value, id: &str| -> Value {
+        let zone = report["elements"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap();
+        zone["total"]["volume"]["entered"].clone()
+    };
+    let open = analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "open.json", &json!({"zones": zones}))]);
+    assert!(volume(&open, "top")["bus"].as_u64().unwrap_or(0) >= 1, "the overlay should read as a bus unmasked: {open}");
+    let masked = json!({
+        "zones": zones,
+        "exclusions": [
+            {"id": "overlay-counts", "polygon": [[0, 0], [100, 0], [100, 39], [0, 39]]},
+            {"id": "overlay-title", "polygon": [[138, 3], [204, 3], [204, 17], [138, 17]]},
+            {"id": "overlay-lane", "polygon": [[220, 27], [258, 27], [258, 39], [220, 39]]}
+        ]
+    });
+    let masked = analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "masked.json", &masked)]);
+    assert!(volume(&masked, "top")["bus"].is_null(), "{masked}");
+    assert_eq!(volume(&masked, "road"), volume(&open, "road"), "the mask touches nothing else");
 }
 
 #[test]

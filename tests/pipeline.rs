@@ -1,5 +1,6 @@
 //! One registered camera on the real overpass clip, end to end: FFmpeg decode, YOLOX-Nano on
-//! libtorch, tracking, counting, then Redis (pub/sub and stream), PostgreSQL and the API must agree.
+//! libtorch, tracking, counting, then Redis (pub/sub, stream, state), PostgreSQL and the API
+//! (counts, SSE, event history, measures) must agree; and a geometry change mid-stream.
 
 mod common;
 
@@ -20,6 +21,10 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
     let mut pubsub = redis::Client::open(common::redis_url()).unwrap().get_async_pubsub().await.unwrap();
     pubsub.subscribe(format!("{}:events:overpass", env.key_prefix())).await.unwrap();
     let mut messages = pubsub.into_on_message();
+    // And to the API's live stream (Server-Sent Events).
+    let mut sse = client.get(svc.url("/api/v1/events/stream?type=line_crossing")).send().await.unwrap();
+    assert_eq!(sse.status().as_u16(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
 
     let clip = common::clip("overpass_video03.avi");
     let body = json!({
@@ -27,7 +32,7 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
         "name": "overpass, both lanes",
         "url": format!("file://{}", clip.display()),
         "fps": 30,
-        "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }],
+        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] },
         // As fast as the device takes frames, none dropped: the counts are then deterministic.
         "replay": { "loop": false, "realtime": false }
     });
@@ -91,13 +96,152 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
         live.push(serde_json::from_str::<Value>(&msg.get_payload::<String>().unwrap()).unwrap());
     }
     for event in &live {
-        for field in ["event_id", "type", "camera_id", "ts", "frame_seq", "track_id", "class", "line_id", "direction"] {
+        for field in
+            ["event_id", "type", "camera_id", "ts", "frame_seq", "geometry_version", "track_id", "class", "line_id", "direction"]
+        {
             assert!(!event[field].is_null(), "{field} missing in {event}");
         }
         assert!(chrono::DateTime::parse_from_rfc3339(event["ts"].as_str().unwrap()).is_ok());
     }
     let by_class: u64 = line["by_class"].as_object().unwrap().values().map(|d| d["in"].as_u64().unwrap()).sum();
     assert_eq!(by_class, api_total);
+    assert!(live.iter().all(|e| e["speed_kmh"].is_null()), "no calibration, no speed");
+
+    // The SSE stream carried the same events.
+    let mut sse_ids = Vec::new();
+    let mut buffer = String::new();
+    while (sse_ids.len() as u64) < api_total {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk()).await.expect("SSE event").unwrap().unwrap();
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id: ")) {
+                assert!(frame.contains("event: line_crossing\ndata: {"), "{frame}");
+                sse_ids.push(id.to_string());
+            }
+        }
+    }
+    sse_ids.sort();
+    assert_eq!(sse_ids, row_ids, "SSE events");
+
+    // History with cursor paging: pages of 10 hold every event once, in order.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = svc.url("/api/v1/events?camera_id=overpass&type=line_crossing&limit=10");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        let events = page["events"].as_array().unwrap();
+        assert!(events.len() <= 10);
+        paged.extend(events.iter().map(|e| e["event_id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(paged.len() as u64, api_total);
+    paged.sort();
+    assert_eq!(paged, row_ids, "paged events");
+    let none: Value =
+        client.get(svc.url("/api/v1/events?type=incident_opened")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(none["events"], json!([]));
+
+    // Per-minute measures were stored at the end of the stream; a 15-minute roll-up holds them all.
+    let history: Value = common::eventually("the measures to be stored", Duration::from_secs(30), || async {
+        let h: Value = client
+            .get(svc.url("/api/v1/cameras/overpass/analytics?interval=15m"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let total: u64 = h["elements"].as_array()?.first()?["intervals"]
+            .as_array()?
+            .iter()
+            .map(|i| i["measures"]["volume"]["in"].as_object().map_or(0, |c| c.values().filter_map(Value::as_u64).sum()))
+            .sum();
+        (total == api_total).then_some(h)
+    })
+    .await;
+    assert_eq!(history["elements"][0]["id"], "y150");
+    assert_eq!(history["elements"][0]["geometry_version"], 1);
+
+    // The live state, served from Redis, ends with the final counts.
+    let state: Value = common::eventually("the final state", Duration::from_secs(30), || async {
+        let s: Value = client.get(svc.url("/api/v1/cameras/overpass/state")).send().await.ok()?.json().await.ok()?;
+        (s["lines"][0]["in"].as_u64()? == api_total).then_some(s)
+    })
+    .await;
+    assert_eq!(state["geometry_version"], 1, "{state}");
     let log = svc.stop();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A calibrated geometry put while the clip runs: later events carry version 2 and speeds,
+/// earlier ones version 1 and none, and no crossing is lost or counted twice in the switch.
+#[tokio::test]
+async fn a_geometry_change_mid_stream_is_a_new_version() {
+    let env = TestEnv::new().await;
+    let svc = Service::start(&env).await;
+    let client = reqwest::Client::new();
+    let clip = common::clip("overpass_video03.avi");
+    let body = json!({
+        "id": "overpass",
+        "url": format!("file://{}", clip.display()),
+        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] },
+        "replay": { "realtime": false }
+    });
+    let r = client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    common::eventually("a few crossings", Duration::from_secs(120), || async {
+        let c: Value = client.get(svc.url("/api/v1/cameras/overpass")).send().await.ok()?.json().await.ok()?;
+        (c["status"]["events"].as_u64()? >= 3).then_some(())
+    })
+    .await;
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/geometry/overpass_video03.json")).unwrap(),
+    )
+    .unwrap();
+    let r = client.put(svc.url("/api/v1/cameras/overpass/geometry")).json(&shipped).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    common::eventually("the clip to end", Duration::from_secs(300), || async {
+        let c: Value = client.get(svc.url("/api/v1/cameras/overpass")).send().await.ok()?.json().await.ok()?;
+        (c["status"]["state"] == "ended").then_some(())
+    })
+    .await;
+    let log = svc.stop();
+    assert!(!log.contains("panicked"), "{log}");
+
+    let db = env.db().await;
+    let rows = db
+        .query("SELECT geometry_version, payload FROM events WHERE type = 'line_crossing' AND line_id = 'y150'", &[])
+        .await
+        .unwrap();
+    let (v1, v2): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.get::<_, i32>(0) == 1);
+    assert!(v1.len() >= 3 && !v2.is_empty(), "{} then {}", v1.len(), v2.len());
+    // One vehicle may sit on the line at the switch: the hand count is 27 +-1.
+    assert!((26..=28).contains(&rows.len()), "{} crossings", rows.len());
+    for row in &v1 {
+        assert!(row.get::<_, Value>(1)["speed_kmh"].is_null());
+    }
+    for row in &v2 {
+        let payload = row.get::<_, Value>(1);
+        assert_eq!(payload["geometry_version"], 2);
+        let speed = payload["speed_kmh"].as_f64().unwrap_or_else(|| panic!("no speed: {payload}"));
+        assert!((5.0..=200.0).contains(&speed), "{payload}");
+        assert!(payload["speed_uncertainty_kmh"].as_f64().is_some(), "{payload}");
+    }
+    // Minute rows name their version too; the lanes exist only in version 2.
+    let lanes: i64 = db
+        .query_one("SELECT count(*) FROM analytics_1m WHERE element_kind = 'lane' AND geometry_version = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(lanes >= 2, "{lanes} lane rows");
+    let stray: i64 =
+        db.query_one("SELECT count(*) FROM analytics_1m WHERE element_kind = 'lane' AND geometry_version = 1", &[]).await.unwrap().get(0);
+    assert_eq!(stray, 0);
 }

@@ -64,7 +64,7 @@ async fn rtsp_counts_match_the_file_within_one() {
         "url": format!("rtsp://127.0.0.1:{client_port}/cam"),
         "rtsp_transport": "udp",
         "fps": 30,
-        "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }]
+        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] }
     });
     let r = http.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
@@ -123,7 +123,7 @@ async fn http_sources_stream_and_reconnect_when_they_end() {
         "id": "highway-http",
         "url": format!("http://127.0.0.1:{port}/highway_video02.avi"),
         "fps": 5,
-        "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }]
+        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] }
     });
     let r = http.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);

@@ -18,7 +18,7 @@ async fn sigterm_delivers_every_emitted_event_before_exit() {
     let body = json!({
         "id": "overpass",
         "url": format!("file://{}", clip.display()),
-        "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }],
+        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] },
         "replay": { "realtime": false }
     });
     let r = http.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();

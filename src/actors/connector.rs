@@ -1,5 +1,5 @@
-//! ConnectorActor: a shard that tracks objects and counts line crossings for the cameras pinned
-//! to it, and emits typed events. Cameras are pinned to shards by rendezvous hashing of their id,
+//! ConnectorActor: a shard that tracks objects and runs the analytics (`crate::analytics`) for
+//! the cameras pinned to it, and emits typed events, per-minute measures and live state. Cameras are pinned to shards by rendezvous hashing of their id,
 //! so a camera's tracker state lives in exactly one place.
 
 pub mod lines;
@@ -11,10 +11,13 @@ use std::sync::Arc;
 use actix::{Actor, Context, Handler, Message};
 
 use crate::actors::camera::{CameraStatus, StreamState};
-use crate::actors::messages::{CameraId, Event, FrameDetections, ToConnector, LINE_CROSSING};
+use crate::actors::messages::{CameraId, FrameDetections, ToConnector};
+use crate::analytics::config::AnalyticsConfig;
+use crate::analytics::geometry::Geometry;
+use crate::analytics::scene::{FrameOutput, SceneAnalytics, StreamIdentity};
+use crate::analytics::StateSnapshot;
 use crate::metrics::Metrics;
 use crate::sinks::EventSink;
-use lines::{LineCounter, LineSpec};
 use tracker::{Tracker, TrackerConfig};
 
 /// The shard (of `shards`) that owns `camera_id`: highest-random-weight hashing, so adding a
@@ -46,70 +49,85 @@ pub fn event_id(camera_id: &str, epoch_ms: u64, track_id: u64, line_id: &str, fr
 struct CameraAnalytics {
     status: Arc<CameraStatus>,
     tracker: Tracker,
-    lines: LineCounter,
-    /// Frames this shard has tracked for the camera (dropped frames do not count: the tracker
-    /// ages its lost tracks in tracked frames too).
-    tracked_frames: u64,
-    /// `tracked_frames` when each live track was last seen, to forget finished tracks.
-    last_seen: HashMap<u64, u64>,
+    scene: SceneAnalytics,
+    /// Last frame's sequence number, for the events of a flush.
+    last_seq: u64,
+    /// Frame time of the last state snapshot sent to the cache.
+    last_state_ms: Option<i64>,
 }
+
+/// The live state is cached at most this often per camera (frame time), plus at every minute
+/// close and at the end.
+const STATE_INTERVAL_MS: i64 = 1_000;
 
 pub struct ConnectorActor {
     shard: usize,
     mailbox: usize,
     tracker_config: TrackerConfig,
+    analytics_config: AnalyticsConfig,
     sink: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     cameras: HashMap<CameraId, CameraAnalytics>,
 }
 
 impl ConnectorActor {
-    pub fn new(shard: usize, mailbox: usize, tracker_config: TrackerConfig, sink: Arc<dyn EventSink>, metrics: Arc<Metrics>) -> Self {
-        Self { shard, mailbox, tracker_config, sink, metrics, cameras: HashMap::new() }
+    pub fn new(
+        shard: usize,
+        mailbox: usize,
+        tracker_config: TrackerConfig,
+        analytics_config: AnalyticsConfig,
+        sink: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { shard, mailbox, tracker_config, analytics_config, sink, metrics, cameras: HashMap::new() }
     }
 
     fn on_frame(&mut self, frame: FrameDetections) {
         let Some(camera) = self.cameras.get_mut(&frame.camera_id) else { return };
         let started = std::time::Instant::now();
-        camera.tracked_frames += 1;
-        let now = camera.tracked_frames;
-        let tracked = camera.tracker.update(&frame.detections);
-        let mut changed = false;
-        for object in &tracked {
-            camera.last_seen.insert(object.track_id, now);
-            let (x, y) = object.bbox.ground_point();
-            for crossing in camera.lines.observe(object.track_id, (x as f64, y as f64), object.class) {
-                changed = true;
-                camera.status.events.inc();
-                self.sink.submit(Event {
-                    event_id: event_id(&frame.camera_id, camera.status.epoch_ms, object.track_id, &crossing.line_id, frame.seq),
-                    kind: LINE_CROSSING,
-                    camera_id: frame.camera_id.clone(),
-                    ts: frame.captured_at.into(),
-                    frame_seq: frame.seq,
-                    track_id: object.track_id,
-                    class: crossing.class,
-                    line_id: crossing.line_id,
-                    direction: crossing.direction,
-                    captured: Some(frame.captured),
-                });
-            }
-        }
-        if changed {
-            camera.status.set_counts(camera.lines.counts());
+        let detections: Vec<_> =
+            frame.detections.iter().filter(|d| camera.scene.keep_detection(&d.bbox)).copied().collect();
+        let tracked = camera.tracker.update(&detections);
+        let ts_ms = chrono::DateTime::<chrono::Utc>::from(frame.captured_at).timestamp_millis();
+        let out = camera.scene.observe(ts_ms, frame.seq, frame.captured, &tracked);
+        camera.last_seq = frame.seq;
+        let due = camera.last_state_ms.is_none_or(|last| ts_ms - last >= STATE_INTERVAL_MS);
+        let force_state = !out.aggregates.is_empty();
+        emit(&*self.sink, camera, out);
+        if force_state || due {
+            camera.last_state_ms = Some(ts_ms);
+            send_state(&*self.sink, camera);
         }
         camera.status.processed.inc();
         self.metrics.stages.tracking.record(started.elapsed());
         self.metrics.stages.frame_latency.record(frame.captured.elapsed());
-        // Track ids are never reused, so a track unseen for longer than the tracker keeps lost
-        // tracks is finished; forget it every so often.
-        if now % 256 == 0 {
-            let horizon = self.tracker_config.max_lost_frames as u64 + 1;
-            camera.last_seen.retain(|_, seen| now - *seen <= horizon);
-            let alive = &camera.last_seen;
-            camera.lines.retain_tracks(|id| alive.contains_key(&id));
-        }
     }
+
+    fn finish(&mut self, camera_id: &CameraId) {
+        let Some(camera) = self.cameras.get_mut(camera_id) else { return };
+        let out = camera.scene.finish(camera.last_seq);
+        emit(&*self.sink, camera, out);
+        send_state(&*self.sink, camera);
+    }
+}
+
+fn emit(sink: &dyn EventSink, camera: &CameraAnalytics, out: FrameOutput) {
+    let crossed = out.events.iter().any(|e| matches!(e.detail, crate::actors::messages::EventDetail::LineCrossing(_)));
+    for event in out.events {
+        camera.status.events.inc();
+        sink.submit(event);
+    }
+    if crossed {
+        camera.status.set_counts(camera.scene.line_counts());
+    }
+    if !out.aggregates.is_empty() {
+        sink.submit_aggregates(out.aggregates);
+    }
+}
+
+fn send_state(sink: &dyn EventSink, camera: &CameraAnalytics) {
+    let state = serde_json::to_value(camera.scene.live_state()).unwrap_or_default();
+    sink.submit_state(StateSnapshot { camera_id: camera.status.id.clone(), state });
 }
 
 impl Actor for ConnectorActor {
@@ -121,30 +139,73 @@ impl Actor for ConnectorActor {
     }
 }
 
-/// Starts analysing a camera on this shard; must arrive before its first frame.
+/// Starts analysing a camera on this shard; must arrive before its first frame. The geometry
+/// has been validated.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AddCamera {
     pub status: Arc<CameraStatus>,
-    pub lines: Vec<LineSpec>,
+    pub geometry: Geometry,
+    pub geometry_version: u32,
 }
 
 impl Handler<AddCamera> for ConnectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: AddCamera, _ctx: &mut Self::Context) {
-        let lines = LineCounter::new(msg.lines);
-        msg.status.set_counts(lines.counts());
+        let identity = StreamIdentity {
+            camera_id: msg.status.id.clone(),
+            epoch_ms: msg.status.epoch_ms,
+            geometry_version: msg.geometry_version,
+        };
+        let scene = match SceneAnalytics::new(identity, &msg.geometry, self.analytics_config.clone()) {
+            Ok(scene) => scene,
+            Err(errors) => {
+                // Validated at the edge; a stored geometry that no longer compiles is reported.
+                msg.status.set_state(StreamState::Failed, Some(format!("invalid geometry: {}", errors.join("; "))));
+                return;
+            }
+        };
+        msg.status.set_counts(scene.line_counts());
         self.cameras.insert(
             msg.status.id.clone(),
             CameraAnalytics {
                 status: msg.status,
                 tracker: Tracker::new(self.tracker_config),
-                lines,
-                tracked_frames: 0,
-                last_seen: HashMap::new(),
+                scene,
+                last_seq: 0,
+                last_state_ms: None,
             },
         );
+    }
+}
+
+/// Replaces a camera's geometry: the old version's minute and incidents are closed, tracks
+/// continue under the new version.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetGeometry {
+    pub camera_id: CameraId,
+    pub geometry: Geometry,
+    pub version: u32,
+}
+
+impl Handler<SetGeometry> for ConnectorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetGeometry, _ctx: &mut Self::Context) {
+        self.finish(&msg.camera_id);
+        let Some(camera) = self.cameras.get_mut(&msg.camera_id) else { return };
+        let identity = StreamIdentity { geometry_version: msg.version, ..camera.scene.identity().clone() };
+        match SceneAnalytics::new(identity, &msg.geometry, self.analytics_config.clone()) {
+            Ok(scene) => {
+                camera.scene = scene;
+                camera.status.geometry_version.store(msg.version, std::sync::atomic::Ordering::SeqCst);
+                camera.status.set_counts(camera.scene.line_counts());
+                send_state(&*self.sink, camera);
+            }
+            Err(errors) => tracing::error!(camera = %msg.camera_id, ?errors, "geometry not applied"),
+        }
     }
 }
 
@@ -156,6 +217,7 @@ impl Handler<RemoveCamera> for ConnectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: RemoveCamera, _ctx: &mut Self::Context) {
+        self.finish(&msg.0);
         self.cameras.remove(&msg.0);
     }
 }
@@ -167,6 +229,7 @@ impl Handler<ToConnector> for ConnectorActor {
         match msg {
             ToConnector::Detections(frame) => self.on_frame(frame),
             ToConnector::StreamEnded(camera_id) => {
+                self.finish(&camera_id);
                 if let Some(camera) = self.cameras.get(&camera_id) {
                     if camera.status.state() != StreamState::Failed {
                         camera.status.set_state(StreamState::Ended, None);

@@ -19,6 +19,8 @@ pub struct Frame {
     pub camera_id: CameraId,
     /// Sampled-frame number since the camera actor started; continues across reconnects.
     pub seq: u64,
+    /// The frame's time on the camera clock, which every analytics measure uses: capture time
+    /// for live streams; for files the open time plus the frame's media time.
     pub captured_at: SystemTime,
     /// Monotonic capture time, for latency measurements.
     pub captured: Instant,
@@ -61,23 +63,75 @@ impl Direction {
     }
 }
 
-/// A published analytics event. Serialised as the JSON that Redis and PostgreSQL carry.
+/// A published analytics event. Serialised as the JSON that Redis and PostgreSQL carry: the
+/// common fields, `type`, then the fields of that type (see `docs/ANALYTICS.md`, Events).
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// Deterministic from camera, stream epoch, track, line and frame, so a replay is idempotent.
+    /// Deterministic from what produced it (camera, stream epoch, track or incident, frame), so
+    /// a replay is idempotent.
     pub event_id: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub camera_id: CameraId,
-    /// Capture time of the frame that produced the event (RFC 3339).
+    /// Frame time of the frame that produced the event (RFC 3339).
     pub ts: chrono::DateTime<chrono::Utc>,
     pub frame_seq: u64,
+    /// The camera geometry version whose lines and zones produced the event.
+    pub geometry_version: u32,
+    #[serde(flatten)]
+    pub detail: EventDetail,
+    #[serde(skip)]
+    pub captured: Option<Instant>,
+}
+
+impl Event {
+    /// The `type` field.
+    pub fn kind(&self) -> &'static str {
+        match &self.detail {
+            EventDetail::LineCrossing(_) => LINE_CROSSING,
+            EventDetail::IncidentOpened(_) => "incident_opened",
+            EventDetail::IncidentUpdated(_) => "incident_updated",
+            EventDetail::IncidentClosed(_) => "incident_closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventDetail {
+    LineCrossing(LineCrossing),
+    IncidentOpened(IncidentEvent),
+    IncidentUpdated(IncidentEvent),
+    IncidentClosed(IncidentEvent),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LineCrossing {
     pub track_id: u64,
     pub class: ObjectClass,
     pub line_id: String,
     pub direction: Direction,
-    #[serde(skip)]
-    pub captured: Option<Instant>,
+    /// Calibrated cameras only: the track's speed at the crossing and its 1-sigma uncertainty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_kmh: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_uncertainty_kmh: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentEvent {
+    /// Stable over the incident's life.
+    pub incident_id: String,
+    pub incident_type: &'static str,
+    pub zone_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<ObjectClass>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub duration_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_kmh: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub density_per_km: Option<f64>,
 }
 
 pub const LINE_CROSSING: &str = "line_crossing";

@@ -1,12 +1,13 @@
-//! `/api/v1/cameras`: register, list, inspect, remove cameras; live counts.
+//! `/api/v1/cameras`: register, list, inspect, remove cameras; live counts and state; geometry.
 
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::actors::camera::status::StatusView;
 use crate::actors::camera::{CameraSpec, CameraStatus};
 use crate::actors::connector::lines::LineCount;
+use crate::analytics::geometry::Geometry;
 use crate::service::Service;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -14,7 +15,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/cameras", web::get().to(list))
         .route("/cameras/{id}", web::get().to(get))
         .route("/cameras/{id}", web::delete().to(remove))
-        .route("/cameras/{id}/counts", web::get().to(counts));
+        .route("/cameras/{id}/counts", web::get().to(counts))
+        .route("/cameras/{id}/geometry", web::put().to(put_geometry))
+        .route("/cameras/{id}/geometry", web::get().to(get_geometry))
+        .route("/cameras/{id}/state", web::get().to(state));
 }
 
 /// A camera as the API shows it: its registration without the URL's password, and its status.
@@ -68,4 +72,60 @@ async fn counts(service: web::Data<Service>, id: web::Path<String>) -> Result<Ht
 
 fn find(service: &Service, id: &str) -> Result<(CameraSpec, std::sync::Arc<CameraStatus>), ApiError> {
     service.pipeline.camera(id).ok_or_else(|| ApiError::NotFound(format!("camera {id} not found")))
+}
+
+#[derive(Serialize)]
+struct GeometryView {
+    camera_id: String,
+    version: u32,
+    geometry: Geometry,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn put_geometry(
+    service: web::Data<Service>,
+    id: web::Path<String>,
+    body: web::Json<Geometry>,
+) -> Result<HttpResponse, ApiError> {
+    let geometry = body.into_inner();
+    let version = service.set_geometry(&id, geometry.clone()).await?;
+    Ok(HttpResponse::Ok().json(GeometryView { camera_id: id.into_inner(), version, geometry, created_at: None }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeometryQuery {
+    version: Option<u32>,
+}
+
+/// The current geometry, or with `?version=N` any stored version (also of a removed camera).
+async fn get_geometry(
+    service: web::Data<Service>,
+    id: web::Path<String>,
+    query: web::Query<GeometryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let version = match query.version {
+        Some(v) => v,
+        None => {
+            let (_, status) = find(&service, &id)?;
+            status.geometry_version.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    };
+    let (geometry, created_at) = service
+        .db
+        .geometry(&id, version)
+        .await
+        .map_err(crate::service::ServiceError::from)?
+        .ok_or_else(|| ApiError::NotFound(format!("camera {id} has no geometry version {version}")))?;
+    Ok(HttpResponse::Ok().json(GeometryView { camera_id: id.into_inner(), version, geometry, created_at: Some(created_at) }))
+}
+
+/// The camera's latest state as cached in Redis by its connector.
+async fn state(service: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    find(&service, &id)?;
+    match service.live_state(&id).await? {
+        Some(state) => Ok(HttpResponse::Ok().json(state)),
+        None => Err(ApiError::NotFound(format!("camera {id} has no state yet (no frame analysed)"))),
+    }
 }

@@ -1,7 +1,10 @@
-//! The HTTP control API (actix-web): cameras, health, metrics.
+//! The HTTP control API (actix-web): cameras and their geometry, analytics history, events
+//! (history and live), health, metrics.
 
+pub mod analytics;
 pub mod cameras;
 pub mod error;
+pub mod events;
 pub mod health;
 
 use std::sync::Arc;
@@ -24,8 +27,9 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
                     .error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()),
             )
             .app_data(web::PathConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
+            .app_data(web::QueryConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
             .configure(health::routes)
-            .service(web::scope("/api/v1").configure(cameras::routes))
+            .service(web::scope("/api/v1").configure(cameras::routes).configure(analytics::routes).configure(events::routes))
             .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into())) }));
     }
 }

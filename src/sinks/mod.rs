@@ -6,16 +6,23 @@ pub mod publisher;
 use parking_lot::Mutex;
 
 use crate::actors::messages::Event;
+use crate::analytics::{AggregateRow, StateSnapshot};
 
+/// Everything a connector emits. No method may block the caller.
 pub trait EventSink: Send + Sync + 'static {
-    /// Accepts an event without blocking the caller.
     fn submit(&self, event: Event);
+    /// Closed per-minute measures of one camera.
+    fn submit_aggregates(&self, rows: Vec<AggregateRow>);
+    /// A camera's latest state; only the newest matters.
+    fn submit_state(&self, state: StateSnapshot);
 }
 
-/// Keeps events in memory: `analyze` and `bench`, which need no Redis or PostgreSQL.
+/// Keeps everything in memory: `analyze`, `evaluate` and `bench`, which need no Redis or
+/// PostgreSQL.
 #[derive(Default)]
 pub struct MemorySink {
     events: Mutex<Vec<(Event, std::time::Instant)>>,
+    aggregates: Mutex<Vec<AggregateRow>>,
 }
 
 impl MemorySink {
@@ -23,10 +30,20 @@ impl MemorySink {
     pub fn take(&self) -> Vec<(Event, std::time::Instant)> {
         std::mem::take(&mut *self.events.lock())
     }
+
+    pub fn take_aggregates(&self) -> Vec<AggregateRow> {
+        std::mem::take(&mut *self.aggregates.lock())
+    }
 }
 
 impl EventSink for MemorySink {
     fn submit(&self, event: Event) {
         self.events.lock().push((event, std::time::Instant::now()));
     }
+
+    fn submit_aggregates(&self, rows: Vec<AggregateRow>) {
+        self.aggregates.lock().extend(rows);
+    }
+
+    fn submit_state(&self, _state: StateSnapshot) {}
 }

@@ -1,10 +1,12 @@
 //! Delivers events to Redis (PUBLISH for live consumers, XADD for consumers that must not miss
-//! anything) and PostgreSQL (idempotent on `event_id`), in batches, from one task.
+//! anything) and PostgreSQL (idempotent on `event_id`), in batches, from one task; also the
+//! per-minute aggregates (PostgreSQL) and each camera's latest state (a Redis hash).
 //!
 //! Each batch is delivered to Redis once and to PostgreSQL once, each retried with backoff until it
 //! succeeds, so a PostgreSQL hiccup never writes the Redis stream twice. The intake is bounded:
 //! when it is full the event is dropped and counted (the durable outbox replaces this policy).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::EventSink;
 use crate::actors::messages::Event;
+use crate::analytics::{AggregateRow, StateSnapshot};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
@@ -22,51 +25,108 @@ pub type RedisPool = bb8::Pool<bb8_redis::RedisConnectionManager>;
 
 const BATCH: usize = 256;
 
+enum Outgoing {
+    Event(Event),
+    Aggregates(Vec<AggregateRow>),
+    State(StateSnapshot),
+}
+
 pub struct Publisher {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Outgoing>,
     metrics: Arc<Metrics>,
     /// Events accepted by `submit`, and events delivered to both stores: equal when drained.
     accepted: AtomicU64,
     delivered: Arc<AtomicU64>,
+    /// Everything accepted (events, aggregate batches, states) and everything handled.
+    items_accepted: AtomicU64,
+    items_done: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    fn enqueue(&self, item: Outgoing) -> bool {
+        let ok = self.tx.try_send(item).is_ok();
+        if ok {
+            self.items_accepted.fetch_add(1, Ordering::SeqCst);
+        }
+        ok
+    }
 }
 
 impl EventSink for Publisher {
     fn submit(&self, event: Event) {
-        if self.tx.try_send(event).is_err() {
+        // Count first: the delivery task may finish the event before `enqueue` returns.
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        if !self.enqueue(Outgoing::Event(event)) {
+            self.accepted.fetch_sub(1, Ordering::SeqCst);
             self.metrics.events_dropped.inc();
             tracing::error!("event sink queue full; event dropped");
-        } else {
-            self.accepted.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    fn submit_aggregates(&self, rows: Vec<AggregateRow>) {
+        if !self.enqueue(Outgoing::Aggregates(rows)) {
+            self.metrics.events_dropped.inc();
+            tracing::error!("event sink queue full; aggregate rows dropped");
+        }
+    }
+
+    fn submit_state(&self, state: StateSnapshot) {
+        // A newer snapshot follows; losing one to a full queue costs nothing lasting.
+        let _ = self.enqueue(Outgoing::State(state));
     }
 }
 
 impl Publisher {
     /// Starts the delivery task on the current runtime.
     pub fn spawn(redis: RedisPool, keys: RedisKeys, stream_max_len: u64, db: Db, metrics: Arc<Metrics>, capacity: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Event>(capacity);
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity);
         let task_metrics = metrics.clone();
         let delivered = Arc::new(AtomicU64::new(0));
-        let task_delivered = delivered.clone();
+        let items_done = Arc::new(AtomicU64::new(0));
+        let (task_delivered, task_done) = (delivered.clone(), items_done.clone());
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut batch, BATCH).await > 0 {
-                deliver(&batch, &redis, &keys, stream_max_len, &db, &task_metrics).await;
-                task_delivered.fetch_add(batch.len() as u64, Ordering::SeqCst);
-                batch.clear();
+            let mut received = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut received, BATCH).await > 0 {
+                let items = received.len() as u64;
+                let mut events = Vec::new();
+                let mut aggregates = Vec::new();
+                let mut states = HashMap::new();
+                for item in received.drain(..) {
+                    match item {
+                        Outgoing::Event(e) => events.push(e),
+                        Outgoing::Aggregates(rows) => aggregates.extend(rows),
+                        Outgoing::State(s) => {
+                            states.insert(s.camera_id.clone(), s);
+                        }
+                    }
+                }
+                if !events.is_empty() {
+                    deliver(&events, &redis, &keys, stream_max_len, &db, &task_metrics).await;
+                    task_delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
+                }
+                if !aggregates.is_empty() {
+                    store_aggregates(&aggregates, &db, &task_metrics).await;
+                }
+                for state in states.into_values() {
+                    if let Err(error) = cache_state(&state, &redis, &keys).await {
+                        task_metrics.sink_failures.inc();
+                        tracing::warn!(%error, camera = %state.camera_id, "caching camera state failed; the next one replaces it");
+                    }
+                }
+                task_done.fetch_add(items, Ordering::SeqCst);
             }
         });
-        Self { tx, metrics, accepted: AtomicU64::new(0), delivered }
+        Self { tx, metrics, accepted: AtomicU64::new(0), delivered, items_accepted: AtomicU64::new(0), items_done }
     }
 
-    /// Waits until every accepted event is delivered, or `timeout`; returns (accepted, delivered).
-    /// For shutdown: the cameras are stopped first, so nothing new arrives meanwhile.
+    /// Waits until everything accepted is handled, or `timeout`; returns the events accepted and
+    /// delivered. For shutdown: the cameras are stopped first, so nothing new arrives meanwhile.
     pub async fn drain(&self, timeout: Duration) -> (u64, u64) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (accepted, delivered) = (self.accepted.load(Ordering::SeqCst), self.delivered.load(Ordering::SeqCst));
-            if delivered >= accepted || tokio::time::Instant::now() >= deadline {
-                return (accepted, delivered);
+            let done = self.items_done.load(Ordering::SeqCst) >= self.items_accepted.load(Ordering::SeqCst);
+            if done || tokio::time::Instant::now() >= deadline {
+                return (self.accepted.load(Ordering::SeqCst), self.delivered.load(Ordering::SeqCst));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -94,6 +154,28 @@ async fn deliver(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: 
     metrics.events_published.inc_by(batch.len() as u64);
 }
 
+async fn store_aggregates(rows: &[AggregateRow], db: &Db, metrics: &Metrics) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    while let Err(error) = db.upsert_aggregates(rows).await {
+        metrics.sink_failures.inc();
+        tracing::warn!(%error, rows = rows.len(), "storing aggregates failed; retrying");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn cache_state(state: &StateSnapshot, redis: &RedisPool, keys: &RedisKeys) -> Result<(), String> {
+    let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+    bb8_redis::redis::cmd("HSET")
+        .arg(keys.camera_state(&state.camera_id))
+        .arg("state")
+        .arg(state.state.to_string())
+        .arg("updated_at")
+        .arg(chrono::Utc::now().to_rfc3339())
+        .query_async::<()>(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: u64) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
     // MULTI/EXEC: a batch lands in Redis whole or not at all. A reply lost after EXEC still makes
@@ -115,7 +197,7 @@ async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max
             .arg("camera_id")
             .arg(&*event.camera_id)
             .arg("type")
-            .arg(event.kind)
+            .arg(event.kind())
             .arg("data")
             .arg(&json)
             .ignore();

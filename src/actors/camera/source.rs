@@ -68,7 +68,7 @@ pub fn spawn(config: SourceConfig, status: Arc<CameraStatus>, sink: Box<dyn Fram
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name(format!("decode-{}", config.camera_id))
-        .spawn(move || Streamer { config, status, sink, metrics, stop: thread_stop, seq: 0 }.run())
+        .spawn(move || Streamer { config, status, sink, metrics, stop: thread_stop, seq: 0, media: MediaClock::default() }.run())
         .expect("spawning a decode thread");
     SourceHandle { stop, _thread: thread }
 }
@@ -88,6 +88,24 @@ struct Streamer {
     stop: Arc<AtomicBool>,
     /// Sampled-frame number, continuing across reconnects and loops.
     seq: u64,
+    /// Files: the frame clock. Frame times are this origin plus media time (frame index / rate,
+    /// continuing across loops), so analytics see the clip's own timing however fast it is read.
+    media: MediaClock,
+}
+
+#[derive(Default)]
+struct MediaClock {
+    /// Wall time when the file was first opened.
+    origin: Option<SystemTime>,
+    /// Media seconds of the loops already played.
+    played: f64,
+}
+
+impl MediaClock {
+    fn at(&mut self, index: u64, source_fps: f64) -> SystemTime {
+        let origin = *self.origin.get_or_insert_with(SystemTime::now);
+        origin + Duration::from_secs_f64(self.played + index as f64 / source_fps)
+    }
 }
 
 impl Streamer {
@@ -240,7 +258,8 @@ impl Streamer {
                     self.sleep(due.saturating_duration_since(Instant::now()));
                 }
                 let captured = Instant::now();
-                let captured_at = SystemTime::now();
+                let captured_at =
+                    if self.config.is_file { self.media.at(index, source_fps) } else { SystemTime::now() };
                 let convert_started = Instant::now();
                 let conv = match &mut converter {
                     Some(c) if c.fits(&decoded) => c,
@@ -266,6 +285,7 @@ impl Streamer {
                 }
             }
             if at_eof && !got_frame {
+                self.media.played += frame_index as f64 / source_fps;
                 return Ok(RunEnd::EndOfFile);
             }
         }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::connector::lines::LineSpec;
+use crate::analytics::geometry::Geometry;
 
 /// Camera and line ids: short, safe in Redis keys, URLs and metric labels.
 pub fn is_valid_id(id: &str) -> bool {
@@ -48,8 +48,10 @@ pub struct CameraSpec {
     /// Frames per second to analyse; default `cameras.default_fps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fps: Option<f64>,
+    /// Lines, zones, lanes, exclusions and calibration (`docs/ANALYTICS.md`); replaced at run
+    /// time with `PUT /api/v1/cameras/{id}/geometry`, each change a new version.
     #[serde(default)]
-    pub lines: Vec<LineSpec>,
+    pub geometry: Geometry,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtsp_transport: Option<RtspTransport>,
     /// Only for file:// sources.
@@ -103,16 +105,7 @@ impl CameraSpec {
                 errors.push("fps must be in (0, 120]".into());
             }
         }
-        if self.lines.len() > 64 {
-            errors.push("at most 64 lines per camera".into());
-        }
-        let mut seen = std::collections::HashSet::new();
-        for line in &self.lines {
-            errors.extend(line.validate());
-            if !seen.insert(line.id.as_str()) {
-                errors.push(format!("line id {:?} is used twice", line.id));
-            }
-        }
+        errors.extend(self.geometry.validate().into_iter().map(|e| format!("geometry: {e}")));
         errors
     }
 
@@ -194,7 +187,7 @@ mod tests {
             name: String::new(),
             url: url.into(),
             fps: None,
-            lines: vec![],
+            geometry: Geometry::default(),
             rtsp_transport: None,
             replay: None,
         }

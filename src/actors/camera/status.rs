@@ -33,6 +33,8 @@ pub struct CameraStatus {
     pub id: CameraId,
     /// Part of every event id (see `Pipeline::start_camera`), in milliseconds since the Unix epoch.
     pub epoch_ms: u64,
+    /// The geometry version the camera's connector analyses with.
+    pub geometry_version: std::sync::atomic::AtomicU32,
     state: Mutex<(StreamState, Option<String>)>,
     pub decoded: Counter,
     pub processed: Counter,
@@ -54,13 +56,15 @@ pub struct StatusView {
     pub frames_dropped: u64,
     pub reconnects: u64,
     pub events: u64,
+    pub geometry_version: u32,
 }
 
 impl CameraStatus {
-    pub fn new(id: CameraId, epoch_ms: u64, metrics: &Metrics) -> Self {
+    pub fn new(id: CameraId, epoch_ms: u64, geometry_version: u32, metrics: &Metrics) -> Self {
         let labels = metrics.camera(&id);
         Self {
             epoch_ms,
+            geometry_version: geometry_version.into(),
             state: Mutex::new((StreamState::Connecting, None)),
             decoded: metrics.frames_decoded.get_or_create(&labels).clone(),
             processed: metrics.frames_processed.get_or_create(&labels).clone(),
@@ -104,6 +108,7 @@ impl CameraStatus {
             frames_dropped: self.dropped.get(),
             reconnects: self.reconnects.get(),
             events: self.events.get(),
+            geometry_version: self.geometry_version.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 

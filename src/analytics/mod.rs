@@ -1,0 +1,56 @@
+//! Traffic analytics on tracked objects: camera geometry (lines, zones, lanes, exclusions, a
+//! ground-plane calibration), per-track kinematics, interval measures (volumes, occupancy,
+//! density, speed, headway, queues, level of service) and incidents. Everything here is pure:
+//! time comes from frame timestamps, so a replayed clip gives the same answers at any speed.
+//! Definitions and units: `docs/ANALYTICS.md`.
+
+pub mod geometry;
+pub mod homography;
+pub mod config;
+pub mod incidents;
+pub mod kinematics;
+pub mod measures;
+pub mod rollup;
+pub mod scene;
+
+use serde::Serialize;
+
+use crate::actors::messages::CameraId;
+
+/// What a measured element is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElementKind {
+    Line,
+    Zone,
+    Lane,
+}
+
+impl ElementKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ElementKind::Line => "line",
+            ElementKind::Zone => "zone",
+            ElementKind::Lane => "lane",
+        }
+    }
+}
+
+/// The measures of one element over one UTC minute of frame time: a row of `analytics_1m`.
+#[derive(Debug, Clone)]
+pub struct AggregateRow {
+    pub camera_id: CameraId,
+    pub interval_start: chrono::DateTime<chrono::Utc>,
+    pub geometry_version: u32,
+    pub element_id: String,
+    pub element_kind: ElementKind,
+    pub measures: measures::IntervalMeasures,
+}
+
+/// The latest state of a camera (counts, who is in which zone, open incidents, the last
+/// complete minute), cached in Redis for the live API.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot {
+    pub camera_id: CameraId,
+    pub state: serde_json::Value,
+}

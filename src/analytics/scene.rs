@@ -1,0 +1,521 @@
+//! One camera's analytics: tracked objects in, events and per-minute measures out. Glues the
+//! compiled geometry to the kinematics, measures and incident detectors; the definitions live
+//! in `docs/ANALYTICS.md`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use super::config::AnalyticsConfig;
+use super::geometry::{Geometry, SceneGeometry};
+use super::incidents::{IncidentTransition, LaneIncidents, LaneTrack, Phase};
+use super::kinematics::{kmh, MotionFit, MotionWindow};
+use super::measures::{class_length_m, queue_at, IntervalMeasures, MeasuresView, QueueCandidate};
+use super::{AggregateRow, ElementKind};
+use crate::actors::connector::lines::{LineCount, LineCounter};
+use crate::actors::connector::tracker::TrackedObject;
+use crate::actors::messages::{CameraId, Event, EventDetail, IncidentEvent, LineCrossing};
+use crate::detector::{BBox, ObjectClass};
+
+const MINUTE_MS: i64 = 60_000;
+/// A frame gap longer than this (a stall, a reconnect) does not count as observed time.
+const MAX_FRAME_GAP_MS: i64 = 1_000;
+/// Frame time after which an unseen track is finished (longer than the tracker keeps lost tracks
+/// at any sane frame rate).
+const TRACK_FORGET_MS: i64 = 60_000;
+
+/// What a frame produced.
+#[derive(Default)]
+pub struct FrameOutput {
+    pub events: Vec<Event>,
+    /// Rows of the minutes that closed.
+    pub aggregates: Vec<AggregateRow>,
+    /// Something an operator would see changed (counts, presence, incidents, a minute closed).
+    pub changed: bool,
+}
+
+/// Identity of the stream the events belong to.
+#[derive(Debug, Clone)]
+pub struct StreamIdentity {
+    pub camera_id: CameraId,
+    /// Part of every event id (see `Pipeline::start_camera`).
+    pub epoch_ms: u64,
+    pub geometry_version: u32,
+}
+
+struct TrackState {
+    class: ObjectClass,
+    last_seen_ms: i64,
+    box_height: f64,
+    /// Ground-point motion in image pixels (always) and road metres (calibrated cameras).
+    image_motion: MotionWindow,
+    ground_motion: Option<MotionWindow>,
+    /// Per zone: present in the previous frame, the previous lane position, and the speeds
+    /// (km/h) seen while in the lane, for its one sample per track.
+    zones: Vec<TrackInZone>,
+}
+
+#[derive(Default, Clone)]
+struct TrackInZone {
+    present: bool,
+    last_position: Option<(i64, f64)>,
+    speeds: Vec<f64>,
+}
+
+struct ZoneState {
+    measures: IntervalMeasures,
+    incidents: Option<LaneIncidents>,
+    /// The last vehicle to pass the lane's reference section: time (ms, fractional), class,
+    /// speed in m/s.
+    last_pass: Option<(f64, ObjectClass, Option<f64>)>,
+    present_now: usize,
+}
+
+/// The latest state of a camera as the live API shows it.
+#[derive(Debug, Serialize)]
+pub struct LiveState {
+    pub geometry_version: u32,
+    pub ts: DateTime<Utc>,
+    pub lines: Vec<LineCount>,
+    pub zones: Vec<ZoneNow>,
+    pub open_incidents: Vec<IncidentEvent>,
+    /// The measures of the last complete minute, per element.
+    pub last_minute: Vec<ElementMeasures>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ZoneNow {
+    pub id: String,
+    pub kind: ElementKind,
+    pub present: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ElementMeasures {
+    pub id: String,
+    pub kind: ElementKind,
+    pub interval_start: DateTime<Utc>,
+    pub measures: MeasuresView,
+}
+
+pub struct SceneAnalytics {
+    identity: StreamIdentity,
+    config: AnalyticsConfig,
+    geometry: SceneGeometry,
+    lines: LineCounter,
+    line_ids: Vec<String>,
+    line_measures: Vec<IntervalMeasures>,
+    zones: Vec<ZoneState>,
+    tracks: HashMap<u64, TrackState>,
+    /// Start (ms) of the minute being accumulated.
+    minute: Option<i64>,
+    last_ts_ms: Option<i64>,
+    open_incidents: HashMap<String, IncidentEvent>,
+    last_minute: Vec<ElementMeasures>,
+}
+
+impl SceneAnalytics {
+    /// `geometry` must have passed `Geometry::validate`.
+    pub fn new(identity: StreamIdentity, geometry: &Geometry, config: AnalyticsConfig) -> Result<Self, Vec<String>> {
+        let compiled = SceneGeometry::new(geometry)?;
+        let calibrated = compiled.calibrated();
+        let zones = compiled
+            .zones()
+            .iter()
+            .map(|z| {
+                let mut measures = IntervalMeasures::default();
+                measures.length_m = z.length_m();
+                ZoneState {
+                    measures,
+                    incidents: z.is_lane().then(|| LaneIncidents::new(z.id(), calibrated, &config)),
+                    last_pass: None,
+                    present_now: 0,
+                }
+            })
+            .collect();
+        Ok(Self {
+            identity,
+            config,
+            geometry: compiled,
+            lines: LineCounter::new(geometry.lines.clone()),
+            line_ids: geometry.lines.iter().map(|l| l.id.clone()).collect(),
+            line_measures: vec![IntervalMeasures::default(); geometry.lines.len()],
+            zones,
+            tracks: HashMap::new(),
+            minute: None,
+            last_ts_ms: None,
+            open_incidents: HashMap::new(),
+            last_minute: Vec::new(),
+        })
+    }
+
+    pub fn identity(&self) -> &StreamIdentity {
+        &self.identity
+    }
+
+    /// Detections inside an exclusion or below the minimum size never reach the tracker.
+    pub fn keep_detection(&self, bbox: &BBox) -> bool {
+        self.geometry.keep_detection(bbox)
+    }
+
+    pub fn line_counts(&self) -> &[LineCount] {
+        self.lines.counts()
+    }
+
+    /// Analyses one tracked frame. `ts_ms`: frame time (ms since the Unix epoch).
+    pub fn observe(&mut self, ts_ms: i64, seq: u64, captured: Instant, objects: &[TrackedObject]) -> FrameOutput {
+        let mut out = FrameOutput::default();
+        let minute = ts_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        if self.minute.is_some_and(|m| minute > m) {
+            out.aggregates = self.close_minute();
+            out.changed = true;
+        }
+        self.minute = Some(self.minute.map_or(minute, |m| m.max(minute)));
+        let dt_s = match self.last_ts_ms {
+            Some(last) if ts_ms > last && ts_ms - last <= MAX_FRAME_GAP_MS => (ts_ms - last) as f64 / 1e3,
+            _ => 0.0,
+        };
+        self.last_ts_ms = Some(self.last_ts_ms.map_or(ts_ms, |l| l.max(ts_ms)));
+
+        for measures in &mut self.line_measures {
+            measures.record_frame(dt_s, 0);
+        }
+        let calibrated = self.geometry.calibrated();
+        let zone_count = self.zones.len();
+        for zone in &mut self.zones {
+            zone.present_now = 0;
+        }
+        let mut lane_tracks: Vec<Vec<LaneTrack>> = vec![Vec::new(); zone_count];
+        let mut queue_candidates: Vec<Vec<QueueCandidate>> = vec![Vec::new(); zone_count];
+
+        for object in objects {
+            let (gx, gy) = object.bbox.ground_point();
+            let image_point = [gx as f64, gy as f64];
+            let ground_point = self.geometry.to_ground(image_point);
+            let window = self.config.speed_window_ms;
+            let track = self.tracks.entry(object.track_id).or_insert_with(|| TrackState {
+                class: object.class,
+                last_seen_ms: ts_ms,
+                box_height: 1.0,
+                image_motion: MotionWindow::new(window),
+                ground_motion: calibrated.then(|| MotionWindow::new(window)),
+                zones: vec![TrackInZone::default(); zone_count],
+            });
+            track.class = object.class;
+            track.last_seen_ms = ts_ms;
+            track.box_height = (object.bbox.height() as f64).max(1.0);
+            track.image_motion.push(ts_ms, image_point);
+            if let (Some(motion), Some(p)) = (track.ground_motion.as_mut(), ground_point) {
+                motion.push(ts_ms, p);
+            }
+            let ground_fit = track.ground_motion.as_ref().and_then(MotionWindow::fit);
+            let image_fit = track.image_motion.fit();
+            let speed_kmh = ground_fit.as_ref().map(|f| kmh(f.speed));
+            let is_vehicle = object.class != ObjectClass::Person;
+
+            for crossing in self.lines.observe(object.track_id, (image_point[0], image_point[1]), object.class) {
+                let index = self.line_ids.iter().position(|id| *id == crossing.line_id).unwrap_or(0);
+                let measures = &mut self.line_measures[index];
+                measures.record_volume(crossing.direction.as_str(), crossing.class);
+                if let (Some(speed), true) = (speed_kmh, is_vehicle) {
+                    measures.record_speed(speed);
+                }
+                out.changed = true;
+                out.events.push(Event {
+                    event_id: crate::actors::connector::event_id(
+                        &self.identity.camera_id,
+                        self.identity.epoch_ms,
+                        object.track_id,
+                        &crossing.line_id,
+                        seq,
+                    ),
+                    camera_id: self.identity.camera_id.clone(),
+                    ts: to_datetime(ts_ms),
+                    frame_seq: seq,
+                    geometry_version: self.identity.geometry_version,
+                    detail: EventDetail::LineCrossing(LineCrossing {
+                        track_id: object.track_id,
+                        class: crossing.class,
+                        line_id: crossing.line_id,
+                        direction: crossing.direction,
+                        speed_kmh: speed_kmh.map(round2),
+                        speed_uncertainty_kmh: ground_fit.as_ref().map(|f| round2(kmh(f.speed_sigma))),
+                    }),
+                    captured: Some(captured),
+                });
+            }
+
+            for (z, compiled) in self.geometry.zones().iter().enumerate() {
+                let zone = &mut self.zones[z];
+                let in_zone = &mut track.zones[z];
+                let present = compiled.contains(image_point);
+                if present && !in_zone.present {
+                    zone.measures.record_volume("entered", object.class);
+                    out.changed = true;
+                }
+                if !present && in_zone.present {
+                    if let Some(speed) = median(&mut in_zone.speeds) {
+                        zone.measures.record_speed(speed);
+                    }
+                    in_zone.speeds.clear();
+                    in_zone.last_position = None;
+                }
+                in_zone.present = present;
+                if !present || !is_vehicle {
+                    continue;
+                }
+                zone.present_now += 1;
+                if !compiled.is_lane() {
+                    continue;
+                }
+                if let Some(speed) = speed_kmh {
+                    in_zone.speeds.push(speed);
+                }
+                // Lane units: km/h and metres when calibrated, box heights (per second) otherwise.
+                let scale = if calibrated { 1.0 } else { track.box_height };
+                let fit: Option<&MotionFit> = if calibrated { ground_fit.as_ref() } else { image_fit.as_ref() };
+                let to_lane_speed = |v: f64| if calibrated { kmh(v) } else { v / scale };
+                let position = compiled.lane_position(image_point);
+                let axis_speed = fit.zip(compiled.axis_unit()).map(|(f, u)| to_lane_speed(f.velocity[0] * u[0] + f.velocity[1] * u[1]));
+                let speed = fit.map(|f| to_lane_speed(f.speed));
+                lane_tracks[z].push(LaneTrack {
+                    track_id: object.track_id,
+                    class: object.class,
+                    speed,
+                    axis_speed,
+                    position: position.map(|p| p / scale),
+                });
+                let stopped = match (calibrated, speed) {
+                    (true, Some(s)) => s < self.config.stopped_speed_kmh,
+                    (false, Some(s)) => s < self.config.stopped_image_rate,
+                    (_, None) => false,
+                };
+                if let Some(position) = position {
+                    queue_candidates[z].push(QueueCandidate { position, stopped, class: object.class, join_scale: scale });
+                    // Headway: the ground point passing the reference section downstream.
+                    if let (Some(reference), Some((last_ms, last_position))) =
+                        (compiled.reference_position(), in_zone.last_position)
+                    {
+                        if last_position < reference && position >= reference && position > last_position {
+                            let f = (reference - last_position) / (position - last_position);
+                            let passed_ms = last_ms as f64 + f * (ts_ms - last_ms) as f64;
+                            let speed_mps = ground_fit.as_ref().map(|f| f.speed);
+                            if let Some((leader_ms, leader_class, leader_speed)) = zone.last_pass {
+                                let headway_s = (passed_ms - leader_ms) / 1e3;
+                                if headway_s > 0.0 {
+                                    zone.measures.record_headway(headway_s);
+                                    if let Some(v) = leader_speed.filter(|v| *v > 0.5) {
+                                        zone.measures.record_gap(headway_s - class_length_m(leader_class) / v);
+                                    }
+                                }
+                            }
+                            zone.last_pass = Some((passed_ms, object.class, speed_mps));
+                        }
+                    }
+                    in_zone.last_position = Some((ts_ms, position));
+                }
+            }
+        }
+
+        let mut transitions = Vec::new();
+        for (z, compiled) in self.geometry.zones().iter().enumerate() {
+            let zone = &mut self.zones[z];
+            zone.measures.record_frame(dt_s, zone.present_now);
+            if let (Some(stop), true) = (compiled.stop_line_position(), compiled.is_lane()) {
+                let join = if calibrated { self.config.queue_join_m } else { self.config.queue_join_box_heights };
+                let (vehicles, metres) = queue_at(stop, &queue_candidates[z], join, calibrated);
+                zone.measures.record_queue(metres, vehicles);
+            }
+            let Some(incidents) = zone.incidents.as_mut() else { continue };
+            transitions.extend(incidents.observe(ts_ms, &lane_tracks[z]));
+            if let Some(length_m) = compiled.length_m().filter(|l| *l > 0.0 && calibrated) {
+                transitions.extend(incidents.observe_density(ts_ms, zone.present_now as f64 / (length_m / 1e3)));
+            }
+        }
+        for transition in transitions {
+            out.changed = true;
+            let event = self.incident_event(transition, seq, captured);
+            out.events.push(event);
+        }
+        self.forget_finished_tracks(ts_ms);
+        out
+    }
+
+    /// Closes the open minute and every incident (stream ended, geometry replaced, camera
+    /// removed): the last partial minute is stored too.
+    pub fn finish(&mut self, seq: u64) -> FrameOutput {
+        let mut out = FrameOutput { changed: true, ..Default::default() };
+        let ts_ms = self.last_ts_ms.unwrap_or(0);
+        let finished: Vec<u64> = self.tracks.keys().copied().collect();
+        for id in finished {
+            self.finish_track(id);
+        }
+        let mut transitions = Vec::new();
+        for zone in &mut self.zones {
+            if let Some(incidents) = zone.incidents.as_mut() {
+                transitions.extend(incidents.close_all(ts_ms));
+            }
+        }
+        for transition in transitions {
+            out.events.push(self.incident_event(transition, seq, Instant::now()));
+        }
+        if self.minute.is_some() {
+            out.aggregates = self.close_minute();
+        }
+        self.minute = None;
+        out
+    }
+
+    /// The camera's live state, for the Redis cache.
+    pub fn live_state(&self) -> LiveState {
+        let mut open: Vec<IncidentEvent> = self.open_incidents.values().cloned().collect();
+        open.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.incident_id.cmp(&b.incident_id)));
+        LiveState {
+            geometry_version: self.identity.geometry_version,
+            ts: to_datetime(self.last_ts_ms.unwrap_or(0)),
+            lines: self.lines.counts().to_vec(),
+            zones: self
+                .geometry
+                .zones()
+                .iter()
+                .zip(&self.zones)
+                .map(|(c, z)| ZoneNow { id: c.id().to_string(), kind: zone_kind(c.is_lane()), present: z.present_now })
+                .collect(),
+            open_incidents: open,
+            last_minute: self.last_minute.clone(),
+        }
+    }
+
+    fn incident_event(&mut self, t: IncidentTransition, seq: u64, captured: Instant) -> Event {
+        let incident_id = stable_id(&format!("{}/{}/{}", self.identity.camera_id, self.identity.epoch_ms, t.key));
+        let detail = IncidentEvent {
+            incident_id: incident_id.clone(),
+            incident_type: t.kind.as_str(),
+            zone_id: t.zone_id.clone(),
+            track_id: t.track_id,
+            class: t.class,
+            started_at: to_datetime(t.started_ms),
+            duration_s: round2(t.duration_s),
+            speed_kmh: t.speed_kmh.map(round2),
+            density_per_km: t.density_per_km.map(round2),
+        };
+        let event_id = stable_id(&format!("{incident_id}/{}/{}", t.phase.event_type(), t.ts_ms));
+        let detail = match t.phase {
+            Phase::Opened => {
+                self.open_incidents.insert(incident_id, detail.clone());
+                EventDetail::IncidentOpened(detail)
+            }
+            Phase::Updated => {
+                self.open_incidents.insert(incident_id, detail.clone());
+                EventDetail::IncidentUpdated(detail)
+            }
+            Phase::Closed => {
+                self.open_incidents.remove(&incident_id);
+                EventDetail::IncidentClosed(detail)
+            }
+        };
+        Event {
+            event_id,
+            camera_id: self.identity.camera_id.clone(),
+            ts: to_datetime(t.ts_ms),
+            frame_seq: seq,
+            geometry_version: self.identity.geometry_version,
+            detail,
+            captured: Some(captured),
+        }
+    }
+
+    /// Rows for the minute being accumulated (elements that saw at least one frame), then a
+    /// fresh minute.
+    fn close_minute(&mut self) -> Vec<AggregateRow> {
+        let Some(start_ms) = self.minute else { return Vec::new() };
+        let start = to_datetime(start_ms);
+        let mut rows = Vec::new();
+        let mut views = Vec::new();
+        for (id, measures) in self.line_ids.iter().zip(&mut self.line_measures) {
+            let taken = std::mem::take(measures);
+            rows.push((id.clone(), ElementKind::Line, taken));
+        }
+        for (compiled, zone) in self.geometry.zones().iter().zip(&mut self.zones) {
+            let mut fresh = IntervalMeasures::default();
+            fresh.length_m = zone.measures.length_m;
+            let taken = std::mem::replace(&mut zone.measures, fresh);
+            rows.push((compiled.id().to_string(), zone_kind(compiled.is_lane()), taken));
+        }
+        let out = rows
+            .into_iter()
+            .map(|(id, kind, measures)| {
+                views.push(ElementMeasures {
+                    id: id.clone(),
+                    kind,
+                    interval_start: start,
+                    measures: measures.view_kind(kind),
+                });
+                AggregateRow {
+                    camera_id: self.identity.camera_id.clone(),
+                    interval_start: start,
+                    geometry_version: self.identity.geometry_version,
+                    element_id: id,
+                    element_kind: kind,
+                    measures,
+                }
+            })
+            .collect();
+        self.last_minute = views;
+        self.minute = None;
+        out
+    }
+
+    fn forget_finished_tracks(&mut self, ts_ms: i64) {
+        let finished: Vec<u64> =
+            self.tracks.iter().filter(|(_, t)| ts_ms - t.last_seen_ms > TRACK_FORGET_MS).map(|(id, _)| *id).collect();
+        if finished.is_empty() {
+            return;
+        }
+        for id in finished {
+            self.finish_track(id);
+        }
+        let alive = &self.tracks;
+        self.lines.retain_tracks(|id| alive.contains_key(&id));
+    }
+
+    /// A finished track gives its lane speed samples.
+    fn finish_track(&mut self, id: u64) {
+        let Some(mut track) = self.tracks.remove(&id) else { return };
+        for (zone, in_zone) in self.zones.iter_mut().zip(track.zones.iter_mut()) {
+            if let Some(speed) = median(&mut in_zone.speeds) {
+                zone.measures.record_speed(speed);
+            }
+        }
+    }
+}
+
+fn zone_kind(is_lane: bool) -> ElementKind {
+    if is_lane {
+        ElementKind::Lane
+    } else {
+        ElementKind::Zone
+    }
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+pub fn to_datetime(ts_ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ts_ms).single().unwrap_or_default()
+}
+
+fn stable_id(name: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+}
