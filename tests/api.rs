@@ -184,10 +184,18 @@ async fn geometry_is_validated_and_versioned() {
     assert_eq!(cam["geometry"]["zones"][0]["id"], "lane-1");
     let row = env.db().await.query_one("SELECT geometry_version, spec->'geometry' FROM cameras", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
-    assert_eq!(row.get::<_, Value>(1), lane);
+    assert_eq!(row.get::<_, Value>(1), current["geometry"], "the stored spec carries the current geometry");
 
-    // No frame yet: no live state.
-    let r = client.get(svc.url("/api/v1/cameras/gate-2/state")).send().await.unwrap();
+    // The live state (from Redis) follows the geometry before any frame arrives.
+    let state: Value = common::eventually("the state of version 2", std::time::Duration::from_secs(10), || async {
+        let s: Value = client.get(svc.url("/api/v1/cameras/gate-2/state")).send().await.ok()?.json().await.ok()?;
+        (s["geometry_version"] == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(state["lines"][0]["in"], 0, "{state}");
+    assert_eq!(state["zones"][0], json!({"id": "lane-1", "kind": "lane", "present": 0}));
+    assert_eq!(state["open_incidents"], json!([]));
+    let r = client.get(svc.url("/api/v1/cameras/ghost/state")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
 
     // History endpoints check their parameters, all problems at once.

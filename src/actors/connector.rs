@@ -167,16 +167,15 @@ impl Handler<AddCamera> for ConnectorActor {
             }
         };
         msg.status.set_counts(scene.line_counts());
-        self.cameras.insert(
-            msg.status.id.clone(),
-            CameraAnalytics {
-                status: msg.status,
-                tracker: Tracker::new(self.tracker_config),
-                scene,
-                last_seq: 0,
-                last_state_ms: None,
-            },
-        );
+        let camera = CameraAnalytics {
+            status: msg.status,
+            tracker: Tracker::new(self.tracker_config),
+            scene,
+            last_seq: 0,
+            last_state_ms: None,
+        };
+        send_state(&*self.sink, &camera);
+        self.cameras.insert(camera.status.id.clone(), camera);
     }
 }
 

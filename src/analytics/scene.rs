@@ -519,3 +519,170 @@ pub fn to_datetime(ts_ms: i64) -> DateTime<Utc> {
 fn stable_id(name: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::geometry::{Calibration, CalibrationPoint, ZoneSpec};
+    use crate::analytics::kinematics::kmh;
+    use crate::actors::connector::lines::LineSpec;
+
+    const T0: i64 = 1_800_000_000_000; // a whole minute
+    const FRAME_MS: i64 = 40; // 25 fps
+
+    /// A road seen from straight above at 0.1 m per pixel: image y grows downstream.
+    fn geometry(calibrated: bool) -> Geometry {
+        let point = |image: [f64; 2], ground: [f64; 2]| CalibrationPoint { image, ground };
+        Geometry {
+            lines: vec![LineSpec { id: "mid".into(), name: String::new(), a: [0.0, 500.0], b: [100.0, 500.0] }],
+            zones: vec![ZoneSpec {
+                id: "lane".into(),
+                name: String::new(),
+                polygon: vec![[0.0, 0.0], [100.0, 0.0], [100.0, 1000.0], [0.0, 1000.0]],
+                direction: Some([[50.0, 0.0], [50.0, 1000.0]]),
+                stop_line: Some([[0.0, 950.0], [100.0, 950.0]]),
+            }],
+            calibration: calibrated.then(|| Calibration {
+                points: vec![
+                    point([0.0, 0.0], [0.0, 100.0]),
+                    point([100.0, 0.0], [10.0, 100.0]),
+                    point([0.0, 1000.0], [0.0, 0.0]),
+                    point([100.0, 1000.0], [10.0, 0.0]),
+                ],
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn scene(calibrated: bool) -> SceneAnalytics {
+        let identity = StreamIdentity { camera_id: "cam".into(), epoch_ms: 7, geometry_version: 3 };
+        SceneAnalytics::new(identity, &geometry(calibrated), AnalyticsConfig::default()).unwrap()
+    }
+
+    /// A car whose ground point is at image y.
+    fn car(track_id: u64, y: f64) -> TrackedObject {
+        let y = y as f32;
+        TrackedObject { track_id, bbox: BBox::new(40.0, y - 40.0, 60.0, y), class: ObjectClass::Car, score: 0.9 }
+    }
+
+    /// Runs frames `0..n` with the objects `at(i)` gives; returns every event and row.
+    fn run(scene: &mut SceneAnalytics, n: i64, at: impl Fn(i64) -> Vec<TrackedObject>) -> FrameOutput {
+        let mut all = FrameOutput::default();
+        for i in 0..n {
+            let out = scene.observe(T0 + i * FRAME_MS, i as u64, Instant::now(), &at(i));
+            all.events.extend(out.events);
+            all.aggregates.extend(out.aggregates);
+        }
+        all
+    }
+
+    fn types(events: &[Event]) -> Vec<&'static str> {
+        events.iter().map(Event::kind).collect()
+    }
+
+    #[test]
+    fn a_crossing_carries_the_calibrated_speed_and_the_geometry_version() {
+        // 72 km/h = 20 m/s = 200 px/s = 8 px per frame at 25 fps.
+        let mut scene = scene(true);
+        let out = run(&mut scene, 100, |i| vec![car(1, 100.0 + 8.0 * i as f64)]);
+        assert_eq!(types(&out.events), vec!["line_crossing"]);
+        let event = &out.events[0];
+        assert_eq!(event.geometry_version, 3);
+        let EventDetail::LineCrossing(crossing) = &event.detail else { unreachable!() };
+        let speed = crossing.speed_kmh.unwrap();
+        assert!((speed - 72.0).abs() < 72.0 * 0.02, "{speed} km/h");
+        assert!(crossing.speed_uncertainty_kmh.unwrap() < 1.0);
+        // The minute closes at the end: one row per element, the lane's speed sample is the track's.
+        let rows = scene.finish(100).aggregates;
+        assert_eq!(rows.iter().map(|r| r.element_id.as_str()).collect::<Vec<_>>(), vec!["mid", "lane"]);
+        let lane = rows[1].measures.view_kind(ElementKind::Lane);
+        let json = serde_json::to_value(&lane).unwrap();
+        assert!((json["speed_mean_kmh"].as_f64().unwrap() - 72.0).abs() < 1.5, "{json}");
+        assert_eq!(json["volume_total"], 1);
+        assert!(json["density_per_km"].as_f64().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn without_a_calibration_no_speed_is_invented() {
+        let mut scene = scene(false);
+        let out = run(&mut scene, 100, |i| vec![car(1, 100.0 + 8.0 * i as f64)]);
+        let EventDetail::LineCrossing(crossing) = &out.events[0].detail else { unreachable!() };
+        assert_eq!((crossing.speed_kmh, crossing.speed_uncertainty_kmh), (None, None));
+        let rows = scene.finish(100).aggregates;
+        let json = serde_json::to_value(rows[1].measures.view_kind(ElementKind::Lane)).unwrap();
+        for field in ["speed_mean_kmh", "density_per_km", "los", "queue_max_m"] {
+            assert!(json.get(field).is_none(), "{field}: {json}");
+        }
+    }
+
+    #[test]
+    fn a_car_stopped_forty_seconds_opens_and_closes_one_incident() {
+        let mut scene = scene(true);
+        // Drive to y=600 (35 m before the stop line), wait 40 s, leave at 27 km/h (3 px a frame)
+        // and drop out of view at the end of the lane.
+        let stop_frames = 40_000 / FRAME_MS;
+        let out = run(&mut scene, 60 + stop_frames + 200, |i| {
+            let y = if i < 60 {
+                120.0 + 8.0 * i as f64
+            } else if i < 60 + stop_frames {
+                600.0
+            } else {
+                600.0 + 3.0 * (i - 60 - stop_frames) as f64
+            };
+            if y < 1000.0 {
+                vec![car(5, y)]
+            } else {
+                vec![]
+            }
+        });
+        let incidents: Vec<&Event> = out.events.iter().filter(|e| e.kind() != "line_crossing").collect();
+        assert_eq!(types(&incidents.iter().map(|e| (*e).clone()).collect::<Vec<_>>()), vec!["incident_opened", "incident_closed"]);
+        let id = |e: &Event| match &e.detail {
+            EventDetail::IncidentOpened(i) | EventDetail::IncidentClosed(i) | EventDetail::IncidentUpdated(i) => {
+                (i.incident_id.clone(), i.incident_type, i.track_id)
+            }
+            EventDetail::LineCrossing(_) => unreachable!(),
+        };
+        assert_eq!(id(incidents[0]), id(incidents[1]));
+        assert_eq!(id(incidents[0]).1, "stopped_vehicle");
+        assert_eq!(id(incidents[0]).2, Some(5));
+        assert_ne!(incidents[0].event_id, incidents[1].event_id);
+        assert!(scene.live_state().open_incidents.is_empty());
+        // A frame in the next minute of frame time closes the first minute: one row per element.
+        assert!(out.aggregates.is_empty());
+        let next = scene.observe(T0 + 61_000, 9_999, Instant::now(), &[]);
+        assert_eq!(next.aggregates.len(), 2);
+        assert_eq!(next.aggregates[0].interval_start, to_datetime(T0));
+        assert_eq!(next.aggregates[1].measures.frames, 60 + stop_frames as u64 + 200);
+    }
+
+    #[test]
+    fn a_queue_at_the_stop_line_is_measured() {
+        let mut scene = scene(true);
+        // Three cars standing 1, 7 and 13 m upstream of the stop line (y = 950: 10 px per m).
+        let out = run(&mut scene, 75, |_| vec![car(1, 940.0), car(2, 880.0), car(3, 820.0)]);
+        assert!(out.events.is_empty());
+        let rows = scene.finish(75).aggregates;
+        let json = serde_json::to_value(rows[1].measures.view_kind(ElementKind::Lane)).unwrap();
+        assert_eq!(json["queue_max_vehicles"], 3, "{json}");
+        let metres = json["queue_max_m"].as_f64().unwrap();
+        assert!((metres - (13.0 + 4.5)).abs() < 0.01, "{json}");
+    }
+
+    #[test]
+    fn a_wrong_way_driver_opens_an_incident_and_is_closed_at_the_end() {
+        let mut scene = scene(true);
+        let out = run(&mut scene, 100, |i| vec![car(9, 900.0 - 8.0 * i as f64)]);
+        let kinds = types(&out.events);
+        assert!(kinds.contains(&"incident_opened"), "{kinds:?}");
+        let EventDetail::IncidentOpened(opened) = &out.events.iter().find(|e| e.kind() == "incident_opened").unwrap().detail
+        else {
+            unreachable!()
+        };
+        assert_eq!(opened.incident_type, "wrong_way");
+        assert!((opened.speed_kmh.unwrap() - kmh(20.0)).abs() < 2.0, "{opened:?}");
+        assert_eq!(scene.live_state().open_incidents.len(), 1);
+        let finished = scene.finish(100);
+        assert_eq!(types(&finished.events), vec!["incident_closed"]);
+    }
+}
