@@ -478,7 +478,7 @@ pub fn normalise(wrmse: f64, truth: u64) -> (f64, f64) {
 /// Efficiency `max(0, 1 - seconds_processed x BASE_FACTOR / (1.1 x video_seconds))`; 0 without
 /// video time.
 pub fn efficiency(seconds_processed: f64, video_seconds: f64) -> f64 {
-    if !(video_seconds > 0.0) || !seconds_processed.is_finite() {
+    if video_seconds.is_nan() || video_seconds <= 0.0 || !seconds_processed.is_finite() {
         return 0.0;
     }
     (1.0 - seconds_processed.max(0.0) * BASE_FACTOR / (EFFICIENCY_TIME_MARGIN * video_seconds)).max(0.0)
@@ -809,6 +809,65 @@ impl EvaluateReport {
 /// A short label of a truth row, for messages: `y150 in (vehicles)`.
 pub fn truth_label(truth: &TruthSpec) -> String {
     format!("{} {} ({})", truth.line, truth.direction, truth.class_label())
+}
+
+/// Runs every clip of the manifest through the offline analysis (the live code path) and scores
+/// it. Every clip's geometry is checked before the first runs, so a typo fails fast; a clip
+/// whose run fails scores zero and the others still run.
+pub async fn run(
+    settings: &crate::settings::Settings,
+    manifest: &Path,
+    assets: &Path,
+) -> anyhow::Result<EvaluateReport> {
+    use crate::actors::messages::EventDetail;
+    use crate::analytics::geometry::Geometry;
+
+    let manifest = load_manifest(manifest)?;
+    let mut geometries = Vec::new();
+    let mut problems = Vec::new();
+    for clip in &manifest.clips {
+        match serde_json::from_value::<Geometry>(clip.geometry.clone()) {
+            Ok(geometry) => {
+                problems.extend(geometry.validate().into_iter().map(|e| format!("clip {:?}: geometry: {e}", clip.name)));
+                geometries.push(geometry);
+            }
+            Err(e) => problems.push(format!("clip {:?}: geometry: {e}", clip.name)),
+        }
+        if !clip.video_path(assets).is_file() {
+            problems.push(format!("clip {:?}: {} not found", clip.name, clip.video_path(assets).display()));
+        }
+    }
+    anyhow::ensure!(problems.is_empty(), "invalid manifest:\n  - {}", problems.join("\n  - "));
+
+    let mut results = Vec::new();
+    for (clip, geometry) in manifest.clips.iter().zip(geometries) {
+        let mode = crate::topology::CameraMode::Offline;
+        match crate::analyze::analyze(settings, &clip.video_path(assets), geometry, clip.fps, mode).await {
+            Ok(run) => {
+                let crossings: Vec<ObservedCrossing> = run
+                    .events
+                    .iter()
+                    .filter_map(|(event, _)| match &event.detail {
+                        EventDetail::LineCrossing(c) => Some(ObservedCrossing {
+                            frame_seq: event.frame_seq,
+                            line_id: c.line_id.clone(),
+                            direction: c.direction.as_str().to_string(),
+                            class: c.class.as_str().to_string(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                let r = &run.report;
+                let video_seconds = clip.video_seconds(r.frames_decoded, r.media_seconds);
+                results.push(score_clip(clip, &crossings, r.frames, r.seconds, video_seconds));
+            }
+            Err(error) => {
+                tracing::error!(clip = %clip.name, %error, "clip failed");
+                results.push(score_failed(clip, format!("{error:#}")));
+            }
+        }
+    }
+    Ok(aggregate(&results))
 }
 
 #[cfg(test)]
@@ -1262,63 +1321,4 @@ line = "l"
         assert_eq!(report.aggregate.effectiveness, 1.0);
         assert!(report.table().contains("y150-right"));
     }
-}
-
-/// Runs every clip of the manifest through the offline analysis (the live code path) and scores
-/// it. Every clip's geometry is checked before the first runs, so a typo fails fast; a clip
-/// whose run fails scores zero and the others still run.
-pub async fn run(
-    settings: &crate::settings::Settings,
-    manifest: &Path,
-    assets: &Path,
-) -> anyhow::Result<EvaluateReport> {
-    use crate::actors::messages::EventDetail;
-    use crate::analytics::geometry::Geometry;
-
-    let manifest = load_manifest(manifest)?;
-    let mut geometries = Vec::new();
-    let mut problems = Vec::new();
-    for clip in &manifest.clips {
-        match serde_json::from_value::<Geometry>(clip.geometry.clone()) {
-            Ok(geometry) => {
-                problems.extend(geometry.validate().into_iter().map(|e| format!("clip {:?}: geometry: {e}", clip.name)));
-                geometries.push(geometry);
-            }
-            Err(e) => problems.push(format!("clip {:?}: geometry: {e}", clip.name)),
-        }
-        if !clip.video_path(assets).is_file() {
-            problems.push(format!("clip {:?}: {} not found", clip.name, clip.video_path(assets).display()));
-        }
-    }
-    anyhow::ensure!(problems.is_empty(), "invalid manifest:\n  - {}", problems.join("\n  - "));
-
-    let mut results = Vec::new();
-    for (clip, geometry) in manifest.clips.iter().zip(geometries) {
-        let mode = crate::topology::CameraMode::Offline;
-        match crate::analyze::analyze(settings, &clip.video_path(assets), geometry, clip.fps, mode).await {
-            Ok(run) => {
-                let crossings: Vec<ObservedCrossing> = run
-                    .events
-                    .iter()
-                    .filter_map(|(event, _)| match &event.detail {
-                        EventDetail::LineCrossing(c) => Some(ObservedCrossing {
-                            frame_seq: event.frame_seq,
-                            line_id: c.line_id.clone(),
-                            direction: c.direction.as_str().to_string(),
-                            class: c.class.as_str().to_string(),
-                        }),
-                        _ => None,
-                    })
-                    .collect();
-                let r = &run.report;
-                let video_seconds = clip.video_seconds(r.frames_decoded, r.media_seconds);
-                results.push(score_clip(clip, &crossings, r.frames, r.seconds, video_seconds));
-            }
-            Err(error) => {
-                tracing::error!(clip = %clip.name, %error, "clip failed");
-                results.push(score_failed(clip, format!("{error:#}")));
-            }
-        }
-    }
-    Ok(aggregate(&results))
 }

@@ -66,10 +66,7 @@ fn evaluate_scores_the_shipped_manifest_against_ground_truth() {
 fn speeds_only_with_a_calibration() {
     let dir = tempfile::tempdir().unwrap();
     let clip = common::clip("overpass_video03.avi");
-    let shipped: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/geometry/overpass_video03.json")).unwrap(),
-    )
-    .unwrap();
+    let shipped = common::overpass_geometry();
     let calibrated = analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "cal.json", &shipped)]);
     let line = |report: &Value, id: &str| report["lines"].as_array().unwrap().iter().find(|l| l["id"] == id).cloned().unwrap();
     assert_eq!(line(&calibrated, "y150")["in"], 27, "{calibrated}");

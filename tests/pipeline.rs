@@ -187,24 +187,8 @@ async fn a_geometry_change_mid_stream_is_a_new_version() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
     let client = reqwest::Client::new();
-    let clip = common::clip("overpass_video03.avi");
-    let body = json!({
-        "id": "overpass",
-        "url": format!("file://{}", clip.display()),
-        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] },
-        "replay": { "realtime": false }
-    });
-    let r = client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    common::eventually("a few crossings", Duration::from_secs(120), || async {
-        let c: Value = client.get(svc.url("/api/v1/cameras/overpass")).send().await.ok()?.json().await.ok()?;
-        (c["status"]["events"].as_u64()? >= 3).then_some(())
-    })
-    .await;
-    let shipped: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/geometry/overpass_video03.json")).unwrap(),
-    )
-    .unwrap();
+    common::overpass_until_a_few_events(&client, &svc).await;
+    let shipped = common::overpass_geometry();
     let r = client.put(svc.url("/api/v1/cameras/overpass/geometry")).json(&shipped).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     common::eventually("the clip to end", Duration::from_secs(300), || async {

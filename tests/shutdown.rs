@@ -3,32 +3,16 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bb8_redis::redis;
 use common::{Service, TestEnv};
-use serde_json::{json, Value};
 
 #[tokio::test]
 async fn sigterm_delivers_every_emitted_event_before_exit() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
     let http = reqwest::Client::new();
-    let clip = common::clip("overpass_video03.avi");
-    let body = json!({
-        "id": "overpass",
-        "url": format!("file://{}", clip.display()),
-        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] },
-        "replay": { "realtime": false }
-    });
-    let r = http.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 201);
     // Stop mid-clip, while events are still being emitted.
-    common::eventually("a few events", Duration::from_secs(120), || async {
-        let c: Value = http.get(svc.url("/api/v1/cameras/overpass")).send().await.ok()?.json().await.ok()?;
-        (c["status"]["events"].as_u64()? >= 3).then_some(())
-    })
-    .await;
+    common::overpass_until_a_few_events(&http, &svc).await;
 
     let (status, log) = tokio::task::spawn_blocking(move || svc.terminate()).await.unwrap();
     assert!(status.success(), "exit {status:?}:\n{log}");

@@ -265,8 +265,13 @@ impl LaneIncidents {
             // At least 1 s, whatever an unvalidated config says.
             update_ms: secs_to_ms(c.incident_update_s).max(1000),
         };
+        Self::fresh(zone_id.to_string(), calibrated, limits)
+    }
+
+    /// A lane with nothing observed yet.
+    fn fresh(zone_id: String, calibrated: bool, limits: Limits) -> Self {
         Self {
-            zone_id: zone_id.to_string(),
+            zone_id,
             calibrated,
             limits,
             tracks: BTreeMap::new(),
@@ -656,24 +661,7 @@ impl LaneIncidents {
                 self.density_mean,
             ));
         }
-        let (zone_id, calibrated, limits) = (
-            std::mem::take(&mut self.zone_id),
-            self.calibrated,
-            self.limits,
-        );
-        *self = Self {
-            zone_id,
-            calibrated,
-            limits,
-            tracks: BTreeMap::new(),
-            last_ts: None,
-            density: DensityWindow::default(),
-            density_last_ts: None,
-            density_mean: None,
-            congested_since: None,
-            clear_since: None,
-            congestion: None,
-        };
+        *self = Self::fresh(std::mem::take(&mut self.zone_id), self.calibrated, self.limits);
         events
     }
 }

@@ -64,7 +64,8 @@ pub struct IntervalValue {
 
 /// Groups minute rows by element and geometry version and merges them into `interval`s.
 pub fn roll_up(rows: Vec<StoredAggregate>, interval: Interval) -> Vec<ElementSeries> {
-    let mut groups: BTreeMap<(u32, String), (String, BTreeMap<DateTime<Utc>, IntervalMeasures>)> = BTreeMap::new();
+    type Buckets = BTreeMap<DateTime<Utc>, IntervalMeasures>;
+    let mut groups: BTreeMap<(u32, String), (String, Buckets)> = BTreeMap::new();
     for row in rows {
         let (_, buckets) = groups.entry((row.geometry_version, row.element_id)).or_insert_with(|| (row.element_kind, BTreeMap::new()));
         match buckets.entry(interval.start_of(row.interval_start)) {

@@ -125,10 +125,8 @@ impl SceneAnalytics {
             .zones()
             .iter()
             .map(|z| {
-                let mut measures = IntervalMeasures::default();
-                measures.length_m = z.length_m();
                 ZoneState {
-                    measures,
+                    measures: IntervalMeasures::new(z.length_m()),
                     incidents: z.is_lane().then(|| LaneIncidents::new(z.id(), calibrated, &config)),
                     last_pass: None,
                     present_now: 0,
@@ -439,8 +437,7 @@ impl SceneAnalytics {
             rows.push((id.clone(), ElementKind::Line, taken));
         }
         for (compiled, zone) in self.geometry.zones().iter().zip(&mut self.zones) {
-            let mut fresh = IntervalMeasures::default();
-            fresh.length_m = zone.measures.length_m;
+            let fresh = IntervalMeasures::new(zone.measures.length_m);
             let taken = std::mem::replace(&mut zone.measures, fresh);
             rows.push((compiled.id().to_string(), zone_kind(compiled.is_lane()), taken));
         }

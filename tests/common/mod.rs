@@ -214,3 +214,27 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
+
+/// The worked example geometry of the overpass clip (lanes, calibration).
+pub fn overpass_geometry() -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/geometry/overpass_video03.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Registers the overpass clip as camera `overpass` (offline: as fast as the device takes
+/// frames, none dropped) counted across y=150, and waits until it has emitted a few events.
+pub async fn overpass_until_a_few_events(client: &reqwest::Client, svc: &Service) {
+    let body = serde_json::json!({
+        "id": "overpass",
+        "url": format!("file://{}", clip("overpass_video03.avi").display()),
+        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] },
+        "replay": { "realtime": false }
+    });
+    let r = client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    eventually("a few events", Duration::from_secs(120), || async {
+        let c: serde_json::Value = client.get(svc.url("/api/v1/cameras/overpass")).send().await.ok()?.json().await.ok()?;
+        (c["status"]["events"].as_u64()? >= 3).then_some(())
+    })
+    .await;
+}
