@@ -1,5 +1,5 @@
 //! Criterion benches of the per-frame hot paths outside the model: output decode + NMS, tracking
-//! and line counting, letterbox layout, batch forming. `cargo bench --bench hot_paths`.
+//! and line counting, tracking and the full scene analytics, letterbox layout, batch forming. `cargo bench --bench hot_paths`.
 //! Whole-pipeline figures come from `its-analytics bench`.
 
 use std::hint::black_box;
@@ -13,6 +13,9 @@ use its_analytics::actors::connector::lines::{LineCounter, LineSpec};
 use its_analytics::actors::connector::tracker::{Tracker, TrackerConfig};
 use its_analytics::actors::gpu::batch::{Intake, Queued, WhenFull};
 use its_analytics::actors::messages::Frame;
+use its_analytics::analytics::config::AnalyticsConfig;
+use its_analytics::analytics::geometry::Geometry;
+use its_analytics::analytics::scene::{SceneAnalytics, StreamIdentity};
 use its_analytics::detector::{nms, yolox, BBox, Detection, Letterbox, ObjectClass};
 
 /// A YOLOX output with `n` confident cells (the rest background), like a busy road scene.
@@ -65,6 +68,23 @@ fn bench(c: &mut Criterion) {
                 }
             }
             lines.counts()[0].in_
+        })
+    });
+
+    // The same tracks through the whole per-camera analytics of a calibrated two-lane scene.
+    let geometry: Geometry = serde_json::from_str(include_str!("../configs/geometry/overpass_video03.json")).unwrap();
+    c.bench_function("track_and_analyse_200_frames_20_objects_calibrated", |b| {
+        b.iter(|| {
+            let mut tracker = Tracker::new(TrackerConfig::default());
+            let identity = StreamIdentity { camera_id: "cam".into(), epoch_ms: 0, geometry_version: 1 };
+            let mut scene = SceneAnalytics::new(identity, &geometry, AnalyticsConfig::default()).unwrap();
+            let started = Instant::now();
+            let mut events = 0;
+            for (i, dets) in frames.iter().enumerate() {
+                let tracked = tracker.update(dets);
+                events += scene.observe(1_800_000_000_000 + 40 * i as i64, i as u64, started, &tracked).events.len();
+            }
+            events
         })
     });
 

@@ -139,7 +139,9 @@ pub async fn analyze(
     let sink = Arc::new(MemorySink::default());
     let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone())?;
     let started = Instant::now();
-    let status = pipeline.start_camera(spec, mode, 0, 1).await?;
+    // Frame times start at a whole minute, so the clip's minutes are its own.
+    let epoch_ms = crate::actors::camera::status::now_ms() / 60_000 * 60_000;
+    let status = pipeline.start_camera(spec, mode, epoch_ms, 1).await?;
     status.wait_finished().await;
     let seconds = started.elapsed().as_secs_f64();
     if status.state() == StreamState::Failed {

@@ -28,6 +28,21 @@ pub enum DbError {
     Corrupt { id: String, message: String },
 }
 
+impl DbError {
+    /// Whether trying again may succeed: connection trouble, the server shutting down or short
+    /// of resources, a serialization failure or deadlock. A rejected statement is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Pool(_) => true,
+            DbError::Corrupt { .. } => false,
+            DbError::Postgres(e) => match e.code() {
+                None => true,
+                Some(code) => ["08", "40", "53", "57"].iter().any(|class| code.code().starts_with(class)),
+            },
+        }
+    }
+}
+
 impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
     fn from(e: bb8::RunError<tokio_postgres::Error>) -> Self {
         match e {
@@ -200,19 +215,30 @@ impl Db {
         Ok(n)
     }
 
-    /// Writes per-minute aggregate rows; a row written again replaces itself (idempotent).
+    /// Writes per-minute aggregate rows; a row written again replaces itself (idempotent). Rows
+    /// with one key in one call are reduced to the last (PostgreSQL refuses to update a row twice
+    /// in one statement).
     pub async fn upsert_aggregates(&self, rows: &[AggregateRow]) -> Result<(), DbError> {
-        let mut cameras = Vec::with_capacity(rows.len());
-        let mut starts: Vec<DateTime<Utc>> = Vec::with_capacity(rows.len());
-        let mut versions = Vec::with_capacity(rows.len());
-        let mut elements = Vec::with_capacity(rows.len());
-        let mut kinds = Vec::with_capacity(rows.len());
-        let mut measures = Vec::with_capacity(rows.len());
-        for row in rows {
+        let mut last_by_key = std::collections::HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let key = (&row.camera_id, row.interval_start, row.geometry_version, &row.element_id, row.stream_epoch_ms);
+            last_by_key.insert(key, i);
+        }
+        let mut keep: Vec<usize> = last_by_key.into_values().collect();
+        keep.sort_unstable();
+        let mut cameras = Vec::with_capacity(keep.len());
+        let mut starts: Vec<DateTime<Utc>> = Vec::with_capacity(keep.len());
+        let mut versions = Vec::with_capacity(keep.len());
+        let mut elements = Vec::with_capacity(keep.len());
+        let mut epochs = Vec::with_capacity(keep.len());
+        let mut kinds = Vec::with_capacity(keep.len());
+        let mut measures = Vec::with_capacity(keep.len());
+        for row in keep.into_iter().map(|i| &rows[i]) {
             cameras.push(row.camera_id.to_string());
             starts.push(row.interval_start);
             versions.push(row.geometry_version as i32);
             elements.push(row.element_id.clone());
+            epochs.push(row.stream_epoch_ms as i64);
             kinds.push(row.element_kind.as_str().to_string());
             measures.push(serde_json::to_value(&row.measures).expect("measures serialise"));
         }
@@ -220,11 +246,11 @@ impl Db {
             .get()
             .await?
             .execute(
-                "INSERT INTO analytics_1m (camera_id, interval_start, geometry_version, element_id, element_kind, measures)
-                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[], $6::jsonb[])
-                 ON CONFLICT (camera_id, interval_start, geometry_version, element_id)
+                "INSERT INTO analytics_1m (camera_id, interval_start, geometry_version, element_id, stream_epoch_ms, element_kind, measures)
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::int8[], $6::text[], $7::jsonb[])
+                 ON CONFLICT (camera_id, interval_start, geometry_version, element_id, stream_epoch_ms)
                  DO UPDATE SET element_kind = EXCLUDED.element_kind, measures = EXCLUDED.measures",
-                &[&cameras, &starts, &versions, &elements, &kinds, &measures],
+                &[&cameras, &starts, &versions, &elements, &epochs, &kinds, &measures],
             )
             .await?;
         Ok(())

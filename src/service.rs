@@ -14,7 +14,8 @@ use crate::topology::{CameraMode, Pipeline, TopologyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("invalid camera: {}", .0.join("; "))]
+    /// Every problem with a request, each a sentence naming what it is about.
+    #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),
     #[error("camera {0} already exists")]
     Duplicate(String),
@@ -146,12 +147,8 @@ impl Service {
     pub async fn remove_camera(&self, id: &str) -> Result<(), ServiceError> {
         let stopped = self.pipeline.stop_camera(id).await;
         let deleted = self.db.delete_camera(id).await?;
-        // The final state was queued before the stop returned; the cache entry goes with the
-        // camera once the publisher is through with it.
-        if let Ok(mut conn) = self.redis.get().await {
-            self.publisher.drain(DRAIN_TIMEOUT).await;
-            let _: Result<(), _> = bb8_redis::redis::cmd("DEL").arg(self.keys.camera_state(id)).query_async(&mut *conn).await;
-        }
+        // Queued behind the camera's final state, so nothing re-creates the entry.
+        self.publisher.forget_state(id);
         if stopped || deleted {
             tracing::info!(camera = %id, "camera removed");
             Ok(())

@@ -51,6 +51,8 @@ struct Device {
 
 struct RunningCamera {
     spec: CameraSpec,
+    /// The version of `spec.geometry`.
+    geometry_version: u32,
     status: Arc<CameraStatus>,
     actor: Addr<CameraActor>,
     device: usize,
@@ -144,9 +146,9 @@ impl Pipeline {
             .send(AttachCamera { camera_id: camera_id.clone(), capacity: self.settings.batching.queue_per_camera, route })
             .await
             .map_err(|_| TopologyError::Stopped)?;
-        let config = self.source_config(&spec, camera_id, mode);
+        let config = self.source_config(&spec, camera_id, mode, epoch_ms);
         let actor = CameraActor::new(config, status.clone(), Box::new(intake), self.metrics.clone()).start();
-        self.cameras.insert(spec.id.clone(), RunningCamera { spec, status: status.clone(), actor, device, shard });
+        self.cameras.insert(spec.id.clone(), RunningCamera { spec, geometry_version, status: status.clone(), actor, device, shard });
         Ok(status)
     }
 
@@ -155,7 +157,12 @@ impl Pipeline {
     pub async fn set_geometry(&self, id: &str, geometry: Geometry, version: u32) -> Result<bool, TopologyError> {
         let shard = {
             let Some(mut camera) = self.cameras.get_mut(id) else { return Ok(false) };
+            // Two quick changes may get here out of order: the newest version wins.
+            if version <= camera.geometry_version {
+                return Ok(true);
+            }
             camera.spec.geometry = geometry.clone();
+            camera.geometry_version = version;
             camera.shard
         };
         self.shards[shard]
@@ -208,7 +215,7 @@ impl Pipeline {
             .unwrap_or(0)
     }
 
-    fn source_config(&self, spec: &CameraSpec, camera_id: CameraId, mode: CameraMode) -> SourceConfig {
+    fn source_config(&self, spec: &CameraSpec, camera_id: CameraId, mode: CameraMode, epoch_ms: u64) -> SourceConfig {
         let cams = &self.settings.cameras;
         let replay = spec.replay_options();
         let is_file = spec.source_kind() == Ok(SourceKind::File);
@@ -226,6 +233,7 @@ impl Pipeline {
             reconnect_initial: std::time::Duration::from_millis(cams.reconnect_initial_ms),
             reconnect_max: std::time::Duration::from_millis(cams.reconnect_max_ms),
             max_retries: (mode == CameraMode::Offline).then_some(0),
+            clock_origin: std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms),
         }
     }
 }

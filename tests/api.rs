@@ -208,7 +208,8 @@ async fn geometry_is_validated_and_versioned() {
         ("/api/v1/events/stream?type=bogus", "type"),
         ("/api/v1/cameras/gate-2/analytics?interval=5m", "interval"),
         ("/api/v1/cameras/gate-2/analytics?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "before"),
-        ("/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "31 days"),
+        ("/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&interval=1h", "at most 31 days"),
+        ("/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2025-01-04T00:00:00Z&interval=1m", "at most 2 days"),
     ] {
         let r = client.get(svc.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
@@ -225,6 +226,37 @@ async fn geometry_is_validated_and_versioned() {
     assert_eq!(r.status().as_u16(), 404);
     let log = svc.stop();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A database written by the first release (lines at the top level of the stored camera) is
+/// upgraded in place: the camera starts again with its lines as geometry version 1.
+#[tokio::test]
+async fn cameras_stored_before_geometry_existed_start_after_the_upgrade() {
+    let env = TestEnv::new().await;
+    let db = env.db().await;
+    db.batch_execute(
+        "CREATE TABLE schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+         INSERT INTO schema_migrations (version) VALUES (1);",
+    )
+    .await
+    .unwrap();
+    db.batch_execute(include_str!("../src/db/0001_init.sql")).await.unwrap();
+    let old = json!({"id": "old-cam", "name": "", "url": "rtsp://127.0.0.1:9/x",
+                     "lines": [{"id": "l1", "name": "", "a": [0.0, 150.0], "b": [320.0, 150.0]}]});
+    db.execute("INSERT INTO cameras (id, spec) VALUES ('old-cam', $1)", &[&old]).await.unwrap();
+
+    let svc = Service::start(&env).await;
+    let client = reqwest::Client::new();
+    let cam: Value = client.get(svc.url("/api/v1/cameras/old-cam")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cam["geometry"]["lines"][0]["id"], "l1", "{cam}");
+    assert_eq!(cam["status"]["geometry_version"], 1);
+    let v1: Value =
+        client.get(svc.url("/api/v1/cameras/old-cam/geometry?version=1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v1["geometry"]["lines"][0]["id"], "l1", "{v1}");
+    let r = client.put(svc.url("/api/v1/cameras/old-cam/geometry")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 2, "the next version follows the migrated one");
+    let log = svc.stop();
+    assert!(!log.contains("stored camera not started"), "{log}");
 }
 
 #[tokio::test]

@@ -40,9 +40,10 @@ fn weight(id: &str, shard: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The deterministic id of a crossing: the same crossing replayed gets the same id.
-pub fn event_id(camera_id: &str, epoch_ms: u64, track_id: u64, line_id: &str, frame_seq: u64) -> String {
-    let name = format!("{camera_id}/{epoch_ms}/{track_id}/{line_id}/{frame_seq}");
+/// The deterministic id of a crossing: the same crossing replayed under the same geometry
+/// version gets the same id.
+pub fn event_id(camera_id: &str, epoch_ms: u64, geometry_version: u32, track_id: u64, line_id: &str, frame_seq: u64) -> String {
+    let name = format!("{camera_id}/{epoch_ms}/{geometry_version}/{track_id}/{line_id}/{frame_seq}");
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
@@ -193,18 +194,27 @@ impl Handler<SetGeometry> for ConnectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: SetGeometry, _ctx: &mut Self::Context) {
+        let Some(camera) = self.cameras.get(&msg.camera_id) else { return };
+        let current = camera.scene.identity().clone();
+        // Two quick changes may arrive out of order: the newest version wins.
+        if msg.version <= current.geometry_version {
+            return;
+        }
+        let identity = StreamIdentity { geometry_version: msg.version, ..current };
+        let scene = match SceneAnalytics::new(identity, &msg.geometry, self.analytics_config.clone()) {
+            Ok(scene) => scene,
+            Err(errors) => {
+                // Validated at the edge, so this is a bug; the old geometry keeps running.
+                tracing::error!(camera = %msg.camera_id, ?errors, "geometry not applied");
+                return;
+            }
+        };
         self.finish(&msg.camera_id);
         let Some(camera) = self.cameras.get_mut(&msg.camera_id) else { return };
-        let identity = StreamIdentity { geometry_version: msg.version, ..camera.scene.identity().clone() };
-        match SceneAnalytics::new(identity, &msg.geometry, self.analytics_config.clone()) {
-            Ok(scene) => {
-                camera.scene = scene;
-                camera.status.geometry_version.store(msg.version, std::sync::atomic::Ordering::SeqCst);
-                camera.status.set_counts(camera.scene.line_counts());
-                send_state(&*self.sink, camera);
-            }
-            Err(errors) => tracing::error!(camera = %msg.camera_id, ?errors, "geometry not applied"),
-        }
+        camera.scene = scene;
+        camera.status.geometry_version.store(msg.version, std::sync::atomic::Ordering::SeqCst);
+        camera.status.set_counts(camera.scene.line_counts());
+        send_state(&*self.sink, camera);
     }
 }
 
@@ -269,9 +279,10 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
-        let a = event_id("cam", 1, 2, "l1", 3);
-        assert_eq!(a, event_id("cam", 1, 2, "l1", 3));
-        assert_ne!(a, event_id("cam", 1, 2, "l1", 4));
-        assert_ne!(a, event_id("cam", 9, 2, "l1", 3), "a restarted camera gets new ids");
+        let a = event_id("cam", 1, 1, 2, "l1", 3);
+        assert_eq!(a, event_id("cam", 1, 1, 2, "l1", 3));
+        assert_ne!(a, event_id("cam", 1, 1, 2, "l1", 4));
+        assert_ne!(a, event_id("cam", 9, 1, 2, "l1", 3), "a restarted camera gets new ids");
+        assert_ne!(a, event_id("cam", 1, 2, 2, "l1", 3), "another geometry version, another event");
     }
 }

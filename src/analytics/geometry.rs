@@ -188,6 +188,27 @@ impl Geometry {
         // not reach the road plane the lane would silently have no position at all.
         for zone in &self.zones {
             let element = format!("zone {}", label(&zone.id));
+            // A vertex at or near the horizon would give no length or an absurd one, and so no
+            // density, or a density of nearly zero: the zone must lie on the visible road.
+            if zone.polygon.iter().all(|p| p.iter().all(|c| c.is_finite())) {
+                let ground: Option<Vec<[f64; 2]>> = zone.polygon.iter().map(|p| homography.to_ground(*p)).collect();
+                match ground {
+                    None => errors.push(format!(
+                        "{element}: polygon reaches the calibration's horizon (keep it on the visible road)"
+                    )),
+                    Some(points) => {
+                        let span = points
+                            .iter()
+                            .flat_map(|a| points.iter().map(move |b| (a[0] - b[0]).hypot(a[1] - b[1])))
+                            .fold(0.0, f64::max);
+                        if span > MAX_ZONE_SPAN_M {
+                            errors.push(format!(
+                                "{element}: polygon spans {span:.0} m on the road (at most {MAX_ZONE_SPAN_M:.0}); a vertex is too close to the horizon"
+                            ));
+                        }
+                    }
+                }
+            }
             // Segments with bad coordinates are reported already; no second message for them.
             if let Some(direction) = zone.direction.as_ref().filter(|d| segment_problem(d).is_none()) {
                 if direction.iter().any(|p| homography.to_ground(*p).is_none()) {
@@ -206,6 +227,9 @@ impl Geometry {
         }
     }
 }
+
+/// Longest ground extent of a calibrated zone: no camera sees a lane usefully beyond this.
+pub const MAX_ZONE_SPAN_M: f64 = 2_000.0;
 
 const ID_RULE: &str = "must be 1-64 characters of A-Z a-z 0-9 _ -";
 
@@ -860,6 +884,20 @@ mod tests {
         let errors = geometry.validate();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains(r#"zone "lane-1": direction reaches the calibration's horizon"#), "{errors:?}");
+    }
+
+    #[test]
+    fn a_calibrated_zone_must_stay_on_the_visible_road() {
+        let mut geometry = calibrated_lane();
+        let mut beyond = geometry.zones[0].clone();
+        beyond.id = "sky".into();
+        beyond.direction = None;
+        beyond.stop_line = None;
+        beyond.polygon = vec![[0.0, -300.0], [300.0, -300.0], [300.0, -250.0], [0.0, -250.0]];
+        geometry.zones.push(beyond);
+        let errors = geometry.validate();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains(r#"zone "sky": polygon reaches the calibration's horizon"#), "{errors:?}");
     }
 
     #[test]

@@ -91,8 +91,13 @@ impl MotionWindow {
         }
         self.samples.push_back((ts_ms, p));
         let oldest = ts_ms.saturating_sub(self.window_ms);
+        // A camera analysed at a low rate has fewer than MIN_FIT_SAMPLES frames in a window: the
+        // fit then spans the last MIN_FIT_SAMPLES observations instead of giving no speed at all,
+        // as long as they are not older than ten windows.
+        let expired = ts_ms.saturating_sub(self.window_ms.saturating_mul(10));
         while let Some((ts, _)) = self.samples.front() {
-            if *ts < oldest || self.samples.len() > MAX_SAMPLES {
+            let stale = *ts < oldest && (self.samples.len() > MIN_FIT_SAMPLES || *ts < expired);
+            if stale || self.samples.len() > MAX_SAMPLES {
                 self.samples.pop_front();
             } else {
                 break;
@@ -207,6 +212,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_camera_at_two_frames_per_second_still_gets_a_speed() {
+        // 36 km/h = 10 m/s, sampled every 500 ms: only two samples fit in the 1 s window.
+        let mut window = MotionWindow::new(1_000);
+        for i in 0..8 {
+            window.push(i * 500, [0.0, 5.0 * i as f64]);
+        }
+        let fit = window.fit().expect("a fit over the last five observations");
+        assert!((kmh(fit.speed) - 36.0).abs() < 0.01, "{fit:?}");
+        assert_eq!(fit.samples, MIN_FIT_SAMPLES);
+    }
+
+    #[test]
     fn known_ground_speed_with_noise() {
         // 72 km/h = 20 m/s along a diagonal, 25 fps, ±0.2 m noise on each axis.
         let mut w = MotionWindow::new(1000);
@@ -291,7 +308,7 @@ pub(crate) mod tests {
         w.push(5000, [f64::NAN, 0.0]);
         w.push(5000, [0.0, f64::INFINITY]);
         assert_eq!(w, before);
-        // A gap longer than the window leaves only the new sample.
+        // A gap longer than ten windows leaves only the new sample.
         w.push(100_000, [1.0, 1.0]);
         assert_eq!(w.len(), 1);
         assert!(w.fit().is_none());

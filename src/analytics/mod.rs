@@ -43,6 +43,8 @@ pub struct AggregateRow {
     pub interval_start: chrono::DateTime<chrono::Utc>,
     pub geometry_version: u32,
     pub element_id: String,
+    /// The run of the camera (see `Pipeline::start_camera`): two runs in one minute keep a row each.
+    pub stream_epoch_ms: u64,
     pub element_kind: ElementKind,
     pub measures: measures::IntervalMeasures,
 }

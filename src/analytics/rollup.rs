@@ -32,6 +32,14 @@ impl Interval {
         }
     }
 
+    pub fn label(&self) -> &'static str {
+        match self {
+            Interval::Minute => "1m",
+            Interval::Quarter => "15m",
+            Interval::Hour => "1h",
+        }
+    }
+
     pub fn seconds(&self) -> i64 {
         match self {
             Interval::Minute => 60,

@@ -27,12 +27,25 @@ CREATE INDEX IF NOT EXISTS events_camera_ts_id ON events (camera_id, ts, event_i
 -- One row per camera, geometry version, element (line, zone, lane) and UTC minute of frame time.
 -- `measures` holds mergeable accumulators (src/analytics/measures.rs): longer intervals are
 -- rolled up from these rows. A row written again (replay) replaces itself.
+-- `stream_epoch_ms` tells apart two runs of a camera within one minute (a restart): each keeps
+-- its own part of the minute, and the roll-up merges them.
 CREATE TABLE IF NOT EXISTS analytics_1m (
     camera_id        TEXT NOT NULL,
     interval_start   TIMESTAMPTZ NOT NULL,
     geometry_version INT NOT NULL,
     element_id       TEXT NOT NULL,
+    stream_epoch_ms  BIGINT NOT NULL,
     element_kind     TEXT NOT NULL,
     measures         JSONB NOT NULL,
-    PRIMARY KEY (camera_id, interval_start, geometry_version, element_id)
+    PRIMARY KEY (camera_id, interval_start, geometry_version, element_id, stream_epoch_ms)
 );
+
+-- Cameras stored by migration 1 carry their lines at the top level of the spec: move them into
+-- the geometry and record that as version 1, so they start again and their history stays
+-- attributed.
+UPDATE cameras
+SET spec = (spec - 'lines') || jsonb_build_object('geometry', jsonb_build_object('lines', COALESCE(spec->'lines', '[]'::jsonb)))
+WHERE spec ? 'lines';
+INSERT INTO camera_geometries (camera_id, version, geometry)
+SELECT id, 1, COALESCE(spec->'geometry', '{}'::jsonb) FROM cameras
+ON CONFLICT DO NOTHING;

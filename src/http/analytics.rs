@@ -12,8 +12,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/cameras/{id}/analytics", web::get().to(history));
 }
 
-/// Longest range one request may cover.
-const MAX_RANGE_DAYS: i64 = 31;
+/// Longest range one request may cover: minute rows are read and merged per request.
+fn max_range_days(interval: Interval) -> i64 {
+    match interval {
+        Interval::Minute => 2,
+        Interval::Quarter | Interval::Hour => 31,
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,8 +57,8 @@ async fn history(
     let from = query.from.unwrap_or(to - Duration::hours(1));
     if from >= to {
         problems.push("from must be before to".into());
-    } else if to - from > Duration::days(MAX_RANGE_DAYS) {
-        problems.push(format!("the range may cover at most {MAX_RANGE_DAYS} days"));
+    } else if to - from > Duration::days(max_range_days(interval)) {
+        problems.push(format!("at interval {} the range may cover at most {} days", interval.label(), max_range_days(interval)));
     }
     if !problems.is_empty() {
         return Err(ServiceError::Invalid(problems).into());

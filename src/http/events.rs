@@ -99,8 +99,9 @@ struct StreamQuery {
 }
 
 /// Live events as `text/event-stream`: `id` = event id, `event` = type, `data` = the event JSON.
-/// A client that reads too slowly is disconnected by Redis (its pub/sub output buffer limit),
-/// never slowing the pipeline; `GET /api/v1/events` fills any gap.
+/// Each client gets its own Redis subscription and a bounded buffer: a client that falls
+/// `SSE_BUFFER` frames behind is disconnected (the pipeline never waits for it), and so is every
+/// client when Redis goes away; `GET /api/v1/events` fills the gap after reconnecting.
 async fn stream(service: web::Data<Service>, query: web::Query<StreamQuery>) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let mut problems = Vec::new();
@@ -115,22 +116,44 @@ async fn stream(service: web::Data<Service>, query: web::Query<StreamQuery>) -> 
         Some(id) => pubsub.subscribe(service.keys.camera_channel(id)).await.map_err(unavailable)?,
         None => pubsub.psubscribe(service.keys.all_cameras_pattern()).await.map_err(unavailable)?,
     }
-    let kind = query.kind;
-    let events = pubsub.into_on_message().filter_map(move |msg| {
-        let frame = msg.get_payload::<String>().ok().and_then(|json| sse_frame(&json, kind.as_deref()));
-        async move { frame.map(Ok::<Bytes, actix_web::Error>) }
-    });
-    let keepalive = futures::stream::unfold((), |()| async {
-        tokio::time::sleep(KEEPALIVE).await;
-        Some((Ok::<Bytes, actix_web::Error>(Bytes::from_static(b": keep-alive\n\n")), ()))
-    });
-    let opened = futures::stream::once(async { Ok::<Bytes, actix_web::Error>(Bytes::from_static(b": connected\n\n")) });
-    let body = opened.chain(futures::stream::select(events, keepalive));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SSE_BUFFER);
+    let _ = tx.try_send(Bytes::from_static(b": connected\n\n"));
+    actix_web::rt::spawn(forward(pubsub.into_on_message(), query.kind, tx));
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|frame| (Ok::<_, actix_web::Error>(frame), rx)) });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body))
+}
+
+/// Frames a client may fall behind before it is disconnected.
+const SSE_BUFFER: usize = 1024;
+
+/// Moves one subscription's messages into a client's buffer, with keep-alives, until the client
+/// goes away, falls too far behind, or Redis ends the subscription.
+async fn forward(
+    mut messages: impl futures::Stream<Item = bb8_redis::redis::Msg> + Unpin,
+    kind: Option<String>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    loop {
+        let frame = tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => message.get_payload::<String>().ok().and_then(|json| sse_frame(&json, kind.as_deref())),
+                None => return,
+            },
+            _ = keepalive.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),
+            _ = tx.closed() => return,
+        };
+        if let Some(frame) = frame {
+            if tx.try_send(frame).is_err() {
+                tracing::info!("live event client too slow or gone; stream closed");
+                return;
+            }
+        }
+    }
 }
 
 /// One SSE frame for an event published on a camera channel, if it passes the type filter.

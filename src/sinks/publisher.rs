@@ -29,6 +29,8 @@ enum Outgoing {
     Event(Event),
     Aggregates(Vec<AggregateRow>),
     State(StateSnapshot),
+    /// The camera was removed: drop its cached state, after any state queued before.
+    ForgetState(crate::actors::messages::CameraId),
 }
 
 pub struct Publisher {
@@ -90,13 +92,17 @@ impl Publisher {
                 let items = received.len() as u64;
                 let mut events = Vec::new();
                 let mut aggregates = Vec::new();
+                // Per camera, the newest state to cache (`None`: remove it), in arrival order.
                 let mut states = HashMap::new();
                 for item in received.drain(..) {
                     match item {
                         Outgoing::Event(e) => events.push(e),
                         Outgoing::Aggregates(rows) => aggregates.extend(rows),
                         Outgoing::State(s) => {
-                            states.insert(s.camera_id.clone(), s);
+                            states.insert(s.camera_id.clone(), Some(s));
+                        }
+                        Outgoing::ForgetState(camera_id) => {
+                            states.insert(camera_id, None);
                         }
                     }
                 }
@@ -107,16 +113,23 @@ impl Publisher {
                 if !aggregates.is_empty() {
                     store_aggregates(&aggregates, &db, &task_metrics).await;
                 }
-                for state in states.into_values() {
-                    if let Err(error) = cache_state(&state, &redis, &keys).await {
+                for (camera_id, state) in states {
+                    if let Err(error) = cache_state(&camera_id, state.as_ref(), &redis, &keys).await {
                         task_metrics.sink_failures.inc();
-                        tracing::warn!(%error, camera = %state.camera_id, "caching camera state failed; the next one replaces it");
+                        tracing::warn!(%error, camera = %camera_id, "caching camera state failed; the next one replaces it");
                     }
                 }
                 task_done.fetch_add(items, Ordering::SeqCst);
             }
         });
         Self { tx, metrics, accepted: AtomicU64::new(0), delivered, items_accepted: AtomicU64::new(0), items_done }
+    }
+
+    /// Removes a camera's cached state once everything queued before has been handled.
+    pub fn forget_state(&self, camera_id: &str) {
+        if !self.enqueue(Outgoing::ForgetState(camera_id.into())) {
+            tracing::warn!(camera = %camera_id, "sink queue full; cached state of a removed camera left in Redis");
+        }
     }
 
     /// Waits until everything accepted is handled, or `timeout`; returns the events accepted and
@@ -154,26 +167,44 @@ async fn deliver(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: 
     metrics.events_published.inc_by(batch.len() as u64);
 }
 
+/// Retries while PostgreSQL is unreachable; rows the server rejects are logged and dropped, so
+/// one bad row cannot stop the delivery of everything behind it.
 async fn store_aggregates(rows: &[AggregateRow], db: &Db, metrics: &Metrics) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while let Err(error) = db.upsert_aggregates(rows).await {
-        metrics.sink_failures.inc();
-        tracing::warn!(%error, rows = rows.len(), "storing aggregates failed; retrying");
-        tokio::time::sleep(backoff.next_delay()).await;
+    loop {
+        match db.upsert_aggregates(rows).await {
+            Ok(()) => return,
+            Err(error) if error.is_transient() => {
+                metrics.sink_failures.inc();
+                tracing::warn!(%error, rows = rows.len(), "storing aggregates failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => {
+                metrics.sink_failures.inc();
+                tracing::error!(%error, rows = rows.len(), "aggregate rows rejected by PostgreSQL; dropped");
+                return;
+            }
+        }
     }
 }
 
-async fn cache_state(state: &StateSnapshot, redis: &RedisPool, keys: &RedisKeys) -> Result<(), String> {
+/// Caches a camera's state in its hash, or removes the hash (`None`).
+async fn cache_state(camera_id: &str, state: Option<&StateSnapshot>, redis: &RedisPool, keys: &RedisKeys) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-    bb8_redis::redis::cmd("HSET")
-        .arg(keys.camera_state(&state.camera_id))
-        .arg("state")
-        .arg(state.state.to_string())
-        .arg("updated_at")
-        .arg(chrono::Utc::now().to_rfc3339())
-        .query_async::<()>(&mut *conn)
-        .await
-        .map_err(|e| e.to_string())
+    let key = keys.camera_state(camera_id);
+    let command = match state {
+        Some(state) => {
+            let mut hset = bb8_redis::redis::cmd("HSET");
+            hset.arg(key).arg("state").arg(state.state.to_string()).arg("updated_at").arg(chrono::Utc::now().to_rfc3339());
+            hset
+        }
+        None => {
+            let mut del = bb8_redis::redis::cmd("DEL");
+            del.arg(key);
+            del
+        }
+    };
+    command.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string())
 }
 
 async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: u64) -> Result<(), String> {

@@ -3,7 +3,8 @@
 //!
 //! Timestamps from the container are not trusted (some files carry broken ones, e.g. a frame rate
 //! of 214748359/3579125): sampling counts frames against the stream's nominal rate, pacing of
-//! replayed files follows the same count, and capture time is the wall clock at decode.
+//! replayed files follows the same count. A frame's time is the wall clock at decode for live
+//! streams, and the media clock (epoch plus frame index / rate) for files.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +51,8 @@ pub struct SourceConfig {
     pub reconnect_max: Duration,
     /// Give up after a failure once this many retries failed (`analyze`: 0); `None` retries for ever.
     pub max_retries: Option<u32>,
+    /// Files: the frame time of the first frame (the camera's epoch); see `MediaClock`.
+    pub clock_origin: SystemTime,
 }
 
 pub struct SourceHandle {
@@ -68,7 +71,10 @@ pub fn spawn(config: SourceConfig, status: Arc<CameraStatus>, sink: Box<dyn Fram
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name(format!("decode-{}", config.camera_id))
-        .spawn(move || Streamer { config, status, sink, metrics, stop: thread_stop, seq: 0, media: MediaClock::default() }.run())
+        .spawn(move || {
+            let media = MediaClock::new(config.clock_origin);
+            Streamer { config, status, sink, metrics, stop: thread_stop, seq: 0, media }.run()
+        })
         .expect("spawning a decode thread");
     SourceHandle { stop, _thread: thread }
 }
@@ -88,23 +94,41 @@ struct Streamer {
     stop: Arc<AtomicBool>,
     /// Sampled-frame number, continuing across reconnects and loops.
     seq: u64,
-    /// Files: the frame clock. Frame times are this origin plus media time (frame index / rate,
-    /// continuing across loops), so analytics see the clip's own timing however fast it is read.
+    /// Files: the frame clock.
     media: MediaClock,
 }
 
-#[derive(Default)]
+/// The frame clock of a file: the camera's epoch plus media time (frame index / stream rate),
+/// continuing across loops and reopenings, so a replay after a restart gives the same frame
+/// times (and the same minute rows and incident ids) however fast it is read.
 struct MediaClock {
-    /// Wall time when the file was first opened.
-    origin: Option<SystemTime>,
-    /// Media seconds of the loops already played.
-    played: f64,
+    origin: SystemTime,
+    /// Media seconds at the start of the current opening of the file.
+    base: f64,
+    /// Media seconds just after the last frame decoded: where a reopening continues.
+    next: f64,
 }
 
 impl MediaClock {
+    fn new(origin: SystemTime) -> Self {
+        Self { origin, base: 0.0, next: 0.0 }
+    }
+
+    /// Called at each opening of the file (after the end of a loop or an error).
+    fn reopen(&mut self) {
+        self.base = self.next;
+    }
+
+    /// The time of decoded frame `index` of this opening.
     fn at(&mut self, index: u64, source_fps: f64) -> SystemTime {
-        let origin = *self.origin.get_or_insert_with(SystemTime::now);
-        origin + Duration::from_secs_f64(self.played + index as f64 / source_fps)
+        let t = self.base + index as f64 / source_fps;
+        self.next = self.next.max(t + 1.0 / source_fps);
+        self.origin + Duration::from_secs_f64(t)
+    }
+
+    /// The file ended after `frames` decoded frames: the next loop starts after the last.
+    fn ended(&mut self, frames: u64, source_fps: f64) {
+        self.next = self.next.max(self.base + frames as f64 / source_fps);
     }
 }
 
@@ -177,6 +201,7 @@ impl Streamer {
 
     fn run_once(&mut self) -> Result<RunEnd, String> {
         let opened = Instant::now();
+        self.media.reopen();
         let last_activity = Arc::new(AtomicU64::new(0));
         let interrupt = {
             let stop = self.stop.clone();
@@ -285,7 +310,7 @@ impl Streamer {
                 }
             }
             if at_eof && !got_frame {
-                self.media.played += frame_index as f64 / source_fps;
+                self.media.ended(frame_index, source_fps);
                 return Ok(RunEnd::EndOfFile);
             }
         }
