@@ -59,7 +59,7 @@ pub struct Db {
 
 impl Db {
     /// Connects (creating the database when the server has none of that name) and migrates.
-    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, DbError> {
+    pub async fn connect(url: &str, pool_size: u32, connect_timeout: std::time::Duration) -> Result<Self, DbError> {
         let config: tokio_postgres::Config = url.parse()?;
         if let Err(e) = config.connect(NoTls).await {
             if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE) {
@@ -71,7 +71,10 @@ impl Db {
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
-            .connection_timeout(std::time::Duration::from_secs(5))
+            .connection_timeout(connect_timeout)
+            // A refused connection fails the call at once: the caller's backoff and circuit
+            // breaker decide what happens next, instead of the pool retrying for 5 s.
+            .retry_connection(false)
             .build(manager)
             .await?;
         let db = Db { pool };

@@ -18,6 +18,11 @@ pub struct DeviceLabels {
     pub device: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    pub breaker: String,
+}
+
 // Counter names get `_total` appended by the encoder.
 pub const FRAMES_DECODED: &str = "its_frames_decoded";
 pub const FRAMES_PROCESSED: &str = "its_frames_processed";
@@ -32,6 +37,8 @@ pub const ANALYTICS_LATENCY: &str = "analytics_latency_seconds";
 pub const EVENTS_PUBLISHED: &str = "its_events_published";
 pub const EVENTS_DROPPED: &str = "its_events_dropped";
 pub const SINK_FAILURES: &str = "its_sink_failures";
+pub const BREAKER_STATE: &str = "its_breaker_state";
+pub const BREAKER_OPENS: &str = "its_breaker_opens";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -58,6 +65,9 @@ pub struct Metrics {
     pub analytics_latency: Histogram,
     pub events_published: Counter,
     pub events_dropped: Counter,
+    /// 0 closed, 1 half-open, 2 open, per breaker (`redis`, `postgres`).
+    pub breaker_state: Family<BreakerLabels, Gauge>,
+    pub breaker_opens: Family<BreakerLabels, Counter>,
     pub sink_failures: Counter,
     pub stages: Stages,
 }
@@ -77,6 +87,8 @@ impl Metrics {
             analytics_latency: latency_histogram(),
             events_published: Counter::default(),
             events_dropped: Counter::default(),
+            breaker_state: Family::default(),
+            breaker_opens: Family::default(),
             sink_failures: Counter::default(),
             stages: Stages::default(),
         };
@@ -97,6 +109,8 @@ impl Metrics {
         r.register(EVENTS_PUBLISHED, "Events delivered to Redis and PostgreSQL", m.events_published.clone());
         r.register(EVENTS_DROPPED, "Events dropped because the sink queue was full", m.events_dropped.clone());
         r.register(SINK_FAILURES, "Failed event delivery attempts (retried)", m.sink_failures.clone());
+        r.register(BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open", m.breaker_state.clone());
+        r.register(BREAKER_OPENS, "Times a circuit breaker opened", m.breaker_opens.clone());
         m
     }
 

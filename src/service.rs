@@ -47,11 +47,19 @@ impl Service {
     /// every camera stored in PostgreSQL. Must run inside an actix system.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
         let metrics = Arc::new(Metrics::new());
-        let db = Db::connect(&settings.postgres.url, settings.postgres.pool_size).await?;
+        let db = Db::connect(
+            &settings.postgres.url,
+            settings.postgres.pool_size,
+            std::time::Duration::from_millis(settings.postgres.connect_timeout_ms),
+        )
+        .await?;
         let manager = bb8_redis::RedisConnectionManager::new(settings.redis.url.as_str())?;
         let redis = bb8::Pool::builder()
             .max_size(settings.redis.pool_size)
-            .connection_timeout(std::time::Duration::from_secs(5))
+            .connection_timeout(std::time::Duration::from_millis(settings.redis.connect_timeout_ms))
+            // A refused connection fails the call at once: the caller's backoff and circuit
+            // breaker decide what happens next, instead of the pool retrying for 5 s.
+            .retry_connection(false)
             .build(manager)
             .await?;
         let publisher = Arc::new(Publisher::spawn(
@@ -61,6 +69,7 @@ impl Service {
             db.clone(),
             metrics.clone(),
             65_536,
+            settings.breakers.config(),
         ));
         let pipeline = Pipeline::start(settings.clone(), metrics.clone(), publisher.clone())?;
         let keys = RedisKeys::new(&settings.redis.key_prefix);
@@ -168,6 +177,11 @@ impl Service {
         } else {
             tracing::info!(accepted, delivered, "shutdown: every event delivered");
         }
+    }
+
+    /// The circuit breakers around Redis and PostgreSQL.
+    pub fn breakers(&self) -> Vec<crate::supervision::BreakerView> {
+        self.publisher.breakers()
     }
 
     pub async fn redis_ping(&self) -> Result<(), ServiceError> {

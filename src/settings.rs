@@ -31,6 +31,29 @@ pub struct Settings {
     /// Thresholds of the measures and incidents (`docs/ANALYTICS.md`).
     #[serde(default)]
     pub analytics: AnalyticsConfig,
+    pub breakers: BreakerSettings,
+}
+
+/// The circuit breakers around Redis and PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive failed calls that open a breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker refuses calls before it lets one trial through.
+    pub open_for_ms: u64,
+    /// Successful trials that close a half-open breaker.
+    pub half_open_successes: u32,
+}
+
+impl BreakerSettings {
+    pub fn config(&self) -> crate::supervision::BreakerConfig {
+        crate::supervision::BreakerConfig {
+            failure_threshold: self.failure_threshold,
+            open_for: Duration::from_millis(self.open_for_ms),
+            half_open_successes: self.half_open_successes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +72,9 @@ pub struct RedisSettings {
     /// Approximate cap on the events stream (XADD MAXLEN ~).
     pub stream_max_len: u64,
     pub pool_size: u32,
+    /// How long a call waits for a pooled connection before it fails (and is retried by its
+    /// caller, through the circuit breaker).
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +82,9 @@ pub struct RedisSettings {
 pub struct PostgresSettings {
     pub url: String,
     pub pool_size: u32,
+    /// How long a call waits for a pooled connection before it fails (and is retried by its
+    /// caller, through the circuit breaker).
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -192,6 +221,9 @@ impl Settings {
         if self.postgres.pool_size == 0 {
             errors.push("postgres.pool_size must be at least 1".into());
         }
+        if !(100..=60_000).contains(&self.redis.connect_timeout_ms) || !(100..=60_000).contains(&self.postgres.connect_timeout_ms) {
+            errors.push("redis.connect_timeout_ms and postgres.connect_timeout_ms must be in 100..=60000".into());
+        }
         if !(32..=2048).contains(&self.model.input_size) || !self.model.input_size.is_multiple_of(32) {
             errors.push("model.input_size must be a multiple of 32 in 32..=2048".into());
         }
@@ -227,6 +259,12 @@ impl Settings {
         }
         errors.extend(self.tracker.validate());
         errors.extend(self.analytics.validate());
+        if self.breakers.failure_threshold == 0 || self.breakers.half_open_successes == 0 {
+            errors.push("breakers.failure_threshold and breakers.half_open_successes must be at least 1".into());
+        }
+        if !(100..=3_600_000).contains(&self.breakers.open_for_ms) {
+            errors.push("breakers.open_for_ms must be in 100..=3600000".into());
+        }
         if errors.is_empty() {
             Ok(())
         } else {

@@ -15,7 +15,8 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "live" }))
 }
 
-/// Ready when PostgreSQL and Redis answer and every device's inference thread runs its model.
+/// Ready when PostgreSQL and Redis answer, neither's circuit breaker is open, and every device's
+/// inference thread runs its model.
 async fn ready(service: web::Data<Service>) -> HttpResponse {
     let postgres = service.db.ping().await.map_err(|e| e.to_string());
     let redis = service.redis_ping().await.map_err(|e| e.to_string());
@@ -26,13 +27,16 @@ async fn ready(service: web::Data<Service>) -> HttpResponse {
         Ok(()) => serde_json::json!({ "ok": true }),
         Err(e) => serde_json::json!({ "ok": false, "error": e }),
     };
-    let ok = postgres.is_ok() && redis.is_ok() && model_ok;
+    let breakers = service.breakers();
+    let breakers_closed = breakers.iter().all(|b| b.state != crate::supervision::BreakerState::Open);
+    let ok = postgres.is_ok() && redis.is_ok() && model_ok && breakers_closed;
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not_ready" },
         "checks": {
             "postgres": check(&postgres),
             "redis": check(&redis),
             "model": { "ok": model_ok, "devices": devices },
+            "breakers": { "ok": breakers_closed, "breakers": breakers },
         }
     });
     if ok {

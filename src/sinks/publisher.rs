@@ -19,7 +19,7 @@ use crate::analytics::{AggregateRow, StateSnapshot};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
-use crate::supervision::Backoff;
+use crate::supervision::{Backoff, BreakerConfig, BreakerView, CircuitBreaker, SystemClock, Transition};
 
 pub type RedisPool = bb8::Pool<bb8_redis::RedisConnectionManager>;
 
@@ -33,8 +33,21 @@ enum Outgoing {
     ForgetState(crate::actors::messages::CameraId),
 }
 
+/// The dependencies the publisher writes to, each behind a circuit breaker: while one is open
+/// nothing is tried against it and what is waiting for it stays queued, in order.
+struct Sinks {
+    redis: RedisPool,
+    keys: RedisKeys,
+    stream_max_len: u64,
+    db: Db,
+    metrics: Arc<Metrics>,
+    redis_breaker: Arc<CircuitBreaker>,
+    postgres_breaker: Arc<CircuitBreaker>,
+}
+
 pub struct Publisher {
     tx: mpsc::Sender<Outgoing>,
+    breakers: [Arc<CircuitBreaker>; 2],
     metrics: Arc<Metrics>,
     /// Events accepted by `submit`, and events delivered to both stores: equal when drained.
     accepted: AtomicU64,
@@ -80,12 +93,23 @@ impl EventSink for Publisher {
 
 impl Publisher {
     /// Starts the delivery task on the current runtime.
-    pub fn spawn(redis: RedisPool, keys: RedisKeys, stream_max_len: u64, db: Db, metrics: Arc<Metrics>, capacity: usize) -> Self {
+    pub fn spawn(
+        redis: RedisPool,
+        keys: RedisKeys,
+        stream_max_len: u64,
+        db: Db,
+        metrics: Arc<Metrics>,
+        capacity: usize,
+        breaker: BreakerConfig,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity);
-        let task_metrics = metrics.clone();
         let delivered = Arc::new(AtomicU64::new(0));
         let items_done = Arc::new(AtomicU64::new(0));
         let (task_delivered, task_done) = (delivered.clone(), items_done.clone());
+        let redis_breaker = breaker_for("redis", &breaker, &metrics);
+        let postgres_breaker = breaker_for("postgres", &breaker, &metrics);
+        let breakers = [redis_breaker.clone(), postgres_breaker.clone()];
+        let sinks = Sinks { redis, keys, stream_max_len, db, metrics: metrics.clone(), redis_breaker, postgres_breaker };
         tokio::spawn(async move {
             let mut received = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut received, BATCH).await > 0 {
@@ -107,22 +131,32 @@ impl Publisher {
                     }
                 }
                 if !events.is_empty() {
-                    deliver(&events, &redis, &keys, stream_max_len, &db, &task_metrics).await;
+                    sinks.deliver(&events).await;
                     task_delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
                 }
                 if !aggregates.is_empty() {
-                    store_aggregates(&aggregates, &db, &task_metrics).await;
+                    sinks.store_aggregates(&aggregates).await;
                 }
                 for (camera_id, state) in states {
-                    if let Err(error) = cache_state(&camera_id, state.as_ref(), &redis, &keys).await {
-                        task_metrics.sink_failures.inc();
-                        tracing::warn!(%error, camera = %camera_id, "caching camera state failed; the next one replaces it");
-                    }
+                    sinks.cache_state(&camera_id, state.as_ref()).await;
                 }
                 task_done.fetch_add(items, Ordering::SeqCst);
             }
         });
-        Self { tx, metrics, accepted: AtomicU64::new(0), delivered, items_accepted: AtomicU64::new(0), items_done }
+        Self {
+            tx,
+            breakers,
+            metrics,
+            accepted: AtomicU64::new(0),
+            delivered,
+            items_accepted: AtomicU64::new(0),
+            items_done,
+        }
+    }
+
+    /// The breakers' states, for readiness and `/api/v1/system`.
+    pub fn breakers(&self) -> Vec<BreakerView> {
+        self.breakers.iter().map(|b| b.view()).collect()
     }
 
     /// Removes a camera's cached state once everything queued before has been handled.
@@ -146,50 +180,112 @@ impl Publisher {
     }
 }
 
-async fn deliver(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: u64, db: &Db, metrics: &Metrics) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while let Err(error) = publish_redis(batch, redis, keys, max_len).await {
-        metrics.sink_failures.inc();
-        tracing::warn!(%error, events = batch.len(), "redis publish failed; retrying");
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-    for event in batch {
-        if let Some(captured) = event.captured {
-            metrics.analytics_latency.observe(captured.elapsed().as_secs_f64());
+/// A breaker whose every transition is a log line and a metric.
+fn breaker_for(name: &'static str, config: &BreakerConfig, metrics: &Arc<Metrics>) -> Arc<CircuitBreaker> {
+    let labels = crate::metrics::BreakerLabels { breaker: name.to_string() };
+    let state = metrics.breaker_state.get_or_create(&labels).clone();
+    let opens = metrics.breaker_opens.get_or_create(&labels).clone();
+    state.set(0);
+    let observer = move |name: &str, transition: Transition| {
+        state.set(transition.to.as_metric());
+        if transition.to == crate::supervision::BreakerState::Open {
+            opens.inc();
+            tracing::warn!(breaker = name, %transition, "circuit breaker opened");
+        } else {
+            tracing::info!(breaker = name, %transition, "circuit breaker changed state");
         }
-    }
-    backoff.reset();
-    while let Err(error) = db.insert_events(batch).await {
-        metrics.sink_failures.inc();
-        tracing::warn!(%error, events = batch.len(), "postgres insert failed; retrying");
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-    metrics.events_published.inc_by(batch.len() as u64);
+    };
+    Arc::new(CircuitBreaker::new(name, config.clone(), Arc::new(SystemClock)).with_observer(Arc::new(observer)))
 }
 
-/// Retries while PostgreSQL is unreachable; rows the server rejects are logged and dropped, so
-/// one bad row cannot stop the delivery of everything behind it.
-async fn store_aggregates(rows: &[AggregateRow], db: &Db, metrics: &Metrics) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        match db.upsert_aggregates(rows).await {
-            Ok(()) => return,
-            Err(error) if error.is_transient() => {
-                metrics.sink_failures.inc();
-                tracing::warn!(%error, rows = rows.len(), "storing aggregates failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
+/// How often a call held back by an open breaker looks again.
+const BREAKER_POLL: Duration = Duration::from_millis(200);
+
+impl Sinks {
+    /// Runs `call` until it succeeds: through `breaker` (never while it is open), with backoff
+    /// between failures. `Err(false)` from `call` is a permanent failure: given up.
+    async fn until_done<F, Fut>(&self, breaker: &CircuitBreaker, what: &str, mut call: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), (String, bool)>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            if !breaker.allow() {
+                tokio::time::sleep(BREAKER_POLL).await;
+                continue;
+            }
+            match call().await {
+                Ok(()) => {
+                    breaker.record_success();
+                    return;
+                }
+                Err((error, transient)) => {
+                    breaker.record_failure();
+                    self.metrics.sink_failures.inc();
+                    if !transient {
+                        tracing::error!(%error, "{what} rejected; dropped");
+                        return;
+                    }
+                    tracing::warn!(%error, "{what} failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, batch: &[Event]) {
+        self.until_done(&self.redis_breaker, "redis publish", || async {
+            publish_redis(batch, &self.redis, &self.keys, self.stream_max_len).await.map_err(|e| (e, true))
+        })
+        .await;
+        for event in batch {
+            if let Some(captured) = event.captured {
+                self.metrics.analytics_latency.observe(captured.elapsed().as_secs_f64());
+            }
+        }
+        // Events are retried whatever PostgreSQL says: the durable outbox (next) will park
+        // rejected ones instead.
+        self.until_done(&self.postgres_breaker, "postgres event insert", || async {
+            self.db.insert_events(batch).await.map(|_| ()).map_err(|e| (e.to_string(), true))
+        })
+        .await;
+        self.metrics.events_published.inc_by(batch.len() as u64);
+    }
+
+    /// Retries while PostgreSQL is unreachable; rows the server rejects are logged and dropped,
+    /// so one bad row cannot stop the delivery of everything behind it.
+    async fn store_aggregates(&self, rows: &[AggregateRow]) {
+        self.until_done(&self.postgres_breaker, "storing aggregate rows", || async {
+            self.db.upsert_aggregates(rows).await.map_err(|e| {
+                let transient = e.is_transient();
+                (e.to_string(), transient)
+            })
+        })
+        .await;
+    }
+
+    /// Caches a camera's state in its hash, or removes the hash (`None`). Best effort: one try,
+    /// none while Redis's breaker is open; the next state replaces this one anyway.
+    async fn cache_state(&self, camera_id: &str, state: Option<&StateSnapshot>) {
+        if !self.redis_breaker.allow() {
+            return;
+        }
+        match write_state(camera_id, state, &self.redis, &self.keys).await {
+            Ok(()) => {
+                self.redis_breaker.record_success();
             }
             Err(error) => {
-                metrics.sink_failures.inc();
-                tracing::error!(%error, rows = rows.len(), "aggregate rows rejected by PostgreSQL; dropped");
-                return;
+                self.redis_breaker.record_failure();
+                self.metrics.sink_failures.inc();
+                tracing::warn!(%error, camera = %camera_id, "caching camera state failed; the next one replaces it");
             }
         }
     }
 }
 
-/// Caches a camera's state in its hash, or removes the hash (`None`).
-async fn cache_state(camera_id: &str, state: Option<&StateSnapshot>, redis: &RedisPool, keys: &RedisKeys) -> Result<(), String> {
+/// Writes a camera's state into its hash, or removes the hash (`None`).
+async fn write_state(camera_id: &str, state: Option<&StateSnapshot>, redis: &RedisPool, keys: &RedisKeys) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
     let key = keys.camera_state(camera_id);
     let command = match state {

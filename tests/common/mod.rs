@@ -238,3 +238,60 @@ pub async fn overpass_until_a_few_events(client: &reqwest::Client, svc: &Service
     })
     .await;
 }
+
+/// A `redis-server` of the test's own on a free port, with an append-only file, so the test can
+/// stop it and start it again without losing the stream.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let mut redis = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        eventually("own redis-server to answer", Duration::from_secs(20), || async {
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+        })
+        .await;
+    }
+
+    /// Stops the server the way an operator or an orchestrator would (SIGTERM).
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
