@@ -107,6 +107,10 @@ impl Db {
         result
     }
 
+    pub fn pool_view(&self) -> crate::pools::PoolView {
+        crate::pools::PoolView::new("postgres", self.pool.config().max_size, self.pool.state())
+    }
+
     pub async fn ping(&self) -> Result<(), DbError> {
         self.pool.get().await?.simple_query("SELECT 1").await?;
         Ok(())

@@ -11,6 +11,7 @@ pub mod detector;
 pub mod evaluate;
 pub mod http;
 pub mod metrics;
+pub mod pools;
 pub mod redis_keys;
 pub mod service;
 pub mod settings;

@@ -19,6 +19,12 @@ pub struct DeviceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BreakerLabels {
     pub breaker: String,
 }
@@ -39,6 +45,8 @@ pub const EVENTS_DROPPED: &str = "its_events_dropped";
 pub const SINK_FAILURES: &str = "its_sink_failures";
 pub const BREAKER_STATE: &str = "its_breaker_state";
 pub const BREAKER_OPENS: &str = "its_breaker_opens";
+pub const POOL_CONNECTIONS: &str = "its_pool_connections";
+pub const POOL_EVENTS: &str = "its_pool_events";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -68,6 +76,11 @@ pub struct Metrics {
     /// 0 closed, 1 half-open, 2 open, per breaker (`redis`, `postgres`).
     pub breaker_state: Family<BreakerLabels, Gauge>,
     pub breaker_opens: Family<BreakerLabels, Counter>,
+    /// Connections per pool (`redis`, `postgres`) and kind (`idle`, `in_use`).
+    pub pool_connections: Family<PoolLabels, Gauge>,
+    /// Pool calls and connection life cycle per kind (`get_direct`, `get_waited`,
+    /// `get_timed_out`, `created`, `closed_broken`, `closed_invalid`), refreshed at each scrape.
+    pub pool_events: Family<PoolLabels, Counter>,
     pub sink_failures: Counter,
     pub stages: Stages,
 }
@@ -89,6 +102,8 @@ impl Metrics {
             events_dropped: Counter::default(),
             breaker_state: Family::default(),
             breaker_opens: Family::default(),
+            pool_connections: Family::default(),
+            pool_events: Family::default(),
             sink_failures: Counter::default(),
             stages: Stages::default(),
         };
@@ -111,6 +126,8 @@ impl Metrics {
         r.register(SINK_FAILURES, "Failed event delivery attempts (retried)", m.sink_failures.clone());
         r.register(BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open", m.breaker_state.clone());
         r.register(BREAKER_OPENS, "Times a circuit breaker opened", m.breaker_opens.clone());
+        r.register(POOL_CONNECTIONS, "Pooled connections, per pool and kind (idle, in_use)", m.pool_connections.clone());
+        r.register(POOL_EVENTS, "Pool calls and connection events since start, per pool and kind", m.pool_events.clone());
         m
     }
 

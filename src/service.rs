@@ -179,6 +179,21 @@ impl Service {
         }
     }
 
+    /// Both connection pools, their statistics also copied into the metrics.
+    pub fn pools(&self) -> Vec<crate::pools::PoolView> {
+        let redis = crate::pools::PoolView::new("redis", self.redis.config().max_size, self.redis.state());
+        let pools = vec![redis, self.db.pool_view()];
+        for pool in &pools {
+            pool.export(&self.metrics);
+        }
+        pools
+    }
+
+    /// Events accepted from the connectors and delivered to both stores so far.
+    pub fn publisher_counts(&self) -> (u64, u64) {
+        self.publisher.counts()
+    }
+
     /// The circuit breakers around Redis and PostgreSQL.
     pub fn breakers(&self) -> Vec<crate::supervision::BreakerView> {
         self.publisher.breakers()

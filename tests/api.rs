@@ -272,6 +272,26 @@ async fn health_reports_dependencies() {
     assert_eq!(ready["checks"]["redis"]["ok"], true);
     assert_eq!(ready["checks"]["model"]["devices"][0]["name"], "cpu");
     assert_eq!(ready["checks"]["model"]["devices"][0]["alive"], true);
+    let breakers = ready["checks"]["breakers"]["breakers"].as_array().unwrap();
+    assert_eq!(breakers.iter().map(|b| (b["name"].as_str().unwrap(), b["state"].as_str().unwrap())).collect::<Vec<_>>(), [
+        ("redis", "closed"),
+        ("postgres", "closed")
+    ]);
+
+    let system: Value = client.get(svc.url("/api/v1/system")).send().await.unwrap().json().await.unwrap();
+    let pools = system["pools"].as_array().unwrap();
+    assert_eq!(pools.iter().map(|p| p["name"].as_str().unwrap()).collect::<Vec<_>>(), ["redis", "postgres"]);
+    for pool in pools {
+        assert_eq!(pool["max_size"], 8, "{system}");
+        assert!(pool["gets_direct"].as_u64().unwrap() + pool["gets_waited"].as_u64().unwrap() >= 1, "{system}");
+        assert_eq!(pool["gets_timed_out"], 0, "{system}");
+    }
+    assert_eq!(system["breakers"].as_array().unwrap().len(), 2);
+    assert_eq!(system["events"]["pending"], 0);
+    let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in ["its_pool_connections{pool=\"postgres\",kind=\"idle\"}", "its_pool_events_total{pool=\"redis\",kind=\"get_direct\"}", "its_breaker_state{breaker=\"postgres\"} 0"] {
+        assert!(page.contains(series), "{series} missing:\n{page}");
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod cameras;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod system;
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
             .app_data(web::PathConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
             .app_data(web::QueryConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
             .configure(health::routes)
-            .service(web::scope("/api/v1").configure(cameras::routes).configure(analytics::routes).configure(events::routes))
+            .service(web::scope("/api/v1").configure(cameras::routes).configure(analytics::routes).configure(events::routes).configure(system::routes))
             .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into())) }));
     }
 }

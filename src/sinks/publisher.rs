@@ -154,6 +154,11 @@ impl Publisher {
         }
     }
 
+    /// Events accepted and delivered so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.accepted.load(Ordering::SeqCst), self.delivered.load(Ordering::SeqCst))
+    }
+
     /// The breakers' states, for readiness and `/api/v1/system`.
     pub fn breakers(&self) -> Vec<BreakerView> {
         self.breakers.iter().map(|b| b.view()).collect()
