@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bb8_redis::redis;
-use common::{OwnRedis, Service, TestEnv};
+use common::{OwnPostgres, OwnRedis, Service, TestEnv};
 use serde_json::Value;
 
 #[tokio::test]
@@ -58,6 +58,65 @@ async fn redis_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     let mut rows: Vec<String> =
         db.query("SELECT event_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("{}:events", env.key_prefix()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut stream: Vec<String> = entries
+        .iter()
+        .map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "event_id").unwrap()[1].clone())
+        .collect();
+    rows.sort();
+    stream.sort();
+    assert_eq!(rows.len() as u64, emitted, "postgres rows");
+    assert_eq!(stream, rows, "redis stream entries");
+}
+
+#[tokio::test]
+async fn postgres_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
+    let env = TestEnv::new().await;
+    let mut own = OwnPostgres::start().await;
+    let url = own.url("its");
+    let svc = Service::start_with(&env, &[("ITS__POSTGRES__URL", url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")]).await;
+    let client = reqwest::Client::new();
+    common::overpass_until_a_few_events(&client, &svc).await;
+
+    own.stop();
+    common::eventually("the postgres breaker to open", Duration::from_secs(60), || async {
+        let body: Value = client.get(svc.url("/api/v1/system")).send().await.ok()?.json().await.ok()?;
+        let pg = body["breakers"].as_array()?.iter().find(|b| b["name"] == "postgres")?.clone();
+        (pg["state"] == "open").then_some(())
+    })
+    .await;
+    let ready = client.get(svc.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    own.restart().await;
+
+    let counts: Value = common::eventually("the clip to end", Duration::from_secs(300), || async {
+        let c: Value = client.get(svc.url("/api/v1/cameras/overpass/counts")).send().await.ok()?.json().await.ok()?;
+        (c["status"]["state"] == "ended").then_some(c)
+    })
+    .await;
+    let emitted = counts["status"]["events"].as_u64().unwrap();
+    assert!((26..=28).contains(&emitted), "{counts}");
+    common::eventually("every event delivered and the breaker closed", Duration::from_secs(60), || async {
+        let page = client.get(svc.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        let delivered = common::metric(&page, "its_events_published_total")? as u64 == emitted;
+        let closed = page.contains("its_breaker_state{breaker=\"postgres\"} 0");
+        (delivered && closed).then_some(())
+    })
+    .await;
+    let log = svc.stop();
+    assert!(log.contains("circuit breaker opened"), "{log}");
+
+    let (db, connection) = bb8_postgres::tokio_postgres::connect(&url, bb8_postgres::tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut rows: Vec<String> = db.query("SELECT event_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let mut conn = env.redis().await;
     let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(format!("{}:events", env.key_prefix()))
         .arg("-")

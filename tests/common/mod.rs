@@ -295,3 +295,93 @@ impl Drop for OwnRedis {
         }
     }
 }
+
+/// A PostgreSQL server of the test's own (`initdb` into a temporary directory, run as the
+/// `postgres` user when the test runs as root), so the test can stop it and start it again.
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    running: bool,
+}
+
+impl OwnPostgres {
+    pub async fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Self { port: free_port(), dir, bin, running: false };
+        pg.as_postgres_owner();
+        let status = pg.command("initdb").args(["-U", "postgres", "--auth=trust", "-D"]).arg(pg.data()).status().unwrap();
+        assert!(status.success(), "initdb failed");
+        let mut pg = pg;
+        pg.restart().await;
+        pg
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn is_root() -> bool {
+        Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+    }
+
+    /// PostgreSQL refuses to run as root: the directory goes to the `postgres` user.
+    fn as_postgres_owner(&self) {
+        if Self::is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:"]).arg(self.dir.path()).status().unwrap();
+            assert!(status.success());
+        }
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut command = if Self::is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(tool));
+            c
+        } else {
+            Command::new(self.bin.join(tool))
+        };
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    }
+
+    pub async fn restart(&mut self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let status = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-o", &options, "start"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl start failed");
+        self.running = true;
+    }
+
+    /// A fast shutdown, as an operator's restart or a failover would do it.
+    pub fn stop(&mut self) {
+        let status = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]).status().unwrap();
+        assert!(status.success(), "pg_ctl stop failed");
+        self.running = false;
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        if self.running {
+            self.stop();
+        }
+    }
+}
