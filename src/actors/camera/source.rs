@@ -236,6 +236,9 @@ impl Streamer {
         let mut packet = ffmpeg::Packet::empty();
         let mut frame_index: u64 = 0;
         let mut at_eof = false;
+        // A network stream whose packets keep coming but decode to no frame (a camera sending
+        // only audio, or garbage) is as dead as a silent one: restarted after the same time.
+        let mut last_frame = Instant::now();
         // Decoder time since the last kept frame: sampled-out frames cost the next kept one.
         let mut decode_time = Duration::ZERO;
         loop {
@@ -269,6 +272,7 @@ impl Streamer {
                 }
                 decode_time += started.elapsed();
                 got_frame = true;
+                last_frame = Instant::now();
                 self.status.decoded.inc();
                 if self.status.state() != StreamState::Streaming {
                     self.status.set_state(StreamState::Streaming, None);
@@ -308,6 +312,9 @@ impl Streamer {
                     }
                     PushOutcome::Detached => return Ok(RunEnd::Stopped),
                 }
+            }
+            if !self.config.is_file && last_frame.elapsed() > self.config.read_timeout {
+                return Err(format!("stalled: no frame for {} ms", self.config.read_timeout.as_millis()));
             }
             if at_eof && !got_frame {
                 self.media.ended(frame_index, source_fps);
