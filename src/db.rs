@@ -72,8 +72,9 @@ impl Db {
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
             .connection_timeout(connect_timeout)
-            // A refused connection fails the call at once: the caller's backoff and circuit
-            // breaker decide what happens next, instead of the pool retrying for 5 s.
+            // No retry loop inside the pool: a call that gets no connection fails after the
+            // connection timeout (bb8 reports it as timed out) and the caller's backoff and
+            // circuit breaker decide what happens next.
             .retry_connection(false)
             .build(manager)
             .await?;

@@ -16,10 +16,12 @@ pub struct PoolView {
     pub connections: u32,
     pub idle: u32,
     pub in_use: u32,
-    /// Calls waiting for a connection now.
-    pub waiting: u64,
+    /// Calls in progress: waiting for a connection or having it validated on check-out.
+    pub gets_in_progress: u64,
     pub gets_direct: u64,
     pub gets_waited: u64,
+    /// Calls that got no connection within `connect_timeout_ms`: the pool was exhausted or the
+    /// server could not be reached (bb8 does not tell them apart).
     pub gets_timed_out: u64,
     pub wait_ms_total: u64,
     pub connections_created: u64,
@@ -38,7 +40,7 @@ impl PoolView {
             connections: state.connections,
             idle: state.idle_connections,
             in_use: state.connections.saturating_sub(state.idle_connections),
-            waiting: s.get_started.saturating_sub(s.get_direct + s.get_waited + s.get_timed_out),
+            gets_in_progress: s.get_started.saturating_sub(s.get_direct + s.get_waited + s.get_timed_out),
             gets_direct: s.get_direct,
             gets_waited: s.get_waited,
             gets_timed_out: s.get_timed_out,

@@ -57,8 +57,9 @@ impl Service {
         let redis = bb8::Pool::builder()
             .max_size(settings.redis.pool_size)
             .connection_timeout(std::time::Duration::from_millis(settings.redis.connect_timeout_ms))
-            // A refused connection fails the call at once: the caller's backoff and circuit
-            // breaker decide what happens next, instead of the pool retrying for 5 s.
+            // No retry loop inside the pool: a call that gets no connection fails after the
+            // connection timeout (bb8 reports it as timed out) and the caller's backoff and
+            // circuit breaker decide what happens next.
             .retry_connection(false)
             .build(manager)
             .await?;

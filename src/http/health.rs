@@ -28,7 +28,12 @@ async fn ready(service: web::Data<Service>) -> HttpResponse {
         Err(e) => serde_json::json!({ "ok": false, "error": e }),
     };
     let breakers = service.breakers();
-    let breakers_closed = breakers.iter().all(|b| b.state != crate::supervision::BreakerState::Open);
+    // An open breaker only changes state at its next call; once its open period is over it no
+    // longer holds readiness back (the pings above say whether the dependency is back).
+    let open_for = service.settings.breakers.open_for_ms as f64 / 1e3;
+    let breakers_closed = breakers.iter().all(|b| {
+        b.state != crate::supervision::BreakerState::Open || b.opened_secs_ago.is_some_and(|age| age >= open_for)
+    });
     let ok = postgres.is_ok() && redis.is_ok() && model_ok && breakers_closed;
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not_ready" },

@@ -225,13 +225,16 @@ impl Sinks {
                     breaker.record_success();
                     return;
                 }
-                Err((error, transient)) => {
+                Err((error, false)) => {
+                    // The server answered: it is up, only this call was refused.
+                    breaker.record_success();
+                    self.metrics.sink_failures.inc();
+                    tracing::error!(%error, "{what} rejected; dropped");
+                    return;
+                }
+                Err((error, true)) => {
                     breaker.record_failure();
                     self.metrics.sink_failures.inc();
-                    if !transient {
-                        tracing::error!(%error, "{what} rejected; dropped");
-                        return;
-                    }
                     tracing::warn!(%error, "{what} failed; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
@@ -270,9 +273,17 @@ impl Sinks {
         .await;
     }
 
-    /// Caches a camera's state in its hash, or removes the hash (`None`). Best effort: one try,
-    /// none while Redis's breaker is open; the next state replaces this one anyway.
+    /// Caches a camera's state in its hash (best effort: one try, none while Redis's breaker is
+    /// open; the next state replaces it), or removes the hash of a removed camera (`None`:
+    /// retried until done, since nothing would replace it).
     async fn cache_state(&self, camera_id: &str, state: Option<&StateSnapshot>) {
+        if state.is_none() {
+            self.until_done(&self.redis_breaker, "removing a camera's cached state", || async {
+                write_state(camera_id, None, &self.redis, &self.keys).await.map_err(|e| (e, true))
+            })
+            .await;
+            return;
+        }
         if !self.redis_breaker.allow() {
             return;
         }

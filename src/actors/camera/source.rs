@@ -237,13 +237,25 @@ impl Streamer {
         let mut frame_index: u64 = 0;
         let mut at_eof = false;
         // A network stream whose packets keep coming but decode to no frame (a camera sending
-        // only audio, or garbage) is as dead as a silent one: restarted after the same time.
-        let mut last_frame = Instant::now();
+        // only audio, or garbage) is as dead as a silent one. The limit is the read timeout, or
+        // three frame intervals of a slow camera, and three times that before the first frame
+        // (an RTSP camera may send its first key frame only seconds after connecting).
+        let stall_limit = self.config.read_timeout.max(Duration::from_secs_f64(3.0 / self.config.fps.max(0.001)));
+        let mut last_frame: Option<Instant> = None;
         // Decoder time since the last kept frame: sampled-out frames cost the next kept one.
         let mut decode_time = Duration::ZERO;
         loop {
             if self.stopped() {
                 return Ok(RunEnd::Stopped);
+            }
+            if !self.config.is_file {
+                let (since, limit) = match last_frame {
+                    Some(at) => (at, stall_limit),
+                    None => (opened, stall_limit * 3),
+                };
+                if since.elapsed() > limit {
+                    return Err(format!("stalled: no frame for {} ms", limit.as_millis()));
+                }
             }
             if !at_eof {
                 last_activity.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -272,7 +284,7 @@ impl Streamer {
                 }
                 decode_time += started.elapsed();
                 got_frame = true;
-                last_frame = Instant::now();
+                last_frame = Some(Instant::now());
                 self.status.decoded.inc();
                 if self.status.state() != StreamState::Streaming {
                     self.status.set_state(StreamState::Streaming, None);
@@ -312,9 +324,6 @@ impl Streamer {
                     }
                     PushOutcome::Detached => return Ok(RunEnd::Stopped),
                 }
-            }
-            if !self.config.is_file && last_frame.elapsed() > self.config.read_timeout {
-                return Err(format!("stalled: no frame for {} ms", self.config.read_timeout.as_millis()));
             }
             if at_eof && !got_frame {
                 self.media.ended(frame_index, source_fps);
