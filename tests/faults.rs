@@ -6,9 +6,39 @@ mod common;
 
 use std::time::Duration;
 
+use bb8_postgres::tokio_postgres;
 use bb8_redis::redis;
 use common::{OwnPostgres, OwnRedis, Service, TestEnv};
 use serde_json::Value;
+
+/// After an outage of `breaker`'s dependency: the clip ends, every event it emitted is delivered
+/// and the breaker closes again. Returns the events emitted.
+async fn recovered(client: &reqwest::Client, svc: &Service, breaker: &str) -> u64 {
+    let counts = common::counts_when_ended(client, svc, "overpass").await;
+    let emitted = counts["status"]["events"].as_u64().unwrap();
+    assert!((26..=28).contains(&emitted), "{counts}");
+    let closed = format!("its_breaker_state{{breaker=\"{breaker}\"}} 0");
+    common::eventually("every event delivered and the breaker closed", Duration::from_secs(60), || async {
+        let page = client.get(svc.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        let delivered = common::metric(&page, "its_events_published_total")? as u64 == emitted;
+        (delivered && page.contains(&closed)).then_some(())
+    })
+    .await;
+    emitted
+}
+
+/// Exactly once in PostgreSQL and in the Redis stream, the same ids in both.
+async fn assert_delivered_once(
+    db: &tokio_postgres::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    key_prefix: &str,
+    emitted: u64,
+) {
+    let mut rows: Vec<String> = db.query("SELECT event_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    rows.sort();
+    assert_eq!(rows.len() as u64, emitted, "postgres rows");
+    assert_eq!(common::stream_event_ids(redis, key_prefix).await, rows, "redis stream entries");
+}
 
 #[tokio::test]
 async fn redis_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
@@ -35,45 +65,14 @@ async fn redis_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     own.restart().await;
 
-    let counts: Value = common::eventually("the clip to end", Duration::from_secs(300), || async {
-        let c: Value = client.get(svc.url("/api/v1/cameras/overpass/counts")).send().await.ok()?.json().await.ok()?;
-        (c["status"]["state"] == "ended").then_some(c)
-    })
-    .await;
-    let emitted = counts["status"]["events"].as_u64().unwrap();
-    assert!((26..=28).contains(&emitted), "{counts}");
-    common::eventually("every event delivered and the breaker closed", Duration::from_secs(60), || async {
-        let page = client.get(svc.url("/metrics")).send().await.ok()?.text().await.ok()?;
-        let delivered = common::metric(&page, "its_events_published_total")? as u64 == emitted;
-        let closed = page.contains("its_breaker_state{breaker=\"redis\"} 0");
-        (delivered && closed).then_some(())
-    })
-    .await;
+    let emitted = recovered(&client, &svc, "redis").await;
     let ready = client.get(svc.url("/health/ready")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
     let log = svc.stop();
     assert!(log.contains("circuit breaker opened"), "{log}");
 
-    // Exactly once in PostgreSQL and in the Redis stream, the same ids in both.
-    let db = env.db().await;
-    let mut rows: Vec<String> =
-        db.query("SELECT event_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg(format!("{}:events", env.key_prefix()))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut stream: Vec<String> = entries
-        .iter()
-        .map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "event_id").unwrap()[1].clone())
-        .collect();
-    rows.sort();
-    stream.sort();
-    assert_eq!(rows.len() as u64, emitted, "postgres rows");
-    assert_eq!(stream, rows, "redis stream entries");
+    assert_delivered_once(&env.db().await, &mut conn, env.key_prefix(), emitted).await;
 }
 
 #[tokio::test]
@@ -97,40 +96,11 @@ async fn postgres_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     own.restart().await;
 
-    let counts: Value = common::eventually("the clip to end", Duration::from_secs(300), || async {
-        let c: Value = client.get(svc.url("/api/v1/cameras/overpass/counts")).send().await.ok()?.json().await.ok()?;
-        (c["status"]["state"] == "ended").then_some(c)
-    })
-    .await;
-    let emitted = counts["status"]["events"].as_u64().unwrap();
-    assert!((26..=28).contains(&emitted), "{counts}");
-    common::eventually("every event delivered and the breaker closed", Duration::from_secs(60), || async {
-        let page = client.get(svc.url("/metrics")).send().await.ok()?.text().await.ok()?;
-        let delivered = common::metric(&page, "its_events_published_total")? as u64 == emitted;
-        let closed = page.contains("its_breaker_state{breaker=\"postgres\"} 0");
-        (delivered && closed).then_some(())
-    })
-    .await;
+    let emitted = recovered(&client, &svc, "postgres").await;
     let log = svc.stop();
     assert!(log.contains("circuit breaker opened"), "{log}");
 
-    let (db, connection) = bb8_postgres::tokio_postgres::connect(&url, bb8_postgres::tokio_postgres::NoTls).await.unwrap();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let mut rows: Vec<String> = db.query("SELECT event_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    let mut conn = env.redis().await;
-    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg(format!("{}:events", env.key_prefix()))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut stream: Vec<String> = entries
-        .iter()
-        .map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "event_id").unwrap()[1].clone())
-        .collect();
-    rows.sort();
-    stream.sort();
-    assert_eq!(rows.len() as u64, emitted, "postgres rows");
-    assert_eq!(stream, rows, "redis stream entries");
+    assert_delivered_once(&db, &mut env.redis().await, env.key_prefix(), emitted).await;
 }

@@ -39,11 +39,7 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
     let r = client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
 
-    let counts: Value = common::eventually("the clip to end", Duration::from_secs(300), || async {
-        let c: Value = client.get(svc.url("/api/v1/cameras/overpass/counts")).send().await.ok()?.json().await.ok()?;
-        (c["status"]["state"] == "ended").then_some(c)
-    })
-    .await;
+    let counts = common::counts_when_ended(&client, &svc, "overpass").await;
     let line = &counts["lines"][0];
     let api_total = line["in"].as_u64().unwrap() + line["out"].as_u64().unwrap();
     assert_eq!(counts["status"]["events"].as_u64().unwrap(), api_total);
@@ -59,12 +55,8 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
     })
     .await;
 
-    let mut redis = env.redis().await;
-    let stream = format!("{}:events", env.key_prefix());
-    // XRANGE: [[id, [field, value, ...]], ...]
-    let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut redis).await.unwrap();
-    assert_eq!(entries.len() as u64, api_total, "redis stream entries");
+    let stream_ids = common::stream_event_ids(&mut env.redis().await, env.key_prefix()).await;
+    assert_eq!(stream_ids.len() as u64, api_total, "redis stream entries");
 
     let db = env.db().await;
     let rows = db
@@ -74,12 +66,7 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
     assert_eq!(rows.len() as u64, api_total, "postgres rows");
 
     // The same events, by id, in both stores.
-    let mut stream_ids: Vec<String> = entries
-        .iter()
-        .map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "event_id").unwrap()[1].clone())
-        .collect();
     let mut row_ids: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    stream_ids.sort();
     row_ids.sort();
     assert_eq!(stream_ids, row_ids);
     for row in &rows {
@@ -191,11 +178,7 @@ async fn a_geometry_change_mid_stream_is_a_new_version() {
     let shipped = common::overpass_geometry();
     let r = client.put(svc.url("/api/v1/cameras/overpass/geometry")).json(&shipped).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    common::eventually("the clip to end", Duration::from_secs(300), || async {
-        let c: Value = client.get(svc.url("/api/v1/cameras/overpass")).send().await.ok()?.json().await.ok()?;
-        (c["status"]["state"] == "ended").then_some(())
-    })
-    .await;
+    common::counts_when_ended(&client, &svc, "overpass").await;
     let log = svc.stop();
     assert!(!log.contains("panicked"), "{log}");
 

@@ -387,3 +387,26 @@ impl Drop for OwnPostgres {
         }
     }
 }
+
+/// Waits until a camera's stream has ended; returns its counts view.
+pub async fn counts_when_ended(client: &reqwest::Client, svc: &Service, camera_id: &str) -> serde_json::Value {
+    let path = format!("/api/v1/cameras/{camera_id}/counts");
+    eventually("the clip to end", Duration::from_secs(300), || async {
+        let c: serde_json::Value = client.get(svc.url(&path)).send().await.ok()?.json().await.ok()?;
+        (c["status"]["state"] == "ended").then_some(c)
+    })
+    .await
+}
+
+/// The `event_id` of every entry of the test's Redis events stream, sorted.
+pub async fn stream_event_ids(conn: &mut redis::aio::MultiplexedConnection, key_prefix: &str) -> Vec<String> {
+    // XRANGE: [[id, [field, value, ...]], ...]
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(format!("{key_prefix}:events")).arg("-").arg("+").query_async(conn).await.unwrap();
+    let mut ids: Vec<String> = entries
+        .iter()
+        .map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "event_id").expect("an event_id field")[1].clone())
+        .collect();
+    ids.sort();
+    ids
+}
