@@ -1,5 +1,13 @@
-# Multi-stage build of its-analytics. The same steps as scripts/setup.sh, in containers.
-# Build: docker build -t its-analytics .   (the model is fetched from its upstream release and sha256-checked)
+# Multi-stage build of its-analytics: the same steps as scripts/setup.sh (Debian FFmpeg 5.1 dev
+# packages and libclang; a venv with torch==2.13.0, the libtorch tch 0.26 links; YOLOX-Nano
+# converted to TorchScript with a real batch dimension; a locked release build), in containers.
+#
+#   docker build -t its-analytics .
+#
+# The model comes from its upstream release asset, sha256-checked (setup.sh prefers the copy in
+# ../shared/assets, which is outside this build context). Docker does not run on our development
+# machines, so this file is reviewed, not built, there. The build context is the repository root:
+# keep target/, .venv/ and .local/ out of it (a .dockerignore), they are large and not needed.
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
@@ -24,19 +32,33 @@ COPY benches benches
 RUN PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1 cargo build --release --locked --bin its-analytics
 
 FROM debian:bookworm-slim
+# User its (10001:10001), and the mount points, all read-only to the service: configuration and
+# the tokens file (auth.tokens_file) in /etc/its-analytics (compose mounts the files there,
+# deploy/k8s the config/ and secrets/ folders), clips for file:// cameras in /media
+# (cameras.media_dir).
 RUN apt-get update && apt-get install -y --no-install-recommends \
       libavcodec59 libavformat59 libavutil57 libswscale6 ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 its
+    && groupadd --system --gid 10001 its \
+    && useradd --system --uid 10001 --gid its --no-create-home its \
+    && mkdir -p /etc/its-analytics/config /etc/its-analytics/secrets /media
 # Only the libraries of torch (and the CUDA libraries they load), not the Python venv's rest.
 COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
 COPY --from=build /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
 COPY --from=build /src/target/release/its-analytics /usr/local/bin/its-analytics
 COPY --from=build /src/models/yolox_nano.torchscript.pt /app/models/yolox_nano.torchscript.pt
+# The defaults (compiled into the binary too), as a starting point for `--config`.
+COPY configs/default.toml /etc/its-analytics/default.toml
 WORKDIR /app
-USER its
-ENV ITS__HTTP__BIND=0.0.0.0:8080
+# Runs as a non-root user and writes nothing to its filesystem (logs go to stderr), so a
+# read-only root filesystem works (deploy/k8s/deployment.yaml).
+USER 10001:10001
+ENV ITS__HTTP__BIND=0.0.0.0:8080 \
+    ITS__MODEL__PATH=/app/models/yolox_nano.torchscript.pt \
+    ITS__CAMERAS__MEDIA_DIR=/media
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD curl -fs http://127.0.0.1:8080/health/live || exit 1
+# Liveness only: readiness (/health/ready) depends on PostgreSQL and Redis, and an orchestrator
+# must not restart the process for their outages. docker-compose.yml checks readiness instead.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD curl -fsS -o /dev/null http://127.0.0.1:8080/health/live || exit 1
 ENTRYPOINT ["its-analytics"]
 CMD ["serve"]

@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
                     captured: Instant::now(),
                     pixels: Bytes::new(),
                     letterbox,
+                    span: tracing::Span::none(),
                 };
                 intake.push(id, Queued::Frame(frame));
             }

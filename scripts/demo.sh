@@ -16,6 +16,19 @@ if [ -z "$CLIP" ] || [ ! -f "$CLIP" ]; then
     https://raw.githubusercontent.com/andrewssobral/bgslibrary/4622bc9cded1c5504cec6db47db07b3e3c782ecc/dataset/overpass_video03.avi
 fi
 
+# File cameras only from the clip's folder; a bearer token of the demo's own (made once, kept in
+# .local/, which git ignores) for the API. Only its SHA-256 is in the tokens file.
+export ITS__CAMERAS__MEDIA_DIR=${ITS__CAMERAS__MEDIA_DIR:-$(dirname "$CLIP")}
+export ITS__AUTH__TOKENS_FILE=${ITS__AUTH__TOKENS_FILE:-$PWD/.local/demo-tokens.toml}
+mkdir -p .local
+if [ ! -s .local/demo-token ] || [ ! -s "$ITS__AUTH__TOKENS_FILE" ]; then
+  rm -f .local/demo-token "$ITS__AUTH__TOKENS_FILE"
+  (umask 077; ./target/release/its-analytics token --name demo-admin --role admin \
+    --append "$ITS__AUTH__TOKENS_FILE" > .local/demo-token)
+fi
+TOKEN=$(cat .local/demo-token)
+AUTH="Authorization: Bearer $TOKEN"
+
 ./target/release/its-analytics serve &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
@@ -23,7 +36,7 @@ for _ in $(seq 120); do curl -fs "$API/health/ready" >/dev/null && break; sleep 
 curl -fsS "$API/health/ready" >/dev/null || { echo "service did not become ready" >&2; exit 1; }
 
 curl -sS -o /dev/null -w "register demo camera: HTTP %{http_code} (409 = already registered)\n" \
-  -X POST "$API/api/v1/cameras" -H 'content-type: application/json' -d @- <<JSON
+  -X POST "$API/api/v1/cameras" -H "$AUTH" -H 'content-type: application/json' -d @- <<JSON
 {"id": "demo-overpass", "name": "Overpass (demo clip, looped)", "url": "file://$CLIP", "fps": 30,
  "geometry": $(cat configs/geometry/overpass_video03.json),
  "replay": {"loop": true, "realtime": true}}
@@ -31,11 +44,15 @@ JSON
 cat <<TXT
 
 its-analytics is running on $API with the demo camera "demo-overpass".
-  live counts:  curl -s $API/api/v1/cameras/demo-overpass/counts
-  live state:   curl -s $API/api/v1/cameras/demo-overpass/state
-  per minute:   curl -s '$API/api/v1/cameras/demo-overpass/analytics?interval=1m'
-  live events:  curl -N $API/api/v1/events/stream
-  cameras:      curl -s $API/api/v1/cameras
+The API wants a bearer token; the demo's admin token is in .local/demo-token:
+  export AUTH="Authorization: Bearer \$(cat .local/demo-token)"
+  live counts:  curl -s -H "\$AUTH" $API/api/v1/cameras/demo-overpass/counts
+  live state:   curl -s -H "\$AUTH" $API/api/v1/cameras/demo-overpass/state
+  per minute:   curl -s -H "\$AUTH" '$API/api/v1/cameras/demo-overpass/analytics?interval=1m'
+  live events:  curl -N -H "\$AUTH" $API/api/v1/events/stream
+  cameras:      curl -s -H "\$AUTH" $API/api/v1/cameras
+  system:       curl -s -H "\$AUTH" $API/api/v1/system
+  API document: curl -s $API/api/v1/openapi.json
   metrics:      curl -s $API/metrics
   events:       redis-cli -u \$ITS__REDIS__URL XREVRANGE its:events + - COUNT 5
 Ctrl-C stops the service.

@@ -132,7 +132,7 @@ pub async fn analyze(
         rtsp_transport: None,
         replay: (mode == CameraMode::Live).then_some(ReplayOptions { looping: false, realtime: true }),
     };
-    let errors = spec.validate();
+    let errors = spec.validate(&crate::actors::camera::SourcePolicy::any_local_file());
     anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
 
     let metrics = Arc::new(Metrics::new());

@@ -50,6 +50,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a bearer token for the control API. Prints the token (shown once: only its SHA-256 is
+    /// kept) and, unless --append names the tokens file to add it to, its `[[tokens]]` entry.
+    Token {
+        /// Who or what uses it (letters, digits, `_.-`); shown in logs instead of the token.
+        #[arg(long)]
+        name: String,
+        /// viewer (reads), operator (+ cameras and geometry) or admin (+ system and models).
+        #[arg(long)]
+        role: its_analytics::http::auth::Role,
+        /// Tokens file (`auth.tokens_file`) to append the entry to; created with mode 0600.
+        #[arg(long)]
+        append: Option<PathBuf>,
+    },
     /// Run the clips of a manifest with ground-truth counts; per-clip error and an AI City
     /// Challenge style score (`docs/ANALYTICS.md`, Evaluation).
     Evaluate {
@@ -65,15 +78,20 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,actix_server=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Logs to stderr and, for `serve` with an OTLP endpoint, traces; flushed when dropped at exit.
+    let tracing_config = match cli.command {
+        Command::Serve => settings.tracing.clone(),
+        _ => Default::default(),
+    };
+    let _telemetry = match its_analytics::telemetry::init(&tracing_config, log_filter()) {
+        Ok(guard) => guard,
         Err(e) => {
             eprintln!("{e}");
             return std::process::ExitCode::from(2);
@@ -93,14 +111,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `RUST_LOG`, default `info`, with the database driver never below `info`: at `debug` it prints
+/// every statement's parameters, camera URLs with their passwords among them.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,actix_server=warn".into());
+    ["tokio_postgres=info", "postgres=info"]
+        .into_iter()
+        .fold(filter, |filter, directive| filter.add_directive(directive.parse().expect("a valid directive")))
+}
+
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
+            // Before anything starts: a service nobody may call is a misconfiguration.
+            let tokens = its_analytics::http::auth::TokenStore::load(&settings.auth)?;
             let service = its_analytics::service::Service::start(settings).await?;
             // Returns on SIGINT / SIGTERM, after in-flight requests finish.
-            its_analytics::http::serve(service.clone()).await?;
+            its_analytics::http::serve(service.clone(), tokens).await?;
             service.shutdown().await;
         }
+        Command::Token { name, role, append } => make_token(&name, role, append.as_deref())?,
         Command::Analyze { video, geometry, lines, fps, json } => {
             let mut geometry = match geometry {
                 Some(path) => analyze::read_geometry(&path)?,
@@ -180,4 +210,27 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 
 fn parse_lines(texts: &[String]) -> anyhow::Result<Vec<its_analytics::actors::connector::lines::LineSpec>> {
     texts.iter().enumerate().map(|(i, t)| parse_line(i + 1, t).map_err(anyhow::Error::msg)).collect()
+}
+
+fn make_token(name: &str, role: its_analytics::http::auth::Role, append: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (token, sha256) = its_analytics::http::auth::new_token()?;
+    let entry = format!("[[tokens]]\nname = {name:?}\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n");
+    let config = its_analytics::http::auth::AuthConfig {
+        tokens: vec![its_analytics::http::auth::TokenEntry { name: name.to_string(), role, sha256 }],
+        ..Default::default()
+    };
+    let problems = config.validate();
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+    println!("{token}");
+    match append {
+        Some(path) => {
+            let mut file = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(file.create(true).append(true), 0o600);
+            let mut file = file.open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            writeln!(file, "\n{entry}")?;
+        }
+        None => print!("\n# Add to the tokens file (auth.tokens_file) or as [[auth.tokens]]:\n{entry}"),
+    }
+    Ok(())
 }

@@ -1,12 +1,17 @@
 //! Prometheus metrics: names are constants here, labels are bounded (camera and device ids only,
 //! never track or frame ids). Counters shown by the API are these same counters, read back.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::actors::connector::tracker::Continuity;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CameraLabels {
@@ -16,6 +21,25 @@ pub struct CameraLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabels {
     pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+/// The exemplar of an observation made for a traced frame: its trace id, to jump from a latency
+/// bucket to the trace in Jaeger.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub trace_id: String,
+}
+
+impl TraceLabels {
+    /// The exemplar of `span`'s trace, when it is sampled.
+    pub fn of(span: &tracing::Span) -> Option<Self> {
+        crate::telemetry::sampled_trace_id(span).map(|id| Self { trace_id: id.to_string() })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,12 +71,21 @@ pub const BREAKER_STATE: &str = "its_breaker_state";
 pub const BREAKER_OPENS: &str = "its_breaker_opens";
 pub const POOL_CONNECTIONS: &str = "its_pool_connections";
 pub const POOL_EVENTS: &str = "its_pool_events";
+pub const CAMERA_UP: &str = "its_camera_up";
+pub const OUTBOX_BACKLOG: &str = "its_outbox_backlog";
+/// Names the product brief uses.
+pub const DEVICE_MEMORY: &str = "gpu_memory_utilization_percent";
+pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// 1 ms .. ~16 s
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
 fn latency_histogram() -> Histogram {
-    // 1 ms .. ~16 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+    Histogram::new(latency_buckets())
 }
 
 fn batch_histogram() -> Histogram {
@@ -69,8 +102,9 @@ pub struct Metrics {
     pub batch_size: HistogramFamily<DeviceLabels>,
     pub inference_latency: HistogramFamily<DeviceLabels>,
     pub queue_depth: Family<DeviceLabels, Gauge>,
-    /// Capture of the frame to the event published on Redis.
-    pub analytics_latency: Histogram,
+    /// Capture of the frame to the event published on Redis; traced frames leave their trace id
+    /// as the bucket's exemplar.
+    pub analytics_latency: HistogramWithExemplars<TraceLabels>,
     pub events_published: Counter,
     pub events_dropped: Counter,
     /// 0 closed, 1 half-open, 2 open, per breaker (`redis`, `postgres`).
@@ -82,6 +116,15 @@ pub struct Metrics {
     /// `get_timed_out`, `created`, `closed_broken`, `closed_invalid`), refreshed at each scrape.
     pub pool_events: Family<PoolLabels, Counter>,
     pub sink_failures: Counter,
+    /// 1 while a camera's stream delivers frames, 0 while it is down.
+    pub camera_up: Family<CameraLabels, Gauge>,
+    /// Events accepted by the publisher and not yet delivered to both sinks, set at each scrape.
+    pub outbox_backlog: Gauge,
+    /// Used share of each inference device's memory, percent, set at each scrape.
+    pub device_memory: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
+    /// Label-free recall proxy of the live model (`ModelContinuity`).
+    pub model_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    pub model_continuity: ModelContinuity,
     pub stages: Stages,
 }
 
@@ -97,7 +140,7 @@ impl Metrics {
             batch_size: Family::new_with_constructor(batch_histogram),
             inference_latency: Family::new_with_constructor(latency_histogram),
             queue_depth: Family::default(),
-            analytics_latency: latency_histogram(),
+            analytics_latency: HistogramWithExemplars::new(latency_buckets()),
             events_published: Counter::default(),
             events_dropped: Counter::default(),
             breaker_state: Family::default(),
@@ -105,6 +148,11 @@ impl Metrics {
             pool_connections: Family::default(),
             pool_events: Family::default(),
             sink_failures: Counter::default(),
+            camera_up: Family::default(),
+            outbox_backlog: Gauge::default(),
+            device_memory: Family::default(),
+            model_accuracy: Family::default(),
+            model_continuity: ModelContinuity::default(),
             stages: Stages::default(),
         };
         let r = &mut m.registry;
@@ -128,6 +176,14 @@ impl Metrics {
         r.register(BREAKER_OPENS, "Times a circuit breaker opened", m.breaker_opens.clone());
         r.register(POOL_CONNECTIONS, "Pooled connections, per pool and kind (idle, in_use)", m.pool_connections.clone());
         r.register(POOL_EVENTS, "Pool calls and connection events since start, per pool and kind", m.pool_events.clone());
+        r.register(CAMERA_UP, "1 while the camera's stream delivers frames, 0 while it is down", m.camera_up.clone());
+        r.register(OUTBOX_BACKLOG, "Events accepted and not yet delivered to both Redis and PostgreSQL", m.outbox_backlog.clone());
+        r.register(DEVICE_MEMORY, "Used share of the inference device's memory, percent (host memory for the CPU)", m.device_memory.clone());
+        r.register(
+            MODEL_ACCURACY,
+            "Detection continuity of the live model over its latest ended tracks (0..1): frames with a detection over each track's span",
+            m.model_accuracy.clone(),
+        );
         m
     }
 
@@ -148,6 +204,17 @@ impl Metrics {
         for family in [&self.frames_decoded, &self.frames_processed, &self.frames_dropped, &self.events, &self.camera_reconnects] {
             family.remove(&labels);
         }
+        self.camera_up.remove(&labels);
+    }
+
+    /// Adds the continuity of tracks that just ended and refreshes `ml_model_accuracy`.
+    pub fn record_continuity(&self, model: &str, continuity: Continuity) {
+        if continuity.spanned == 0 {
+            return;
+        }
+        if let Some(ratio) = self.model_continuity.record(continuity) {
+            self.model_accuracy.get_or_create(&ModelLabels { model: model.to_string() }).set(ratio);
+        }
     }
 }
 
@@ -157,6 +224,32 @@ impl Default for Metrics {
     }
 }
 
+/// The detection continuity (`tracker::Continuity`) of the latest ended tracks of all cameras,
+/// summed over a window of about `WINDOW_FRAMES` tracked frames, so the gauge follows the
+/// model's recent behaviour and no single camera's moment dominates.
+#[derive(Debug, Default)]
+pub struct ModelContinuity {
+    window: parking_lot::Mutex<std::collections::VecDeque<Continuity>>,
+}
+
+impl ModelContinuity {
+    /// Tracked frames the window spans (several minutes of a busy camera).
+    pub const WINDOW_FRAMES: u64 = 20_000;
+    /// Frames needed before the ratio is reported at all.
+    pub const MIN_FRAMES: u64 = 200;
+
+    /// Adds ended tracks; returns the window's ratio once it holds enough frames.
+    pub fn record(&self, continuity: Continuity) -> Option<f64> {
+        let mut window = self.window.lock();
+        window.push_back(continuity);
+        let mut spanned: u64 = window.iter().map(|c| c.spanned).sum();
+        while spanned > Self::WINDOW_FRAMES && window.len() > 1 {
+            spanned -= window.pop_front().map_or(0, |c| c.spanned);
+        }
+        let detected: u64 = window.iter().map(|c| c.detected).sum();
+        (spanned >= Self::MIN_FRAMES).then(|| detected as f64 / spanned as f64)
+    }
+}
 
 /// Total time and count of one pipeline stage, for `bench`'s per-stage breakdown.
 #[derive(Debug, Default)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::actors::camera::{CameraSpec, CameraStatus};
+use crate::actors::camera::{CameraSpec, CameraStatus, SourcePolicy};
 use crate::analytics::geometry::Geometry;
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
@@ -36,6 +36,8 @@ pub struct Service {
     pub redis: RedisPool,
     pub metrics: Arc<Metrics>,
     pub keys: RedisKeys,
+    /// Which camera URLs registration accepts.
+    pub sources: SourcePolicy,
     publisher: Arc<Publisher>,
 }
 
@@ -46,6 +48,7 @@ impl Service {
     /// Connects to PostgreSQL (migrating) and Redis, loads the model, starts the pipeline and
     /// every camera stored in PostgreSQL. Must run inside an actix system.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
+        let sources = settings.cameras.source_policy().map_err(anyhow::Error::msg)?;
         let metrics = Arc::new(Metrics::new());
         let db = Db::connect(
             &settings.postgres.url,
@@ -74,7 +77,7 @@ impl Service {
         ));
         let pipeline = Pipeline::start(settings.clone(), metrics.clone(), publisher.clone())?;
         let keys = RedisKeys::new(&settings.redis.key_prefix);
-        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, keys, publisher });
+        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, keys, sources, publisher });
         // A stored camera that no longer reads or validates (a file that went away) is reported,
         // not fatal: the others still start.
         for stored in service.db.cameras().await? {
@@ -86,7 +89,7 @@ impl Service {
                 }
             };
             let id = camera.spec.id.clone();
-            let errors = camera.spec.validate();
+            let errors = camera.spec.validate(&service.sources);
             if !errors.is_empty() {
                 tracing::error!(camera = %id, errors = ?errors, "stored camera not started");
                 continue;
@@ -101,7 +104,7 @@ impl Service {
     }
 
     pub async fn register_camera(&self, spec: CameraSpec) -> Result<Arc<CameraStatus>, ServiceError> {
-        let errors = spec.validate();
+        let errors = spec.validate(&self.sources);
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
@@ -188,6 +191,19 @@ impl Service {
             pool.export(&self.metrics);
         }
         pools
+    }
+
+    /// Refreshes the series that are read rather than counted: pool statistics, the outbox
+    /// backlog and device memory. Called at each scrape of `/metrics`.
+    pub fn refresh_scraped_metrics(&self) {
+        self.pools();
+        let (accepted, delivered) = self.publisher_counts();
+        self.metrics.outbox_backlog.set(accepted.saturating_sub(delivered) as i64);
+        for (device, _) in self.pipeline.devices() {
+            if let Some(used) = crate::device_memory::utilization_percent(&device) {
+                self.metrics.device_memory.get_or_create(&crate::metrics::DeviceLabels { device }).set(used);
+            }
+        }
     }
 
     /// Events accepted from the connectors and delivered to both stores so far.

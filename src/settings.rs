@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::actors::camera::SourcePolicy;
 use crate::actors::connector::tracker::TrackerConfig;
+use crate::http::auth::AuthConfig;
+use crate::http::rate_limit::RateLimitConfig;
+use crate::telemetry::TracingConfig;
 use crate::analytics::config::AnalyticsConfig;
 
 /// The defaults, compiled in so the binary runs without the configs folder.
@@ -32,6 +36,12 @@ pub struct Settings {
     #[serde(default)]
     pub analytics: AnalyticsConfig,
     pub breakers: BreakerSettings,
+    /// Bearer tokens and roles of the control API.
+    pub auth: AuthConfig,
+    /// Requests per client of the control API.
+    pub rate_limit: RateLimitConfig,
+    /// OpenTelemetry trace export.
+    pub tracing: TracingConfig,
 }
 
 /// The circuit breakers around Redis and PostgreSQL.
@@ -61,6 +71,11 @@ impl BreakerSettings {
 pub struct HttpSettings {
     /// Address the control API, health and metrics listen on.
     pub bind: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// A client must send its whole request head within this time (else 408), and idle
+    /// keep-alive connections are closed after it.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +121,14 @@ pub struct ModelSettings {
     pub score_threshold: f32,
     /// IoU above which the weaker of two boxes of one class group is suppressed.
     pub nms_iou: f32,
+}
+
+impl ModelSettings {
+    /// The model's name in metrics and the API: its file name without extensions.
+    pub fn name(&self) -> String {
+        let file = self.path.file_name().and_then(|f| f.to_str()).unwrap_or("model");
+        file.split('.').next().filter(|n| !n.is_empty()).unwrap_or("model").to_string()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -158,6 +181,21 @@ pub struct CameraDefaults {
     pub reconnect_max_ms: u64,
     /// Network read timeout of a stream, after which it counts as failed and reconnects.
     pub read_timeout_ms: u64,
+    /// Network schemes a camera URL may use: any of rtsp, rtsps, http, https.
+    pub allowed_schemes: Vec<String>,
+    /// File cameras (`file://`) only under this directory; empty refuses every local file.
+    pub media_dir: String,
+}
+
+impl CameraDefaults {
+    /// The URL policy of camera registration. Fails when the media directory does not exist.
+    pub fn source_policy(&self) -> Result<SourcePolicy, String> {
+        let media_dir = match self.media_dir.as_str() {
+            "" => None,
+            dir => Some(Path::new(dir).canonicalize().map_err(|e| format!("cameras.media_dir {dir:?}: {e}"))?),
+        };
+        Ok(SourcePolicy { network_schemes: self.allowed_schemes.clone(), media_dir })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +234,8 @@ impl Settings {
                     .prefix_separator("__")
                     .separator("__")
                     .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("cameras.allowed_schemes")
                     .source(env),
             )
             .build()?
@@ -209,6 +249,12 @@ impl Settings {
         let mut errors = Vec::new();
         if self.http.bind.parse::<SocketAddr>().is_err() {
             errors.push(format!("http.bind {:?} is not an address like 127.0.0.1:8080", self.http.bind));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            errors.push("http.max_body_bytes must be in 1024..=67108864".into());
+        }
+        if !(100..=600_000).contains(&self.http.request_timeout_ms) {
+            errors.push("http.request_timeout_ms must be in 100..=600000".into());
         }
         check_url(&mut errors, "redis.url", &self.redis.url, &["redis", "rediss"]);
         check_url(&mut errors, "postgres.url", &self.postgres.url, &["postgres", "postgresql"]);
@@ -251,6 +297,14 @@ impl Settings {
         if self.cameras.read_timeout_ms < 100 {
             errors.push("cameras.read_timeout_ms must be at least 100".into());
         }
+        for scheme in &self.cameras.allowed_schemes {
+            if !SourcePolicy::NETWORK_SCHEMES.contains(&scheme.as_str()) {
+                errors.push(format!(
+                    "cameras.allowed_schemes: {scheme:?} is not one of {:?} (local files go through cameras.media_dir)",
+                    SourcePolicy::NETWORK_SCHEMES
+                ));
+            }
+        }
         if !(1..=256).contains(&self.connector.shards) {
             errors.push("connector.shards must be in 1..=256".into());
         }
@@ -259,6 +313,9 @@ impl Settings {
         }
         errors.extend(self.tracker.validate());
         errors.extend(self.analytics.validate());
+        errors.extend(self.auth.validate());
+        errors.extend(self.rate_limit.validate());
+        errors.extend(self.tracing.validate());
         if self.breakers.failure_threshold == 0 || self.breakers.half_open_successes == 0 {
             errors.push("breakers.failure_threshold and breakers.half_open_successes must be at least 1".into());
         }

@@ -82,9 +82,11 @@ impl Pipeline {
             tracing::info!(device = %name, "device ready");
             devices.push(Device { name, actor, queue, alive, thread: Mutex::new(Some(thread)) });
         }
+        let model: Arc<str> = settings.model.name().into();
         let shards = (0..settings.connector.shards)
             .map(|i| ConnectorActor::new(
                     i,
+                    model.clone(),
                     settings.connector.mailbox,
                     settings.tracker,
                     settings.analytics.clone(),

@@ -26,7 +26,7 @@ async fn post(client: &reqwest::Client, svc: &Service, body: reqwest::Body) -> (
 async fn bad_input_gets_a_clear_4xx() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     let clip = common::clip("overpass_video03.avi");
     let file_url = format!("file://{}", clip.display());
 
@@ -43,7 +43,8 @@ async fn bad_input_gets_a_clear_4xx() {
             "zero-length",
         ),
         ("bad id", camera("no spaces allowed", "rtsp://h/x").to_string(), 400, "id must be"),
-        ("missing file", camera("a", "file:///nope/clip.avi").to_string(), 400, "file not found"),
+        ("missing file", camera("a", &format!("file://{}", clip.with_file_name("nope.avi").display())).to_string(), 400, "file not found"),
+        ("file outside the media directory", camera("a", "file:///etc/hostname").to_string(), 400, "only under cameras.media_dir"),
         ("replay on a network camera", json!({"id": "a", "url": "rtsp://h/x", "replay": {"loop": true}}).to_string(), 400, "replay applies"),
         ("bad fps", json!({"id": "a", "url": &file_url, "fps": -3}).to_string(), 400, "fps must be"),
     ];
@@ -77,7 +78,7 @@ async fn bad_input_gets_a_clear_4xx() {
 #[tokio::test]
 async fn cameras_persist_restart_and_never_show_their_password() {
     let env = TestEnv::new().await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     // Nothing listens on port 9: the camera keeps reconnecting, which is what a dead camera does.
     let secret_url = "rtsp://admin:s3cretPa55@127.0.0.1:9/stream";
     let svc = Service::start_with(&env, &[("ITS__CAMERAS__RECONNECT_INITIAL_MS", "100"), ("ITS__CAMERAS__RECONNECT_MAX_MS", "200")]).await;
@@ -129,7 +130,7 @@ async fn cameras_persist_restart_and_never_show_their_password() {
 async fn geometry_is_validated_and_versioned() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     let (status, created) = post(&client, &svc, camera("gate-2", "rtsp://127.0.0.1:9/x").to_string().into()).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"]["geometry_version"], 1);
@@ -246,7 +247,7 @@ async fn cameras_stored_before_geometry_existed_start_after_the_upgrade() {
     db.execute("INSERT INTO cameras (id, spec) VALUES ('old-cam', $1)", &[&old]).await.unwrap();
 
     let svc = Service::start(&env).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     let cam: Value = client.get(svc.url("/api/v1/cameras/old-cam")).send().await.unwrap().json().await.unwrap();
     assert_eq!(cam["geometry"]["lines"][0]["id"], "l1", "{cam}");
     assert_eq!(cam["status"]["geometry_version"], 1);
@@ -263,7 +264,7 @@ async fn cameras_stored_before_geometry_existed_start_after_the_upgrade() {
 async fn health_reports_dependencies() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     let live = client.get(svc.url("/health/live")).send().await.unwrap();
     assert_eq!(live.status().as_u16(), 200);
     let ready: Value = client.get(svc.url("/health/ready")).send().await.unwrap().json().await.unwrap();

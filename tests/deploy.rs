@@ -1,33 +1,735 @@
-//! The compose file is valid and configures the service only through keys the service knows.
+//! Deployment artefacts, checked with the tools that consume them and against the service itself:
+//!
+//! - `docker-compose.yml` renders (`docker-compose config`) and configures the service only through
+//!   settings it loads; the demo tokens are the SHA-256 of the documented demo tokens;
+//! - `deploy/prometheus`: `promtool check rules`, `promtool test rules` (every alert fires and stays
+//!   quiet on synthetic series), `promtool check config`; every alert has a severity, a summary, a
+//!   description and a runbook link to its section of docs/OPERATIONS.md;
+//! - `deploy/k8s`: `kubernetes-validate --strict` (offline, schemas shipped in the package; the
+//!   Prometheus Operator's kinds have no schema there and are checked here instead), the
+//!   PrometheusRule carries exactly the groups of alerts.yml, the ConfigMap and the Deployment's
+//!   variables load as settings;
+//! - `deploy/grafana`: the dashboard is JSON and every query parses as PromQL;
+//! - a real Prometheus scrapes the real service, finds the series, and evaluates every alert rule
+//!   on them without error; every metric the rules and the dashboard use is one the service registers.
+//!
+//! Tools: `docker-compose` and `prometheus` (with `promtool`) are Debian packages;
+//! `kubernetes-validate` is a PyPI package, taken from `$ITS_KUBERNETES_VALIDATE` or `PATH`.
 
-use std::process::Command;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use its_analytics::settings::Settings;
+use serde::Deserialize;
+use serde_json::Value as Json;
+use serde_norway::Value as Yaml;
+
+use common::{Service, TestEnv};
+
+/// The alerts the issue asks for, each with a runbook section of the same name.
+const ALERTS: [&str; 8] = [
+    "AnalyticsLatencyHigh",
+    "GPUMemoryExhaustion",
+    "ModelAccuracyDegradation",
+    "ServiceDown",
+    "CameraDown",
+    "BreakerOpen",
+    "OutboxGrowing",
+    "FramesDropped",
+];
+
+/// Kinds kubernetes-validate has no schema for, which it reports as a warning (exit status 0).
+/// Anything else without a schema (a typo in an apiVersion, say) would pass silently too, so the
+/// test accepts these warnings only.
+const KINDS_WITHOUT_SCHEMA: [&str; 3] = [
+    "kind ServiceMonitor with api version monitoring.coreos.com/v1",
+    "kind PrometheusRule with api version monitoring.coreos.com/v1",
+    "kind Kustomization with api version kustomize.config.k8s.io/v1beta1",
+];
+
+/// The oldest Kubernetes the manifests are meant for; they are also checked against the newest
+/// schemas the installed kubernetes-validate ships (its default).
+const OLDEST_KUBERNETES: &str = "1.30";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn yaml(path: &Path) -> Yaml {
+    serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+}
+
+/// Every document of a multi-document YAML file.
+fn yaml_documents(path: &Path) -> Vec<Yaml> {
+    let text = read(path);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Yaml::deserialize(doc).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display())))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// Runs a tool to completion; a tool that is missing fails the test with how to install it.
+fn run(program: &str, args: &[&str], dir: &Path, install: &str) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install it: {install}"))
+}
+
+fn assert_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const PROMTOOL: &str = "Debian package prometheus (apt-get install --no-install-recommends prometheus)";
+
+fn promtool(args: &[&str], dir: &Path) -> Output {
+    run("promtool", args, dir, PROMTOOL)
+}
+
+/// A scalar as a string (compose renders environment values as strings, numbers or booleans).
+fn scalar(value: &Yaml) -> Option<String> {
+    match value {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn str_at<'a>(value: &'a Yaml, path: &[&str]) -> &'a str {
+    let mut v = value;
+    for key in path {
+        v = &v[*key];
+    }
+    v.as_str().unwrap_or_else(|| panic!("expected a string at {}", path.join(".")))
+}
+
+/// The `ITS__` variables of one service of a rendered compose file (mapping or `K=V` list).
+fn compose_its_variables(rendered: &Yaml, service: &str) -> HashMap<String, String> {
+    let environment = &rendered["services"][service]["environment"];
+    let mut vars = HashMap::new();
+    match environment {
+        Yaml::Mapping(map) => {
+            for (k, v) in map {
+                let key = k.as_str().expect("environment names are strings");
+                if key.starts_with("ITS__") {
+                    let value = scalar(v).unwrap_or_else(|| panic!("{service}: {key} has no value"));
+                    vars.insert(key.to_string(), value);
+                }
+            }
+        }
+        Yaml::Sequence(items) => {
+            for item in items {
+                let entry = item.as_str().expect("environment entries are strings");
+                if let Some((key, value)) = entry.split_once('=') {
+                    if key.starts_with("ITS__") {
+                        vars.insert(key.to_string(), value.to_string());
+                    }
+                }
+            }
+        }
+        other => panic!("service {service} has no environment: {other:?}"),
+    }
+    vars
+}
+
+/// Container paths a compose service mounts (short `src:dst[:mode]` or long syntax).
+fn compose_mount_targets(rendered: &Yaml, service: &str) -> Vec<String> {
+    let volumes = rendered["services"][service]["volumes"].as_sequence().cloned().unwrap_or_default();
+    volumes
+        .iter()
+        .map(|v| match v {
+            Yaml::String(s) => s.split(':').nth(1).unwrap_or_default().to_string(),
+            other => other["target"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    let mut child =
+        Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("sha256sum (coreutils)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
 
 #[test]
 fn compose_file_is_valid_and_uses_known_settings() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("docker-compose")
-        .current_dir(root)
-        .args(["-f", "docker-compose.yml", "config"])
-        .output()
-        .expect("docker-compose (Debian package docker-compose, installed by scripts/setup.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rendered = String::from_utf8_lossy(&out.stdout);
+    let root = root();
+    let out = run(
+        "docker-compose",
+        &["-f", "docker-compose.yml", "config"],
+        &root,
+        "Debian package docker-compose, installed by scripts/setup.sh",
+    );
+    assert_success("docker-compose config", &out);
+    let rendered: Yaml =
+        serde_norway::from_str(&String::from_utf8_lossy(&out.stdout)).expect("docker-compose config prints YAML");
 
-    // Every ITS__ variable the compose file sets must load as a valid setting.
-    let mut vars: Vec<(String, String)> = Vec::new();
-    for line in rendered.lines() {
-        let line = line.trim();
-        if let Some((key, value)) = line.split_once(": ") {
-            if key.starts_with("ITS__") {
-                vars.push((key.to_string(), value.trim_matches(|c| c == '\'' || c == '"').to_string()));
+    for service in [
+        "its-analytics",
+        "its-analytics-gpu",
+        "redis",
+        "postgres",
+        "jaeger",
+        "prometheus",
+        "grafana",
+        "rtsp-camera",
+        "camera-feed",
+        "register-demo",
+    ] {
+        assert!(!rendered["services"][service].is_null(), "docker-compose.yml lacks the service {service}");
+    }
+
+    // Every ITS__ variable of the two service variants must load as a valid setting.
+    let mut loaded = HashMap::new();
+    for service in ["its-analytics", "its-analytics-gpu"] {
+        let vars = compose_its_variables(&rendered, service);
+        assert!(vars.len() >= 4, "expected ITS__ settings on {service}: {vars:?}");
+        let settings = Settings::load_with_env(None, Some(vars.clone()))
+            .unwrap_or_else(|e| panic!("the compose file's settings of {service} do not load: {e}"));
+        assert_eq!(settings.redis.url, "redis://redis:6379", "{service}");
+        assert_eq!(settings.http.bind, "0.0.0.0:8080", "{service}");
+        // The tokens file the service is told about is the one mounted into it.
+        let tokens = &vars["ITS__AUTH__TOKENS_FILE"];
+        let targets = compose_mount_targets(&rendered, service);
+        assert!(targets.contains(tokens), "{service}: ITS__AUTH__TOKENS_FILE={tokens} is not mounted ({targets:?})");
+        loaded.insert(service, vars);
+    }
+    assert_eq!(loaded["its-analytics"]["ITS__TRACING__OTLP_ENDPOINT"], "http://jaeger:4318");
+    assert_eq!(loaded["its-analytics-gpu"]["ITS__DEVICE__KIND"], "cuda");
+
+    // The GPU variant is opt-in and reserves an NVIDIA device; the CPU one is always on.
+    let gpu = &rendered["services"]["its-analytics-gpu"];
+    let profiles: Vec<&str> =
+        gpu["profiles"].as_sequence().map(|p| p.iter().filter_map(Yaml::as_str).collect()).unwrap_or_default();
+    assert_eq!(profiles, ["gpu"], "its-analytics-gpu must be in the profile gpu only");
+    assert!(rendered["services"]["its-analytics"]["profiles"].is_null(), "its-analytics must run without a profile");
+    let device = &gpu["deploy"]["resources"]["reservations"]["devices"][0];
+    assert_eq!(device["driver"].as_str(), Some("nvidia"), "GPU reservation: {device:?}");
+    assert_eq!(scalar(&rendered["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"]).as_deref(), Some("true"));
+
+    // The demo tokens file holds the SHA-256 of the documented demo tokens, with their roles.
+    #[derive(Deserialize)]
+    struct Tokens {
+        tokens: Vec<Token>,
+    }
+    #[derive(Deserialize)]
+    struct Token {
+        name: String,
+        role: String,
+        sha256: String,
+    }
+    let file: Tokens =
+        toml::from_str(&read(&root.join("deploy/compose/tokens.toml"))).expect("deploy/compose/tokens.toml is TOML");
+    for role in ["viewer", "operator", "admin"] {
+        let token = format!("demo-{role}-token");
+        let entry = file.tokens.iter().find(|t| t.role == role).unwrap_or_else(|| panic!("no {role} token in tokens.toml"));
+        assert_eq!(entry.sha256, sha256_hex(&token), "tokens.toml: {} is not the sha256 of {token}", entry.name);
+    }
+}
+
+/// GitHub's anchor of a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every alerting rule of a rule file: (name, rule).
+fn alert_rules(rules: &Yaml) -> Vec<(String, Yaml)> {
+    let mut alerts = Vec::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            if let Some(name) = rule["alert"].as_str() {
+                alerts.push((name.to_string(), rule.clone()));
             }
         }
     }
-    assert!(vars.len() >= 4, "expected ITS__ settings in the compose file: {rendered}");
-    let settings = Settings::load_with_env(None, Some(vars.into_iter().collect()))
-        .unwrap_or_else(|e| panic!("the compose file's settings do not load: {e}"));
-    assert_eq!(settings.redis.url, "redis://redis:6379");
+    alerts
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_link_their_runbooks() {
+    let dir = root().join("deploy/prometheus");
+    assert_success("promtool check rules alerts.yml", &promtool(&["check", "rules", "alerts.yml"], &dir));
+    assert_success("promtool test rules alerts_test.yml", &promtool(&["test", "rules", "alerts_test.yml"], &dir));
+    assert_success("promtool check config prometheus.yml", &promtool(&["check", "config", "prometheus.yml"], &dir));
+
+    let rules = yaml(&dir.join("alerts.yml"));
+    let alerts = alert_rules(&rules);
+    let names: BTreeSet<&str> = alerts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ALERTS.into_iter().collect(), "alerts.yml has other alerts than expected");
+
+    let operations = read(&root().join("docs/OPERATIONS.md"));
+    let anchors: BTreeSet<String> =
+        operations.lines().filter(|l| l.starts_with('#')).map(|l| anchor(l.trim_start_matches('#'))).collect();
+    for (name, rule) in &alerts {
+        let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
+        assert!(["warning", "critical"].contains(&severity), "{name}: severity {severity:?}");
+        for key in ["summary", "description"] {
+            assert!(!rule["annotations"][key].as_str().unwrap_or_default().is_empty(), "{name}: no {key}");
+        }
+        let runbook = rule["annotations"]["runbook_url"].as_str().unwrap_or_default();
+        let expected = format!("docs/OPERATIONS.md#{}", name.to_lowercase());
+        assert_eq!(runbook, expected, "{name}: runbook_url");
+        assert!(anchors.contains(&name.to_lowercase()), "docs/OPERATIONS.md has no heading `{name}` (anchor of {runbook})");
+    }
+
+    // Each alert is tested both ways: firing, and quiet where it must be.
+    let tests = yaml(&dir.join("alerts_test.yml"));
+    let mut fires = BTreeSet::new();
+    let mut quiet = BTreeSet::new();
+    for test in tests["tests"].as_sequence().expect("tests") {
+        for case in test["alert_rule_test"].as_sequence().cloned().unwrap_or_default() {
+            let name = case["alertname"].as_str().unwrap_or_default().to_string();
+            match case["exp_alerts"].as_sequence() {
+                Some(expected) if !expected.is_empty() => fires.insert(name),
+                _ => quiet.insert(name),
+            };
+        }
+    }
+    for name in ALERTS {
+        assert!(fires.contains(name), "alerts_test.yml never shows {name} firing");
+        assert!(quiet.contains(name), "alerts_test.yml never shows {name} staying quiet");
+    }
+}
+
+fn k8s_dir() -> PathBuf {
+    root().join("deploy/k8s")
+}
+
+fn k8s_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(k8s_dir())
+        .expect("deploy/k8s")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every Kubernetes object of deploy/k8s, by `kind/name`.
+fn k8s_objects() -> BTreeMap<String, Yaml> {
+    let mut objects = BTreeMap::new();
+    for file in k8s_files() {
+        for doc in yaml_documents(&file) {
+            let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("{}: an object without kind", file.display())).to_string();
+            let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+            objects.insert(format!("{kind}/{name}"), doc);
+        }
+    }
+    objects
+}
+
+#[test]
+fn kubernetes_manifests_validate() {
+    let program = std::env::var("ITS_KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let files: Vec<String> = k8s_files().iter().map(|p| p.display().to_string()).collect();
+    assert!(files.len() >= 9, "expected the manifests in deploy/k8s: {files:?}");
+    let install = "PyPI package kubernetes-validate (pip install kubernetes-validate), or set ITS_KUBERNETES_VALIDATE";
+
+    let expected_passed: BTreeSet<&str> = [
+        "namespace/its-analytics",
+        "configmap/its-analytics-config",
+        "secret/its-analytics-tokens",
+        "secret/its-analytics-connections",
+        "deployment/its-analytics",
+        "service/its-analytics",
+        "poddisruptionbudget/its-analytics",
+        "horizontalpodautoscaler/its-analytics",
+    ]
+    .into_iter()
+    .collect();
+    for version in [Some(OLDEST_KUBERNETES), None] {
+        let mut args = vec!["--strict"];
+        if let Some(v) = version {
+            args.extend(["--kubernetes-version", v]);
+        }
+        args.extend(files.iter().map(String::as_str));
+        let out = run(&program, &args, &root(), install);
+        let what = format!("{program} {}", args.join(" "));
+        assert_success(&what, &out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut passed = BTreeSet::new();
+        for line in stdout.lines() {
+            if line.starts_with("INFO ") && line.contains(" passed for resource ") {
+                let resource = line.split(" passed for resource ").nth(1).unwrap().split_whitespace().next().unwrap();
+                passed.insert(resource.to_string());
+            } else if line.starts_with("WARN ") {
+                assert!(
+                    KINDS_WITHOUT_SCHEMA.iter().any(|k| line.contains(k)),
+                    "{what}: unexpected warning (no schema?):\n{line}"
+                );
+            } else if !line.trim().is_empty() {
+                panic!("{what}: unexpected output:\n{line}");
+            }
+        }
+        let passed: BTreeSet<&str> = passed.iter().map(String::as_str).collect();
+        assert_eq!(passed, expected_passed, "{what}: validated resources differ:\n{stdout}");
+    }
+
+    // What the schemas cannot tell.
+    let objects = k8s_objects();
+    let deployment = &objects["Deployment/its-analytics"];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(str_at(container, &["livenessProbe", "httpGet", "path"]), "/health/live");
+    assert_eq!(str_at(container, &["readinessProbe", "httpGet", "path"]), "/health/ready");
+    assert_eq!(scalar(&container["resources"]["limits"]["nvidia.com/gpu"]).as_deref(), Some("1"), "one GPU per pod");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let template_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for selector in [
+        &deployment["spec"]["selector"]["matchLabels"],
+        &objects["Service/its-analytics"]["spec"]["selector"],
+        &objects["PodDisruptionBudget/its-analytics"]["spec"]["selector"]["matchLabels"],
+    ] {
+        for (k, v) in selector.as_mapping().expect("a selector") {
+            assert_eq!(&template_labels[k.as_str().unwrap()], v, "selector {selector:?} does not select the pods");
+        }
+    }
+    // The ServiceMonitor selects the Service and scrapes its named port.
+    let monitor = &objects["ServiceMonitor/its-analytics"];
+    let service = &objects["Service/its-analytics"];
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_mapping().expect("ServiceMonitor selector") {
+        assert_eq!(&service["metadata"]["labels"][k.as_str().unwrap()], v, "the ServiceMonitor does not select the Service");
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"].as_str(), Some("/metrics"));
+    // The HPA scales the Deployment on queue depth and GPU utilisation.
+    let hpa = &objects["HorizontalPodAutoscaler/its-analytics"];
+    assert_eq!(str_at(hpa, &["spec", "scaleTargetRef", "name"]), "its-analytics");
+    let metrics: BTreeSet<&str> = hpa["spec"]["metrics"]
+        .as_sequence()
+        .expect("HPA metrics")
+        .iter()
+        .filter_map(|m| m["pods"]["metric"]["name"].as_str())
+        .collect();
+    assert_eq!(metrics, ["DCGM_FI_DEV_GPU_UTIL", "its_device_queue_depth"].into_iter().collect());
+    // kustomization.yaml applies every manifest but the HPA (see deployment.yaml).
+    let kustomization = &objects["Kustomization/"];
+    let listed: BTreeSet<&str> = kustomization["resources"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
+    let on_disk: BTreeSet<String> = k8s_files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n != "kustomization.yaml" && n != "hpa.yaml")
+        .collect();
+    assert_eq!(listed, on_disk.iter().map(String::as_str).collect(), "kustomization.yaml resources");
+}
+
+#[test]
+fn prometheus_rule_carries_the_alert_rules_of_alerts_yml() {
+    let objects = k8s_objects();
+    let rule = &objects["PrometheusRule/its-analytics"];
+    assert_eq!(rule["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
+    let compose_rules = yaml(&root().join("deploy/prometheus/alerts.yml"));
+    assert!(compose_rules["groups"].as_sequence().is_some_and(|g| !g.is_empty()), "alerts.yml has no groups");
+    assert!(
+        rule["spec"]["groups"] == compose_rules["groups"],
+        "deploy/k8s/prometheusrule.yaml spec.groups differ from deploy/prometheus/alerts.yml groups; \
+         regenerate it with the command in its header"
+    );
+}
+
+#[test]
+fn kubernetes_config_and_environment_load_as_settings() {
+    let objects = k8s_objects();
+    let config_map = &objects["ConfigMap/its-analytics-config"];
+    let deployment = &objects["Deployment/its-analytics"];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // `serve --config <the ConfigMap's mount>/config.toml`
+    let args: Vec<&str> = container["args"].as_sequence().expect("args").iter().filter_map(Yaml::as_str).collect();
+    let config_path = args.iter().skip_while(|a| **a != "--config").nth(1).expect("serve --config FILE");
+    let volume_of = |mount_path: &str| -> Yaml {
+        let mount = container["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| mount_path.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+            .unwrap_or_else(|| panic!("{mount_path} is not under a volume mount"))
+            .clone();
+        pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == mount["name"]).expect("the mount's volume").clone()
+    };
+    let config_volume = volume_of(config_path);
+    assert_eq!(config_volume["configMap"]["name"].as_str(), Some("its-analytics-config"));
+    let config_key = Path::new(config_path).file_name().unwrap().to_str().unwrap();
+    let config_text = config_map["data"][config_key].as_str().unwrap_or_else(|| panic!("the ConfigMap has no {config_key}"));
+
+    // The tokens file is the tokens Secret's key, mounted where the config says.
+    let config: toml::Table = toml::from_str(config_text).expect("the ConfigMap's config.toml is TOML");
+    let tokens_file = config["auth"]["tokens_file"].as_str().expect("auth.tokens_file");
+    let tokens_volume = volume_of(tokens_file);
+    let secret_name = tokens_volume["secret"]["secretName"].as_str().expect("tokens from a Secret");
+    let key = Path::new(tokens_file).file_name().unwrap().to_str().unwrap();
+    assert!(objects[&format!("Secret/{secret_name}")]["stringData"][key].as_str().is_some(), "Secret {secret_name} has no {key}");
+
+    // The Deployment's ITS__ variables, secret ones with the placeholders of secret.yaml.
+    let mut vars = HashMap::new();
+    for var in container["env"].as_sequence().expect("env") {
+        let name = var["name"].as_str().unwrap();
+        if !name.starts_with("ITS__") {
+            continue;
+        }
+        let value = if let Some(v) = scalar(&var["value"]) {
+            v
+        } else {
+            let secret = &var["valueFrom"]["secretKeyRef"];
+            let object = &objects[&format!("Secret/{}", secret["name"].as_str().expect("a secretKeyRef"))];
+            object["stringData"][secret["key"].as_str().unwrap()].as_str().expect("the Secret's key").to_string()
+        };
+        vars.insert(name.to_string(), value);
+    }
+    assert!(vars.contains_key("ITS__POSTGRES__URL") && vars.contains_key("ITS__REDIS__URL"), "{vars:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(config_key);
+    std::fs::write(&file, config_text).unwrap();
+    let settings = Settings::load_with_env(Some(&file), Some(vars))
+        .unwrap_or_else(|e| panic!("the ConfigMap's config.toml with the Deployment's variables does not load: {e}"));
     assert_eq!(settings.http.bind, "0.0.0.0:8080");
+}
+
+/// Every PromQL query of the dashboard, with Grafana's variables replaced.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = root().join("deploy/grafana/dashboards/its-analytics.json");
+    let dashboard: Json = serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_else(|| panic!("panel {title:?}: a target without expr"));
+            let expr = expr.replace("$__rate_interval", "1m").replace("$instance", ".*").replace("$camera", ".*");
+            queries.push((title.to_string(), expr));
+        }
+    }
+    queries
+}
+
+#[test]
+fn grafana_dashboard_queries_parse_and_provisioning_points_at_prometheus() {
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 13, "{queries:?}");
+    // promtool parses each query as a recording rule.
+    let rules: Vec<Json> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, (title, expr))| serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr, "labels": {"panel": title}}))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dashboard.yml"),
+        serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
+    assert_success("promtool check rules (dashboard queries)", &promtool(&["check", "rules", "dashboard.yml"], dir.path()));
+
+    let used = metric_names(queries.iter().map(|(_, e)| e.as_str()));
+    for metric in [
+        "its_camera_up",
+        "its_frames_decoded",
+        "its_frames_processed",
+        "its_events",
+        "analytics_latency_seconds",
+        "its_frames_dropped",
+        "its_device_queue_depth",
+        "its_batch_size",
+        "its_inference_latency_seconds",
+        "gpu_memory_utilization_percent",
+        "its_breaker_state",
+        "its_outbox_backlog",
+        "its_pool_connections",
+    ] {
+        assert!(used.contains(metric), "the dashboard shows no {metric}");
+    }
+
+    let provisioning = root().join("deploy/grafana/provisioning");
+    let datasources = yaml(&provisioning.join("datasources/datasources.yml"));
+    let prometheus = datasources["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "prometheus")
+        .expect("a Prometheus data source")
+        .clone();
+    assert_eq!(prometheus["url"].as_str(), Some("http://prometheus:9090"));
+    let providers = yaml(&provisioning.join("dashboards/dashboards.yml"));
+    let path = providers["providers"][0]["options"]["path"].as_str().expect("a dashboards path");
+    let compose = read(&root().join("docker-compose.yml"));
+    assert!(
+        compose.contains(&format!("./deploy/grafana/dashboards:{path}:ro")),
+        "docker-compose.yml does not mount the dashboards at {path}"
+    );
+}
+
+/// Metric family names (counters without `_total`, histograms without `_bucket`, `_sum`,
+/// `_count`) of the service's own metrics that PromQL expressions use.
+fn metric_names<'a>(exprs: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for expr in exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if ["its_", "analytics_", "gpu_", "ml_"].iter().any(|p| word.starts_with(p)) {
+                let family = ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| word.strip_suffix(s)).unwrap_or(word);
+                names.insert(family.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// A Prometheus server of the test's own, killed on drop.
+struct Prometheus {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Scrapes `target` every second as job `its-analytics` and evaluates `alerts.yml` every second.
+    fn start(target: &str) -> (Self, u16) {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = root().join("deploy/prometheus/alerts.yml");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {rules:?}\n\
+             scrape_configs:\n  - job_name: its-analytics\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{target:?}]\n",
+            rules = rules.display().to_string(),
+        );
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).unwrap();
+        let port = common::free_port();
+        let log = dir.path().join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start prometheus ({e}); install: {PROMTOOL}"));
+        (Self { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir }, port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `data.result` of an instant query, once Prometheus answers it with success.
+    async fn query(&self, client: &reqwest::Client, promql: &str) -> Option<Vec<Json>> {
+        let reply: Json =
+            client.get(format!("{}/api/v1/query", self.base)).query(&[("query", promql)]).send().await.ok()?.json().await.ok()?;
+        (reply["status"] == "success").then(|| reply["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_service_and_evaluates_every_alert() {
+    let env = TestEnv::new().await;
+    let svc = Service::start(&env).await;
+    let client = reqwest::Client::new();
+    let target = svc.base.trim_start_matches("http://").to_string();
+    let (prometheus, port) = Prometheus::start(&target);
+    common::wait_listening("prometheus", port).await;
+    let context =
+        |what: &str| format!("{what}\n--- prometheus log\n{}\n--- service log\n{}", prometheus.log_text(), svc.log_text());
+
+    // The scrape works: up == 1 for the service's target.
+    let up = common::eventually("up{job=\"its-analytics\"} == 1", Duration::from_secs(60), || async {
+        let result = prometheus.query(&client, "up{job=\"its-analytics\"}").await?;
+        let sample = result.first()?;
+        (sample["value"][1] == "1").then(|| sample.clone())
+    })
+    .await;
+    assert_eq!(up["metric"]["instance"].as_str(), Some(target.as_str()), "{}", context("up"));
+
+    // The service's own series arrive: both pools, both kinds.
+    let pools = common::eventually("its_pool_connections series", Duration::from_secs(30), || async {
+        let result = prometheus.query(&client, "its_pool_connections").await?;
+        let pools: BTreeSet<String> = result
+            .iter()
+            .filter_map(|s| Some(format!("{}/{}", s["metric"]["pool"].as_str()?, s["metric"]["kind"].as_str()?)))
+            .collect();
+        (pools.len() >= 4).then_some(pools)
+    })
+    .await;
+    for pool in ["postgres/idle", "postgres/in_use", "redis/idle", "redis/in_use"] {
+        assert!(pools.contains(pool), "{}", context(&format!("no its_pool_connections for {pool}: {pools:?}")));
+    }
+
+    // The alert rules load and every one evaluates on the real series without error.
+    let rules = common::eventually("every alert rule evaluated", Duration::from_secs(30), || async {
+        let reply: Json = client.get(format!("{}/api/v1/rules", prometheus.base)).send().await.ok()?.json().await.ok()?;
+        let rules: Vec<Json> =
+            reply["data"]["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        let evaluated = rules.len() == ALERTS.len()
+            && rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")));
+        evaluated.then_some(rules)
+    })
+    .await;
+    for rule in &rules {
+        assert_eq!(
+            rule["health"],
+            "ok",
+            "{}",
+            context(&format!("rule {} does not evaluate: {}", rule["name"], rule["lastError"]))
+        );
+    }
+    // A healthy service with no camera raises nothing, not even a pending alert.
+    let raised: Vec<&Json> = rules.iter().filter(|r| r["state"] != "inactive").collect();
+    assert!(raised.is_empty(), "{}", context(&format!("alerts raised on an idle service: {raised:?}")));
+}
+
+/// Every metric the rules and the dashboard use is one the service registers (a rule on a renamed
+/// metric would never fire, silently). The names are the constants of src/metrics.rs: families
+/// with labels appear on /metrics only once they have a series (a camera, a device), so the
+/// scrape above cannot tell.
+#[test]
+fn alerts_and_dashboard_use_the_services_metric_names() {
+    let source = read(&root().join("src/metrics.rs"));
+    let registered: BTreeSet<&str> = source
+        .lines()
+        .filter_map(|l| l.split_once(": &str = \"").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
+        .collect();
+    assert!(registered.contains("analytics_latency_seconds"), "no metric names found in src/metrics.rs: {registered:?}");
+    let alerts = yaml(&root().join("deploy/prometheus/alerts.yml"));
+    let rule_exprs: Vec<String> = alert_rules(&alerts).iter().map(|(_, r)| r["expr"].as_str().unwrap().to_string()).collect();
+    let dashboard = dashboard_queries();
+    let used = metric_names(rule_exprs.iter().map(String::as_str).chain(dashboard.iter().map(|(_, e)| e.as_str())));
+    let unknown: Vec<&String> = used.iter().filter(|m| !registered.contains(m.as_str())).collect();
+    assert!(
+        unknown.is_empty(),
+        "alerts.yml or the dashboard use metrics src/metrics.rs does not register: {unknown:?} (registered: {registered:?})"
+    );
 }

@@ -46,7 +46,7 @@ async fn redis_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     let mut own = OwnRedis::start().await;
     let url = own.url();
     let svc = Service::start_with(&env, &[("ITS__REDIS__URL", url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")]).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     common::overpass_until_a_few_events(&client, &svc).await;
 
     own.stop();
@@ -81,7 +81,7 @@ async fn postgres_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     let mut own = OwnPostgres::start().await;
     let url = own.url("its");
     let svc = Service::start_with(&env, &[("ITS__POSTGRES__URL", url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")]).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     common::overpass_until_a_few_events(&client, &svc).await;
 
     own.stop();

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 async fn redis_stream_postgres_and_api_agree_for_one_camera() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
 
     // Subscribe before the camera starts so no live message is missed.
     let mut pubsub = redis::Client::open(common::redis_url()).unwrap().get_async_pubsub().await.unwrap();
@@ -173,7 +173,7 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
 async fn a_geometry_change_mid_stream_is_a_new_version() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     common::overpass_until_a_few_events(&client, &svc).await;
     let shipped = common::overpass_geometry();
     let r = client.put(svc.url("/api/v1/cameras/overpass/geometry")).json(&shipped).send().await.unwrap();

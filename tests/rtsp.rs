@@ -57,7 +57,7 @@ async fn rtsp_counts_match_the_file_within_one() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = common::client();
     // Registered before the stream exists: the camera retries until the publisher announces it.
     let body = json!({
         "id": "overpass-rtsp",
@@ -118,7 +118,7 @@ async fn http_sources_stream_and_reconnect_when_they_end() {
     common::wait_listening("the HTTP server to listen", port).await;
     let env = TestEnv::new().await;
     let svc = Service::start_with(&env, &[("ITS__CAMERAS__RECONNECT_INITIAL_MS", "200")]).await;
-    let http = reqwest::Client::new();
+    let http = common::client();
     let body = json!({
         "id": "highway-http",
         "url": format!("http://127.0.0.1:{port}/highway_video02.avi"),

@@ -10,7 +10,7 @@ use common::{Service, TestEnv};
 async fn sigterm_delivers_every_emitted_event_before_exit() {
     let env = TestEnv::new().await;
     let svc = Service::start(&env).await;
-    let http = reqwest::Client::new();
+    let http = common::client();
     // Stop mid-clip, while events are still being emitted.
     common::overpass_until_a_few_events(&http, &svc).await;
 

@@ -46,7 +46,7 @@ async fn a_stalled_stream_is_restarted_and_reported() {
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = common::client();
     let body = json!({"id": "frozen", "url": format!("http://127.0.0.1:{port}/cam.avi"), "fps": 5});
     let r = client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
@@ -111,8 +111,9 @@ async fn cut_and_corrupted_footage_never_crashes() {
 
     // The same damage on a registered camera: reported in its status, the service stays up.
     let env = TestEnv::new().await;
-    let svc = Service::start(&env).await;
-    let client = reqwest::Client::new();
+    let media_dir = dir.path().to_str().unwrap();
+    let svc = Service::start_with(&env, &[("ITS__CAMERAS__MEDIA_DIR", media_dir)]).await;
+    let client = common::client();
     for name in ["corrupted", "garbage"] {
         let url = format!("file://{}", dir.path().join(format!("{name}.avi")).display());
         let body = json!({"id": name, "url": url, "fps": 5, "replay": {"realtime": false}});

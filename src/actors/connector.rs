@@ -63,6 +63,8 @@ const STATE_INTERVAL_MS: i64 = 1_000;
 
 pub struct ConnectorActor {
     shard: usize,
+    /// The model whose detections this shard tracks (`ml_model_accuracy{model}`).
+    model: Arc<str>,
     mailbox: usize,
     tracker_config: TrackerConfig,
     analytics_config: AnalyticsConfig,
@@ -74,26 +76,33 @@ pub struct ConnectorActor {
 impl ConnectorActor {
     pub fn new(
         shard: usize,
+        model: Arc<str>,
         mailbox: usize,
         tracker_config: TrackerConfig,
         analytics_config: AnalyticsConfig,
         sink: Arc<dyn EventSink>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { shard, mailbox, tracker_config, analytics_config, sink, metrics, cameras: HashMap::new() }
+        Self { shard, model, mailbox, tracker_config, analytics_config, sink, metrics, cameras: HashMap::new() }
     }
 
     fn on_frame(&mut self, frame: FrameDetections) {
         let Some(camera) = self.cameras.get_mut(&frame.camera_id) else { return };
         let started = std::time::Instant::now();
+        let tracking = crate::child_span!(&frame.span, "tracking", shard = self.shard);
+        let _entered = tracking.enter();
         let detections: Vec<_> =
             frame.detections.iter().filter(|d| camera.scene.keep_detection(&d.bbox)).copied().collect();
         let tracked = camera.tracker.update(&detections);
+        self.metrics.record_continuity(&self.model, camera.tracker.take_continuity());
         let ts_ms = chrono::DateTime::<chrono::Utc>::from(frame.captured_at).timestamp_millis();
-        let out = camera.scene.observe(ts_ms, frame.seq, frame.captured, &tracked);
+        let mut out = camera.scene.observe(ts_ms, frame.seq, frame.captured, &tracked);
         camera.last_seq = frame.seq;
         let due = camera.last_state_ms.is_none_or(|last| ts_ms - last >= STATE_INTERVAL_MS);
         let force_state = !out.aggregates.is_empty();
+        for event in &mut out.events {
+            event.span = crate::child_span!(&tracking, "event", kind = event.kind());
+        }
         emit(&*self.sink, camera, out);
         if force_state || due {
             camera.last_state_ms = Some(ts_ms);

@@ -27,6 +27,9 @@ pub struct Frame {
     /// CHW BGR bytes of `letterbox.input_len()`; shared, never copied after decode.
     pub pixels: Bytes,
     pub letterbox: Letterbox,
+    /// The frame's trace (`frame` root span) when it was sampled, else `Span::none()`; every
+    /// stage hangs its span below it (`telemetry`).
+    pub span: tracing::Span,
 }
 
 /// What a device sends to a connector shard, in capture order per camera.
@@ -45,6 +48,8 @@ pub struct FrameDetections {
     pub captured_at: SystemTime,
     pub captured: Instant,
     pub detections: Vec<Detection>,
+    /// The frame's trace, carried on from `Frame::span`.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -80,6 +85,9 @@ pub struct Event {
     pub detail: EventDetail,
     #[serde(skip)]
     pub captured: Option<Instant>,
+    /// The `event` span of a traced frame, the parent of its `publish` span; else `Span::none()`.
+    #[serde(skip)]
+    pub span: tracing::Span,
 }
 
 impl Event {

@@ -271,6 +271,7 @@ impl SceneAnalytics {
                         speed_uncertainty_kmh: ground_fit.as_ref().map(|f| round2(kmh(f.speed_sigma))),
                     }),
                     captured: Some(captured),
+                    span: tracing::Span::none(),
                 });
             }
 
@@ -454,6 +455,7 @@ impl SceneAnalytics {
             geometry_version: self.identity.geometry_version,
             detail,
             captured: Some(captured),
+            span: tracing::Span::none(),
         }
     }
 

@@ -52,7 +52,7 @@ async fn ready(service: web::Data<Service>) -> HttpResponse {
 }
 
 async fn metrics(service: web::Data<Service>) -> HttpResponse {
-    service.pools(); // refreshes the pool series
+    service.refresh_scraped_metrics();
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(service.metrics.encode())

@@ -1,47 +1,78 @@
 //! The HTTP control API (actix-web): cameras and their geometry, analytics history, events
-//! (history and live), health, metrics.
+//! (history and live), health, metrics, and the OpenAPI document of it all. Every request passes
+//! bearer-token authentication (`auth`) and then the per-client rate limit (`rate_limit`).
 
 pub mod analytics;
+pub mod auth;
 pub mod cameras;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod rate_limit;
 pub mod system;
 
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpResponse, HttpServer};
 
 use crate::service::Service;
+use crate::supervision::SystemClock;
 use error::ApiError;
 
-/// Largest accepted request body: a camera with 64 lines fits many times over.
-const MAX_BODY_BYTES: usize = 256 * 1024;
+/// The OpenAPI 3 document of this API, served at `/api/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
-/// Routes and extractor settings, shared by the server and the tests.
+/// Routes and extractor settings.
 pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
+        let max_body = service.settings.http.max_body_bytes;
         cfg.app_data(web::Data::from(service))
             .app_data(
                 web::JsonConfig::default()
-                    .limit(MAX_BODY_BYTES)
-                    .error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()),
+                    .limit(max_body)
+                    .error_handler(|err, _req| ApiError::from(err).into()),
             )
             .app_data(web::PathConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
             .app_data(web::QueryConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
             .configure(health::routes)
+            .route("/api/v1/openapi.json", web::get().to(openapi))
             .service(web::scope("/api/v1").configure(cameras::routes).configure(analytics::routes).configure(events::routes).configure(system::routes))
             .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into())) }));
     }
 }
 
-/// Binds and runs the server until it is stopped.
-pub async fn serve(service: Arc<Service>) -> std::io::Result<()> {
-    let bind = service.settings.http.bind.clone();
-    tracing::info!(%bind, "control API listening");
-    HttpServer::new(move || App::new().configure(configure(service.clone())))
-        .bind(&bind)?
-        .shutdown_timeout(5)
-        .run()
-        .await
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(OPENAPI_JSON)
+}
+
+/// Binds and runs the server until it is stopped; `tokens` are the bearer tokens it accepts.
+pub async fn serve(service: Arc<Service>, tokens: auth::TokenStore) -> anyhow::Result<()> {
+    let settings = &service.settings;
+    let bind = settings.http.bind.clone();
+    let tokens = web::Data::new(tokens);
+    // One limiter for all workers, or each worker would grant the whole rate.
+    let limiter = web::Data::new(rate_limit::RateLimiter::new(settings.rate_limit.clone(), Arc::new(SystemClock)));
+    let timeout = std::time::Duration::from_millis(settings.http.request_timeout_ms);
+    if tokens.enabled() {
+        tracing::info!(%bind, tokens = tokens.names().count(), "control API listening, bearer tokens required");
+    } else {
+        tracing::warn!(%bind, "control API listening WITHOUT authentication (auth.enabled = false)");
+    }
+    HttpServer::new(move || {
+        App::new()
+            .app_data(tokens.clone())
+            .app_data(limiter.clone())
+            // actix runs the last `wrap` first: authenticate, then limit per caller.
+            .wrap(from_fn(rate_limit::limit))
+            .wrap(from_fn(auth::authenticate))
+            .configure(configure(service.clone()))
+    })
+    .client_request_timeout(timeout)
+    .keep_alive(timeout)
+    .bind(&bind)?
+    .shutdown_timeout(5)
+    .run()
+    .await?;
+    Ok(())
 }

@@ -131,7 +131,11 @@ impl Publisher {
                     }
                 }
                 if !events.is_empty() {
+                    // A traced event's `publish` span lasts until both stores have it.
+                    let publishing: Vec<_> =
+                        events.iter().map(|e| crate::child_span!(&e.span, "publish", batch = events.len())).collect();
                     sinks.deliver(&events).await;
+                    drop(publishing);
                     task_delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
                 }
                 if !aggregates.is_empty() {
@@ -249,7 +253,8 @@ impl Sinks {
         .await;
         for event in batch {
             if let Some(captured) = event.captured {
-                self.metrics.analytics_latency.observe(captured.elapsed().as_secs_f64());
+                let exemplar = crate::metrics::TraceLabels::of(&event.span);
+                self.metrics.analytics_latency.observe(captured.elapsed().as_secs_f64(), exemplar, None);
             }
         }
         // Events are retried whatever PostgreSQL says: the durable outbox (next) will park

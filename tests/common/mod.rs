@@ -7,8 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod otlp;
+
 use bb8_postgres::tokio_postgres::{self, NoTls};
 use bb8_redis::redis;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub fn admin_postgres_url() -> String {
     std::env::var("ITS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -21,6 +24,27 @@ pub fn redis_url() -> String {
 pub fn clip(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/video").join(name);
     path.canonicalize().unwrap_or_else(|e| panic!("test clip {} missing: {e}", path.display()))
+}
+
+/// Tokens of `tests/fixtures/tokens.toml`, which every test service loads.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+pub const VIEWER_TOKEN: &str = "test-viewer-token";
+
+/// An HTTP client that presents the admin token on every request.
+pub fn client() -> reqwest::Client {
+    client_with_token(ADMIN_TOKEN)
+}
+
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// The folder of the real clips, which test services accept file cameras from.
+pub fn assets_dir() -> PathBuf {
+    clip("overpass_video03.avi").parent().unwrap().parent().unwrap().to_path_buf()
 }
 
 pub fn binary() -> &'static str {
@@ -119,6 +143,8 @@ impl Service {
             .env("ITS__POSTGRES__URL", &env.postgres_url)
             .env("ITS__REDIS__URL", redis_url())
             .env("ITS__REDIS__KEY_PREFIX", env.key_prefix())
+            .env("ITS__CAMERAS__MEDIA_DIR", assets_dir())
+            .env("ITS__AUTH__TOKENS_FILE", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokens.toml"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -232,8 +258,14 @@ pub async fn overpass_until_a_few_events(client: &reqwest::Client, svc: &Service
     });
     let r = client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
+    until_a_few_events(client, svc, "overpass").await;
+}
+
+/// Waits until camera `id` has emitted a few events.
+pub async fn until_a_few_events(client: &reqwest::Client, svc: &Service, id: &str) {
+    let path = format!("/api/v1/cameras/{id}");
     eventually("a few events", Duration::from_secs(120), || async {
-        let c: serde_json::Value = client.get(svc.url("/api/v1/cameras/overpass")).send().await.ok()?.json().await.ok()?;
+        let c: serde_json::Value = client.get(svc.url(&path)).send().await.ok()?.json().await.ok()?;
         (c["status"]["events"].as_u64()? >= 3).then_some(())
     })
     .await;
@@ -409,4 +441,35 @@ pub async fn stream_event_ids(conn: &mut redis::aio::MultiplexedConnection, key_
         .collect();
     ids.sort();
     ids
+}
+
+/// A tiny HTTP camera: serves the clip to a request that presents `user:password` by Basic auth,
+/// 401 otherwise. Returns its port and how many authorised requests it served.
+pub async fn camera_with_password(clip: Vec<u8>, basic: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let clip = clip.clone();
+            let basic = basic.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let n = socket.read(&mut request).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&request[..n]).to_ascii_lowercase();
+                if head.contains(&format!("authorization: basic {}", basic.to_ascii_lowercase())) {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: video/x-msvideo\r\nContent-Length: {}\r\n\r\n", clip.len());
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                    let _ = socket.write_all(&clip).await;
+                } else {
+                    let reply = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"cam\"\r\nContent-Length: 0\r\n\r\n";
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (port, served)
 }

@@ -17,7 +17,7 @@ use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 
-use super::spec::RtspTransport;
+use super::spec::{RtspTransport, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
 use super::status::{CameraStatus, StreamState};
 use crate::actors::gpu::batch::{PushOutcome, Queued};
 use crate::actors::messages::{CameraId, Frame};
@@ -213,6 +213,8 @@ impl Streamer {
             }
         };
         let mut options = ffmpeg::Dictionary::new();
+        // Whatever the URL leads to (a playlist, a redirect), FFmpeg may not leave these protocols.
+        options.set("protocol_whitelist", if self.config.is_file { FILE_PROTOCOLS } else { NETWORK_PROTOCOLS });
         if !self.config.is_file && self.config.url.starts_with("rtsp") {
             let transport = match self.config.rtsp_transport {
                 RtspTransport::Tcp => "tcp",
@@ -301,12 +303,20 @@ impl Streamer {
                 let captured = Instant::now();
                 let captured_at =
                     if self.config.is_file { self.media.at(index, source_fps) } else { SystemTime::now() };
+                // Only the camera id: the URL (with its credentials) never goes into a trace.
+                let span = if crate::telemetry::sample_frame() {
+                    tracing::info_span!("frame", camera_id = %self.config.camera_id, frame_seq = self.seq)
+                } else {
+                    tracing::Span::none()
+                };
                 let convert_started = Instant::now();
+                let decode_span = crate::child_span!(&span, "decode", width = decoded.width(), height = decoded.height());
                 let conv = match &mut converter {
                     Some(c) if c.fits(&decoded) => c,
                     slot => slot.insert(Converter::new(&decoded, self.config.input_size)?),
                 };
-                let (pixels, letterbox) = conv.convert(&decoded)?;
+                let (pixels, letterbox) = decode_span.in_scope(|| conv.convert(&decoded))?;
+                drop(decode_span);
                 self.metrics.stages.decode.record(std::mem::take(&mut decode_time) + convert_started.elapsed());
                 let frame = Frame {
                     camera_id: self.config.camera_id.clone(),
@@ -315,6 +325,7 @@ impl Streamer {
                     captured,
                     pixels,
                     letterbox,
+                    span,
                 };
                 self.seq += 1;
                 match self.sink.push(Queued::Frame(frame), &|| self.stopped()) {

@@ -1,8 +1,44 @@
 //! What a camera is, as the API and the database hold it, and its validation at the edge.
 
+use std::path::{Component, Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::geometry::Geometry;
+
+/// The network protocols FFmpeg may use underneath an accepted network URL (an HLS playlist or
+/// an HTTP redirect cannot reach `file:`, `concat:`, `pipe:` and the like).
+pub const NETWORK_PROTOCOLS: &str = "tcp,udp,rtp,srtp,rtsp,rtsps,tls,http,https,httpproxy,crypto";
+const OUTSIDE_MEDIA_DIR: &str = "url: local files are accepted only under cameras.media_dir";
+
+/// The only protocol FFmpeg may use for a local file camera.
+pub const FILE_PROTOCOLS: &str = "file";
+
+/// Which camera URLs the service accepts: `cameras.allowed_schemes` for network cameras, and
+/// local files only under `cameras.media_dir`. Everything else (`concat:`, `subfile:`, `pipe:`,
+/// `data:`, `exec:`, files elsewhere) is refused at the edge.
+#[derive(Debug, Clone)]
+pub struct SourcePolicy {
+    /// Lower-case network schemes, a subset of rtsp, rtsps, http, https.
+    pub network_schemes: Vec<String>,
+    /// Canonical directory that file cameras must lie under; `None` refuses every local file.
+    pub media_dir: Option<PathBuf>,
+}
+
+impl SourcePolicy {
+    /// The schemes a network camera may use at all; `cameras.allowed_schemes` picks among them.
+    pub const NETWORK_SCHEMES: [&'static str; 4] = ["rtsp", "rtsps", "http", "https"];
+
+    /// For the command line (`analyze`), where the operator names a local file directly.
+    pub fn any_local_file() -> Self {
+        Self { network_schemes: Self::NETWORK_SCHEMES.map(str::to_string).to_vec(), media_dir: Some(PathBuf::from("/")) }
+    }
+
+    /// Whether `path` lies under the media directory, component by component.
+    fn admits_file(&self, path: &Path) -> bool {
+        self.media_dir.as_deref().is_some_and(|dir| path.starts_with(dir))
+    }
+}
 
 /// Camera and line ids: short, safe in Redis keys, URLs and metric labels.
 pub fn is_valid_id(id: &str) -> bool {
@@ -42,8 +78,9 @@ pub struct CameraSpec {
     pub id: String,
     #[serde(default)]
     pub name: String,
-    /// rtsp://, rtsps://, http://, https:// or file:// (absolute path). May carry credentials,
-    /// which are stored but never logged or returned.
+    /// rtsp://, rtsps://, http://, https:// (as `cameras.allowed_schemes` allows) or file://
+    /// (absolute path under `cameras.media_dir`). May carry credentials, which are stored but
+    /// never logged or returned.
     pub url: String,
     /// Frames per second to analyse; default `cameras.default_fps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,7 +104,7 @@ pub enum SourceKind {
 
 impl CameraSpec {
     /// Every problem with the camera, each a sentence an operator can act on. Never echoes the URL.
-    pub fn validate(&self) -> Vec<String> {
+    pub fn validate(&self, policy: &SourcePolicy) -> Vec<String> {
         let mut errors = Vec::new();
         if !is_valid_id(&self.id) {
             errors.push("id must be 1-64 characters of A-Z a-z 0-9 _ -".to_string());
@@ -80,11 +117,29 @@ impl CameraSpec {
         }
         match self.source_kind() {
             Ok(kind) => {
+                if kind == SourceKind::Network {
+                    let scheme = self.url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+                    if !policy.network_schemes.contains(&scheme) {
+                        errors.push(format!("url scheme {scheme:?} is not allowed here (cameras.allowed_schemes)"));
+                    }
+                }
                 if kind == SourceKind::File {
                     match self.file_path() {
-                        Some(path) if path.is_file() => {}
-                        Some(_) => errors.push("url: file not found".into()),
                         None => errors.push("url: a file:// URL needs an absolute path".into()),
+                        Some(_) if policy.media_dir.is_none() => errors.push(
+                            "url: local files are not accepted (set cameras.media_dir to serve files from one directory)".into(),
+                        ),
+                        // Judged on the path as written first, so nothing outside the media
+                        // directory is even looked up (no probing for files); then on the real
+                        // path, so symbolic links cannot lead out of it either.
+                        Some(path) if !policy.admits_file(&path) || path.components().any(|c| c == Component::ParentDir) => {
+                            errors.push(OUTSIDE_MEDIA_DIR.into())
+                        }
+                        Some(path) => match path.canonicalize() {
+                            Ok(real) if !policy.admits_file(&real) => errors.push(OUTSIDE_MEDIA_DIR.into()),
+                            Ok(real) if real.is_file() => {}
+                            _ => errors.push("url: file not found".into()),
+                        },
                     }
                     if self.rtsp_transport.is_some() {
                         errors.push("rtsp_transport applies to rtsp:// and rtsps:// URLs only".into());
@@ -116,7 +171,7 @@ impl CameraSpec {
             "rtsp" | "rtsps" | "http" | "https" => Err("url needs a host".into()),
             "file" => Ok(SourceKind::File),
             other => Err(format!(
-                "url scheme {other:?} is not supported (use rtsp, rtsps, http, https or file)"
+                "url scheme {other:?} is not supported (use rtsp, rtsps, http, https, or file under cameras.media_dir)"
             )),
         }
     }
@@ -205,32 +260,76 @@ mod tests {
         assert!(!serde_json::to_string(&s).unwrap().contains("s3cret"));
     }
 
+    /// Every network scheme, and files under the system's temporary directory.
+    fn open_policy() -> SourcePolicy {
+        SourcePolicy { media_dir: Some(std::env::temp_dir().canonicalize().unwrap()), ..SourcePolicy::any_local_file() }
+    }
+
     #[test]
     fn unsupported_schemes_are_rejected_without_echoing_the_url() {
-        for url in ["ftp://u:s3cret@h/x", "concat:a|b", "pipe:0", "data:,x"] {
-            let errors = spec(url).validate();
+        for url in [
+            "ftp://u:s3cret@h/x",
+            "concat:a|b",
+            "pipe:0",
+            "data:,x",
+            "exec:cat /etc/passwd",
+            "subfile,,start,0,end,0,,:/etc/passwd",
+            "gopher://u:s3cret@h/x",
+            "tcp://u:s3cret@h:554",
+            "cache:file:/etc/passwd",
+        ] {
+            let errors = spec(url).validate(&open_policy());
             assert_eq!(errors.len(), 1, "{url}: {errors:?}");
             assert!(!errors[0].contains("s3cret"));
         }
-        assert!(spec("rtsp://cam.example/live").validate().is_empty());
-        assert!(spec("file:///definitely/not/here.avi").validate()[0].contains("not found"));
+        assert!(spec("rtsp://cam.example/live").validate(&open_policy()).is_empty());
+        let missing = std::env::temp_dir().canonicalize().unwrap().join("definitely-not-here.avi");
+        assert!(spec(&format!("file://{}", missing.display())).validate(&open_policy())[0].contains("not found"));
+    }
+
+    #[test]
+    fn files_only_under_the_media_directory() {
+        let media = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(media.path().join("clip.avi"), b"x").unwrap();
+        std::fs::write(outside.path().join("secret.avi"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.avi"), media.path().join("link.avi")).unwrap();
+        let policy = SourcePolicy {
+            network_schemes: vec!["rtsp".into()],
+            media_dir: Some(media.path().canonicalize().unwrap()),
+        };
+        let url = |p: &Path| format!("file://{}", p.display());
+        assert!(spec(&url(&media.path().join("clip.avi"))).validate(&policy).is_empty());
+        for escaped in [
+            outside.path().join("secret.avi"),
+            media.path().join("../").join(outside.path().file_name().unwrap()).join("secret.avi"),
+            media.path().join("link.avi"),
+        ] {
+            let errors = spec(&url(&escaped)).validate(&policy);
+            assert_eq!(errors, vec!["url: local files are accepted only under cameras.media_dir".to_string()], "{escaped:?}");
+        }
+        let none = SourcePolicy { media_dir: None, ..policy.clone() };
+        assert!(spec(&url(&media.path().join("clip.avi"))).validate(&none)[0].contains("not accepted"));
+        // Only the configured network schemes.
+        assert!(spec("rtsp://cam.example/live").validate(&policy).is_empty());
+        assert!(spec("http://cam.example/live").validate(&policy)[0].contains("not allowed"));
     }
 
     #[test]
     fn options_must_fit_the_source() {
         let mut s = spec("rtsp://cam.example/live");
         s.replay = Some(ReplayOptions::default());
-        assert_eq!(s.validate(), vec!["replay applies to file:// URLs only".to_string()]);
+        assert_eq!(s.validate(&open_policy()), vec!["replay applies to file:// URLs only".to_string()]);
         let mut s = spec("http://cam.example/live");
         s.rtsp_transport = Some(RtspTransport::Udp);
-        assert_eq!(s.validate().len(), 1);
+        assert_eq!(s.validate(&open_policy()).len(), 1);
     }
 
     #[test]
     fn control_characters_are_refused() {
         let mut s = spec("rtsp://cam.example/live");
         s.name = "gate\u{0}1".into();
-        assert_eq!(s.validate().len(), 1);
+        assert_eq!(s.validate(&open_policy()).len(), 1);
     }
 
     #[test]
@@ -238,6 +337,6 @@ mod tests {
         let mut s = spec("rtsp://cam.example/live");
         s.id = "bad id".into();
         s.fps = Some(0.0);
-        assert_eq!(s.validate().len(), 2);
+        assert_eq!(s.validate(&open_policy()).len(), 2);
     }
 }

@@ -4,6 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -41,6 +42,8 @@ pub struct CameraStatus {
     pub dropped: Counter,
     pub reconnects: Counter,
     pub events: Counter,
+    /// `its_camera_up`: 1 while the stream delivers frames (or a file ended normally), else 0.
+    up: Gauge,
     counts: Mutex<Vec<LineCount>>,
     /// Becomes true once everything the source produced went through its connector.
     finished: watch::Sender<bool>,
@@ -71,6 +74,7 @@ impl CameraStatus {
             dropped: metrics.frames_dropped.get_or_create(&labels).clone(),
             reconnects: metrics.camera_reconnects.get_or_create(&labels).clone(),
             events: metrics.events.get_or_create(&labels).clone(),
+            up: metrics.camera_up.get_or_create(&labels).clone(),
             counts: Mutex::new(Vec::new()),
             finished: watch::Sender::new(false),
             id,
@@ -85,6 +89,13 @@ impl CameraStatus {
             return;
         }
         guard.0 = state;
+        // Connecting keeps the last value: a camera is not down for the moment of a reconnect,
+        // and a camera that never came up stays down.
+        match state {
+            StreamState::Streaming | StreamState::Ended => self.up.set(1),
+            StreamState::BackingOff | StreamState::Failed | StreamState::Stopped => self.up.set(0),
+            StreamState::Connecting => 0,
+        };
         if error.is_some() {
             guard.1 = error;
         }

@@ -32,6 +32,9 @@ pub struct TrackerConfig {
     pub match_thresh: f32,
     /// How many frames a track may go unseen before it is dropped.
     pub max_lost_frames: u32,
+    /// A detection at least this sure is one a healthy model gives a vehicle it sees: the share
+    /// of tracked frames with such a detection is `ml_model_accuracy` (see `Continuity`).
+    pub confident_score: f32,
 }
 
 impl Default for TrackerConfig {
@@ -42,6 +45,7 @@ impl Default for TrackerConfig {
             new_track_thresh: 0.6,
             match_thresh: 0.8,
             max_lost_frames: 30,
+            confident_score: 0.3,
         }
     }
 }
@@ -56,6 +60,7 @@ impl TrackerConfig {
             ("low_thresh", self.low_thresh),
             ("new_track_thresh", self.new_track_thresh),
             ("match_thresh", self.match_thresh),
+            ("confident_score", self.confident_score),
         ];
         for (key, value) in unit_range {
             if !(0.0..=1.0).contains(&value) {
@@ -101,6 +106,8 @@ const TENTATIVE_MIN_IOU: f32 = 0.3;
 /// Matches, frame after frame, detections to the objects they belong to.
 pub struct Tracker {
     config: TrackerConfig,
+    /// Detection continuity of the tracks that ended since the last `take_continuity`.
+    continuity: Continuity,
     /// Live tracks in order of creation, hence of id.
     tracks: Vec<Track>,
     /// Frames seen so far; the first frame is 1.
@@ -112,6 +119,7 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Self {
             config,
+            continuity: Continuity::default(),
             tracks: Vec::new(),
             frame: 0,
             next_id: 1,
@@ -154,7 +162,7 @@ impl Tracker {
             1.0 - config.match_thresh,
         );
         for (t, d) in first {
-            self.tracks[t].observe(&high[d], frame);
+            self.tracks[t].observe(&high[d], frame, config.confident_score);
             self.tracks[t].state = TrackState::Confirmed;
         }
 
@@ -170,7 +178,7 @@ impl Tracker {
             LOW_SCORE_MIN_IOU,
         );
         for (t, d) in second {
-            self.tracks[t].observe(&low[d], frame);
+            self.tracks[t].observe(&low[d], frame, config.confident_score);
         }
         for t in pool {
             self.tracks[t].state = TrackState::Lost;
@@ -187,7 +195,7 @@ impl Tracker {
             TENTATIVE_MIN_IOU,
         );
         for (t, d) in third {
-            self.tracks[t].observe(&high[d], frame);
+            self.tracks[t].observe(&high[d], frame, config.confident_score);
             self.tracks[t].state = TrackState::Confirmed;
         }
 
@@ -199,6 +207,10 @@ impl Tracker {
             let unseen = frame - track.last_seen;
             if track.state == TrackState::Lost && unseen > u64::from(config.max_lost_frames) {
                 remove[t] = true;
+                if track.hits >= CONTINUITY_MIN_HITS {
+                    self.continuity.detected += u64::from(track.confident_hits);
+                    self.continuity.spanned += track.last_seen - track.first_seen + 1;
+                }
             }
         }
         let mut index = 0;
@@ -222,7 +234,7 @@ impl Tracker {
             };
             let id = self.next_id;
             self.next_id += 1;
-            self.tracks.push(Track::new(id, detection, state, frame));
+            self.tracks.push(Track::new(id, detection, state, frame, config.confident_score));
         }
 
         self.tracks
@@ -237,6 +249,11 @@ impl Tracker {
                 })
             })
             .collect()
+    }
+
+    /// The detection continuity of the tracks that ended since the last call.
+    pub fn take_continuity(&mut self) -> Continuity {
+        std::mem::take(&mut self.continuity)
     }
 
     /// Number of live tracks (tentative, confirmed and lost) — for metrics.
@@ -255,13 +272,30 @@ enum TrackState {
     Lost,
 }
 
+/// How surely the detector found the objects it was following: over ended tracks, the frames
+/// with a confident detection (at least `confident_score`) against the frames from a track's
+/// first to its last detection. A label-free proxy of the model's recall (`ml_model_accuracy`): a
+/// degraded model leaves gaps in tracks, or keeps them only through weak detections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Continuity {
+    pub detected: u64,
+    pub spanned: u64,
+}
+
+/// Tracks shorter than this say little about recall and are left out of the continuity.
+const CONTINUITY_MIN_HITS: u32 = 5;
+
 #[derive(Debug, Clone)]
 struct Track {
     id: u64,
     kalman: KalmanBox,
     state: TrackState,
-    /// Frame of the latest matched detection.
+    /// Frames of the first and the latest matched detection, how many frames had one, and how
+    /// many of those a confident one (at least `confident_score`).
+    first_seen: u64,
     last_seen: u64,
+    hits: u32,
+    confident_hits: u32,
     /// Accumulated detection score per class.
     class_votes: Vec<(ObjectClass, f32)>,
     class: ObjectClass,
@@ -270,21 +304,26 @@ struct Track {
 }
 
 impl Track {
-    fn new(id: u64, detection: &Detection, state: TrackState, frame: u64) -> Self {
+    fn new(id: u64, detection: &Detection, state: TrackState, frame: u64, confident_score: f32) -> Self {
         Self {
             id,
             kalman: KalmanBox::new(&measurement(&detection.bbox)),
             state,
+            first_seen: frame,
             last_seen: frame,
+            hits: 1,
+            confident_hits: u32::from(detection.score >= confident_score),
             class_votes: vec![(detection.class, detection.score)],
             class: detection.class,
             matched: Some(*detection),
         }
     }
 
-    fn observe(&mut self, detection: &Detection, frame: u64) {
+    fn observe(&mut self, detection: &Detection, frame: u64, confident_score: f32) {
         self.kalman.update(&measurement(&detection.bbox));
         self.last_seen = frame;
+        self.hits += 1;
+        self.confident_hits += u32::from(detection.score >= confident_score);
         self.matched = Some(*detection);
 
         match self
@@ -525,10 +564,12 @@ mod tests {
             new_track_thresh: 0.2,
             match_thresh: f32::NAN,
             max_lost_frames: 30,
+            confident_score: 1.5,
         };
         let problems = config.validate();
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("tracker.match_thresh")));
+        assert!(problems.iter().any(|p| p.contains("tracker.confident_score")));
         assert!(problems.iter().any(|p| p.contains("tracker.low_thresh")));
         assert!(problems
             .iter()
@@ -653,6 +694,26 @@ mod tests {
         for i in 30..40 {
             assert_eq!(ids(&tracker.update(&[at(i)])), vec![1], "frame {i}");
         }
+        assert_eq!(tracker.take_continuity(), Continuity::default(), "the track has not ended");
+        for _ in 0..=TrackerConfig::default().max_lost_frames {
+            tracker.update(&[]);
+        }
+        // Detected in 30 of the 40 frames from its first to its last detection.
+        assert_eq!(tracker.take_continuity(), Continuity { detected: 30, spanned: 40 });
+        assert_eq!(tracker.take_continuity(), Continuity::default(), "taken once");
+    }
+
+    #[test]
+    fn frames_held_only_by_unsure_detections_count_against_continuity() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        for i in 0..20 {
+            let score = if i < 10 { 0.9 } else { 0.2 };
+            assert_eq!(ids(&tracker.update(&[car(100.0 + 2.0 * i as f32, 200.0, score)])), vec![1], "frame {i}");
+        }
+        for _ in 0..=TrackerConfig::default().max_lost_frames {
+            tracker.update(&[]);
+        }
+        assert_eq!(tracker.take_continuity(), Continuity { detected: 10, spanned: 20 });
     }
 
     #[test]
@@ -861,6 +922,7 @@ mod tests {
                 new_track_thresh: 0.0,
                 match_thresh: 1.0,
                 max_lost_frames: 0,
+                confident_score: 0.0,
             },
             // Invalid on purpose: the tracker must still not panic.
             TrackerConfig {
@@ -869,6 +931,7 @@ mod tests {
                 new_track_thresh: 2.0,
                 match_thresh: -3.0,
                 max_lost_frames: u32::MAX,
+                confident_score: f32::NAN,
             },
         ];
         for config in configs {

@@ -292,6 +292,7 @@ mod tests {
             captured,
             pixels: Bytes::new(),
             letterbox: Letterbox::new(1, 1, 32),
+            span: tracing::Span::none(),
         })
     }
 

@@ -119,11 +119,20 @@ impl Worker {
 
     fn infer(&self, frames: Vec<(crate::actors::messages::Frame, CameraRoute)>) {
         let inputs: Vec<_> = frames.iter().map(|(f, _)| (f.pixels.as_ref(), f.letterbox)).collect();
+        // Per traced frame: `batch` (this batch, until its results are handed on) and, inside it,
+        // `inference` (the model call the frame shared with the rest of the batch).
+        let device = self.labels.device.as_str();
+        let batch_spans: Vec<_> = frames
+            .iter()
+            .map(|(f, _)| crate::child_span!(&f.span, "batch", device, batch_size = frames.len()))
+            .collect();
+        let inference_spans: Vec<_> = batch_spans.iter().map(|b| crate::child_span!(b, "inference", device)).collect();
         let started = Instant::now();
         // libtorch errors surface as panics in some tch calls (device out of memory, say): one
         // failed batch is dropped and counted, the device keeps serving.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.detector.detect(&inputs)))
             .unwrap_or_else(|_| Err(crate::detector::DetectorError::Inference("inference panicked".into())));
+        drop(inference_spans);
         self.metrics.stages.inference.record(started.elapsed());
         self.metrics.inference_latency.get_or_create(&self.labels).observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.get_or_create(&self.labels).observe(frames.len() as f64);
@@ -136,9 +145,11 @@ impl Worker {
                         captured_at: frame.captured_at,
                         captured: frame.captured,
                         detections,
+                        span: frame.span,
                     });
                     deliver(&route, message, false);
                 }
+                drop(batch_spans);
             }
             Err(error) => {
                 tracing::error!(device = %self.labels.device, %error, frames = frames.len(), "inference failed; frames dropped");
