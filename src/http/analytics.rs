@@ -45,6 +45,7 @@ async fn history(
     id: web::Path<String>,
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    super::cameras::check_id(&id)?;
     let mut problems = Vec::new();
     let interval = match query.interval.as_deref() {
         None => Interval::Minute,
@@ -53,11 +54,14 @@ async fn history(
             Interval::Minute
         }),
     };
+    // Times beyond the years 0000-9999 are refused before any arithmetic on them (chrono reads
+    // times so early that an hour before them cannot be held: a panic).
+    let times_ok = super::events::check_range(query.from, query.to, &mut problems);
     let to = query.to.unwrap_or_else(Utc::now);
-    let from = query.from.unwrap_or(to - Duration::hours(1));
-    if from >= to {
+    let from = query.from.or_else(|| to.checked_sub_signed(Duration::hours(1))).unwrap_or(to);
+    if times_ok && from >= to {
         problems.push("from must be before to".into());
-    } else if to - from > Duration::days(max_range_days(interval)) {
+    } else if times_ok && to - from > Duration::days(max_range_days(interval)) {
         problems.push(format!("at interval {} the range may cover at most {} days", interval.label(), max_range_days(interval)));
     }
     if !problems.is_empty() {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::actors::camera::status::StatusView;
-use crate::actors::camera::{CameraSpec, CameraStatus};
+use crate::actors::camera::{is_valid_id, CameraSpec, CameraStatus};
 use crate::actors::connector::lines::LineCount;
 use crate::analytics::geometry::Geometry;
 use crate::service::Service;
@@ -61,6 +61,7 @@ async fn get(service: web::Data<Service>, id: web::Path<String>) -> Result<HttpR
 }
 
 async fn remove(service: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    check_id(&id)?;
     service.remove_camera(&id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -71,7 +72,19 @@ async fn counts(service: web::Data<Service>, id: web::Path<String>) -> Result<Ht
 }
 
 fn find(service: &Service, id: &str) -> Result<(CameraSpec, std::sync::Arc<CameraStatus>), ApiError> {
+    check_id(id)?;
     service.pipeline.camera(id).ok_or_else(|| ApiError::NotFound(format!("camera {id} not found")))
+}
+
+/// A path id that is no valid camera id names no camera: 404 before it reaches PostgreSQL, which
+/// would refuse some of them (a NUL byte) with an error that must not read as an outage. The id is
+/// not echoed: it may be anything.
+pub(super) fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("no such camera (camera ids are 1-64 characters of A-Z a-z 0-9 _ -)".into()))
+    }
 }
 
 #[derive(Serialize)]
@@ -105,6 +118,7 @@ async fn get_geometry(
     id: web::Path<String>,
     query: web::Query<GeometryQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    check_id(&id)?;
     let version = match query.version {
         Some(v) => v,
         None => {

@@ -27,6 +27,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             ServiceError::Duplicate(_) => ApiError::Conflict(e.to_string()),
             ServiceError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            // PostgreSQL refusing a statement is a defect to fix, not an outage to wait out.
+            ServiceError::Db(ref db) if !db.is_transient() => ApiError::Internal(e.to_string()),
             ServiceError::Db(_) | ServiceError::Redis(_) => {
                 // The driver's text stays in the log; clients learn only what is down.
                 tracing::warn!(error = %e, "dependency unavailable");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -47,6 +47,24 @@ fn check_filters(camera_id: Option<&str>, kind: Option<&str>, problems: &mut Vec
     }
 }
 
+/// Times the API takes: the years 0000 to 9999 that RFC 3339 writes. chrono also reads six-digit
+/// and negative years, and PostgreSQL answers those before 4713 BC with an error, not with no rows.
+pub(super) fn in_time_range(t: DateTime<Utc>) -> bool {
+    (0..=9999).contains(&t.year())
+}
+
+/// Problems with the `from` and `to` of a query; true when there were none.
+pub(super) fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, problems: &mut Vec<String>) -> bool {
+    let mut ok = true;
+    for (name, t) in [("from", from), ("to", to)] {
+        if t.is_some_and(|t| !in_time_range(t)) {
+            problems.push(format!("{name} must be a time in the years 0000 to 9999"));
+            ok = false;
+        }
+    }
+    ok
+}
+
 /// A cursor is the (ts, event_id) of the last event of a page: `{unix micros}.{event_id}`.
 fn encode_cursor(ts: DateTime<Utc>, event_id: &str) -> String {
     format!("{}.{event_id}", ts.timestamp_micros())
@@ -54,7 +72,7 @@ fn encode_cursor(ts: DateTime<Utc>, event_id: &str) -> String {
 
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, String)> {
     let (micros, id) = cursor.split_once('.')?;
-    let ts = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    let ts = DateTime::from_timestamp_micros(micros.parse().ok()?).filter(|ts| in_time_range(*ts))?;
     (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| (ts, id.to_string()))
 }
 
@@ -66,7 +84,7 @@ async fn list(service: web::Data<Service>, query: web::Query<ListQuery>) -> Resu
     if !(1..=MAX_PAGE).contains(&limit) {
         problems.push(format!("limit must be in 1..={MAX_PAGE}"));
     }
-    if let (Some(from), Some(to)) = (query.from, query.to) {
+    if let (true, Some(from), Some(to)) = (check_range(query.from, query.to, &mut problems), query.from, query.to) {
         if from >= to {
             problems.push("from must be before to".into());
         }
@@ -177,9 +195,20 @@ mod tests {
         let ts = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let id = "0b3e9c1e-1d2f-5a6b-8c7d-9e0f1a2b3c4d";
         assert_eq!(decode_cursor(&encode_cursor(ts, id)), Some((ts, id.to_string())));
-        for bad in ["", "x.y", "12", "12.", "12.'; DROP TABLE events;--"] {
+        // The last two are times chrono can hold but PostgreSQL cannot (or RFC 3339 cannot write).
+        for bad in ["", "x.y", "12", "12.", "12.'; DROP TABLE events;--", "-8000000000000000000.ab", "8000000000000000000.ab"] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn times_beyond_rfc_3339_years_are_refused() {
+        let parse = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let mut problems = Vec::new();
+        assert!(check_range(Some(parse("0000-01-01T00:00:00Z")), Some(parse("9999-12-31T23:59:59.999Z")), &mut problems));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(!check_range(Some(parse("-5000-01-01T00:00:00Z")), Some(parse("+20000-01-01T00:00:00Z")), &mut problems));
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl CameraSpec {
         if !is_valid_id(&self.id) {
             errors.push("id must be 1-64 characters of A-Z a-z 0-9 _ -".to_string());
         }
-        if self.name.len() > 200 {
+        if self.name.chars().count() > 200 {
             errors.push("name is longer than 200 characters".into());
         }
         if self.name.chars().any(char::is_control) || self.url.chars().any(char::is_control) {

@@ -33,8 +33,11 @@ impl LineSpec {
         if !crate::actors::camera::is_valid_id(&self.id) {
             errors.push(format!("line id {:?} must be 1-64 characters of A-Z a-z 0-9 _ -", self.id));
         }
-        if self.name.len() > 200 {
+        if self.name.chars().count() > 200 {
             errors.push(format!("line {:?}: name is longer than 200 characters", self.id));
+        }
+        if self.name.chars().any(char::is_control) {
+            errors.push(format!("line {:?}: name must not contain control characters", self.id));
         }
         let coords = [self.a[0], self.a[1], self.b[0], self.b[1]];
         if coords.iter().any(|c| !c.is_finite() || c.abs() > 100_000.0) {
@@ -239,5 +242,9 @@ mod tests {
         assert!(horizontal(1.0).validate().is_empty());
         let bad_id = LineSpec { id: "a b".into(), ..horizontal(1.0) };
         assert_eq!(bad_id.validate().len(), 1);
+        let nul = LineSpec { name: "gate\u{0}".into(), ..horizontal(1.0) };
+        assert!(nul.validate()[0].contains("control characters"));
+        let long = LineSpec { name: "é".repeat(200), ..horizontal(1.0) };
+        assert!(long.validate().is_empty(), "200 characters, 400 bytes");
     }
 }
