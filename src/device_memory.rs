@@ -2,8 +2,8 @@
 //!
 //! A CUDA device is read through NVML (`libnvidia-ml`, loaded at run time, so the binary runs
 //! where there is no NVIDIA driver). The CPU "device" is the host: the process' resident memory
-//! against its memory limit (the cgroup's `memory.max` when it has one, else the machine's RAM),
-//! which is what an out-of-memory kill is decided on.
+//! against its memory limit (its cgroup's, v2 or v1, when lower than the machine's RAM), which is
+//! what an out-of-memory kill is decided on.
 
 use std::sync::OnceLock;
 
@@ -16,7 +16,8 @@ fn nvml() -> Option<&'static Nvml> {
 }
 
 /// Used memory of `device` ("cpu" or "cuda:N", as `detector::device_name` names it), in percent;
-/// `None` when it cannot be read.
+/// `None` when it cannot be read. A CUDA device is looked up by its index in NVML's order, which
+/// is the CUDA order when `CUDA_DEVICE_ORDER=PCI_BUS_ID` and no `CUDA_VISIBLE_DEVICES` remaps it.
 pub fn utilization_percent(device: &str) -> Option<f64> {
     match device.strip_prefix("cuda:") {
         Some(index) => {
@@ -25,10 +26,8 @@ pub fn utilization_percent(device: &str) -> Option<f64> {
             percent(info.used, info.total)
         }
         None if device == "cpu" => {
-            let page = 4096; // statm counts pages; x86_64 and aarch64 Linux use 4 KiB by default.
-            let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-            let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-            percent(resident * page, host_memory_limit()?)
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            percent(resident_bytes(&status)?, host_memory_limit()?)
         }
         None => None,
     }
@@ -38,20 +37,67 @@ fn percent(used: u64, total: u64) -> Option<f64> {
     (total > 0).then(|| used as f64 * 100.0 / total as f64)
 }
 
-/// The cgroup v2 memory limit of this process, else the machine's total memory, in bytes.
+/// `VmRSS` of a `/proc/<pid>/status` text, in bytes (the kernel reports kB, whatever the page size).
+fn resident_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+}
+
+/// The memory this process may use: its cgroup's limit (v2 or v1) when lower than the machine's
+/// memory, else the machine's memory, in bytes.
 fn host_memory_limit() -> Option<u64> {
-    let cgroup_limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
-    cgroup_limit.or_else(|| {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    })
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let total = line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limit = cgroup_limit_files(&cgroup)
+        .iter()
+        .find_map(|file| std::fs::read_to_string(file).ok().and_then(|text| parse_limit(&text)));
+    Some(limit.map_or(total, |limit| limit.min(total)))
+}
+
+/// The files that may hold this process' memory limit, most specific first, from the text of
+/// `/proc/self/cgroup`: cgroup v2 (`0::/path`) and v1 (`N:...memory...:/path`), each at the
+/// process' own cgroup and at the mount's root (where a cgroup namespace puts it).
+fn cgroup_limit_files(proc_cgroup: &str) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(hierarchy), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if hierarchy == "0" && controllers.is_empty() {
+            files.push(std::path::Path::new("/sys/fs/cgroup").join(path).join("memory.max"));
+            files.push("/sys/fs/cgroup/memory.max".into());
+        } else if controllers.split(',').any(|c| c == "memory") {
+            files.push(std::path::Path::new("/sys/fs/cgroup/memory").join(path).join("memory.limit_in_bytes"));
+            files.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
+        }
+    }
+    files
+}
+
+/// A limit file's value; `max` (v2) is no limit.
+fn parse_limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_limits_are_found_for_v2_and_v1() {
+        let v2 = cgroup_limit_files("0::/system.slice/its.service\n");
+        assert_eq!(v2[0], std::path::Path::new("/sys/fs/cgroup/system.slice/its.service/memory.max"));
+        assert_eq!(v2[1], std::path::Path::new("/sys/fs/cgroup/memory.max"));
+        let v1 = cgroup_limit_files("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n");
+        assert_eq!(v1[0], std::path::Path::new("/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes"));
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("2147483648\n"), Some(2 << 30));
+        assert_eq!(resident_bytes("Name:\tits\nVmRSS:\t  2048 kB\n"), Some(2 << 20));
+    }
 
     #[test]
     fn the_host_memory_of_this_process_is_a_small_share() {

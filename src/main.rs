@@ -111,13 +111,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// `RUST_LOG`, default `info`, with the database driver never below `info`: at `debug` it prints
-/// every statement's parameters, camera URLs with their passwords among them.
+/// `RUST_LOG`, default `info` (the telemetry layer keeps the database driver's statement
+/// parameters out whatever it says).
 fn log_filter() -> tracing_subscriber::EnvFilter {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,actix_server=warn".into());
-    ["tokio_postgres=info", "postgres=info"]
-        .into_iter()
-        .fold(filter, |filter, directive| filter.add_directive(directive.parse().expect("a valid directive")))
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,actix_server=warn".into())
 }
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! Prometheus metrics: names are constants here, labels are bounded (camera and device ids only,
 //! never track or frame ids). Counters shown by the API are these same counters, read back.
 
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -79,13 +81,13 @@ pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// 1 ms .. ~16 s
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.001, 2.0, 15)
-}
+/// Bounds of `analytics_latency_seconds`, seconds: 0.1 is one, so the p99 alert at 100 ms
+/// (`deploy/prometheus/alerts.yml`) is not an interpolation inside a wider bucket.
+pub const ANALYTICS_LATENCY_BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 fn latency_histogram() -> Histogram {
-    Histogram::new(latency_buckets())
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 fn batch_histogram() -> Histogram {
@@ -140,7 +142,7 @@ impl Metrics {
             batch_size: Family::new_with_constructor(batch_histogram),
             inference_latency: Family::new_with_constructor(latency_histogram),
             queue_depth: Family::default(),
-            analytics_latency: HistogramWithExemplars::new(latency_buckets()),
+            analytics_latency: HistogramWithExemplars::new(ANALYTICS_LATENCY_BUCKETS.into_iter()),
             events_published: Counter::default(),
             events_dropped: Counter::default(),
             breaker_state: Family::default(),
@@ -181,7 +183,7 @@ impl Metrics {
         r.register(DEVICE_MEMORY, "Used share of the inference device's memory, percent (host memory for the CPU)", m.device_memory.clone());
         r.register(
             MODEL_ACCURACY,
-            "Detection continuity of the live model over its latest ended tracks (0..1): frames with a detection over each track's span",
+            "Label-free recall proxy of the live model (0..1): over the tracks ended in the last 5 minutes, the share of frames with a detection of at least tracker.confident_score; absent while too few tracks ended",
             m.model_accuracy.clone(),
         );
         m
@@ -207,13 +209,17 @@ impl Metrics {
         self.camera_up.remove(&labels);
     }
 
-    /// Adds the continuity of tracks that just ended and refreshes `ml_model_accuracy`.
+    /// Adds the continuity of tracks that just ended (`ml_model_accuracy` follows at the next scrape).
     pub fn record_continuity(&self, model: &str, continuity: Continuity) {
-        if continuity.spanned == 0 {
-            return;
-        }
-        if let Some(ratio) = self.model_continuity.record(continuity) {
-            self.model_accuracy.get_or_create(&ModelLabels { model: model.to_string() }).set(ratio);
+        self.model_continuity.record(model, continuity, Instant::now());
+    }
+
+    /// Sets `ml_model_accuracy` from the tracks of the last window, or removes it when too few
+    /// ended then (idle roads, cameras down): a stale value would neither fire nor clear an alert.
+    pub fn refresh_model_accuracy(&self) {
+        self.model_accuracy.clear();
+        if let Some((model, ratio)) = self.model_continuity.ratio(Instant::now()) {
+            self.model_accuracy.get_or_create(&ModelLabels { model }).set(ratio);
         }
     }
 }
@@ -224,30 +230,58 @@ impl Default for Metrics {
     }
 }
 
-/// The detection continuity (`tracker::Continuity`) of the latest ended tracks of all cameras,
-/// summed over a window of about `WINDOW_FRAMES` tracked frames, so the gauge follows the
-/// model's recent behaviour and no single camera's moment dominates.
+/// The detection continuity (`tracker::Continuity`) of the tracks of all cameras that ended in
+/// the last `WINDOW`, kept as running sums, so the gauge follows the model's recent behaviour.
 #[derive(Debug, Default)]
 pub struct ModelContinuity {
-    window: parking_lot::Mutex<std::collections::VecDeque<Continuity>>,
+    window: parking_lot::Mutex<ContinuityWindow>,
+}
+
+#[derive(Debug, Default)]
+struct ContinuityWindow {
+    model: String,
+    ended: VecDeque<(Instant, Continuity)>,
+    sum: Continuity,
+}
+
+impl ContinuityWindow {
+    fn forget_before(&mut self, cutoff: Instant) {
+        while let Some((at, c)) = self.ended.front().copied() {
+            if at >= cutoff {
+                break;
+            }
+            self.ended.pop_front();
+            self.sum.detected -= c.detected;
+            self.sum.spanned -= c.spanned;
+        }
+    }
 }
 
 impl ModelContinuity {
-    /// Tracked frames the window spans (several minutes of a busy camera).
-    pub const WINDOW_FRAMES: u64 = 20_000;
-    /// Frames needed before the ratio is reported at all.
+    pub const WINDOW: Duration = Duration::from_secs(300);
+    /// Tracked frames the window must hold for a ratio at all.
     pub const MIN_FRAMES: u64 = 200;
 
-    /// Adds ended tracks; returns the window's ratio once it holds enough frames.
-    pub fn record(&self, continuity: Continuity) -> Option<f64> {
-        let mut window = self.window.lock();
-        window.push_back(continuity);
-        let mut spanned: u64 = window.iter().map(|c| c.spanned).sum();
-        while spanned > Self::WINDOW_FRAMES && window.len() > 1 {
-            spanned -= window.pop_front().map_or(0, |c| c.spanned);
+    pub fn record(&self, model: &str, continuity: Continuity, now: Instant) {
+        if continuity.spanned == 0 {
+            return;
         }
-        let detected: u64 = window.iter().map(|c| c.detected).sum();
-        (spanned >= Self::MIN_FRAMES).then(|| detected as f64 / spanned as f64)
+        let mut window = self.window.lock();
+        if window.model != model {
+            window.model = model.to_string();
+        }
+        window.forget_before(now.checked_sub(Self::WINDOW).unwrap_or(now));
+        window.ended.push_back((now, continuity));
+        window.sum.detected += continuity.detected;
+        window.sum.spanned += continuity.spanned;
+    }
+
+    /// The model and its ratio over the window ending `now`, once it holds `MIN_FRAMES`.
+    pub fn ratio(&self, now: Instant) -> Option<(String, f64)> {
+        let mut window = self.window.lock();
+        window.forget_before(now.checked_sub(Self::WINDOW).unwrap_or(now));
+        let sum = window.sum;
+        (sum.spanned >= Self::MIN_FRAMES).then(|| (window.model.clone(), sum.detected as f64 / sum.spanned as f64))
     }
 }
 
@@ -307,5 +341,43 @@ impl LatencySamples {
         let mut v: Vec<f64> = self.samples.lock().iter().map(|&x| x as f64).collect();
         v.sort_by(f64::total_cmp);
         v
+    }
+}
+
+#[cfg(test)]
+mod model_continuity_tests {
+    use super::*;
+
+    fn ended(detected: u64, spanned: u64) -> Continuity {
+        Continuity { detected, spanned }
+    }
+
+    #[test]
+    fn the_ratio_covers_the_last_window_and_needs_enough_frames() {
+        let window = ModelContinuity::default();
+        let t0 = Instant::now();
+        assert_eq!(window.ratio(t0), None);
+        window.record("yolox_nano", ended(90, 100), t0);
+        assert_eq!(window.ratio(t0), None, "100 frames are too few");
+        window.record("yolox_nano", ended(60, 100), t0 + Duration::from_secs(10));
+        assert_eq!(window.ratio(t0 + Duration::from_secs(10)), Some(("yolox_nano".to_string(), 0.75)));
+        // The first tracks leave the window; the rest alone are too few again.
+        let later = t0 + ModelContinuity::WINDOW + Duration::from_secs(5);
+        assert_eq!(window.ratio(later), None);
+        window.record("yolox_nano", ended(200, 200), later);
+        assert_eq!(window.ratio(later), Some(("yolox_nano".to_string(), 260.0 / 300.0)));
+        // Nothing ends for a whole window: no value rather than a stale one.
+        assert_eq!(window.ratio(later + ModelContinuity::WINDOW + Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn the_gauge_is_removed_when_the_window_empties() {
+        let metrics = Metrics::new();
+        metrics.record_continuity("m", ended(190, 200));
+        metrics.refresh_model_accuracy();
+        assert!(metrics.encode().contains("ml_model_accuracy{model=\"m\"} 0.95"), "{}", metrics.encode());
+        *metrics.model_continuity.window.lock() = ContinuityWindow::default();
+        metrics.refresh_model_accuracy();
+        assert!(!metrics.encode().contains("ml_model_accuracy{"));
     }
 }

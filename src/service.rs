@@ -92,6 +92,8 @@ impl Service {
             let errors = camera.spec.validate(&service.sources);
             if !errors.is_empty() {
                 tracing::error!(camera = %id, errors = ?errors, "stored camera not started");
+                // Down, for the CameraDown alert: it is registered and analyses nothing.
+                service.metrics.camera_up.get_or_create(&service.metrics.camera(&id)).set(0);
                 continue;
             }
             service
@@ -163,6 +165,8 @@ impl Service {
         // Queued behind the camera's final state, so nothing re-creates the entry.
         self.publisher.forget_state(id);
         if stopped || deleted {
+            // A camera that never started (invalid when restored) has series too.
+            self.metrics.remove_camera(id);
             tracing::info!(camera = %id, "camera removed");
             Ok(())
         } else {
@@ -199,6 +203,7 @@ impl Service {
         self.pools();
         let (accepted, delivered) = self.publisher_counts();
         self.metrics.outbox_backlog.set(accepted.saturating_sub(delivered) as i64);
+        self.metrics.refresh_model_accuracy();
         for (device, _) in self.pipeline.devices() {
             if let Some(used) = crate::device_memory::utilization_percent(&device) {
                 self.metrics.device_memory.get_or_create(&crate::metrics::DeviceLabels { device }).set(used);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::actors::camera::SourcePolicy;
+use crate::actors::camera::{MediaDir, SourcePolicy};
 use crate::actors::connector::tracker::TrackerConfig;
 use crate::http::auth::AuthConfig;
 use crate::http::rate_limit::RateLimitConfig;
@@ -192,7 +192,7 @@ impl CameraDefaults {
     pub fn source_policy(&self) -> Result<SourcePolicy, String> {
         let media_dir = match self.media_dir.as_str() {
             "" => None,
-            dir => Some(Path::new(dir).canonicalize().map_err(|e| format!("cameras.media_dir {dir:?}: {e}"))?),
+            dir => Some(MediaDir::new(Path::new(dir)).map_err(|e| format!("cameras.media_dir {dir:?}: {e}"))?),
         };
         Ok(SourcePolicy { network_schemes: self.allowed_schemes.clone(), media_dir })
     }

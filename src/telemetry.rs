@@ -8,7 +8,7 @@
 //! never runs on an actix worker. (OTLP/gRPC is not built in: Jaeger, the OpenTelemetry
 //! Collector and Tempo all accept http/protobuf on port 4318.)
 //!
-//! Per-frame sampling: decide at the root with [`sample_frame`] (or a [`FrameSampler`]); create the
+//! Per-frame sampling: decide at the root with [`sample_frame`]; create the
 //! `frame` span only for sampled frames and carry `Span::none()` otherwise; create children
 //! with [`child_span!`](crate::child_span), which stays `Span::none()` under a disabled parent.
 //! The OTel sampler keeps `frame` roots (already decided by us) and applies the TraceIdRatio to
@@ -223,31 +223,13 @@ impl TelemetryGuard {
         Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
     }
 
-    pub fn provider(&self) -> Option<&SdkTracerProvider> {
-        self.provider.as_ref()
-    }
-
-    /// Blocks until queued spans are exported (or the SDK's flush timeout passes).
-    pub fn force_flush(&self) -> Result<(), TelemetryError> {
-        match &self.provider {
-            Some(p) => Ok(p.force_flush()?),
-            None => Ok(()),
-        }
-    }
-
-    /// Exports what is queued and stops the exporter; blocks the caller up to 5 s. Safe to call
-    /// from inside an actix/tokio context (the export runs on the batch thread), but it blocks
-    /// that thread meanwhile, so call it at exit.
-    pub fn shutdown(mut self) -> Result<(), TelemetryError> {
-        self.shutdown_inner()
-    }
-
+    /// Exports what is queued and stops the exporter; blocks the caller up to 5 s (the export
+    /// runs on the batch thread, so this is safe inside an actix/tokio context, at exit).
     fn shutdown_inner(&mut self) -> Result<(), TelemetryError> {
-        let result = match self.provider.take() {
+        match self.provider.take() {
             Some(p) => p.shutdown_with_timeout(SHUTDOWN_TIMEOUT).map_err(TelemetryError::from),
             None => Ok(()),
-        };
-        result
+        }
     }
 }
 
@@ -277,13 +259,19 @@ where
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
 }
 
+/// The PostgreSQL driver logs each statement's parameters at `debug`, camera URLs with their
+/// passwords among them: below `info` its events never reach the log, whatever RUST_LOG says.
+fn keeps_statement_parameters_out(meta: &tracing::Metadata<'_>) -> bool {
+    !(meta.target().starts_with("tokio_postgres") && *meta.level() > tracing::Level::INFO)
+}
+
 /// Installs the global subscriber: the fmt layer filtered by `env_filter` (RUST_LOG), plus the
 /// OTel layer when enabled (with its own INFO filter, so turning logs down does not turn traces
 /// off), and sets the ratio used by [`sample_frame`]. Keep the guard until exit.
 pub fn init(config: &TracingConfig, env_filter: EnvFilter) -> Result<TelemetryGuard, TelemetryError> {
     let guard = TelemetryGuard::new(config)?;
     tracing_subscriber::registry()
-        .with(fmt_layer().with_filter(env_filter))
+        .with(fmt_layer().with_filter(env_filter).with_filter(FilterFn::new(keeps_statement_parameters_out)))
         .with(guard.layer())
         .try_init()?;
     set_frame_sampling_ratio(if config.enabled() { config.sampling_ratio } else { 0.0 });
@@ -335,22 +323,6 @@ impl ShouldSample for RootSampler {
 
 /// Head sampling for per-frame traces: a thread-local xorshift draw against a threshold
 /// (about 1-2 ns, no locks, no allocation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameSampler {
-    threshold: u64,
-}
-
-impl FrameSampler {
-    pub fn new(ratio: f64) -> Self {
-        Self { threshold: ratio_to_threshold(ratio) }
-    }
-
-    #[inline]
-    pub fn sample(&self) -> bool {
-        draw(self.threshold)
-    }
-}
-
 static FRAME_THRESHOLD: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the process-wide ratio behind [`sample_frame`] (`init` does this; 0 when export is off).
@@ -457,11 +429,11 @@ mod tests {
     }
 
     #[test]
-    fn frame_sampler_ratio() {
-        assert!(!FrameSampler::new(0.0).sample());
-        assert!(FrameSampler::new(1.0).sample());
-        let s = FrameSampler::new(0.05);
-        let hits = (0..200_000).filter(|_| s.sample()).count();
+    fn frames_are_drawn_at_the_ratio() {
+        assert!(!draw(ratio_to_threshold(0.0)));
+        assert!(draw(ratio_to_threshold(1.0)));
+        let threshold = ratio_to_threshold(0.05);
+        let hits = (0..200_000).filter(|_| draw(threshold)).count();
         assert!((9_000..11_000).contains(&hits), "{hits}");
     }
 

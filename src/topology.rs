@@ -223,8 +223,13 @@ impl Pipeline {
         let is_file = spec.source_kind() == Ok(SourceKind::File);
         SourceConfig {
             camera_id,
-            // FFmpeg opens local files by path.
-            url: spec.file_path().filter(|_| is_file).map(|p| p.display().to_string()).unwrap_or_else(|| spec.url.clone()),
+            // FFmpeg opens local files by their real path, the one the media directory check
+            // admitted: a link swapped in later is not followed.
+            url: spec
+                .file_path()
+                .filter(|_| is_file)
+                .map(|p| p.canonicalize().unwrap_or(p).display().to_string())
+                .unwrap_or_else(|| spec.url.clone()),
             is_file,
             fps: spec.fps.unwrap_or(cams.default_fps),
             looping: replay.looping && mode == CameraMode::Live,

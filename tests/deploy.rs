@@ -31,13 +31,14 @@ use serde_norway::Value as Yaml;
 use common::{Service, TestEnv};
 
 /// The alerts the issue asks for, each with a runbook section of the same name.
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "AnalyticsLatencyHigh",
     "GPUMemoryExhaustion",
     "ModelAccuracyDegradation",
     "ServiceDown",
     "CameraDown",
     "BreakerOpen",
+    "EventsDropped",
     "OutboxGrowing",
     "FramesDropped",
 ];
@@ -160,15 +161,6 @@ fn compose_mount_targets(rendered: &Yaml, service: &str) -> Vec<String> {
         .collect()
 }
 
-fn sha256_hex(text: &str) -> String {
-    let mut child =
-        Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("sha256sum (coreutils)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
-}
-
 #[test]
 fn compose_file_is_valid_and_uses_known_settings() {
     let root = root();
@@ -225,6 +217,18 @@ fn compose_file_is_valid_and_uses_known_settings() {
     assert_eq!(device["driver"].as_str(), Some("nvidia"), "GPU reservation: {device:?}");
     assert_eq!(scalar(&rendered["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"]).as_deref(), Some("true"));
 
+    // Prometheus keeps exemplars (the trace ids of analytics_latency_seconds) for Grafana's links.
+    let prometheus_args: Vec<&str> = rendered["services"]["prometheus"]["command"]
+        .as_sequence()
+        .expect("the prometheus service's command is a list of flags")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(
+        prometheus_args.contains(&"--enable-feature=exemplar-storage"),
+        "the compose Prometheus must run with --enable-feature=exemplar-storage: {prometheus_args:?}"
+    );
+
     // The demo tokens file holds the SHA-256 of the documented demo tokens, with their roles.
     #[derive(Deserialize)]
     struct Tokens {
@@ -241,7 +245,12 @@ fn compose_file_is_valid_and_uses_known_settings() {
     for role in ["viewer", "operator", "admin"] {
         let token = format!("demo-{role}-token");
         let entry = file.tokens.iter().find(|t| t.role == role).unwrap_or_else(|| panic!("no {role} token in tokens.toml"));
-        assert_eq!(entry.sha256, sha256_hex(&token), "tokens.toml: {} is not the sha256 of {token}", entry.name);
+        assert_eq!(
+            entry.sha256,
+            its_analytics::http::auth::sha256_hex(&token),
+            "tokens.toml: {} is not the sha256 of {token}",
+            entry.name
+        );
     }
 }
 
@@ -575,6 +584,37 @@ fn grafana_dashboard_queries_parse_and_provisioning_points_at_prometheus() {
         .expect("a Prometheus data source")
         .clone();
     assert_eq!(prometheus["url"].as_str(), Some("http://prometheus:9090"));
+    // Exemplars labelled trace_id link to the Jaeger data source, by its fixed uid.
+    let jaeger = datasources["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "jaeger")
+        .expect("a Jaeger data source")
+        .clone();
+    let jaeger_uid = jaeger["uid"].as_str().expect("the Jaeger data source has a fixed uid");
+    let destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+        .as_sequence()
+        .expect("the Prometheus data source has jsonData.exemplarTraceIdDestinations");
+    assert!(
+        destinations.iter().any(|d| d["name"] == "trace_id" && d["datasourceUid"].as_str() == Some(jaeger_uid)),
+        "no exemplar destination maps trace_id to the Jaeger data source {jaeger_uid:?}: {destinations:?}"
+    );
+    // The latency panel asks for those exemplars.
+    let dashboard: Json =
+        serde_json::from_str(&read(&root().join("deploy/grafana/dashboards/its-analytics.json"))).expect("dashboard JSON");
+    let latency_targets: Vec<&Json> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "timeseries")
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter(|t| t["expr"].as_str().is_some_and(|e| e.contains("analytics_latency_seconds_bucket")))
+        .collect();
+    assert!(!latency_targets.is_empty(), "no latency time series panel");
+    for target in latency_targets {
+        assert_eq!(target["exemplar"], Json::Bool(true), "latency target without exemplars: {target}");
+    }
     let providers = yaml(&provisioning.join("dashboards/dashboards.yml"));
     let path = providers["providers"][0]["options"]["path"].as_str().expect("a dashboards path");
     let compose = read(&root().join("docker-compose.yml"));
@@ -656,7 +696,8 @@ impl Drop for Prometheus {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_service_and_evaluates_every_alert() {
     let env = TestEnv::new().await;
-    let svc = Service::start(&env).await;
+    // CPU inference whatever the machine has, so the device series is `device="cpu"`.
+    let svc = Service::start_with(&env, &[("ITS__DEVICE__KIND", "cpu")]).await;
     let client = reqwest::Client::new();
     let target = svc.base.trim_start_matches("http://").to_string();
     let (prometheus, port) = Prometheus::start(&target);
@@ -685,6 +726,44 @@ async fn prometheus_scrapes_the_service_and_evaluates_every_alert() {
     .await;
     for pool in ["postgres/idle", "postgres/in_use", "redis/idle", "redis/in_use"] {
         assert!(pools.contains(pool), "{}", context(&format!("no its_pool_connections for {pool}: {pools:?}")));
+    }
+
+    // The series the alerts use that an idle service (no camera) exports, through Prometheus' API:
+    // the outbox backlog (a plain gauge), both breakers (created closed when the publisher starts),
+    // the CPU device's memory (read at each scrape), the latency histogram (always exported, with
+    // zero counts until the first event).
+    for promql in [
+        "its_outbox_backlog{job=\"its-analytics\"}",
+        "its_breaker_state{job=\"its-analytics\",breaker=\"redis\"}",
+        "its_breaker_state{job=\"its-analytics\",breaker=\"postgres\"}",
+        "gpu_memory_utilization_percent{job=\"its-analytics\",device=\"cpu\"}",
+        "analytics_latency_seconds_bucket{job=\"its-analytics\"}",
+        "its_events_dropped_total{job=\"its-analytics\"}",
+    ] {
+        let samples = common::eventually(promql, Duration::from_secs(30), || async {
+            let result = prometheus.query(&client, promql).await?;
+            (!result.is_empty()).then_some(result)
+        })
+        .await;
+        for sample in &samples {
+            let value: f64 = sample["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+            assert!(value.is_finite() && value >= 0.0, "{}", context(&format!("{promql}: {sample}")));
+            if promql.starts_with("its_breaker_state") || promql.starts_with("its_outbox_backlog") {
+                assert_eq!(value, 0.0, "{}", context(&format!("{promql} on an idle, healthy service: {sample}")));
+            }
+            if promql.starts_with("gpu_memory") {
+                assert!(value > 0.0 && value <= 100.0, "{}", context(&format!("{promql}: {sample}")));
+            }
+        }
+        // 0.1 s, the threshold of AnalyticsLatencyHigh, is a bucket boundary.
+        if promql.starts_with("analytics_latency_seconds_bucket") {
+            let bounds: Vec<&str> = samples.iter().filter_map(|s| s["metric"]["le"].as_str()).collect();
+            assert!(
+                bounds.iter().any(|le| le.parse::<f64>().is_ok_and(|b| (b - 0.1).abs() < 1e-9)) && bounds.contains(&"+Inf"),
+                "{}",
+                context(&format!("analytics_latency_seconds has no le=0.1 or +Inf bucket: {bounds:?}"))
+            );
+        }
     }
 
     // The alert rules load and every one evaluates on the real series without error.

@@ -59,8 +59,11 @@ async fn writes_need_a_token_and_the_right_role() {
     // An unknown path tells an anonymous caller nothing: 401 before 404.
     let (code, _, _) = status(anonymous.get(svc.url("/api/v1/nothing-here"))).await;
     assert_eq!(code, 401);
-    let (code, _, _) = status(anonymous.post(svc.url("/api/v1/%73ystem"))).await;
-    assert_eq!(code, 401);
+    // Access is judged on the path the router serves: an encoded admin path is still admin.
+    let (code, _, _) = status(viewer.get(svc.url("/api/v1/%73ystem"))).await;
+    assert_eq!(code, 403);
+    let (code, _, _) = status(admin.get(svc.url("/api/v1/%73ystem"))).await;
+    assert_eq!(code, 200);
 
     // Probes, the scrape and the API document are open by default.
     for path in ["/health/live", "/health/ready", "/metrics", "/api/v1/openapi.json"] {
@@ -126,6 +129,13 @@ async fn each_client_is_rate_limited_and_bodies_are_bounded() {
     assert_eq!(codes.iter().map(|c| c.0).collect::<Vec<_>>(), vec![200, 200, 200, 429]);
     let retry_after: u64 = codes[3].1["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=5).contains(&retry_after), "{retry_after}");
+    // Refused requests cost their address too: a token guesser is limited like anyone else.
+    let guesser = common::client_with_token("guess-1");
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        refused.push(status(guesser.get(svc.url("/api/v1/cameras"))).await.0);
+    }
+    assert_eq!(refused, vec![401, 401, 401, 429]);
     // Another caller has a bucket of its own; probes and scrapes are never limited.
     let (code, _, _) = status(common::client().get(svc.url("/api/v1/cameras"))).await;
     assert_eq!(code, 200);
@@ -196,7 +206,12 @@ async fn a_camera_password_appears_in_no_output() {
     let env = TestEnv::new().await;
     let svc = Service::start_with(
         &env,
-        &[("RUST_LOG", "debug"), ("ITS__CAMERAS__RECONNECT_INITIAL_MS", "100"), ("ITS__CAMERAS__RECONNECT_MAX_MS", "300")],
+        &[
+            // The most specific directive wins in RUST_LOG: the driver's statements asked for by name.
+            ("RUST_LOG", "debug,tokio_postgres::query=trace,tokio_postgres=trace"),
+            ("ITS__CAMERAS__RECONNECT_INITIAL_MS", "100"),
+            ("ITS__CAMERAS__RECONNECT_MAX_MS", "300"),
+        ],
     )
     .await;
     let client = common::client();

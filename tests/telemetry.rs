@@ -14,6 +14,7 @@ use common::{Service, TestEnv};
 use serde_json::json;
 
 const PASSWORD: &str = "Trace-Leak-4412";
+const QUERY_SECRET: &str = "Query-Leak-8830";
 
 /// The chain of span names from `span` up to its root.
 fn ancestry<'a>(span: &'a ReceivedSpan, by_id: &HashMap<&str, &'a ReceivedSpan>) -> Vec<&'a str> {
@@ -47,7 +48,7 @@ async fn a_sampled_frame_is_one_trace_from_decode_to_publish() {
     let client = common::client();
     let body = json!({
         "id": "traced-cam",
-        "url": format!("http://admin:{PASSWORD}@127.0.0.1:{port}/cam.avi"),
+        "url": format!("http://admin:{PASSWORD}@127.0.0.1:{port}/cam.avi?token={QUERY_SECRET}"),
         "fps": 10,
         "geometry": common::overpass_geometry(),
     });
@@ -111,13 +112,17 @@ async fn a_sampled_frame_is_one_trace_from_decode_to_publish() {
     // No credential in any span, attribute or raw export body.
     for span in &spans {
         for text in span.strings() {
-            assert!(!text.contains(PASSWORD) && !text.contains("admin:"), "credential in {span:?}");
+            for secret in [PASSWORD, QUERY_SECRET, "admin:"] {
+                assert!(!text.contains(secret), "credential in {span:?}");
+            }
         }
     }
     for body in receiver.bodies() {
-        assert!(!common::otlp::contains(&body, PASSWORD.as_bytes()), "credential in an export body");
+        for secret in [PASSWORD, QUERY_SECRET] {
+            assert!(!common::otlp::contains(&body, secret.as_bytes()), "credential in an export body");
+        }
     }
-    assert!(!log.contains(PASSWORD));
+    assert!(!log.contains(PASSWORD) && !log.contains(QUERY_SECRET));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Context, Handler, Message};
 
-pub use spec::{is_valid_id, redact_url, url_secrets, CameraSpec, ReplayOptions, RtspTransport, SourceKind, SourcePolicy};
+pub use spec::{is_valid_id, redact_url, url_secrets, CameraSpec, ReplayOptions, RtspTransport, MediaDir, SourceKind, SourcePolicy};
 pub use status::{CameraStatus, StreamState};
 
 use crate::metrics::Metrics;

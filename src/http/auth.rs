@@ -540,6 +540,9 @@ pub async fn authenticate<B: MessageBody>(
             Ok(next.call(req).await?.map_into_left_body())
         }
         Err(rejection) => {
+            if let Some(limited) = super::rate_limit::limit_refused(&req) {
+                return Ok(req.into_response(limited).map_into_right_body());
+            }
             let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
             match &rejection {
                 Rejection::Forbidden { .. } => tracing::info!(%peer, reason = %rejection, "request forbidden"),

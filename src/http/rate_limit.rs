@@ -61,8 +61,9 @@ impl RateLimitConfig {
     /// Every problem, together.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if !(self.per_second.is_finite() && self.per_second > 0.0) {
-            errors.push("rate_limit.per_second must be a number > 0".into());
+        // At least one request in 1000 s, so a Retry-After always fits in a Duration.
+        if !(self.per_second.is_finite() && self.per_second >= 0.001) {
+            errors.push("rate_limit.per_second must be a number >= 0.001".into());
         }
         if self.burst == 0 {
             errors.push("rate_limit.burst must be at least 1".into());
@@ -210,6 +211,21 @@ fn too_many_requests(retry_after: Duration) -> HttpResponse {
     HttpResponse::TooManyRequests()
         .insert_header((RETRY_AFTER, secs.max(1).to_string()))
         .json(serde_json::json!({ "error": "rate limit exceeded" }))
+}
+
+/// For a request that authentication refuses (401, 403): it still costs its address a token, so
+/// guessing tokens or hammering forbidden paths is limited like anything else. `Some(429)` once
+/// the address's bucket is empty; `None` to answer the refusal itself.
+pub fn limit_refused(req: &ServiceRequest) -> Option<HttpResponse> {
+    let limiter = req.app_data::<web::Data<RateLimiter>>()?;
+    let key = match req.peer_addr() {
+        Some(addr) => ClientKey::Ip(client_ip(addr.ip())),
+        None => ClientKey::Unknown,
+    };
+    match limiter.check(key) {
+        Decision::Allow => None,
+        Decision::Deny { retry_after } => Some(too_many_requests(retry_after)),
+    }
 }
 
 /// The middleware, for `actix_web::middleware::from_fn(rate_limit::limit)`, wrapped *inside* the
@@ -469,15 +485,23 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn rejected_requests_never_reach_the_limiter() {
+    async fn refused_requests_are_limited_by_address() {
         let clock = Arc::new(ManualClock::new());
-        let app = stack!(auth_config(), clock, 1.0, 1);
-        for _ in 0..5 {
-            let resp = actix_test::call_service(&app, get("/api/v1/cameras", None, "10.0.0.1:1").to_request()).await;
-            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let app = stack!(auth_config(), clock.clone(), 1.0, 1);
+        let resp = actix_test::call_service(&app, get("/api/v1/cameras", None, "10.0.0.1:1").to_request()).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        for token in [None, Some("wrong-token")] {
+            let resp = actix_test::call_service(&app, get("/api/v1/cameras", token, "10.0.0.1:1").to_request()).await;
+            assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "token guessing is limited too");
         }
+        // Another address is not affected, and a valid token has its own bucket.
+        let resp = actix_test::call_service(&app, get("/api/v1/cameras", None, "10.0.0.2:1").to_request()).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1").to_request()).await;
         assert_eq!(resp.status(), StatusCode::OK);
+        clock.advance(Duration::from_secs(1));
+        let resp = actix_test::call_service(&app, get("/api/v1/cameras", None, "10.0.0.1:1").to_request()).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "refilled");
     }
 
     #[actix_web::test]

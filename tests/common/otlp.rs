@@ -105,12 +105,6 @@ impl Receiver {
     pub fn rejected(&self) -> Vec<String> {
         self.store.lock().unwrap().rejected.clone()
     }
-
-    pub fn clear(&self) {
-        let mut s = self.store.lock().unwrap();
-        s.spans.clear();
-        s.bodies.clear();
-    }
 }
 
 impl Drop for Receiver {

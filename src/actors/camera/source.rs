@@ -17,7 +17,7 @@ use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 
-use super::spec::{RtspTransport, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
+use super::spec::{RtspTransport, FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
 use super::status::{CameraStatus, StreamState};
 use crate::actors::gpu::batch::{PushOutcome, Queued};
 use crate::actors::messages::{CameraId, Frame};
@@ -215,6 +215,11 @@ impl Streamer {
         let mut options = ffmpeg::Dictionary::new();
         // Whatever the URL leads to (a playlist, a redirect), FFmpeg may not leave these protocols.
         options.set("protocol_whitelist", if self.config.is_file { FILE_PROTOCOLS } else { NETWORK_PROTOCOLS });
+        if self.config.is_file {
+            // Video containers only: a playlist or concat script in the media directory could
+            // name files outside it.
+            options.set("format_whitelist", FILE_FORMATS);
+        }
         if !self.config.is_file && self.config.url.starts_with("rtsp") {
             let transport = match self.config.rtsp_transport {
                 RtspTransport::Tcp => "tcp",
@@ -305,7 +310,7 @@ impl Streamer {
                     if self.config.is_file { self.media.at(index, source_fps) } else { SystemTime::now() };
                 // Only the camera id: the URL (with its credentials) never goes into a trace.
                 let span = if crate::telemetry::sample_frame() {
-                    tracing::info_span!("frame", camera_id = %self.config.camera_id, frame_seq = self.seq)
+                    tracing::info_span!(parent: None, "frame", camera_id = %self.config.camera_id, frame_seq = self.seq)
                 } else {
                     tracing::Span::none()
                 };

@@ -11,6 +11,10 @@ use crate::analytics::geometry::Geometry;
 pub const NETWORK_PROTOCOLS: &str = "tcp,udp,rtp,srtp,rtsp,rtsps,tls,http,https,httpproxy,crypto";
 const OUTSIDE_MEDIA_DIR: &str = "url: local files are accepted only under cameras.media_dir";
 
+/// The container formats FFmpeg may read from a local file camera (its demuxer names): video
+/// files, never playlists (`hls`), concat scripts or other formats that name further files.
+pub const FILE_FORMATS: &str = "avi,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,flv,h264,hevc,mjpeg,asf";
+
 /// The only protocol FFmpeg may use for a local file camera.
 pub const FILE_PROTOCOLS: &str = "file";
 
@@ -21,8 +25,24 @@ pub const FILE_PROTOCOLS: &str = "file";
 pub struct SourcePolicy {
     /// Lower-case network schemes, a subset of rtsp, rtsps, http, https.
     pub network_schemes: Vec<String>,
-    /// Canonical directory that file cameras must lie under; `None` refuses every local file.
-    pub media_dir: Option<PathBuf>,
+    /// The directory file cameras must lie under, as configured (made absolute) and as its real
+    /// path; `None` refuses every local file.
+    pub media_dir: Option<MediaDir>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaDir {
+    pub configured: PathBuf,
+    pub canonical: PathBuf,
+}
+
+impl MediaDir {
+    /// The directory `dir` (relative to the working directory); it must exist.
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        let canonical = dir.canonicalize()?;
+        let configured = std::env::current_dir()?.join(dir);
+        Ok(Self { configured, canonical })
+    }
 }
 
 impl SourcePolicy {
@@ -31,12 +51,19 @@ impl SourcePolicy {
 
     /// For the command line (`analyze`), where the operator names a local file directly.
     pub fn any_local_file() -> Self {
-        Self { network_schemes: Self::NETWORK_SCHEMES.map(str::to_string).to_vec(), media_dir: Some(PathBuf::from("/")) }
+        let root = MediaDir { configured: PathBuf::from("/"), canonical: PathBuf::from("/") };
+        Self { network_schemes: Self::NETWORK_SCHEMES.map(str::to_string).to_vec(), media_dir: Some(root) }
     }
 
-    /// Whether `path` lies under the media directory, component by component.
-    fn admits_file(&self, path: &Path) -> bool {
-        self.media_dir.as_deref().is_some_and(|dir| path.starts_with(dir))
+    /// Whether `path`, as written, lies under the media directory as configured or as its real
+    /// path, component by component.
+    fn admits_written(&self, path: &Path) -> bool {
+        self.media_dir.as_ref().is_some_and(|dir| path.starts_with(&dir.configured) || path.starts_with(&dir.canonical))
+    }
+
+    /// Whether `real`, a resolved path, lies under the media directory's real path.
+    fn admits_real(&self, real: &Path) -> bool {
+        self.media_dir.as_ref().is_some_and(|dir| real.starts_with(&dir.canonical))
     }
 }
 
@@ -132,11 +159,11 @@ impl CameraSpec {
                         // Judged on the path as written first, so nothing outside the media
                         // directory is even looked up (no probing for files); then on the real
                         // path, so symbolic links cannot lead out of it either.
-                        Some(path) if !policy.admits_file(&path) || path.components().any(|c| c == Component::ParentDir) => {
+                        Some(path) if !policy.admits_written(&path) || path.components().any(|c| c == Component::ParentDir) => {
                             errors.push(OUTSIDE_MEDIA_DIR.into())
                         }
                         Some(path) => match path.canonicalize() {
-                            Ok(real) if !policy.admits_file(&real) => errors.push(OUTSIDE_MEDIA_DIR.into()),
+                            Ok(real) if !policy.admits_real(&real) => errors.push(OUTSIDE_MEDIA_DIR.into()),
                             Ok(real) if real.is_file() => {}
                             _ => errors.push("url: file not found".into()),
                         },
@@ -166,6 +193,10 @@ impl CameraSpec {
 
     pub fn source_kind(&self) -> Result<SourceKind, String> {
         let url = url::Url::parse(&self.url).map_err(|e| format!("url is not a valid URL ({e})"))?;
+        // FFmpeg looks protocols up as written, in lower case.
+        if !self.url.starts_with(url.scheme()) {
+            return Err("url scheme must be written in lower case (rtsp://, not RTSP://)".into());
+        }
         match url.scheme() {
             "rtsp" | "rtsps" | "http" | "https" if url.host_str().is_some() => Ok(SourceKind::Network),
             "rtsp" | "rtsps" | "http" | "https" => Err("url needs a host".into()),
@@ -262,7 +293,7 @@ mod tests {
 
     /// Every network scheme, and files under the system's temporary directory.
     fn open_policy() -> SourcePolicy {
-        SourcePolicy { media_dir: Some(std::env::temp_dir().canonicalize().unwrap()), ..SourcePolicy::any_local_file() }
+        SourcePolicy { media_dir: Some(MediaDir::new(&std::env::temp_dir()).unwrap()), ..SourcePolicy::any_local_file() }
     }
 
     #[test]
@@ -294,10 +325,7 @@ mod tests {
         std::fs::write(media.path().join("clip.avi"), b"x").unwrap();
         std::fs::write(outside.path().join("secret.avi"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret.avi"), media.path().join("link.avi")).unwrap();
-        let policy = SourcePolicy {
-            network_schemes: vec!["rtsp".into()],
-            media_dir: Some(media.path().canonicalize().unwrap()),
-        };
+        let policy = SourcePolicy { network_schemes: vec!["rtsp".into()], media_dir: Some(MediaDir::new(media.path()).unwrap()) };
         let url = |p: &Path| format!("file://{}", p.display());
         assert!(spec(&url(&media.path().join("clip.avi"))).validate(&policy).is_empty());
         for escaped in [
@@ -310,9 +338,18 @@ mod tests {
         }
         let none = SourcePolicy { media_dir: None, ..policy.clone() };
         assert!(spec(&url(&media.path().join("clip.avi"))).validate(&none)[0].contains("not accepted"));
-        // Only the configured network schemes.
+        // Only the configured network schemes, written in lower case.
         assert!(spec("rtsp://cam.example/live").validate(&policy).is_empty());
         assert!(spec("http://cam.example/live").validate(&policy)[0].contains("not allowed"));
+        assert!(spec("RTSP://cam.example/live").validate(&policy)[0].contains("lower case"));
+        assert!(spec("FILE:///etc/passwd").validate(&policy)[0].contains("lower case"));
+        // A media directory reached through a link admits files written either way.
+        let alias = outside.path().join("alias");
+        std::os::unix::fs::symlink(media.path(), &alias).unwrap();
+        let linked = SourcePolicy { media_dir: Some(MediaDir::new(&alias).unwrap()), ..policy.clone() };
+        assert!(spec(&url(&alias.join("clip.avi"))).validate(&linked).is_empty());
+        assert!(spec(&url(&media.path().join("clip.avi"))).validate(&linked).is_empty());
+        assert!(!spec(&url(&outside.path().join("secret.avi"))).validate(&linked).is_empty());
     }
 
     #[test]

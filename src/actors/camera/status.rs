@@ -91,11 +91,14 @@ impl CameraStatus {
         guard.0 = state;
         // Connecting keeps the last value: a camera is not down for the moment of a reconnect,
         // and a camera that never came up stays down.
-        match state {
-            StreamState::Streaming | StreamState::Ended => self.up.set(1),
-            StreamState::BackingOff | StreamState::Failed | StreamState::Stopped => self.up.set(0),
-            StreamState::Connecting => 0,
+        let up = match state {
+            StreamState::Streaming | StreamState::Ended => Some(1),
+            StreamState::BackingOff | StreamState::Failed | StreamState::Stopped => Some(0),
+            StreamState::Connecting => None,
         };
+        if let Some(up) = up {
+            self.up.set(up);
+        }
         if error.is_some() {
             guard.1 = error;
         }

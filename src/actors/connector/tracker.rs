@@ -208,8 +208,11 @@ impl Tracker {
             if track.state == TrackState::Lost && unseen > u64::from(config.max_lost_frames) {
                 remove[t] = true;
                 if track.hits >= CONTINUITY_MIN_HITS {
-                    self.continuity.detected += u64::from(track.confident_hits);
-                    self.continuity.spanned += track.last_seen - track.first_seen + 1;
+                    // A vehicle parked in view for an hour counts as much as a long pass, no more.
+                    let spanned = track.last_seen - track.first_seen + 1;
+                    let counted = spanned.min(CONTINUITY_MAX_FRAMES);
+                    self.continuity.detected += u64::from(track.confident_hits) * counted / spanned;
+                    self.continuity.spanned += counted;
                 }
             }
         }
@@ -284,6 +287,8 @@ pub struct Continuity {
 
 /// Tracks shorter than this say little about recall and are left out of the continuity.
 const CONTINUITY_MIN_HITS: u32 = 5;
+/// The most frames one track contributes to the continuity.
+const CONTINUITY_MAX_FRAMES: u64 = 300;
 
 #[derive(Debug, Clone)]
 struct Track {
