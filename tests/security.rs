@@ -167,10 +167,18 @@ async fn only_network_cameras_and_files_of_the_media_directory_are_accepted() {
     let client = common::client();
     let inside = media.path().join("clip.avi");
     let private = outside.path().join("private.avi");
+    // Both folders are in the same temporary directory: `media/../<outside>/private.avi` is real.
+    let sibling = std::path::Path::new(outside.path().file_name().unwrap()).join("private.avi");
     let refused = [
         (format!("file://{}", private.display()), "only under cameras.media_dir"),
         (format!("file://{}", media.path().join("link.avi").display()), "only under cameras.media_dir"),
-        (format!("file://{}/../{}", media.path().display(), private.strip_prefix("/").unwrap().display()), "only under"),
+        // Up and out of the media directory: written, percent-encoded, and by a relative hop.
+        (format!("file://{}/../{}", media.path().display(), sibling.display()), "only under"),
+        (format!("file://{}/%2e%2e/{}", media.path().display(), sibling.display()), "only under"),
+        (format!("file://{}/%2E%2E%2F{}", media.path().display(), sibling.display()), "only under"),
+        ("file:/etc/passwd".to_string(), "only under cameras.media_dir"),
+        ("file://localhost/etc/passwd".to_string(), "only under cameras.media_dir"),
+        ("FILE:///etc/passwd".to_string(), "lower case"),
         ("file:///etc/passwd".to_string(), "only under cameras.media_dir"),
         ("concat:/etc/passwd|/etc/hostname".to_string(), "not supported"),
         ("subfile,,start,0,end,100,,:/etc/passwd".to_string(), "not a valid URL"),

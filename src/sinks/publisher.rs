@@ -26,7 +26,8 @@ pub type RedisPool = bb8::Pool<bb8_redis::RedisConnectionManager>;
 const BATCH: usize = 256;
 
 enum Outgoing {
-    Event(Event),
+    /// Boxed: an event is several times the size of the other items.
+    Event(Box<Event>),
     Aggregates(Vec<AggregateRow>),
     State(StateSnapshot),
     /// The camera was removed: drop its cached state, after any state queued before.
@@ -71,7 +72,7 @@ impl EventSink for Publisher {
     fn submit(&self, event: Event) {
         // Count first: the delivery task may finish the event before `enqueue` returns.
         self.accepted.fetch_add(1, Ordering::SeqCst);
-        if !self.enqueue(Outgoing::Event(event)) {
+        if !self.enqueue(Outgoing::Event(Box::new(event))) {
             self.accepted.fetch_sub(1, Ordering::SeqCst);
             self.metrics.events_dropped.inc();
             tracing::error!("event sink queue full; event dropped");
@@ -120,7 +121,7 @@ impl Publisher {
                 let mut states = HashMap::new();
                 for item in received.drain(..) {
                     match item {
-                        Outgoing::Event(e) => events.push(e),
+                        Outgoing::Event(e) => events.push(*e),
                         Outgoing::Aggregates(rows) => aggregates.extend(rows),
                         Outgoing::State(s) => {
                             states.insert(s.camera_id.clone(), Some(s));
