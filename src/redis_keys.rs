@@ -25,6 +25,11 @@ impl RedisKeys {
         format!("{}:events:*", self.prefix)
     }
 
+    /// Marker that an event is in the stream (`SET NX EX`), so a batch sent again adds nothing.
+    pub fn event_seen_prefix(&self) -> String {
+        format!("{}:seen:", self.prefix)
+    }
+
     /// Hash of a camera's latest state (field `state`: JSON; `updated_at`: RFC 3339).
     pub fn camera_state(&self, camera_id: &str) -> String {
         format!("{}:state:{camera_id}", self.prefix)

@@ -69,7 +69,10 @@ impl Service {
         let publisher = Arc::new(Publisher::spawn(
             redis.clone(),
             RedisKeys::new(&settings.redis.key_prefix),
-            settings.redis.stream_max_len,
+            crate::sinks::publisher::StreamOptions {
+                max_len: settings.redis.stream_max_len,
+                dedup_ttl_s: settings.redis.dedup_ttl_s,
+            },
             db.clone(),
             metrics.clone(),
             65_536,

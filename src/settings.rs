@@ -86,6 +86,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Approximate cap on the events stream (XADD MAXLEN ~).
     pub stream_max_len: u64,
+    /// How long an event id is remembered so it enters the stream once (retries, replays).
+    pub dedup_ttl_s: u64,
     pub pool_size: u32,
     /// How long a call waits for a pooled connection before it fails (and is retried by its
     /// caller, through the circuit breaker).
@@ -260,6 +262,9 @@ impl Settings {
         check_url(&mut errors, "postgres.url", &self.postgres.url, &["postgres", "postgresql"]);
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             errors.push("redis.key_prefix must be non-empty without spaces".into());
+        }
+        if !(60..=30 * 86_400).contains(&self.redis.dedup_ttl_s) {
+            errors.push("redis.dedup_ttl_s must be in 60..=2592000".into());
         }
         if self.redis.pool_size == 0 {
             errors.push("redis.pool_size must be at least 1".into());

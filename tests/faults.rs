@@ -104,3 +104,21 @@ async fn postgres_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     tokio::spawn(connection);
     assert_delivered_once(&db, &mut env.redis().await, env.key_prefix(), emitted).await;
 }
+
+/// A file camera plays again from its start when the service starts again: the same events under
+/// the same ids, and neither PostgreSQL nor the Redis stream takes any of them twice.
+#[tokio::test]
+async fn a_replay_after_a_restart_adds_no_event_twice() {
+    let env = TestEnv::new().await;
+    let client = common::client();
+    let svc = Service::start(&env).await;
+    common::overpass_until_a_few_events(&client, &svc).await;
+    let emitted = recovered(&client, &svc, "redis").await;
+    let (status, log) = svc.terminate();
+    assert!(status.success(), "{log}");
+
+    let svc = Service::start(&env).await;
+    let again = recovered(&client, &svc, "redis").await;
+    assert_eq!(again, emitted, "the replay emits the same events");
+    assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
+}

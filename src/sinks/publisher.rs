@@ -39,7 +39,7 @@ enum Outgoing {
 struct Sinks {
     redis: RedisPool,
     keys: RedisKeys,
-    stream_max_len: u64,
+    stream: StreamOptions,
     db: Db,
     metrics: Arc<Metrics>,
     redis_breaker: Arc<CircuitBreaker>,
@@ -97,7 +97,7 @@ impl Publisher {
     pub fn spawn(
         redis: RedisPool,
         keys: RedisKeys,
-        stream_max_len: u64,
+        stream: StreamOptions,
         db: Db,
         metrics: Arc<Metrics>,
         capacity: usize,
@@ -110,7 +110,7 @@ impl Publisher {
         let redis_breaker = breaker_for("redis", &breaker, &metrics);
         let postgres_breaker = breaker_for("postgres", &breaker, &metrics);
         let breakers = [redis_breaker.clone(), postgres_breaker.clone()];
-        let sinks = Sinks { redis, keys, stream_max_len, db, metrics: metrics.clone(), redis_breaker, postgres_breaker };
+        let sinks = Sinks { redis, keys, stream, db, metrics: metrics.clone(), redis_breaker, postgres_breaker };
         tokio::spawn(async move {
             let mut received = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut received, BATCH).await > 0 {
@@ -249,7 +249,7 @@ impl Sinks {
 
     async fn deliver(&self, batch: &[Event]) {
         self.until_done(&self.redis_breaker, "redis publish", || async {
-            publish_redis(batch, &self.redis, &self.keys, self.stream_max_len).await.map_err(|e| (e, true))
+            publish_redis(batch, &self.redis, &self.keys, self.stream).await.map_err(|e| (e, true))
         })
         .await;
         for event in batch {
@@ -325,31 +325,40 @@ async fn write_state(camera_id: &str, state: Option<&StateSnapshot>, redis: &Red
     command.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string())
 }
 
-async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, max_len: u64) -> Result<(), String> {
+/// Adds each event of a batch to the stream and its camera's channel unless its marker
+/// (`{prefix}:seen:{event_id}`) says it was added within the marker's lifetime, atomically: a
+/// batch retried after a lost reply, or an event emitted again by a replay, lands once.
+/// KEYS[1]: the stream. ARGV: stream length cap, marker lifetime (s), marker prefix, then per
+/// event its id, camera id, type, channel and JSON.
+const PUBLISH_ONCE: &str = r#"
+local added = 0
+for i = 4, #ARGV, 5 do
+  if redis.call('SET', ARGV[3] .. ARGV[i], '1', 'NX', 'EX', ARGV[2]) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'event_id', ARGV[i], 'camera_id', ARGV[i + 1], 'type', ARGV[i + 2], 'data', ARGV[i + 4])
+    redis.call('PUBLISH', ARGV[i + 3], ARGV[i + 4])
+    added = added + 1
+  end
+end
+return added
+"#;
+
+/// How the events stream is kept: its approximate length cap and how long an event id is
+/// remembered against duplicates.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    pub max_len: u64,
+    pub dedup_ttl_s: u64,
+}
+
+async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, stream: StreamOptions) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-    // MULTI/EXEC: a batch lands in Redis whole or not at all. A reply lost after EXEC still makes
-    // the retry publish it again, so Redis delivery is at least once (consumers key on event_id);
-    // PostgreSQL is exactly once.
-    let mut pipe = bb8_redis::redis::pipe();
-    pipe.atomic();
+    let script = bb8_redis::redis::Script::new(PUBLISH_ONCE);
+    let mut call = script.key(keys.events_stream());
+    call.arg(stream.max_len).arg(stream.dedup_ttl_s).arg(keys.event_seen_prefix());
     for event in batch {
         let json = serde_json::to_string(event).map_err(|e| e.to_string())?;
-        pipe.cmd("PUBLISH").arg(keys.camera_channel(&event.camera_id)).arg(&json).ignore();
-        pipe.cmd("XADD")
-            .arg(keys.events_stream())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(max_len)
-            .arg("*")
-            .arg("event_id")
-            .arg(&event.event_id)
-            .arg("camera_id")
-            .arg(&*event.camera_id)
-            .arg("type")
-            .arg(event.kind())
-            .arg("data")
-            .arg(&json)
-            .ignore();
+        call.arg(&event.event_id).arg(&*event.camera_id).arg(event.kind()).arg(keys.camera_channel(&event.camera_id)).arg(json);
     }
-    pipe.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string())
+    call.invoke_async::<u64>(&mut *conn).await.map(|_| ()).map_err(|e| e.to_string())
 }
