@@ -73,8 +73,8 @@ pub struct HttpSettings {
     pub bind: String,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// A client must send its whole request head within this time (else 408), and idle
-    /// keep-alive connections are closed after it.
+    /// A request must be received and answered within this time (else 408; a streamed response
+    /// only has to start in it), and idle keep-alive connections are closed after it.
     pub request_timeout_ms: u64,
 }
 

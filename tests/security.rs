@@ -114,11 +114,16 @@ async fn a_service_without_tokens_refuses_to_start() {
 }
 
 #[tokio::test]
-async fn each_client_is_rate_limited_and_bodies_are_bounded() {
+async fn each_client_is_rate_limited_and_bodies_are_bounded_in_size_and_time() {
     let env = TestEnv::new().await;
     let svc = Service::start_with(
         &env,
-        &[("ITS__RATE_LIMIT__PER_SECOND", "0.2"), ("ITS__RATE_LIMIT__BURST", "3"), ("ITS__HTTP__MAX_BODY_BYTES", "2048")],
+        &[
+            ("ITS__RATE_LIMIT__PER_SECOND", "0.2"),
+            ("ITS__RATE_LIMIT__BURST", "3"),
+            ("ITS__HTTP__MAX_BODY_BYTES", "2048"),
+            ("ITS__HTTP__REQUEST_TIMEOUT_MS", "1000"),
+        ],
     )
     .await;
     let viewer = common::client_with_token(common::VIEWER_TOKEN);
@@ -143,6 +148,20 @@ async fn each_client_is_rate_limited_and_bodies_are_bounded() {
         assert_eq!(status(viewer.get(svc.url("/health/ready"))).await.0, 200);
         assert_eq!(status(viewer.get(svc.url("/metrics"))).await.0, 200);
     }
+
+    // A body that never arrives in full is answered 408 once the request time is up.
+    let mut slow = tokio::net::TcpStream::connect(svc.base.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "POST /api/v1/cameras HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        common::ADMIN_TOKEN
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes()).await.unwrap();
+    let mut reply = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(20), tokio::io::AsyncReadExt::read(&mut slow, &mut reply))
+        .await
+        .expect("an answer before the client gives up")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&reply[..n]));
 
     let big = json!({"id": "big", "url": "rtsp://127.0.0.1:9/x", "name": "x".repeat(4096)});
     let (code, _, body) = status(common::client().post(svc.url("/api/v1/cameras")).json(&big)).await;

@@ -13,7 +13,9 @@ pub mod system;
 
 use std::sync::Arc;
 
-use actix_web::middleware::from_fn;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpResponse, HttpServer};
 
 use crate::service::Service;
@@ -42,6 +44,26 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
     }
 }
 
+/// The whole request, its body and handler included, within `http.request_timeout_ms` (the
+/// server itself bounds only the request head): a client trickling its body, or a call stuck on
+/// a dependency, is answered 408 instead of holding the connection. A streamed response (the
+/// live event stream) is bounded only until it starts.
+async fn within_time<B: MessageBody>(
+    service: web::Data<Service>,
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let limit = std::time::Duration::from_millis(service.settings.http.request_timeout_ms);
+    match tokio::time::timeout(limit, next.call(req)).await {
+        Ok(response) => response,
+        // The request itself is inside the abandoned call: the answer is made from the error.
+        Err(_) => {
+            let body = serde_json::json!({ "error": "request not completed within http.request_timeout_ms" });
+            Err(actix_web::error::InternalError::from_response("request timeout", HttpResponse::RequestTimeout().json(body)).into())
+        }
+    }
+}
+
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(OPENAPI_JSON)
 }
@@ -63,9 +85,11 @@ pub async fn serve(service: Arc<Service>, tokens: auth::TokenStore) -> anyhow::R
         App::new()
             .app_data(tokens.clone())
             .app_data(limiter.clone())
-            // actix runs the last `wrap` first: authenticate, then limit per caller.
+            // actix runs the last `wrap` first: the time limit, authentication, then the rate
+            // limit per caller.
             .wrap(from_fn(rate_limit::limit))
             .wrap(from_fn(auth::authenticate))
+            .wrap(from_fn(within_time))
             .configure(configure(service.clone()))
     })
     .client_request_timeout(timeout)

@@ -15,10 +15,12 @@
 //! Memory is bounded by `max_clients` buckets. When a new client arrives at a full table:
 //! 1. every *full* bucket is dropped: a full bucket behaves exactly like no bucket (a new client
 //!    starts full), so this loses nothing, and idle clients go first;
-//! 2. if every bucket is still in use, the one closest to full is dropped; that client starts
-//!    again with a full bucket on its next request, i.e. gains at most `burst` tokens.
+//! 2. if every bucket is still in use, the tenth of them closest to full is dropped (at least
+//!    one); those clients start again with a full bucket on their next request, i.e. gain at
+//!    most `burst` tokens each.
 //!
-//! Making room costs one pass over the table, only when a new client finds it full. The bound
+//! Making room costs a pass over the table, only when a new client finds it full, and then
+//! leaves room for many: a spray of new addresses cannot make every request pay a pass. The bound
 //! may be passed by a few entries while several workers insert new clients at the same instant.
 //!
 //! Time comes from a [`Clock`], so tests drive the buckets with `ManualClock` and never sleep.
@@ -194,12 +196,11 @@ impl RateLimiter {
         if self.buckets.len() < self.config.max_clients {
             return;
         }
-        let fullest = self
-            .buckets
-            .iter()
-            .max_by(|a, b| a.level(&self.config, now).total_cmp(&b.level(&self.config, now)))
-            .map(|entry| entry.key().clone());
-        if let Some(key) = fullest {
+        let mut by_level: Vec<(f64, ClientKey)> =
+            self.buckets.iter().map(|entry| (entry.level(&self.config, now), entry.key().clone())).collect();
+        let count = (self.config.max_clients / 10).clamp(1, by_level.len());
+        by_level.select_nth_unstable_by(count - 1, |a, b| b.0.total_cmp(&a.0));
+        for (_, key) in by_level.into_iter().take(count) {
             self.buckets.remove(&key);
         }
     }
@@ -369,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn with_no_idle_bucket_the_fullest_one_goes() {
+    fn with_no_idle_bucket_the_fullest_tenth_goes() {
         let (_clock, limiter) = limiter(1.0, 3, 2);
         limiter.check(name("drained"));
         limiter.check(name("drained"));
@@ -379,6 +380,26 @@ mod tests {
         assert_eq!(limiter.clients(), 2);
         // "drained" survived with its empty bucket; "used-once" was dropped.
         assert!(matches!(limiter.check(name("drained")), Decision::Deny { .. }));
+    }
+
+    #[test]
+    fn a_full_table_makes_room_for_more_than_one() {
+        // A full table of 20 busy clients: the two fullest go at once, leaving room for two.
+        let (_clock, busy) = limiter(1.0, 30, 20);
+        for i in 0..20 {
+            for _ in 0..=i {
+                busy.check(name(&format!("c{i}")));
+            }
+        }
+        assert_eq!(busy.check(name("new-1")), Decision::Allow);
+        assert_eq!(busy.clients(), 19, "c0 and c1, the fullest, dropped; new-1 added");
+        assert_eq!(busy.check(name("new-2")), Decision::Allow);
+        assert_eq!(busy.clients(), 20, "no second pass needed");
+        // c19 kept its bucket: 10 tokens left, not a fresh 30.
+        for _ in 0..10 {
+            assert_eq!(busy.check(name("c19")), Decision::Allow);
+        }
+        assert!(matches!(busy.check(name("c19")), Decision::Deny { .. }));
     }
 
     #[test]
