@@ -96,6 +96,11 @@ impl ClientKey {
                 return ClientKey::Caller(caller.name.clone());
             }
         }
+        Self::address_of(req)
+    }
+
+    /// The peer address alone, whoever the caller is.
+    fn address_of(req: &ServiceRequest) -> Self {
         match req.peer_addr() {
             Some(addr) => ClientKey::Ip(client_ip(addr.ip())),
             None => ClientKey::Unknown,
@@ -219,11 +224,7 @@ fn too_many_requests(retry_after: Duration) -> HttpResponse {
 /// the address's bucket is empty; `None` to answer the refusal itself.
 pub fn limit_refused(req: &ServiceRequest) -> Option<HttpResponse> {
     let limiter = req.app_data::<web::Data<RateLimiter>>()?;
-    let key = match req.peer_addr() {
-        Some(addr) => ClientKey::Ip(client_ip(addr.ip())),
-        None => ClientKey::Unknown,
-    };
-    match limiter.check(key) {
+    match limiter.check(ClientKey::address_of(req)) {
         Decision::Allow => None,
         Decision::Deny { retry_after } => Some(too_many_requests(retry_after)),
     }

@@ -353,8 +353,10 @@ pub struct StreamOptions {
 
 async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, stream: StreamOptions) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-    let script = bb8_redis::redis::Script::new(PUBLISH_ONCE);
-    let mut call = script.key(keys.events_stream());
+    // Hashed once (for EVALSHA), not per batch.
+    static SCRIPT: std::sync::LazyLock<bb8_redis::redis::Script> =
+        std::sync::LazyLock::new(|| bb8_redis::redis::Script::new(PUBLISH_ONCE));
+    let mut call = SCRIPT.key(keys.events_stream());
     call.arg(stream.max_len).arg(stream.dedup_ttl_s).arg(keys.event_seen_prefix());
     for event in batch {
         let json = serde_json::to_string(event).map_err(|e| e.to_string())?;
