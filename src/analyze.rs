@@ -137,7 +137,8 @@ pub async fn analyze(
 
     let metrics = Arc::new(Metrics::new());
     let sink = Arc::new(MemorySink::default());
-    let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone())?;
+    let escalate = Box::new(|child: &str, error: &str| tracing::error!(child, error, "a supervised child crash-loops; the analysis is incomplete"));
+    let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone(), escalate)?;
     let started = Instant::now();
     // Frame times start at a whole minute, so the clip's minutes are its own.
     let epoch_ms = crate::actors::camera::status::now_ms() / 60_000 * 60_000;

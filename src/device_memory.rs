@@ -33,6 +33,20 @@ pub fn utilization_percent(device: &str) -> Option<f64> {
     }
 }
 
+/// Memory of `device` still free for batches, in bytes: a CUDA device's free memory from NVML;
+/// for the CPU, what the process' resident memory leaves of `cpu_budget` (`None` without a
+/// budget). `None` when it cannot be read: the batch is then bounded by out-of-memory errors only.
+pub fn free_bytes(device: &str, cpu_budget: Option<u64>) -> Option<u64> {
+    match device.strip_prefix("cuda:") {
+        Some(index) => Some(nvml()?.device_by_index(index.parse().ok()?).ok()?.memory_info().ok()?.free),
+        None => {
+            let budget = cpu_budget?;
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            Some(budget.saturating_sub(resident_bytes(&status)?))
+        }
+    }
+}
+
 fn percent(used: u64, total: u64) -> Option<f64> {
     (total > 0).then(|| used as f64 * 100.0 / total as f64)
 }

@@ -126,6 +126,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             // Returns on SIGINT / SIGTERM, after in-flight requests finish.
             its_analytics::http::serve(service.clone(), tokens).await?;
             service.shutdown().await;
+            if let Some(reason) = service.escalation() {
+                anyhow::bail!("stopped: a supervised child crash-looped ({reason})");
+            }
         }
         Command::Token { name, role, append } => make_token(&name, role, append.as_deref())?,
         Command::Analyze { video, geometry, lines, fps, json } => {

@@ -55,6 +55,18 @@ pub struct BreakerLabels {
     pub breaker: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelTransitionLabels {
+    pub model: String,
+    pub transition: String,
+}
+
+/// A supervised child: `shard-0`, `infer-cpu`, ...
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChildLabels {
+    pub child: String,
+}
+
 // Counter names get `_total` appended by the encoder.
 pub const FRAMES_DECODED: &str = "its_frames_decoded";
 pub const FRAMES_PROCESSED: &str = "its_frames_processed";
@@ -75,6 +87,12 @@ pub const POOL_CONNECTIONS: &str = "its_pool_connections";
 pub const POOL_EVENTS: &str = "its_pool_events";
 pub const CAMERA_UP: &str = "its_camera_up";
 pub const OUTBOX_BACKLOG: &str = "its_outbox_backlog";
+pub const CHILD_RESTARTS: &str = "its_supervisor_restarts";
+pub const CHILD_STATE: &str = "its_supervisor_child_state";
+pub const OUT_OF_MEMORY: &str = "its_device_out_of_memory";
+pub const BATCH_LIMIT: &str = "its_device_batch_limit";
+pub const MODEL_VERSION: &str = "its_model_version";
+pub const MODEL_TRANSITIONS: &str = "its_model_transitions";
 /// Names the product brief uses.
 pub const DEVICE_MEMORY: &str = "gpu_memory_utilization_percent";
 pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
@@ -127,6 +145,16 @@ pub struct Metrics {
     /// Label-free recall proxy of the live model (`ModelContinuity`).
     pub model_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     pub model_continuity: ModelContinuity,
+    /// Restarts of each supervised child.
+    pub child_restarts: Family<ChildLabels, Counter>,
+    /// 0 running, 1 backing off, 2 failed, 3 escalated.
+    pub child_state: Family<ChildLabels, Gauge>,
+    pub out_of_memory: Family<DeviceLabels, Counter>,
+    /// The batch limit learnt from out-of-memory errors.
+    pub batch_limit: Family<DeviceLabels, Gauge>,
+    /// The version of the model serving.
+    pub model_version: Family<ModelLabels, Gauge>,
+    pub model_transitions: Family<ModelTransitionLabels, Counter>,
     pub stages: Stages,
 }
 
@@ -155,6 +183,12 @@ impl Metrics {
             device_memory: Family::default(),
             model_accuracy: Family::default(),
             model_continuity: ModelContinuity::default(),
+            child_restarts: Family::default(),
+            child_state: Family::default(),
+            out_of_memory: Family::default(),
+            batch_limit: Family::default(),
+            model_version: Family::default(),
+            model_transitions: Family::default(),
             stages: Stages::default(),
         };
         let r = &mut m.registry;
@@ -179,7 +213,13 @@ impl Metrics {
         r.register(POOL_CONNECTIONS, "Pooled connections, per pool and kind (idle, in_use)", m.pool_connections.clone());
         r.register(POOL_EVENTS, "Pool calls and connection events since start, per pool and kind", m.pool_events.clone());
         r.register(CAMERA_UP, "1 while the camera's stream delivers frames, 0 while it is down", m.camera_up.clone());
-        r.register(OUTBOX_BACKLOG, "Events accepted and not yet delivered to both Redis and PostgreSQL", m.outbox_backlog.clone());
+        r.register(OUTBOX_BACKLOG, "Events committed to the durable outbox and not yet delivered to both Redis and PostgreSQL", m.outbox_backlog.clone());
+        r.register(CHILD_RESTARTS, "Restarts of a supervised child (connector shard, inference thread)", m.child_restarts.clone());
+        r.register(CHILD_STATE, "Supervised child state: 0 running, 1 backing off, 2 failed, 3 escalated", m.child_state.clone());
+        r.register(OUT_OF_MEMORY, "Model calls that ran out of device memory (the batch was halved and retried)", m.out_of_memory.clone());
+        r.register(BATCH_LIMIT, "Largest batch the device runs now, learnt from out-of-memory errors", m.batch_limit.clone());
+        r.register(MODEL_VERSION, "Version of the model serving (registry order; 1 is the configured file)", m.model_version.clone());
+        r.register(MODEL_TRANSITIONS, "Model registry transitions: activated, rejected, rolled_back", m.model_transitions.clone());
         r.register(DEVICE_MEMORY, "Used share of the inference device's memory, percent (host memory for the CPU)", m.device_memory.clone());
         r.register(
             MODEL_ACCURACY,
@@ -207,7 +247,51 @@ impl Metrics {
             family.remove(&labels);
         }
         self.camera_up.remove(&labels);
+        let breaker = BreakerLabels { breaker: camera_breaker(camera) };
+        self.breaker_state.remove(&breaker);
+        self.breaker_opens.remove(&breaker);
     }
+
+    /// A circuit breaker whose every transition is a log line and a metric (`breaker` label = `name`).
+    pub fn breaker(&self, name: &str, config: &crate::supervision::BreakerConfig) -> std::sync::Arc<crate::supervision::CircuitBreaker> {
+        use crate::supervision::{BreakerState, CircuitBreaker, SystemClock, Transition};
+        let labels = BreakerLabels { breaker: name.to_string() };
+        let state = self.breaker_state.get_or_create(&labels).clone();
+        let opens = self.breaker_opens.get_or_create(&labels).clone();
+        state.set(0);
+        let observer = move |name: &str, transition: Transition| {
+            state.set(transition.to.as_metric());
+            if transition.to == BreakerState::Open {
+                opens.inc();
+                tracing::warn!(breaker = name, %transition, "circuit breaker opened");
+            } else {
+                tracing::info!(breaker = name, %transition, "circuit breaker changed state");
+            }
+        };
+        std::sync::Arc::new(CircuitBreaker::new(name, config.clone(), std::sync::Arc::new(SystemClock)).with_observer(std::sync::Arc::new(observer)))
+    }
+
+    /// Records a supervised child's state (`its_supervisor_child_state`, `its_supervisor_restarts`).
+    pub fn observe_child(&self, view: &crate::supervision::ChildView) {
+        let labels = ChildLabels { child: view.name.clone() };
+        let state = match view.state {
+            crate::supervision::ChildState::Running => 0,
+            crate::supervision::ChildState::BackingOff => 1,
+            crate::supervision::ChildState::Failed => 2,
+            crate::supervision::ChildState::Escalated => 3,
+        };
+        self.child_state.get_or_create(&labels).set(state);
+        let restarts = self.child_restarts.get_or_create(&labels);
+        restarts.inc_by(view.restarts.saturating_sub(restarts.get()));
+    }
+}
+
+/// The breaker name of a camera's stream.
+pub fn camera_breaker(camera: &str) -> String {
+    format!("camera:{camera}")
+}
+
+impl Metrics {
 
     /// Adds the continuity of tracks that just ended (`ml_model_accuracy` follows at the next scrape).
     pub fn record_continuity(&self, model: &str, continuity: Continuity) {

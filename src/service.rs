@@ -39,6 +39,8 @@ pub struct Service {
     /// Which camera URLs registration accepts.
     pub sources: SourcePolicy,
     publisher: Arc<Publisher>,
+    /// Signalled when a supervised child crash-loops: the process stops and exits non-zero.
+    escalation: Arc<tokio::sync::Notify>,
 }
 
 /// How long shutdown waits for the publisher to deliver what the connectors emitted.
@@ -66,6 +68,14 @@ impl Service {
             .retry_connection(false)
             .build(manager)
             .await?;
+        let outbox = crate::sinks::outbox::Outbox::open(crate::sinks::outbox::OutboxConfig {
+            path: settings.outbox.path.clone(),
+            max_events: settings.outbox.max_events,
+            when_full: match settings.outbox.when_full {
+                crate::settings::OutboxWhenFull::Reject => crate::sinks::outbox::WhenFull::Reject,
+                crate::settings::OutboxWhenFull::DropOldest => crate::sinks::outbox::WhenFull::DropOldest,
+            },
+        })?;
         let publisher = Arc::new(Publisher::spawn(
             redis.clone(),
             RedisKeys::new(&settings.redis.key_prefix),
@@ -77,10 +87,19 @@ impl Service {
             metrics.clone(),
             65_536,
             settings.breakers.config(),
+            Arc::new(outbox),
         ));
-        let pipeline = Pipeline::start(settings.clone(), metrics.clone(), publisher.clone())?;
+        let escalation = Arc::new(tokio::sync::Notify::new());
+        let escalate = {
+            let escalation = escalation.clone();
+            Box::new(move |child: &str, error: &str| {
+                tracing::error!(child, error, "a supervised child crash-loops; stopping the process so its orchestrator restarts it");
+                escalation.notify_one();
+            })
+        };
+        let pipeline = Pipeline::start(settings.clone(), metrics.clone(), publisher.clone(), escalate)?;
         let keys = RedisKeys::new(&settings.redis.key_prefix);
-        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, keys, sources, publisher });
+        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, keys, sources, publisher, escalation });
         // A stored camera that no longer reads or validates (a file that went away) is reported,
         // not fatal: the others still start.
         for stored in service.db.cameras().await? {
@@ -182,12 +201,34 @@ impl Service {
     /// Cameras stay registered and resume at the next start.
     pub async fn shutdown(&self) {
         self.pipeline.shutdown().await;
-        let (accepted, delivered) = self.publisher.drain(DRAIN_TIMEOUT).await;
-        if delivered < accepted {
-            tracing::error!(accepted, delivered, "shutdown: events not delivered in time");
+        let (accepted, delivered, left) = self.publisher.drain(DRAIN_TIMEOUT).await;
+        if left > 0 {
+            tracing::warn!(accepted, delivered, left, "shutdown: events left in the outbox are delivered at the next start");
         } else {
             tracing::info!(accepted, delivered, "shutdown: every event delivered");
         }
+    }
+
+    /// Resolves when a supervised child crash-looped (the supervisor escalated).
+    pub async fn escalated(&self) {
+        self.escalation.notified().await;
+    }
+
+    /// Why the supervisor escalated, if it did.
+    pub fn escalation(&self) -> Option<String> {
+        self.pipeline.escalated()
+    }
+
+    /// What `/api/v1/system` says about event delivery.
+    pub fn delivery(&self) -> serde_json::Value {
+        let (accepted, delivered) = self.publisher.counts();
+        serde_json::json!({
+            "accepted": accepted,
+            "delivered": delivered,
+            "outbox_backlog": self.publisher.backlog(),
+            "replayed_from_outbox": self.publisher.replayed(),
+            "outbox_max_events": self.settings.outbox.max_events,
+        })
     }
 
     /// Both connection pools, their statistics also copied into the metrics.
@@ -204,10 +245,9 @@ impl Service {
     /// backlog and device memory. Called at each scrape of `/metrics`.
     pub fn refresh_scraped_metrics(&self) {
         self.pools();
-        let (accepted, delivered) = self.publisher_counts();
-        self.metrics.outbox_backlog.set(accepted.saturating_sub(delivered) as i64);
+        self.metrics.outbox_backlog.set(self.publisher.backlog() as i64);
         self.metrics.refresh_model_accuracy();
-        for (device, _) in self.pipeline.devices() {
+        for (device, _, _) in self.pipeline.devices() {
             if let Some(used) = crate::device_memory::utilization_percent(&device) {
                 self.metrics.device_memory.get_or_create(&crate::metrics::DeviceLabels { device }).set(used);
             }

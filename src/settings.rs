@@ -42,6 +42,89 @@ pub struct Settings {
     pub rate_limit: RateLimitConfig,
     /// OpenTelemetry trace export.
     pub tracing: TracingConfig,
+    /// Restart policy of supervised children (connector shards, inference threads).
+    pub supervisor: SupervisorSettings,
+    /// The durable store every event passes through before delivery.
+    pub outbox: OutboxSettings,
+    /// Faults injected on purpose, for the fault tests; all off by default.
+    #[serde(default)]
+    pub faults: FaultSettings,
+}
+
+/// How supervisors restart their children (`supervision::RestartPolicy`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorSettings {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Progress this long without a failure resets the backoff.
+    pub healthy_after_s: u64,
+    /// At most this many restarts of one child within `within_s`; one more failure escalates:
+    /// the process exits non-zero so its orchestrator restarts it.
+    pub max_restarts: u32,
+    pub within_s: u64,
+    /// Fraction of each delay that is randomised.
+    pub jitter: f64,
+    /// A child that reports no progress for this long is frozen, and restarted.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl SupervisorSettings {
+    pub fn policy(&self) -> crate::supervision::RestartPolicy {
+        crate::supervision::RestartPolicy {
+            initial_backoff: Duration::from_millis(self.initial_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+            healthy_after: Duration::from_secs(self.healthy_after_s),
+            max_restarts: self.max_restarts,
+            within: Duration::from_secs(self.within_s),
+            jitter: self.jitter,
+        }
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// The redb file; its directory is created. One process per file.
+    pub path: PathBuf,
+    /// Events kept undelivered at most.
+    pub max_events: u64,
+    /// When full: `reject` new events (counted in its_events_dropped_total) or `drop_oldest`
+    /// undelivered ones (counted too).
+    pub when_full: OutboxWhenFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxWhenFull {
+    Reject,
+    DropOldest,
+}
+
+/// Faults made on purpose so the fault tests can prove recovery; each fires once unless said
+/// otherwise. Never set in production.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSettings {
+    /// A connector shard panics while handling the frame with this sequence number (0: never).
+    #[serde(default)]
+    pub shard_panic_at_frame: u64,
+    /// The model call of this inference batch panics (0: never).
+    #[serde(default)]
+    pub inference_panic_at_batch: u64,
+    /// Every model call from `inference_panic_at_batch` on panics (a crash loop).
+    #[serde(default)]
+    pub inference_panic_repeats: bool,
+    /// From this inference batch on (0: never), model calls with more than one frame fail with
+    /// a device out-of-memory error, `oom_times` times.
+    #[serde(default)]
+    pub oom_at_batch: u64,
+    #[serde(default)]
+    pub oom_times: u32,
 }
 
 /// The circuit breakers around Redis and PostgreSQL.
@@ -123,6 +206,10 @@ pub struct ModelSettings {
     pub score_threshold: f32,
     /// IoU above which the weaker of two boxes of one class group is suppressed.
     pub nms_iou: f32,
+    /// A model reloaded through the API rolls back to the previous version when at least this
+    /// share of its batches fail, judged over `rollback_window` batches.
+    pub rollback_failure_rate: f64,
+    pub rollback_window: u32,
 }
 
 impl ModelSettings {
@@ -148,6 +235,9 @@ pub struct DeviceSettings {
     pub kind: DeviceKind,
     /// libtorch intra-op threads on the CPU device; 0 = number of cores.
     pub cpu_threads: usize,
+    /// The CPU device's memory budget in MiB (the process' resident memory counts against it);
+    /// the batch is sized to what is left. 0 = no budget. CUDA devices use their free memory.
+    pub cpu_memory_budget_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +251,12 @@ pub struct BatchingSettings {
     pub queue_per_camera: usize,
     /// A frame older than this when its batch forms is skipped; 0 = never skip.
     pub frame_deadline_ms: u64,
+    /// Device memory one frame of a batch needs (input plus activations), MiB: the batch is
+    /// capped at free memory / this.
+    pub frame_memory_mb: u64,
+    /// After an out-of-memory halving, this many good batches in a row before the batch doubles
+    /// again (if memory allows).
+    pub grow_after_batches: u32,
 }
 
 impl BatchingSettings {
@@ -321,6 +417,25 @@ impl Settings {
         errors.extend(self.auth.validate());
         errors.extend(self.rate_limit.validate());
         errors.extend(self.tracing.validate());
+        errors.extend(self.supervisor.policy().validate().into_iter().map(|e| format!("supervisor: {e}")));
+        if !(100..=600_000).contains(&self.supervisor.heartbeat_timeout_ms) {
+            errors.push("supervisor.heartbeat_timeout_ms must be in 100..=600000".into());
+        }
+        if self.outbox.max_events == 0 {
+            errors.push("outbox.max_events must be at least 1".into());
+        }
+        if self.outbox.path.as_os_str().is_empty() {
+            errors.push("outbox.path must name a file".into());
+        }
+        if self.batching.frame_memory_mb == 0 || self.batching.grow_after_batches == 0 {
+            errors.push("batching.frame_memory_mb and batching.grow_after_batches must be at least 1".into());
+        }
+        if !(self.model.rollback_failure_rate > 0.0 && self.model.rollback_failure_rate <= 1.0) {
+            errors.push("model.rollback_failure_rate must be in (0, 1]".into());
+        }
+        if !(1..=10_000).contains(&self.model.rollback_window) {
+            errors.push("model.rollback_window must be in 1..=10000".into());
+        }
         if self.breakers.failure_threshold == 0 || self.breakers.half_open_successes == 0 {
             errors.push("breakers.failure_threshold and breakers.half_open_successes must be at least 1".into());
         }

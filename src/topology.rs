@@ -1,24 +1,29 @@
-//! Builds the running pipeline from settings: devices (one GpuActor + inference thread each),
-//! connector shards, and cameras on demand. The one place that knows how actors are wired.
+//! Builds the running pipeline from settings: devices (one GpuActor + supervised inference
+//! thread each), supervised connector shards, and cameras on demand. The one place that knows
+//! how actors are wired and how each supervised child is rebuilt.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, Arbiter};
 use dashmap::DashMap;
-use parking_lot::Mutex;
 
 use crate::actors::camera::source::SourceConfig;
 use crate::actors::camera::{CameraActor, CameraSpec, CameraStatus, SourceKind, StopCamera};
-use crate::actors::connector::{shard_for, AddCamera, ConnectorActor, RemoveCamera, SetGeometry};
+use crate::actors::connector::{
+    shard_for, AddCamera, ConnectorActor, HandOver, Registration, RemoveCamera, SetGeometry, ShardConfig, ShardSlot,
+};
 use crate::actors::gpu::batch::{FrameQueue, WhenFull};
-use crate::actors::gpu::{worker, AttachCamera, CameraRoute, DetachCamera, DeviceQueue, GpuActor};
+use crate::actors::gpu::worker::{DeviceRuntime, FaultInjector};
+use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, GpuActor};
 use crate::actors::messages::CameraId;
 use crate::analytics::geometry::Geometry;
 use crate::detector::model::{check_model_file, device_name, select_devices};
+use crate::detector::registry::{ModelRegistry, ModelTransitions};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::sinks::EventSink;
+use crate::supervision::supervisor::EscalationHook;
+use crate::supervision::{ChildView, Generation, Reporter, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -40,13 +45,8 @@ pub enum CameraMode {
 }
 
 struct Device {
-    name: String,
     actor: Addr<GpuActor>,
-    queue: Arc<DeviceQueue>,
-    /// False once the inference thread has ended.
-    alive: Arc<AtomicBool>,
-    /// Taken by `shutdown`, which waits for the thread.
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    runtime: Arc<DeviceRuntime>,
 }
 
 struct RunningCamera {
@@ -63,38 +63,95 @@ pub struct Pipeline {
     settings: Settings,
     metrics: Arc<Metrics>,
     devices: Vec<Device>,
-    shards: Vec<Addr<ConnectorActor>>,
-    cameras: DashMap<String, RunningCamera>,
+    shards: Vec<Arc<ShardSlot>>,
+    cameras: Arc<DashMap<String, RunningCamera>>,
+    supervisor: Supervisor,
+    models: ModelRegistry,
 }
 
 impl Pipeline {
-    /// Loads the model on every selected device and starts the shards. Must run inside an actix system.
-    pub fn start(settings: Settings, metrics: Arc<Metrics>, sink: Arc<dyn EventSink>) -> Result<Self, TopologyError> {
+    /// Loads the model on every selected device, starts the shards and the supervisor that
+    /// restarts them and the inference threads. `escalate` is called when a child crash-loops.
+    /// Must run inside an actix system.
+    pub fn start(settings: Settings, metrics: Arc<Metrics>, sink: Arc<dyn EventSink>, escalate: EscalationHook) -> Result<Self, TopologyError> {
         check_model_file(&settings.model.path).map_err(TopologyError::Device)?;
+        let system = actix::System::current();
+        let observer = metrics.clone();
+        let supervisor = Supervisor::spawn(
+            "pipeline",
+            settings.supervisor.policy(),
+            escalate,
+            Box::new(move |view: &ChildView| observer.observe_child(view)),
+            // Factories start arbiters, which belong to this actix system.
+            move || actix::System::set_current(system),
+        );
+        let heartbeat = Some(settings.supervisor.heartbeat_timeout());
+        let model_name = settings.model.name();
+        let transitions = ModelTransitions::new(model_name.clone(), metrics.clone());
+        let faults = Arc::new(FaultInjector::new(settings.faults.clone()));
+        let breaker = settings.breakers.config();
         let mut devices = Vec::new();
         for device in select_devices(settings.device.kind).map_err(TopologyError::Device)? {
             let name = device_name(device);
             let queue = FrameQueue::new();
-            let alive = Arc::new(AtomicBool::new(true));
-            let thread = worker::spawn(&settings, device, queue.clone(), metrics.clone(), alive.clone())
+            let model_breaker = metrics.breaker(&format!("model:{model_name}:{name}"), &breaker);
+            let runtime = DeviceRuntime::load(&settings, device, queue.clone(), metrics.clone(), model_breaker, transitions.clone(), faults.clone())
                 .map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
-            let actor = GpuActor::new(name.clone(), queue.clone()).start();
+            let factory = {
+                let runtime = runtime.clone();
+                move |_: Generation, reporter: Reporter| runtime.start_thread(reporter)
+            };
+            let reporter = supervisor.add(&format!("infer-{name}"), heartbeat, factory);
+            runtime.start_thread(reporter).map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
+            let actor = GpuActor::new(name.clone(), queue).start();
             tracing::info!(device = %name, "device ready");
-            devices.push(Device { name, actor, queue, alive, thread: Mutex::new(Some(thread)) });
+            devices.push(Device { actor, runtime });
         }
-        let model: Arc<str> = settings.model.name().into();
-        let shards = (0..settings.connector.shards)
-            .map(|i| ConnectorActor::new(
-                    i,
-                    model.clone(),
-                    settings.connector.mailbox,
-                    settings.tracker,
-                    settings.analytics.clone(),
-                    sink.clone(),
-                    metrics.clone(),
-                ).start())
-            .collect();
-        Ok(Self { settings, metrics, devices, shards, cameras: DashMap::new() })
+        let models = ModelRegistry::new(settings.model.clone(), devices.iter().map(|d| d.runtime.clone()).collect(), transitions)
+            .map_err(|e| TopologyError::Device(format!("model file: {e}")))?;
+        let cameras: Arc<DashMap<String, RunningCamera>> = Arc::default();
+        let model: Arc<str> = model_name.into();
+        let mut shards = Vec::new();
+        for shard in 0..settings.connector.shards {
+            let config = ShardConfig {
+                shard,
+                model: model.clone(),
+                mailbox: settings.connector.mailbox,
+                tracker: settings.tracker,
+                analytics: settings.analytics.clone(),
+                sink: sink.clone(),
+                metrics: metrics.clone(),
+                panic_at_frame: settings.faults.shard_panic_at_frame,
+            };
+            let slot: Arc<std::sync::OnceLock<Arc<ShardSlot>>> = Arc::default();
+            let factory = {
+                let (config, cameras, slot) = (config.clone(), cameras.clone(), slot.clone());
+                move |_: Generation, reporter: Reporter| {
+                    let slot = slot.get().ok_or("the shard has no slot yet")?;
+                    restart_shard(&config, reporter, &cameras, slot);
+                    Ok(())
+                }
+            };
+            let reporter = supervisor.add(&format!("shard-{shard}"), heartbeat, factory);
+            let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| ConnectorActor::new(config, reporter, Vec::new(), false));
+            let _ = slot.set(ShardSlot::new(addr));
+            shards.push(slot.get().expect("just set").clone());
+        }
+        Ok(Self { settings, metrics, devices, shards, cameras, supervisor, models })
+    }
+
+    /// The supervised children: shards and inference threads, with restarts and last errors.
+    pub fn children(&self) -> Vec<ChildView> {
+        self.supervisor.children()
+    }
+
+    /// Why the supervisor gave up, once it has.
+    pub fn escalated(&self) -> Option<String> {
+        self.supervisor.escalated()
+    }
+
+    pub fn models(&self) -> &ModelRegistry {
+        &self.models
     }
 
     pub fn settings(&self) -> &Settings {
@@ -105,9 +162,9 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Each device with whether its inference thread is running.
-    pub fn devices(&self) -> Vec<(String, bool)> {
-        self.devices.iter().map(|d| (d.name.clone(), d.alive.load(Ordering::SeqCst))).collect()
+    /// Each device with whether its inference thread is running and its batch limit.
+    pub fn devices(&self) -> Vec<(String, bool, usize)> {
+        self.devices.iter().map(|d| (d.runtime.name.clone(), d.runtime.is_running(), d.runtime.batch_limit())).collect()
     }
 
     /// Starts a validated camera: attach to the least-loaded device, register on its shard, then
@@ -138,11 +195,9 @@ impl Pipeline {
         } else {
             WhenFull::Wait
         };
-        self.shards[shard]
-            .send(AddCamera { status: status.clone(), geometry: spec.geometry.clone(), geometry_version })
-            .await
-            .map_err(|_| TopologyError::Stopped)?;
-        let route = CameraRoute { connector: self.shards[shard].clone().recipient(), status: status.clone(), when_full };
+        let registration = Registration { status: status.clone(), geometry: spec.geometry.clone(), geometry_version };
+        self.shards[shard].addr().send(AddCamera(registration)).await.map_err(|_| TopologyError::Stopped)?;
+        let route = CameraRoute { connector: self.shards[shard].clone(), status: status.clone(), when_full };
         let intake = self.devices[device]
             .actor
             .send(AttachCamera { camera_id: camera_id.clone(), capacity: self.settings.batching.queue_per_camera, route })
@@ -168,6 +223,7 @@ impl Pipeline {
             camera.shard
         };
         self.shards[shard]
+            .addr()
             .send(SetGeometry { camera_id: id.into(), geometry, version })
             .await
             .map_err(|_| TopologyError::Stopped)?;
@@ -180,7 +236,7 @@ impl Pipeline {
         let _ = camera.actor.send(StopCamera).await;
         let camera_id: CameraId = id.into();
         let _ = self.devices[camera.device].actor.send(DetachCamera(camera_id.clone())).await;
-        let _ = self.shards[camera.shard].send(RemoveCamera(camera_id)).await;
+        let _ = self.shards[camera.shard].addr().send(RemoveCamera(camera_id)).await;
         self.metrics.remove_camera(id);
         true
     }
@@ -191,13 +247,11 @@ impl Pipeline {
         for (spec, _) in self.cameras() {
             self.stop_camera(&spec.id).await;
         }
+        self.supervisor.stop();
         for device in &self.devices {
-            device.queue.close();
-            // Taken in its own statement: the lock must not be held across the await.
-            let thread = device.thread.lock().take();
-            if let Some(thread) = thread {
-                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-            }
+            device.runtime.queue.close();
+            let runtime = device.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || runtime.join()).await;
         }
     }
 
@@ -243,4 +297,20 @@ impl Pipeline {
             clock_origin: std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms),
         }
     }
+}
+
+/// Starts a new instance of a shard on its own arbiter with the shard's cameras rebuilt, points
+/// the slot at it, and has the old instance hand over what it kept (see `actors::connector`).
+fn restart_shard(config: &ShardConfig, reporter: Reporter, cameras: &DashMap<String, RunningCamera>, slot: &ShardSlot) {
+    let registrations: Vec<Registration> = cameras
+        .iter()
+        .filter(|c| c.shard == config.shard)
+        .map(|c| Registration { status: c.status.clone(), geometry: c.spec.geometry.clone(), geometry_version: c.geometry_version })
+        .collect();
+    let config = config.clone();
+    let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| ConnectorActor::new(config, reporter, registrations, true));
+    let old = slot.replace(addr.clone());
+    // HandOver is queued behind everything the old instance was sent: its successor gets it all,
+    // in order. A frozen one never answers; the successor stops waiting (`HANDOVER_WAIT`).
+    old.do_send(HandOver { successor: addr });
 }

@@ -288,7 +288,15 @@ async fn health_reports_dependencies() {
         assert_eq!(pool["gets_timed_out"], 0, "{system}");
     }
     assert_eq!(system["breakers"].as_array().unwrap().len(), 2);
-    assert_eq!(system["events"]["pending"], 0);
+    assert_eq!(system["events"]["outbox_backlog"], 0, "{system}");
+    let children: Vec<_> = system["supervisor"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["state"].as_str().unwrap(), c["restarts"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(children, [("infer-cpu", "running", 0), ("shard-0", "running", 0), ("shard-1", "running", 0)], "{system}");
+    assert_eq!(system["supervisor"]["escalated"], Value::Null);
     let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for series in ["its_pool_connections{pool=\"postgres\",kind=\"idle\"}", "its_pool_events_total{pool=\"redis\",kind=\"get_direct\"}", "its_breaker_state{breaker=\"postgres\"} 0"] {
         assert!(page.contains(series), "{series} missing:\n{page}");

@@ -1,14 +1,28 @@
 //! ConnectorActor: a shard that tracks objects and runs the analytics (`crate::analytics`) for
-//! the cameras pinned to it, and emits typed events, per-minute measures and live state. Cameras are pinned to shards by rendezvous hashing of their id,
-//! so a camera's tracker state lives in exactly one place.
+//! the cameras pinned to it, and emits typed events, per-minute measures and live state. Cameras
+//! are pinned to shards by rendezvous hashing of their id, so a camera's tracker state lives in
+//! exactly one place.
+//!
+//! A shard is supervised (`supervision::Supervisor`), each instance on its own arbiter thread. A
+//! panic in a handler poisons the instance: its analytics state is dropped (it may be half
+//! updated), and from then on it keeps what arrives, in order, instead of handling it. The
+//! supervisor starts a new instance after its backoff; the new one rebuilds every camera of the
+//! shard from its registration (fresh trackers, line counts continuing from the camera's status),
+//! takes over the shard's address (`ShardSlot`) and is handed what the old one kept, so frames
+//! queued behind the panic are analysed, not lost. A frozen instance (no heartbeat) cannot hand
+//! anything over: the new one starts after `HANDOVER_WAIT` without it.
 
 pub mod lines;
 pub mod tracker;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix::{Actor, Context, Handler, Message};
+use actix::dev::SendError;
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use parking_lot::RwLock;
 
 use crate::actors::camera::{CameraStatus, StreamState};
 use crate::actors::messages::{CameraId, FrameDetections, ToConnector};
@@ -18,6 +32,7 @@ use crate::analytics::scene::{FrameOutput, SceneAnalytics, StreamIdentity};
 use crate::analytics::StateSnapshot;
 use crate::metrics::Metrics;
 use crate::sinks::EventSink;
+use crate::supervision::{panic_message, Reporter};
 use tracker::{Tracker, TrackerConfig};
 
 /// The shard (of `shards`) that owns `camera_id`: highest-random-weight hashing, so adding a
@@ -61,40 +76,104 @@ struct CameraAnalytics {
 /// close and at the end.
 const STATE_INTERVAL_MS: i64 = 1_000;
 
-pub struct ConnectorActor {
-    shard: usize,
+/// What every instance of a shard is built from.
+#[derive(Clone)]
+pub struct ShardConfig {
+    pub shard: usize,
     /// The model whose detections this shard tracks (`ml_model_accuracy{model}`).
-    model: Arc<str>,
-    mailbox: usize,
-    tracker_config: TrackerConfig,
-    analytics_config: AnalyticsConfig,
-    sink: Arc<dyn EventSink>,
-    metrics: Arc<Metrics>,
-    cameras: HashMap<CameraId, CameraAnalytics>,
+    pub model: Arc<str>,
+    pub mailbox: usize,
+    pub tracker: TrackerConfig,
+    pub analytics: AnalyticsConfig,
+    pub sink: Arc<dyn EventSink>,
+    pub metrics: Arc<Metrics>,
+    /// `faults.shard_panic_at_frame` (0: never).
+    pub panic_at_frame: u64,
 }
 
+/// A camera of a shard, as a new instance rebuilds it.
+pub struct Registration {
+    pub status: Arc<CameraStatus>,
+    pub geometry: Geometry,
+    pub geometry_version: u32,
+}
+
+/// The address of a shard's live instance; the supervisor replaces it on a restart, and every
+/// sender goes through it.
+pub struct ShardSlot {
+    addr: RwLock<Addr<ConnectorActor>>,
+}
+
+impl ShardSlot {
+    pub fn new(addr: Addr<ConnectorActor>) -> Arc<Self> {
+        Arc::new(Self { addr: RwLock::new(addr) })
+    }
+
+    pub fn addr(&self) -> Addr<ConnectorActor> {
+        self.addr.read().clone()
+    }
+
+    pub fn try_send(&self, message: ToConnector) -> Result<(), SendError<ToConnector>> {
+        self.addr.read().try_send(message)
+    }
+
+    /// Points the slot at a new instance; returns the old one.
+    pub fn replace(&self, addr: Addr<ConnectorActor>) -> Addr<ConnectorActor> {
+        std::mem::replace(&mut *self.addr.write(), addr)
+    }
+}
+
+/// How long a new instance waits for its predecessor's backlog before it starts without it (the
+/// predecessor is frozen).
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
+/// How often an instance reports progress to its supervisor.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A message kept by an instance that does not handle messages now (poisoned, or waiting for
+/// its predecessor's backlog), handled in order later.
+enum Kept {
+    Data(ToConnector),
+    Add(AddCamera),
+    Geometry(SetGeometry),
+    Remove(RemoveCamera),
+}
+
+pub struct ConnectorActor {
+    config: ShardConfig,
+    reporter: Reporter,
+    cameras: HashMap<CameraId, CameraAnalytics>,
+    /// `Some` while messages are kept instead of handled.
+    kept: Option<Vec<Kept>>,
+    /// Waiting for the predecessor's backlog (a restarted instance).
+    awaiting_handover: bool,
+}
+
+/// The injected shard panic fires once per process.
+static SHARD_PANIC_FIRED: AtomicBool = AtomicBool::new(false);
+
 impl ConnectorActor {
-    pub fn new(
-        shard: usize,
-        model: Arc<str>,
-        mailbox: usize,
-        tracker_config: TrackerConfig,
-        analytics_config: AnalyticsConfig,
-        sink: Arc<dyn EventSink>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self { shard, model, mailbox, tracker_config, analytics_config, sink, metrics, cameras: HashMap::new() }
+    /// An instance with `cameras` rebuilt; a restarted one (`awaiting_handover`) keeps messages
+    /// until its predecessor's backlog arrives.
+    pub fn new(config: ShardConfig, reporter: Reporter, cameras: Vec<Registration>, awaiting_handover: bool) -> Self {
+        let mut actor = Self { config, reporter, cameras: HashMap::new(), kept: awaiting_handover.then(Vec::new), awaiting_handover };
+        for camera in cameras {
+            actor.add_camera(camera, true);
+        }
+        actor
     }
 
     fn on_frame(&mut self, frame: FrameDetections) {
+        if self.config.panic_at_frame > 0 && frame.seq == self.config.panic_at_frame && !SHARD_PANIC_FIRED.swap(true, Ordering::SeqCst) {
+            panic!("injected fault: shard {} panics at frame {}", self.config.shard, frame.seq);
+        }
         let Some(camera) = self.cameras.get_mut(&frame.camera_id) else { return };
         let started = std::time::Instant::now();
-        let tracking = crate::child_span!(&frame.span, "tracking", shard = self.shard);
+        let tracking = crate::child_span!(&frame.span, "tracking", shard = self.config.shard);
         let _entered = tracking.enter();
         let detections: Vec<_> =
             frame.detections.iter().filter(|d| camera.scene.keep_detection(&d.bbox)).copied().collect();
         let tracked = camera.tracker.update(&detections);
-        self.metrics.record_continuity(&self.model, camera.tracker.take_continuity());
+        self.config.metrics.record_continuity(&self.config.model, camera.tracker.take_continuity());
         let ts_ms = chrono::DateTime::<chrono::Utc>::from(frame.captured_at).timestamp_millis();
         let mut out = camera.scene.observe(ts_ms, frame.seq, frame.captured, &tracked);
         camera.last_seq = frame.seq;
@@ -103,21 +182,21 @@ impl ConnectorActor {
         for event in &mut out.events {
             event.span = crate::child_span!(&tracking, "event", kind = event.kind());
         }
-        emit(&*self.sink, camera, out);
+        emit(&*self.config.sink, camera, out);
         if force_state || due {
             camera.last_state_ms = Some(ts_ms);
-            send_state(&*self.sink, camera);
+            send_state(&*self.config.sink, camera);
         }
         camera.status.processed.inc();
-        self.metrics.stages.tracking.record(started.elapsed());
-        self.metrics.stages.frame_latency.record(frame.captured.elapsed());
+        self.config.metrics.stages.tracking.record(started.elapsed());
+        self.config.metrics.stages.frame_latency.record(frame.captured.elapsed());
     }
 
     fn finish(&mut self, camera_id: &CameraId) {
         let Some(camera) = self.cameras.get_mut(camera_id) else { return };
         let out = camera.scene.finish(camera.last_seq);
-        emit(&*self.sink, camera, out);
-        send_state(&*self.sink, camera);
+        emit(&*self.config.sink, camera, out);
+        send_state(&*self.config.sink, camera);
     }
 }
 
@@ -140,12 +219,132 @@ fn send_state(sink: &dyn EventSink, camera: &CameraAnalytics) {
     sink.submit_state(StateSnapshot { camera_id: camera.status.id.clone(), state });
 }
 
+impl ConnectorActor {
+    /// Starts analysing a camera. `continuing`: a restarted instance rebuilding it, whose counts
+    /// continue from the camera's status.
+    fn add_camera(&mut self, registration: Registration, continuing: bool) {
+        let Registration { status, geometry, geometry_version } = registration;
+        let identity = StreamIdentity { camera_id: status.id.clone(), epoch_ms: status.epoch_ms, geometry_version };
+        let mut scene = match SceneAnalytics::new(identity, &geometry, self.config.analytics.clone()) {
+            Ok(scene) => scene,
+            Err(errors) => {
+                // Validated at the edge; a stored geometry that no longer compiles is reported.
+                status.set_state(StreamState::Failed, Some(format!("invalid geometry: {}", errors.join("; "))));
+                return;
+            }
+        };
+        if continuing {
+            scene.continue_counts(&status.counts());
+        }
+        status.set_counts(scene.line_counts());
+        let camera = CameraAnalytics { status, tracker: Tracker::new(self.config.tracker), scene, last_seq: 0, last_state_ms: None };
+        send_state(&*self.config.sink, &camera);
+        self.cameras.insert(camera.status.id.clone(), camera);
+    }
+
+    fn set_geometry(&mut self, msg: SetGeometry) {
+        let Some(camera) = self.cameras.get(&msg.camera_id) else { return };
+        let current = camera.scene.identity().clone();
+        // Two quick changes may arrive out of order: the newest version wins.
+        if msg.version <= current.geometry_version {
+            return;
+        }
+        let identity = StreamIdentity { geometry_version: msg.version, ..current };
+        let scene = match SceneAnalytics::new(identity, &msg.geometry, self.config.analytics.clone()) {
+            Ok(scene) => scene,
+            Err(errors) => {
+                // Validated at the edge, so this is a bug; the old geometry keeps running.
+                tracing::error!(camera = %msg.camera_id, ?errors, "geometry not applied");
+                return;
+            }
+        };
+        self.finish(&msg.camera_id);
+        let Some(camera) = self.cameras.get_mut(&msg.camera_id) else { return };
+        camera.scene = scene;
+        camera.status.geometry_version.store(msg.version, Ordering::SeqCst);
+        camera.status.set_counts(camera.scene.line_counts());
+        send_state(&*self.config.sink, camera);
+    }
+
+    fn on_stream_ended(&mut self, camera_id: &CameraId) {
+        self.finish(camera_id);
+        if let Some(camera) = self.cameras.get(camera_id) {
+            if camera.status.state() != StreamState::Failed {
+                camera.status.set_state(StreamState::Ended, None);
+            }
+            camera.status.mark_finished();
+        }
+    }
+
+    /// Handles a message now, or keeps it while this instance is poisoned or waiting for its
+    /// predecessor's backlog.
+    fn accept(&mut self, message: Kept) {
+        let Some(kept) = &mut self.kept else {
+            self.handle_now(message);
+            return;
+        };
+        // Bounded like the mailbox: past it, the oldest frame is dropped and counted.
+        if kept.len() >= self.config.mailbox {
+            if let Some(i) = kept.iter().position(|k| matches!(k, Kept::Data(ToConnector::Detections(_)))) {
+                if let Kept::Data(ToConnector::Detections(frame)) = kept.remove(i) {
+                    self.config.metrics.frames_dropped.get_or_create(&self.config.metrics.camera(&frame.camera_id)).inc();
+                }
+            }
+        }
+        kept.push(message);
+    }
+
+    /// Handles one message; a panic poisons this instance (see the module doc).
+    fn handle_now(&mut self, message: Kept) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match message {
+            Kept::Data(ToConnector::Detections(frame)) => self.on_frame(frame),
+            Kept::Data(ToConnector::StreamEnded(camera_id)) => self.on_stream_ended(&camera_id),
+            Kept::Add(add) => self.add_camera(add.0, false),
+            Kept::Geometry(set) => self.set_geometry(set),
+            Kept::Remove(RemoveCamera(camera_id)) => {
+                self.finish(&camera_id);
+                self.cameras.remove(&camera_id);
+            }
+        }));
+        if let Err(panic) = result {
+            let error = format!("shard {} panicked: {}", self.config.shard, panic_message(&*panic));
+            tracing::error!(shard = self.config.shard, %error, "connector shard poisoned; its cameras are rebuilt by the next instance");
+            self.cameras.clear();
+            self.kept = Some(Vec::new());
+            self.reporter.failed(error);
+        }
+    }
+
+    /// Handles what was kept, in order, and then handles messages as they come.
+    fn resume(&mut self, backlog: Vec<Kept>) {
+        self.awaiting_handover = false;
+        let own = self.kept.take().unwrap_or_default();
+        for message in backlog.into_iter().chain(own) {
+            // A panic on the way poisons this instance again; the rest is kept for the next.
+            self.accept(message);
+        }
+    }
+}
+
 impl Actor for ConnectorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.mailbox);
-        tracing::debug!(shard = self.shard, "connector shard started");
+        ctx.set_mailbox_capacity(self.config.mailbox);
+        ctx.run_interval(HEARTBEAT, |actor, _| {
+            if actor.kept.is_none() || actor.awaiting_handover {
+                actor.reporter.heartbeat();
+            }
+        });
+        if self.awaiting_handover {
+            ctx.run_later(HANDOVER_WAIT, |actor, _| {
+                if actor.awaiting_handover {
+                    tracing::warn!(shard = actor.config.shard, "the previous instance handed nothing over (frozen); continuing without its backlog");
+                    actor.resume(Vec::new());
+                }
+            });
+        }
+        tracing::debug!(shard = self.config.shard, generation = %self.reporter.generation(), "connector shard started");
     }
 }
 
@@ -153,39 +352,13 @@ impl Actor for ConnectorActor {
 /// has been validated.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AddCamera {
-    pub status: Arc<CameraStatus>,
-    pub geometry: Geometry,
-    pub geometry_version: u32,
-}
+pub struct AddCamera(pub Registration);
 
 impl Handler<AddCamera> for ConnectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: AddCamera, _ctx: &mut Self::Context) {
-        let identity = StreamIdentity {
-            camera_id: msg.status.id.clone(),
-            epoch_ms: msg.status.epoch_ms,
-            geometry_version: msg.geometry_version,
-        };
-        let scene = match SceneAnalytics::new(identity, &msg.geometry, self.analytics_config.clone()) {
-            Ok(scene) => scene,
-            Err(errors) => {
-                // Validated at the edge; a stored geometry that no longer compiles is reported.
-                msg.status.set_state(StreamState::Failed, Some(format!("invalid geometry: {}", errors.join("; "))));
-                return;
-            }
-        };
-        msg.status.set_counts(scene.line_counts());
-        let camera = CameraAnalytics {
-            status: msg.status,
-            tracker: Tracker::new(self.tracker_config),
-            scene,
-            last_seq: 0,
-            last_state_ms: None,
-        };
-        send_state(&*self.sink, &camera);
-        self.cameras.insert(camera.status.id.clone(), camera);
+        self.accept(Kept::Add(msg));
     }
 }
 
@@ -203,27 +376,7 @@ impl Handler<SetGeometry> for ConnectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: SetGeometry, _ctx: &mut Self::Context) {
-        let Some(camera) = self.cameras.get(&msg.camera_id) else { return };
-        let current = camera.scene.identity().clone();
-        // Two quick changes may arrive out of order: the newest version wins.
-        if msg.version <= current.geometry_version {
-            return;
-        }
-        let identity = StreamIdentity { geometry_version: msg.version, ..current };
-        let scene = match SceneAnalytics::new(identity, &msg.geometry, self.analytics_config.clone()) {
-            Ok(scene) => scene,
-            Err(errors) => {
-                // Validated at the edge, so this is a bug; the old geometry keeps running.
-                tracing::error!(camera = %msg.camera_id, ?errors, "geometry not applied");
-                return;
-            }
-        };
-        self.finish(&msg.camera_id);
-        let Some(camera) = self.cameras.get_mut(&msg.camera_id) else { return };
-        camera.scene = scene;
-        camera.status.geometry_version.store(msg.version, std::sync::atomic::Ordering::SeqCst);
-        camera.status.set_counts(camera.scene.line_counts());
-        send_state(&*self.sink, camera);
+        self.accept(Kept::Geometry(msg));
     }
 }
 
@@ -235,8 +388,7 @@ impl Handler<RemoveCamera> for ConnectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: RemoveCamera, _ctx: &mut Self::Context) {
-        self.finish(&msg.0);
-        self.cameras.remove(&msg.0);
+        self.accept(Kept::Remove(msg));
     }
 }
 
@@ -244,17 +396,43 @@ impl Handler<ToConnector> for ConnectorActor {
     type Result = ();
 
     fn handle(&mut self, msg: ToConnector, _ctx: &mut Self::Context) {
-        match msg {
-            ToConnector::Detections(frame) => self.on_frame(frame),
-            ToConnector::StreamEnded(camera_id) => {
-                self.finish(&camera_id);
-                if let Some(camera) = self.cameras.get(&camera_id) {
-                    if camera.status.state() != StreamState::Failed {
-                        camera.status.set_state(StreamState::Ended, None);
-                    }
-                    camera.status.mark_finished();
-                }
-            }
+        self.accept(Kept::Data(msg));
+    }
+}
+
+/// To a poisoned instance from the supervisor: give what you kept to `successor`, then stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandOver {
+    pub successor: Addr<ConnectorActor>,
+}
+
+impl Handler<HandOver> for ConnectorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandOver, ctx: &mut Self::Context) {
+        let kept = self.kept.take().unwrap_or_default();
+        msg.successor.do_send(Backlog(kept));
+        ctx.stop();
+        // This instance had its own arbiter thread.
+        actix::Arbiter::current().stop();
+    }
+}
+
+/// What a predecessor kept, for its successor.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Backlog(Vec<Kept>);
+
+impl Handler<Backlog> for ConnectorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Backlog, _ctx: &mut Self::Context) {
+        if self.awaiting_handover {
+            self.resume(msg.0);
+        } else {
+            // Arrived after the wait: these frames are older than what was already analysed.
+            tracing::warn!(shard = self.config.shard, messages = msg.0.len(), "a late backlog from a replaced instance was dropped");
         }
     }
 }

@@ -2,21 +2,24 @@
 //! dedicated inference thread that owns the model; cameras attach to it and get a queue.
 
 pub mod batch;
+pub mod memory;
 pub mod worker;
 
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message, Recipient};
+use actix::{Actor, Context, Handler, Message};
 
 use batch::{FrameQueue, PushOutcome, Queued, WhenFull};
 use crate::actors::camera::source::FrameSink;
 use crate::actors::camera::CameraStatus;
-use crate::actors::messages::{CameraId, ToConnector};
+use crate::actors::connector::ShardSlot;
+use crate::actors::messages::CameraId;
 
 /// Where a device sends one camera's results, and whose counters it updates.
 #[derive(Clone)]
 pub struct CameraRoute {
-    pub connector: Recipient<ToConnector>,
+    /// The camera's shard, through its slot (the instance behind it may be replaced).
+    pub connector: Arc<ShardSlot>,
     pub status: Arc<CameraStatus>,
     pub when_full: WhenFull,
 }

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use actix::Message;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::detector::{Detection, Letterbox, ObjectClass};
 
@@ -52,7 +52,7 @@ pub struct FrameDetections {
     pub span: tracing::Span,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     In,
@@ -69,8 +69,9 @@ impl Direction {
 }
 
 /// A published analytics event. Serialised as the JSON that Redis and PostgreSQL carry: the
-/// common fields, `type`, then the fields of that type (see `docs/ANALYTICS.md`, Events).
-#[derive(Debug, Clone, Serialize)]
+/// common fields, `type`, then the fields of that type (see `docs/ANALYTICS.md`, Events). The
+/// durable outbox keeps this JSON and reads it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Deterministic from what produced it (camera, stream epoch, track or incident, frame), so
     /// a replay is idempotent.
@@ -86,7 +87,7 @@ pub struct Event {
     #[serde(skip)]
     pub captured: Option<Instant>,
     /// The `event` span of a traced frame, the parent of its `publish` span; else `Span::none()`.
-    #[serde(skip)]
+    #[serde(skip, default = "tracing::Span::none")]
     pub span: tracing::Span,
 }
 
@@ -102,7 +103,7 @@ impl Event {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventDetail {
     LineCrossing(LineCrossing),
@@ -111,7 +112,7 @@ pub enum EventDetail {
     IncidentClosed(IncidentEvent),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LineCrossing {
     pub track_id: u64,
     pub class: ObjectClass,
@@ -124,11 +125,11 @@ pub struct LineCrossing {
     pub speed_uncertainty_kmh: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IncidentEvent {
     /// Stable over the incident's life.
     pub incident_id: String,
-    pub incident_type: &'static str,
+    pub incident_type: std::borrow::Cow<'static, str>,
     pub zone_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub track_id: Option<u64>,

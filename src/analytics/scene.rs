@@ -189,6 +189,11 @@ impl SceneAnalytics {
         self.lines.counts()
     }
 
+    /// Continues the line counts of an earlier instance (see `LineCounter::continue_counts`).
+    pub fn continue_counts(&mut self, earlier: &[LineCount]) {
+        self.lines.continue_counts(earlier);
+    }
+
     /// Analyses one tracked frame. `ts_ms`: frame time (ms since the Unix epoch).
     pub fn observe(&mut self, ts_ms: i64, seq: u64, captured: Instant, objects: &[TrackedObject]) -> FrameOutput {
         let mut out = FrameOutput::default();
@@ -423,7 +428,7 @@ impl SceneAnalytics {
         let incident_id = stable_id(&format!("{camera_id}/{epoch_ms}/{geometry_version}/{}", t.key));
         let detail = IncidentEvent {
             incident_id: incident_id.clone(),
-            incident_type: t.kind.as_str(),
+            incident_type: t.kind.as_str().into(),
             zone_id: t.zone_id.clone(),
             track_id: t.track_id,
             class: t.class,
@@ -663,7 +668,7 @@ mod tests {
         assert_eq!(types(&incidents.iter().map(|e| (*e).clone()).collect::<Vec<_>>()), vec!["incident_opened", "incident_closed"]);
         let id = |e: &Event| match &e.detail {
             EventDetail::IncidentOpened(i) | EventDetail::IncidentClosed(i) | EventDetail::IncidentUpdated(i) => {
-                (i.incident_id.clone(), i.incident_type, i.track_id)
+                (i.incident_id.clone(), i.incident_type.clone(), i.track_id)
             }
             EventDetail::LineCrossing(_) => unreachable!(),
         };

@@ -3,6 +3,7 @@
 pub mod input;
 pub mod model;
 pub mod nms;
+pub mod registry;
 mod types;
 pub mod yolox;
 

@@ -20,11 +20,28 @@ pub enum DetectorError {
     Input { index: usize, got: usize, expected: usize },
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The device ran out of memory for this batch; a smaller one may fit.
+    #[error("device out of memory: {0}")]
+    OutOfMemory(String),
+}
+
+impl DetectorError {
+    /// Whether a libtorch message reports exhausted device memory (CUDA's "out of memory", the
+    /// CPU allocator's "DefaultCPUAllocator: can't allocate memory").
+    pub fn is_out_of_memory(message: &str) -> bool {
+        let lower = message.to_ascii_lowercase();
+        lower.contains("out of memory") || lower.contains("can't allocate memory")
+    }
 }
 
 impl From<tch::TchError> for DetectorError {
     fn from(e: tch::TchError) -> Self {
-        DetectorError::Inference(e.to_string())
+        let message = e.to_string();
+        if DetectorError::is_out_of_memory(&message) {
+            DetectorError::OutOfMemory(message)
+        } else {
+            DetectorError::Inference(message)
+        }
     }
 }
 
@@ -111,6 +128,16 @@ impl Detector {
     pub fn forward_tensor(&self, input: &Tensor) -> Result<Tensor, DetectorError> {
         let output = tch::no_grad(|| self.module.forward_ts(&[input]))?;
         Ok(output)
+    }
+
+    /// Detections of one real frame, as a reloaded model's smoke test: it must run and give
+    /// finite boxes.
+    pub fn smoke_test(&self, pixels: &[u8], letterbox: Letterbox) -> Result<usize, DetectorError> {
+        let detections = self.detect(&[(pixels, letterbox)])?.pop().unwrap_or_default();
+        if let Some(bad) = detections.iter().find(|d| !(d.score.is_finite() && d.bbox.x1.is_finite() && d.bbox.y2.is_finite())) {
+            return Err(DetectorError::Inference(format!("non-finite detection {bad:?}")));
+        }
+        Ok(detections.len())
     }
 
     /// Detections per frame, in source-frame pixels, after NMS.

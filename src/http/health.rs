@@ -21,8 +21,8 @@ async fn ready(service: web::Data<Service>) -> HttpResponse {
     let postgres = service.db.ping().await.map_err(|e| e.to_string());
     let redis = service.redis_ping().await.map_err(|e| e.to_string());
     let devices = service.pipeline.devices();
-    let model_ok = !devices.is_empty() && devices.iter().all(|(_, alive)| *alive);
-    let devices: Vec<_> = devices.into_iter().map(|(name, alive)| serde_json::json!({ "name": name, "alive": alive })).collect();
+    let model_ok = !devices.is_empty() && devices.iter().all(|(_, alive, _)| *alive);
+    let devices: Vec<_> = devices.into_iter().map(|(name, alive, _)| serde_json::json!({ "name": name, "alive": alive })).collect();
     let check = |r: &Result<(), String>| match r {
         Ok(()) => serde_json::json!({ "ok": true }),
         Err(e) => serde_json::json!({ "ok": false, "error": e }),

@@ -8,6 +8,7 @@ pub mod cameras;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod models;
 pub mod rate_limit;
 pub mod system;
 
@@ -39,7 +40,7 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
             .app_data(web::QueryConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
             .configure(health::routes)
             .route("/api/v1/openapi.json", web::get().to(openapi))
-            .service(web::scope("/api/v1").configure(cameras::routes).configure(analytics::routes).configure(events::routes).configure(system::routes))
+            .service(web::scope("/api/v1").configure(cameras::routes).configure(analytics::routes).configure(events::routes).configure(system::routes).configure(models::routes))
             .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into())) }));
     }
 }
@@ -81,7 +82,8 @@ pub async fn serve(service: Arc<Service>, tokens: auth::TokenStore) -> anyhow::R
     } else {
         tracing::warn!(%bind, "control API listening WITHOUT authentication (auth.enabled = false)");
     }
-    HttpServer::new(move || {
+    let watched = service.clone();
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(tokens.clone())
             .app_data(limiter.clone())
@@ -96,7 +98,13 @@ pub async fn serve(service: Arc<Service>, tokens: auth::TokenStore) -> anyhow::R
     .keep_alive(timeout)
     .bind(&bind)?
     .shutdown_timeout(5)
-    .run()
-    .await?;
+    .run();
+    // A crash-looping child stops the server like a signal would; `main` then exits non-zero.
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        watched.escalated().await;
+        handle.stop(true).await;
+    });
+    server.await?;
     Ok(())
 }

@@ -10,18 +10,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn system(service: web::Data<Service>) -> HttpResponse {
-    let (accepted, delivered) = service.publisher_counts();
     let devices: Vec<_> = service
         .pipeline
         .devices()
         .into_iter()
-        .map(|(name, alive)| serde_json::json!({ "name": name, "alive": alive }))
+        .map(|(name, alive, batch_limit)| serde_json::json!({ "name": name, "alive": alive, "batch_limit": batch_limit }))
         .collect();
     HttpResponse::Ok().json(serde_json::json!({
         "breakers": service.breakers(),
         "pools": service.pools(),
         "devices": devices,
+        "supervisor": { "children": service.pipeline.children(), "escalated": service.escalation() },
         "cameras": service.pipeline.cameras().len(),
-        "events": { "accepted": accepted, "delivered": delivered, "pending": accepted.saturating_sub(delivered) },
+        "events": service.delivery(),
     }))
 }

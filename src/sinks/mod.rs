@@ -1,6 +1,7 @@
 //! Where events go. Connectors hand events to an `EventSink`, which must never block them; the
-//! durable outbox of a later stage slots in behind this same trait.
+//! service's sink (`publisher`) commits them to the durable `outbox` before delivering them.
 
+pub mod outbox;
 pub mod publisher;
 
 use parking_lot::Mutex;

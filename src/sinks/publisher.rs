@@ -1,25 +1,34 @@
 //! Delivers events to Redis (PUBLISH for live consumers, XADD for consumers that must not miss
-//! anything) and PostgreSQL (idempotent on `event_id`), in batches, from one task; also the
+//! anything) and PostgreSQL (idempotent on `event_id`), through the durable outbox; also the
 //! per-minute aggregates (PostgreSQL) and each camera's latest state (a Redis hash).
 //!
-//! Each batch is delivered to Redis once and to PostgreSQL once, each retried with backoff until it
-//! succeeds, so a PostgreSQL hiccup never writes the Redis stream twice. The intake is bounded:
-//! when it is full the event is dropped and counted (the durable outbox replaces this policy).
+//! Three tasks, so that no outage holds up what does not depend on it:
+//! - intake: commits each batch of events to the outbox (`outbox`, one fsync per batch) and passes
+//!   rows and states on;
+//! - delivery: takes what the outbox holds, oldest first (after a crash, what the last process left),
+//!   delivers it to Redis once and then to PostgreSQL once, each retried with backoff until it
+//!   succeeds, and acknowledges it, which removes it from the outbox;
+//! - rows: upserts minute rows (retried) and caches states (best effort).
+//!
+//! An event is "acknowledged" once the outbox has committed it: from then on a crash does not
+//! lose it. The outbox's size limit and its policy when full are `[outbox]` settings; events it
+//! refuses or drops are counted in `its_events_dropped_total`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
+use super::outbox::{Entry, Outbox};
 use super::EventSink;
 use crate::actors::messages::Event;
 use crate::analytics::{AggregateRow, StateSnapshot};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
-use crate::supervision::{Backoff, BreakerConfig, BreakerView, CircuitBreaker, SystemClock, Transition};
+use crate::supervision::{Backoff, BreakerConfig, BreakerView, CircuitBreaker};
 
 pub type RedisPool = bb8::Pool<bb8_redis::RedisConnectionManager>;
 
@@ -46,23 +55,33 @@ struct Sinks {
     postgres_breaker: Arc<CircuitBreaker>,
 }
 
+/// Counts shared by the publisher and its tasks.
+#[derive(Default)]
+struct Progress {
+    /// Events accepted by `submit`, and events delivered to both stores (replayed ones too).
+    accepted: AtomicU64,
+    delivered: AtomicU64,
+    /// Events found in the outbox at start, left by the previous process.
+    replayed: AtomicU64,
+    /// Everything accepted (events, aggregate batches, states) and everything handled (an event
+    /// once committed to the outbox).
+    items_accepted: AtomicU64,
+    items_done: AtomicU64,
+}
+
 pub struct Publisher {
     tx: mpsc::Sender<Outgoing>,
     breakers: [Arc<CircuitBreaker>; 2],
     metrics: Arc<Metrics>,
-    /// Events accepted by `submit`, and events delivered to both stores: equal when drained.
-    accepted: AtomicU64,
-    delivered: Arc<AtomicU64>,
-    /// Everything accepted (events, aggregate batches, states) and everything handled.
-    items_accepted: AtomicU64,
-    items_done: Arc<AtomicU64>,
+    outbox: Arc<Outbox>,
+    progress: Arc<Progress>,
 }
 
 impl Publisher {
     fn enqueue(&self, item: Outgoing) -> bool {
         let ok = self.tx.try_send(item).is_ok();
         if ok {
-            self.items_accepted.fetch_add(1, Ordering::SeqCst);
+            self.progress.items_accepted.fetch_add(1, Ordering::SeqCst);
         }
         ok
     }
@@ -71,9 +90,9 @@ impl Publisher {
 impl EventSink for Publisher {
     fn submit(&self, event: Event) {
         // Count first: the delivery task may finish the event before `enqueue` returns.
-        self.accepted.fetch_add(1, Ordering::SeqCst);
+        self.progress.accepted.fetch_add(1, Ordering::SeqCst);
         if !self.enqueue(Outgoing::Event(Box::new(event))) {
-            self.accepted.fetch_sub(1, Ordering::SeqCst);
+            self.progress.accepted.fetch_sub(1, Ordering::SeqCst);
             self.metrics.events_dropped.inc();
             tracing::error!("event sink queue full; event dropped");
         }
@@ -92,8 +111,21 @@ impl EventSink for Publisher {
     }
 }
 
+/// Rows and states on their way to the rows task, with how many accepted items each stands for.
+enum RowItem {
+    Aggregates(Vec<AggregateRow>),
+    /// The newest state of a camera (`None`: remove it), standing for `superseding` items.
+    State { camera_id: crate::actors::messages::CameraId, state: Option<StateSnapshot>, superseding: u64 },
+}
+
+/// What only this process knows of the events it accepted (the outbox keeps their JSON): the
+/// capture instant for `analytics_latency_seconds` and the trace span, by event id.
+type LiveEvents = Arc<parking_lot::Mutex<HashMap<String, (Option<std::time::Instant>, tracing::Span)>>>;
+
 impl Publisher {
-    /// Starts the delivery task on the current runtime.
+    /// Starts the intake, delivery and rows tasks on the current runtime. Events the outbox
+    /// holds from an earlier run are delivered first.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         redis: RedisPool,
         keys: RedisKeys,
@@ -102,66 +134,42 @@ impl Publisher {
         metrics: Arc<Metrics>,
         capacity: usize,
         breaker: BreakerConfig,
+        outbox: Arc<Outbox>,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity);
-        let delivered = Arc::new(AtomicU64::new(0));
-        let items_done = Arc::new(AtomicU64::new(0));
-        let (task_delivered, task_done) = (delivered.clone(), items_done.clone());
-        let redis_breaker = breaker_for("redis", &breaker, &metrics);
-        let postgres_breaker = breaker_for("postgres", &breaker, &metrics);
+        let (tx, rx) = mpsc::channel::<Outgoing>(capacity);
+        let (rows_tx, rows_rx) = mpsc::unbounded_channel::<RowItem>();
+        let progress = Arc::new(Progress::default());
+        let redis_breaker = metrics.breaker("redis", &breaker);
+        let postgres_breaker = metrics.breaker("postgres", &breaker);
         let breakers = [redis_breaker.clone(), postgres_breaker.clone()];
-        let sinks = Sinks { redis, keys, stream, db, metrics: metrics.clone(), redis_breaker, postgres_breaker };
-        tokio::spawn(async move {
-            let mut received = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut received, BATCH).await > 0 {
-                let items = received.len() as u64;
-                let mut events = Vec::new();
-                let mut aggregates = Vec::new();
-                // Per camera, the newest state to cache (`None`: remove it), in arrival order.
-                let mut states = HashMap::new();
-                for item in received.drain(..) {
-                    match item {
-                        Outgoing::Event(e) => events.push(*e),
-                        Outgoing::Aggregates(rows) => aggregates.extend(rows),
-                        Outgoing::State(s) => {
-                            states.insert(s.camera_id.clone(), Some(s));
-                        }
-                        Outgoing::ForgetState(camera_id) => {
-                            states.insert(camera_id, None);
-                        }
-                    }
-                }
-                if !events.is_empty() {
-                    // A traced event's `publish` span lasts until both stores have it.
-                    let publishing: Vec<_> =
-                        events.iter().map(|e| crate::child_span!(&e.span, "publish", batch = events.len())).collect();
-                    sinks.deliver(&events).await;
-                    drop(publishing);
-                    task_delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
-                }
-                if !aggregates.is_empty() {
-                    sinks.store_aggregates(&aggregates).await;
-                }
-                for (camera_id, state) in states {
-                    sinks.cache_state(&camera_id, state.as_ref()).await;
-                }
-                task_done.fetch_add(items, Ordering::SeqCst);
-            }
-        });
-        Self {
-            tx,
-            breakers,
-            metrics,
-            accepted: AtomicU64::new(0),
-            delivered,
-            items_accepted: AtomicU64::new(0),
-            items_done,
+        let sinks = Arc::new(Sinks { redis, keys, stream, db, metrics: metrics.clone(), redis_breaker, postgres_breaker });
+        let committed = Arc::new(Notify::new());
+        let left = outbox.backlog();
+        if left > 0 {
+            tracing::warn!(events = left, "the outbox holds events the last run did not deliver; delivering them first");
         }
+        progress.replayed.store(left, Ordering::SeqCst);
+        metrics.outbox_backlog.set(left as i64);
+        let live = LiveEvents::default();
+        tokio::spawn(intake(rx, rows_tx, outbox.clone(), committed.clone(), live.clone(), metrics.clone(), progress.clone()));
+        tokio::spawn(deliver_from_outbox(sinks.clone(), outbox.clone(), committed, live, progress.clone()));
+        tokio::spawn(write_rows(sinks, rows_rx, progress.clone()));
+        Self { tx, breakers, metrics, outbox, progress }
     }
 
     /// Events accepted and delivered so far.
     pub fn counts(&self) -> (u64, u64) {
-        (self.accepted.load(Ordering::SeqCst), self.delivered.load(Ordering::SeqCst))
+        (self.progress.accepted.load(Ordering::SeqCst), self.progress.delivered.load(Ordering::SeqCst))
+    }
+
+    /// Events committed to the outbox and not yet delivered to both stores.
+    pub fn backlog(&self) -> u64 {
+        self.outbox.backlog()
+    }
+
+    /// Events the outbox held at start, left by the previous process.
+    pub fn replayed(&self) -> u64 {
+        self.progress.replayed.load(Ordering::SeqCst)
     }
 
     /// The breakers' states, for readiness and `/api/v1/system`.
@@ -176,36 +184,194 @@ impl Publisher {
         }
     }
 
-    /// Waits until everything accepted is handled, or `timeout`; returns the events accepted and
-    /// delivered. For shutdown: the cameras are stopped first, so nothing new arrives meanwhile.
-    pub async fn drain(&self, timeout: Duration) -> (u64, u64) {
+    /// Waits until everything accepted is handled and the outbox is empty, or `timeout`; returns
+    /// the events accepted and delivered and what stays in the outbox (delivered at the next
+    /// start). For shutdown: the cameras are stopped first, so nothing new arrives meanwhile.
+    pub async fn drain(&self, timeout: Duration) -> (u64, u64, u64) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self.items_done.load(Ordering::SeqCst) >= self.items_accepted.load(Ordering::SeqCst);
-            if done || tokio::time::Instant::now() >= deadline {
-                return (self.accepted.load(Ordering::SeqCst), self.delivered.load(Ordering::SeqCst));
+            let p = &self.progress;
+            let handled = p.items_done.load(Ordering::SeqCst) >= p.items_accepted.load(Ordering::SeqCst);
+            let backlog = self.outbox.backlog();
+            if (handled && backlog == 0) || tokio::time::Instant::now() >= deadline {
+                let (accepted, delivered) = self.counts();
+                return (accepted, delivered, backlog);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
-/// A breaker whose every transition is a log line and a metric.
-fn breaker_for(name: &'static str, config: &BreakerConfig, metrics: &Arc<Metrics>) -> Arc<CircuitBreaker> {
-    let labels = crate::metrics::BreakerLabels { breaker: name.to_string() };
-    let state = metrics.breaker_state.get_or_create(&labels).clone();
-    let opens = metrics.breaker_opens.get_or_create(&labels).clone();
-    state.set(0);
-    let observer = move |name: &str, transition: Transition| {
-        state.set(transition.to.as_metric());
-        if transition.to == crate::supervision::BreakerState::Open {
-            opens.inc();
-            tracing::warn!(breaker = name, %transition, "circuit breaker opened");
-        } else {
-            tracing::info!(breaker = name, %transition, "circuit breaker changed state");
+/// Commits events to the outbox, a batch per transaction, and passes rows and states on.
+async fn intake(
+    mut rx: mpsc::Receiver<Outgoing>,
+    rows: mpsc::UnboundedSender<RowItem>,
+    outbox: Arc<Outbox>,
+    committed: Arc<Notify>,
+    live: LiveEvents,
+    metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
+) {
+    let mut received = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut received, BATCH).await > 0 {
+        let mut entries = Vec::new();
+        let mut events = 0u64;
+        // Per camera, the newest state to cache and how many it supersedes.
+        let mut states: HashMap<_, (Option<StateSnapshot>, u64)> = HashMap::new();
+        for item in received.drain(..) {
+            match item {
+                Outgoing::Event(event) => {
+                    events += 1;
+                    match serde_json::to_vec(&*event) {
+                        Ok(json) => {
+                            live.lock().insert(event.event_id.clone(), (event.captured, event.span.clone()));
+                            entries.push((event.event_id.clone(), json));
+                        }
+                        Err(error) => tracing::error!(%error, "event not serialisable; dropped"),
+                    }
+                }
+                Outgoing::Aggregates(batch) => {
+                    let _ = rows.send(RowItem::Aggregates(batch));
+                }
+                Outgoing::State(s) => {
+                    let entry = states.entry(s.camera_id.clone()).or_default();
+                    *entry = (Some(s), entry.1 + 1);
+                }
+                Outgoing::ForgetState(camera_id) => {
+                    let entry = states.entry(camera_id).or_default();
+                    *entry = (None, entry.1 + 1);
+                }
+            }
         }
-    };
-    Arc::new(CircuitBreaker::new(name, config.clone(), Arc::new(SystemClock)).with_observer(Arc::new(observer)))
+        for (camera_id, (state, superseding)) in states {
+            let _ = rows.send(RowItem::State { camera_id, state, superseding });
+        }
+        if !entries.is_empty() {
+            append(&outbox, entries, &live, &metrics).await;
+            committed.notify_one();
+        }
+        progress.items_done.fetch_add(events, Ordering::SeqCst);
+    }
+}
+
+/// Appends until the outbox answers (a disk error is retried: the events are still in memory).
+async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, live: &LiveEvents, metrics: &Metrics) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let entries = Arc::new(entries);
+    loop {
+        let batch = entries.clone();
+        match on_outbox(outbox, move |store| store.append(&batch)).await {
+            Ok(outcome) => {
+                let lost = outcome.rejected + outcome.dropped_oldest;
+                if outcome.rejected > 0 {
+                    // The entries that did not fit are the last of the batch.
+                    let mut live = live.lock();
+                    for (event_id, _) in entries.iter().rev().take(outcome.rejected) {
+                        live.remove(event_id);
+                    }
+                }
+                if lost > 0 {
+                    metrics.events_dropped.inc_by(lost as u64);
+                    tracing::error!(rejected = outcome.rejected, dropped_oldest = outcome.dropped_oldest, "outbox full; events lost");
+                }
+                metrics.outbox_backlog.set(outbox.backlog() as i64);
+                return;
+            }
+            Err(error) => tracing::error!(%error, "outbox append failed; retrying"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Runs an outbox call (it may wait for an fsync) on the blocking pool.
+async fn on_outbox<T: Send + 'static>(
+    outbox: &Arc<Outbox>,
+    call: impl FnOnce(&Outbox) -> Result<T, super::outbox::OutboxError> + Send + 'static,
+) -> Result<T, String> {
+    let store = outbox.clone();
+    match tokio::task::spawn_blocking(move || call(&store)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("outbox call crashed: {e}")),
+    }
+}
+
+/// Delivers what the outbox holds, oldest first, and acknowledges it.
+async fn deliver_from_outbox(sinks: Arc<Sinks>, outbox: Arc<Outbox>, committed: Arc<Notify>, live: LiveEvents, progress: Arc<Progress>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let pending = match on_outbox(&outbox, |store| store.pending(0, BATCH)).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::error!(%error, "outbox unreadable; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            committed.notified().await;
+            continue;
+        }
+        let (seqs, mut events) = decode(pending);
+        {
+            let mut live = live.lock();
+            for event in &mut events {
+                if let Some((captured, span)) = live.remove(&event.event_id) {
+                    (event.captured, event.span) = (captured, span);
+                }
+            }
+        }
+        if !events.is_empty() {
+            // A traced event's `publish` span lasts until both stores have it.
+            let publishing: Vec<_> = events.iter().map(|e| crate::child_span!(&e.span, "publish", batch = events.len())).collect();
+            sinks.deliver(&events).await;
+            drop(publishing);
+        }
+        let seqs = Arc::new(seqs);
+        loop {
+            let acked = seqs.clone();
+            match on_outbox(&outbox, move |store| store.ack(&acked)).await {
+                Ok(()) => break,
+                // Delivered but still in the outbox: delivered again later, harmlessly (both
+                // stores take an event once).
+                Err(error) => tracing::error!(%error, "outbox acknowledgement failed; retrying"),
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        progress.delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
+        sinks.metrics.outbox_backlog.set(outbox.backlog() as i64);
+    }
+}
+
+/// The events of outbox entries, with every entry's sequence number (an unreadable entry is
+/// acknowledged and logged, so it cannot block the ones behind it).
+fn decode(entries: Vec<Entry>) -> (Vec<u64>, Vec<Event>) {
+    let mut seqs = Vec::with_capacity(entries.len());
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries {
+        seqs.push(entry.seq);
+        match serde_json::from_slice::<Event>(&entry.payload) {
+            Ok(event) => events.push(event),
+            Err(error) => tracing::error!(%error, event_id = %entry.key, "outbox entry unreadable; skipped"),
+        }
+    }
+    (seqs, events)
+}
+
+/// Upserts minute rows and caches states, in order.
+async fn write_rows(sinks: Arc<Sinks>, mut rx: mpsc::UnboundedReceiver<RowItem>, progress: Arc<Progress>) {
+    while let Some(item) = rx.recv().await {
+        let items = match item {
+            RowItem::Aggregates(rows) => {
+                sinks.store_aggregates(&rows).await;
+                1
+            }
+            RowItem::State { camera_id, state, superseding } => {
+                sinks.cache_state(&camera_id, state.as_ref()).await;
+                superseding
+            }
+        };
+        progress.items_done.fetch_add(items, Ordering::SeqCst);
+    }
 }
 
 /// How often a call held back by an open breaker looks again.
@@ -258,10 +424,13 @@ impl Sinks {
                 self.metrics.analytics_latency.observe(captured.elapsed().as_secs_f64(), exemplar, None);
             }
         }
-        // Events are retried whatever PostgreSQL says: the durable outbox (next) will park
-        // rejected ones instead.
+        // Connection trouble is retried; a batch the server refuses (a defect) is logged and
+        // dropped, so it cannot hold up every event behind it.
         self.until_done(&self.postgres_breaker, "postgres event insert", || async {
-            self.db.insert_events(batch).await.map(|_| ()).map_err(|e| (e.to_string(), true))
+            self.db.insert_events(batch).await.map(|_| ()).map_err(|e| {
+                let transient = e.is_transient();
+                (e.to_string(), transient)
+            })
         })
         .await;
         self.metrics.events_published.inc_by(batch.len() as u64);

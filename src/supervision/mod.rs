@@ -5,8 +5,10 @@ pub mod backoff;
 pub mod breaker;
 pub mod clock;
 pub mod policy;
+pub mod supervisor;
 
 pub use backoff::Backoff;
 pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerView, CircuitBreaker, Transition, TransitionObserver};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use supervisor::{panic_message, Reporter, Supervisor};
 pub use policy::{ChildSlot, ChildState, ChildView, Decision, Generation, JitterSource, RestartPolicy, RestartTracker};

@@ -82,6 +82,11 @@ impl TestEnv {
         &self.name
     }
 
+    /// The durable outbox of this test's service: a restarted service finds what it left.
+    pub fn outbox(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.outbox.redb", self.name))
+    }
+
     pub async fn db(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.postgres_url, NoTls).await.expect("connect test db");
         tokio::spawn(conn);
@@ -95,6 +100,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.outbox());
         let name = self.name.clone();
         // Drop runs outside any runtime; clean up on a thread of its own.
         std::thread::spawn(move || {
@@ -143,6 +149,7 @@ impl Service {
             .env("ITS__POSTGRES__URL", &env.postgres_url)
             .env("ITS__REDIS__URL", redis_url())
             .env("ITS__REDIS__KEY_PREFIX", env.key_prefix())
+            .env("ITS__OUTBOX__PATH", env.outbox())
             .env("ITS__CAMERAS__MEDIA_DIR", assets_dir())
             .env("ITS__AUTH__TOKENS_FILE", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokens.toml"))
             .env("RUST_LOG", "info")

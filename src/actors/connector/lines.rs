@@ -167,6 +167,16 @@ impl LineCounter {
     pub fn counts(&self) -> &[LineCount] {
         &self.counts
     }
+
+    /// Starts from the counts of an earlier instance (a restarted shard), line by line id; lines
+    /// it did not have start at zero.
+    pub fn continue_counts(&mut self, earlier: &[LineCount]) {
+        for count in &mut self.counts {
+            if let Some(before) = earlier.iter().find(|b| b.id == count.id) {
+                *count = before.clone();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -239,14 +239,17 @@ impl<R: Clone> FrameQueue<R> {
     }
 
     /// Blocks until work arrives, lets the batch fill for up to `max_wait` (or until `max_batch`
-    /// frames are queued), then forms it. `None` once closed and drained.
-    pub fn next_batch(&self, max_batch: usize, max_wait: Duration, deadline: Option<Duration>) -> Option<Batch<R>> {
+    /// frames are queued), then forms it. An empty batch after `idle` without work (so the caller
+    /// can report that it is alive); `None` once closed and drained.
+    pub fn next_batch(&self, max_batch: usize, max_wait: Duration, deadline: Option<Duration>, idle: Duration) -> Option<Batch<R>> {
         let mut state = self.state.lock();
         while !state.0.has_work() {
             if state.1 {
                 return None;
             }
-            self.work.wait(&mut state);
+            if self.work.wait_for(&mut state, idle).timed_out() && !state.0.has_work() && !state.1 {
+                return Some(Batch::default());
+            }
         }
         let fill_until = Instant::now() + max_wait;
         let target = max_batch.min(state.0.capacity());
@@ -404,7 +407,7 @@ mod tests {
         queue.push("a", frame("a", 0), &|| false);
         queue.push("a", frame("a", 1), &|| false);
         // max_batch 8 can never fill from one queue of 2; an hour's max_wait must not be waited.
-        let batch = queue.next_batch(8, Duration::from_secs(3600), None).unwrap();
+        let batch = queue.next_batch(8, Duration::from_secs(3600), None, Duration::from_secs(3600)).unwrap();
         assert_eq!(batch.frames.len(), 2);
     }
 
@@ -427,8 +430,8 @@ mod tests {
         queue.attach("a".into(), 8, WhenFull::Wait, ());
         queue.push("a", frame("a", 0), &|| false);
         queue.close();
-        let batch = queue.next_batch(4, Duration::from_secs(5), None).expect("queued work drains");
+        let batch = queue.next_batch(4, Duration::from_secs(5), None, Duration::from_secs(5)).expect("queued work drains");
         assert_eq!(batch.frames.len(), 1);
-        assert!(queue.next_batch(4, Duration::from_secs(5), None).is_none());
+        assert!(queue.next_batch(4, Duration::from_secs(5), None, Duration::from_secs(5)).is_none());
     }
 }

@@ -1,79 +1,454 @@
-//! The inference thread of one device: takes batches from the device queue, runs the model,
-//! and sends each frame's detections to its camera's connector shard in capture order.
+//! The inference threads of one device: take batches from the device queue, run the model, and
+//! send each frame's detections to its camera's connector shard in capture order.
+//!
+//! The device (`DeviceRuntime`) outlives its threads. A thread is one supervised instance: a panic
+//! in a model call ends it after it leaves its batch to be retried first by the next instance,
+//! which the supervisor starts after its backoff, with the model reloaded. A thread that stops
+//! reporting progress (stuck in a call) is replaced the same way; if it ever returns, it sees it
+//! was replaced and discards its batch. Out-of-memory errors halve the batch and retry the same
+//! frames (`memory::BatchSizer`); the batch grows back when memory allows. The model itself can be
+//! swapped between two batches (`registry`), and a swapped-in model whose batches keep failing is
+//! rolled back to the previous one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
+use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::batch::WhenFull;
+use super::memory::BatchSizer;
 use super::{CameraRoute, DeviceQueue};
-use crate::actors::messages::{FrameDetections, ToConnector};
-use crate::detector::{model::device_name, Detector};
+use crate::actors::messages::{Frame, FrameDetections, ToConnector};
+use crate::detector::registry::ModelTransitions;
+use crate::detector::{model::device_name, Detection, Detector, DetectorError, Letterbox};
 use crate::metrics::{DeviceLabels, Metrics};
-use crate::settings::Settings;
+use crate::settings::{FaultSettings, ModelSettings, Settings};
+use crate::supervision::{panic_message, CircuitBreaker, Reporter};
 
 pub struct WorkerConfig {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub frame_deadline: Option<Duration>,
     pub cpu_threads: usize,
+    pub cpu_memory_budget: Option<u64>,
+    pub frame_bytes: u64,
+    pub grow_after: u32,
+    pub rollback_failure_rate: f64,
+    pub rollback_window: usize,
 }
 
 impl WorkerConfig {
     pub fn from_settings(settings: &Settings) -> Self {
+        const MIB: u64 = 1 << 20;
         Self {
             max_batch: settings.batching.max_batch,
             max_wait: settings.batching.max_wait(),
             frame_deadline: settings.batching.frame_deadline(),
             cpu_threads: settings.device.cpu_threads,
+            cpu_memory_budget: (settings.device.cpu_memory_budget_mb > 0).then(|| settings.device.cpu_memory_budget_mb * MIB),
+            frame_bytes: settings.batching.frame_memory_mb * MIB,
+            grow_after: settings.batching.grow_after_batches,
+            rollback_failure_rate: settings.model.rollback_failure_rate,
+            rollback_window: settings.model.rollback_window as usize,
         }
     }
 }
 
-/// Loads the model on `device` inside a new inference thread and runs it until the queue closes.
-/// Returns once the model is loaded and validated, or with the reason it could not be. `alive`
-/// turns false when the thread ends (readiness reports it).
-pub fn spawn(
-    settings: &Settings,
-    device: tch::Device,
-    queue: Arc<DeviceQueue>,
-    metrics: Arc<Metrics>,
-    alive: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, String> {
-    let model = settings.model.clone();
-    let config = WorkerConfig::from_settings(settings);
-    let name = device_name(device);
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
-        .name(format!("infer-{name}"))
-        .spawn(move || {
-            let _alive = AliveGuard(alive);
-            set_up_thread(device, config.cpu_threads);
-            let detector = match Detector::load(&model, device) {
-                Ok(d) => {
-                    let _ = ready_tx.send(Ok(()));
-                    d
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            Worker { detector, queue, metrics, labels: DeviceLabels { device: name }, config }.run();
-        })
-        .map_err(|e| format!("cannot start inference thread: {e}"))?;
-    ready_rx.recv().map_err(|_| "inference thread died while loading the model".to_string())??;
-    Ok(handle)
+/// A model loaded on a device, with the registry version it came from.
+pub struct LoadedModel {
+    pub version: u32,
+    pub settings: ModelSettings,
+    pub detector: Detector,
 }
 
-/// Marks the device dead when the inference thread ends, however it ends.
-struct AliveGuard(Arc<AtomicBool>);
+/// Shared, so a model call holds no lock: a thread stuck in a call cannot block a swap or its
+/// own replacement.
+struct DeviceModels {
+    current: Arc<LoadedModel>,
+    /// What `current` replaced, kept for a rollback.
+    previous: Option<Arc<LoadedModel>>,
+    /// Outcomes of `current`'s latest batches (true: failed), for the rollback rule.
+    outcomes: VecDeque<bool>,
+}
 
-impl Drop for AliveGuard {
+/// One inference device and everything that survives its threads.
+pub struct DeviceRuntime {
+    pub name: String,
+    pub device: tch::Device,
+    pub queue: Arc<DeviceQueue>,
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+    labels: DeviceLabels,
+    /// The model, swapped between batches.
+    models: Mutex<DeviceModels>,
+    /// Around the model: opens when its calls keep failing.
+    pub breaker: Arc<CircuitBreaker>,
+    transitions: Arc<ModelTransitions>,
+    faults: Arc<FaultInjector>,
+    sizer: Mutex<BatchSizer>,
+    /// The batch a failed thread left, retried first by the next one.
+    retry: Mutex<Vec<(Frame, CameraRoute)>>,
+    /// The generation whose thread may take and deliver batches; older threads end.
+    live: AtomicU64,
+    /// Whether a thread of the live generation is running (readiness).
+    running: AtomicBool,
+    /// A recent real frame, for the smoke inference of a model reload.
+    sample: Mutex<Option<(Bytes, Letterbox)>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl DeviceRuntime {
+    /// Loads the model on `device`; starts no thread (the supervisor's factory does).
+    pub fn load(
+        settings: &Settings,
+        device: tch::Device,
+        queue: Arc<DeviceQueue>,
+        metrics: Arc<Metrics>,
+        breaker: Arc<CircuitBreaker>,
+        transitions: Arc<ModelTransitions>,
+        faults: Arc<FaultInjector>,
+    ) -> Result<Arc<Self>, DetectorError> {
+        let config = WorkerConfig::from_settings(settings);
+        set_up_thread(device, config.cpu_threads);
+        let detector = Detector::load(&settings.model, device)?;
+        let name = device_name(device);
+        let sizer = BatchSizer::new(config.max_batch, config.frame_bytes, config.grow_after);
+        Ok(Arc::new(Self {
+            labels: DeviceLabels { device: name.clone() },
+            name,
+            device,
+            queue,
+            config,
+            metrics,
+            models: Mutex::new(DeviceModels {
+                current: Arc::new(LoadedModel { version: 1, settings: settings.model.clone(), detector }),
+                previous: None,
+                outcomes: VecDeque::new(),
+            }),
+            breaker,
+            transitions,
+            faults,
+            sizer: Mutex::new(sizer),
+            retry: Mutex::new(Vec::new()),
+            live: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            sample: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Whether an inference thread of this device is running now.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// The version of the model serving now.
+    pub fn model_version(&self) -> u32 {
+        self.models.lock().current.version
+    }
+
+    /// The batch limit learnt from out-of-memory errors.
+    pub fn batch_limit(&self) -> usize {
+        self.sizer.lock().learnt()
+    }
+
+    /// A recent real frame of this device, if it has seen one.
+    pub fn sample_frame(&self) -> Option<(Bytes, Letterbox)> {
+        self.sample.lock().clone()
+    }
+
+    /// Makes `model` the one serving, between two batches; the one it replaces is kept for a rollback.
+    pub fn install(&self, model: LoadedModel) {
+        let mut models = self.models.lock();
+        let old = std::mem::replace(&mut models.current, Arc::new(model));
+        models.previous = Some(old);
+        models.outcomes.clear();
+    }
+
+    /// The supervisor's factory: starts an inference thread of `generation`. The first instance
+    /// uses the model loaded by `load`; a later one reloads the serving version's file first, since
+    /// a failed call may have left the module unusable.
+    pub fn start_thread(self: &Arc<Self>, reporter: Reporter) -> Result<(), String> {
+        let generation = reporter.generation().0;
+        if generation > 0 {
+            let serving = self.models.lock().current.clone();
+            set_up_thread(self.device, self.config.cpu_threads);
+            let detector = Detector::load(&serving.settings, self.device).map_err(|e| e.to_string())?;
+            let reloaded = Arc::new(LoadedModel { version: serving.version, settings: serving.settings.clone(), detector });
+            let mut models = self.models.lock();
+            // Unless a swap or rollback replaced it meanwhile.
+            if Arc::ptr_eq(&models.current, &serving) {
+                models.current = reloaded;
+            }
+        }
+        self.live.store(generation, Ordering::SeqCst);
+        let runtime = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("infer-{}", self.name))
+            .spawn(move || runtime.run(reporter))
+            .map_err(|e| format!("cannot start inference thread: {e}"))?;
+        let mut threads = self.threads.lock();
+        threads.retain(|t| !t.is_finished());
+        threads.push(handle);
+        Ok(())
+    }
+
+    /// Waits for the device's threads (after `queue.close()`): libtorch must not be mid-call
+    /// while the process exits.
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    fn is_live(&self, reporter: &Reporter) -> bool {
+        self.live.load(Ordering::SeqCst) == reporter.generation().0
+    }
+
+    fn run(self: Arc<Self>, reporter: Reporter) {
+        set_up_thread(self.device, self.config.cpu_threads);
+        self.running.store(true, Ordering::SeqCst);
+        let _running = RunningGuard(self.clone(), reporter.clone());
+        let mut last_heartbeat = Instant::now();
+        reporter.heartbeat();
+        loop {
+            if !self.is_live(&reporter) {
+                return;
+            }
+            let retry = std::mem::take(&mut *self.retry.lock());
+            let frames = if retry.is_empty() {
+                let Some(batch) = self.queue.next_batch(self.config.max_batch, self.config.max_wait, self.config.frame_deadline, HEARTBEAT_EVERY)
+                else {
+                    break;
+                };
+                for (_, route) in &batch.expired {
+                    route.status.dropped.inc();
+                }
+                if !batch.frames.is_empty() {
+                    if let Err(Failed(error)) = self.infer(batch.frames, &reporter) {
+                        reporter.failed(error);
+                        return;
+                    }
+                }
+                for (camera_id, route) in batch.ended {
+                    deliver(&route, ToConnector::StreamEnded(camera_id), true);
+                }
+                Vec::new()
+            } else {
+                retry
+            };
+            if !frames.is_empty() {
+                tracing::info!(device = %self.name, frames = frames.len(), "retrying the batch of the failed instance");
+                if let Err(Failed(error)) = self.infer(frames, &reporter) {
+                    reporter.failed(error);
+                    return;
+                }
+            }
+            self.metrics.queue_depth.get_or_create(&self.labels).set(self.queue.queued_frames() as i64);
+            if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
+                last_heartbeat = Instant::now();
+                reporter.heartbeat();
+            }
+        }
+        tracing::info!(device = %self.name, "inference thread ended");
+    }
+
+    /// Runs the model over `frames` in chunks the device's memory allows and delivers the
+    /// detections. `Err`: this instance must end (a panic, or out of memory on a single frame);
+    /// the frames not yet delivered are left for the next instance.
+    fn infer(&self, mut frames: Vec<(Frame, CameraRoute)>, reporter: &Reporter) -> Result<(), Failed> {
+        if let Some((frame, _)) = frames.first() {
+            *self.sample.lock() = Some((frame.pixels.clone(), frame.letterbox));
+        }
+        // Per traced frame: `batch` (this batch, until its results are handed on) and, inside it,
+        // `inference` (the model call the frame shared with others).
+        let device = self.name.as_str();
+        let mut batch_spans: VecDeque<_> = frames
+            .iter()
+            .map(|(f, _)| crate::child_span!(&f.span, "batch", device, batch_size = frames.len()))
+            .collect();
+        while !frames.is_empty() {
+            let free = crate::device_memory::free_bytes(&self.name, self.config.cpu_memory_budget);
+            let take = self.sizer.lock().limit(free).min(frames.len());
+            let spans: Vec<_> = batch_spans.iter().take(take).map(|b| crate::child_span!(b, "inference", device)).collect();
+            let started = Instant::now();
+            let outcome = self.call_model(&frames[..take]);
+            drop(spans);
+            if !self.is_live(reporter) {
+                // Replaced while stuck in that call: the new instance owns the device now.
+                for (_, route) in &frames {
+                    route.status.dropped.inc();
+                }
+                return Ok(());
+            }
+            self.metrics.stages.inference.record(started.elapsed());
+            self.metrics.inference_latency.get_or_create(&self.labels).observe(started.elapsed().as_secs_f64());
+            match outcome {
+                Outcome::Detections(per_frame) => {
+                    self.metrics.batch_size.get_or_create(&self.labels).observe(take as f64);
+                    self.record(false);
+                    if let Some(grown) = self.sizer.lock().on_success(free) {
+                        tracing::info!(device = %self.name, batch = grown, "batch limit grown back");
+                    }
+                    for ((frame, route), detections) in frames.drain(..take).zip(per_frame) {
+                        deliver(&route, detections_message(frame, detections), false);
+                        drop(batch_spans.pop_front());
+                    }
+                }
+                Outcome::OutOfMemory(error) => {
+                    self.metrics.out_of_memory.get_or_create(&self.labels).inc();
+                    match self.sizer.lock().on_out_of_memory(take) {
+                        Some(halved) => {
+                            tracing::warn!(device = %self.name, %error, tried = take, batch = halved, "device out of memory; retrying the same frames in smaller batches");
+                        }
+                        None => {
+                            *self.retry.lock() = frames;
+                            return Err(Failed(format!("out of memory on a single frame: {error}")));
+                        }
+                    }
+                    self.metrics.batch_limit.get_or_create(&self.labels).set(self.sizer.lock().learnt() as i64);
+                }
+                Outcome::Panicked(error) => {
+                    self.record(true);
+                    *self.retry.lock() = frames;
+                    return Err(Failed(error));
+                }
+                Outcome::Failed(error) => {
+                    // The model answered with an error (not a crash): these frames cannot be
+                    // analysed by it. A rollback gives them a second chance on the previous model.
+                    let rolled_back = self.record(true);
+                    tracing::error!(device = %self.name, %error, frames = take, rolled_back, "inference failed");
+                    if !rolled_back {
+                        for (_, route) in frames.drain(..take) {
+                            route.status.dropped.inc();
+                            drop(batch_spans.pop_front());
+                        }
+                    }
+                }
+            }
+            self.metrics.batch_limit.get_or_create(&self.labels).set(self.sizer.lock().learnt() as i64);
+        }
+        Ok(())
+    }
+
+    fn call_model(&self, frames: &[(Frame, CameraRoute)]) -> Outcome {
+        let inputs: Vec<_> = frames.iter().map(|(f, _)| (f.pixels.as_ref(), f.letterbox)).collect();
+        let model = self.models.lock().current.clone();
+        // libtorch raises some errors as panics (device out of memory among them).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.faults.before_model_call(inputs.len())?;
+            model.detector.detect(&inputs)
+        }));
+        match result {
+            Ok(Ok(per_frame)) => Outcome::Detections(per_frame),
+            Ok(Err(DetectorError::OutOfMemory(e))) => Outcome::OutOfMemory(e),
+            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                if DetectorError::is_out_of_memory(&message) {
+                    Outcome::OutOfMemory(message)
+                } else {
+                    Outcome::Panicked(format!("inference panicked: {message}"))
+                }
+            }
+        }
+    }
+
+    /// Records a batch outcome against the serving model and its breaker; rolls back to the
+    /// previous model when the failure share of the window reaches the threshold. Returns whether
+    /// it rolled back.
+    fn record(&self, failed: bool) -> bool {
+        if failed {
+            self.breaker.record_failure();
+        } else {
+            self.breaker.record_success();
+        }
+        let mut models = self.models.lock();
+        let window = self.config.rollback_window;
+        models.outcomes.push_back(failed);
+        while models.outcomes.len() > window {
+            models.outcomes.pop_front();
+        }
+        // Judged against the whole window, so early failures count as soon as they are enough.
+        let failures = models.outcomes.iter().filter(|f| **f).count();
+        if (failures as f64) < self.config.rollback_failure_rate * window as f64 || models.previous.is_none() {
+            return false;
+        }
+        let previous = models.previous.take().expect("checked above");
+        let bad = std::mem::replace(&mut models.current, previous);
+        models.outcomes.clear();
+        let restored = models.current.version;
+        drop(models);
+        self.transitions.rolled_back(&self.name, bad.version, restored, failures, window);
+        true
+    }
+}
+
+/// How often an idle inference thread reports that it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+
+struct Failed(String);
+
+enum Outcome {
+    Detections(Vec<Vec<Detection>>),
+    OutOfMemory(String),
+    Panicked(String),
+    Failed(String),
+}
+
+/// Marks the device not running when its live thread ends, however it ends.
+struct RunningGuard(Arc<DeviceRuntime>, Reporter);
+
+impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        if self.0.is_live(&self.1) {
+            self.0.running.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+fn detections_message(frame: Frame, detections: Vec<Detection>) -> ToConnector {
+    ToConnector::Detections(FrameDetections {
+        camera_id: frame.camera_id,
+        seq: frame.seq,
+        captured_at: frame.captured_at,
+        captured: frame.captured,
+        detections,
+        span: frame.span,
+    })
+}
+
+/// Faults of `[faults]`, made inside model calls (see `FaultSettings`).
+#[derive(Default)]
+pub struct FaultInjector {
+    settings: FaultSettings,
+    calls: AtomicU64,
+    panicked: AtomicBool,
+    ooms_left: AtomicU32,
+}
+
+impl FaultInjector {
+    pub fn new(settings: FaultSettings) -> Self {
+        let ooms = settings.oom_times;
+        Self { settings, calls: AtomicU64::new(0), panicked: AtomicBool::new(false), ooms_left: AtomicU32::new(ooms) }
+    }
+
+    fn before_model_call(&self, frames: usize) -> Result<(), DetectorError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let s = &self.settings;
+        if s.inference_panic_at_batch > 0 && call >= s.inference_panic_at_batch && (s.inference_panic_repeats || !self.panicked.swap(true, Ordering::SeqCst)) {
+            panic!("injected fault: inference panic at model call {call}");
+        }
+        let oom_due = s.oom_at_batch > 0 && call >= s.oom_at_batch && frames > 1;
+        if oom_due && self.ooms_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(DetectorError::OutOfMemory(format!("injected fault: CUDA out of memory on a batch of {frames}")));
+        }
+        Ok(())
     }
 }
 
@@ -92,75 +467,6 @@ pub fn effective_threads(configured: usize) -> usize {
     }
 }
 
-struct Worker {
-    detector: Detector,
-    queue: Arc<DeviceQueue>,
-    metrics: Arc<Metrics>,
-    labels: DeviceLabels,
-    config: WorkerConfig,
-}
-
-impl Worker {
-    fn run(self) {
-        while let Some(batch) = self.queue.next_batch(self.config.max_batch, self.config.max_wait, self.config.frame_deadline) {
-            for (_, route) in &batch.expired {
-                route.status.dropped.inc();
-            }
-            if !batch.frames.is_empty() {
-                self.infer(batch.frames);
-            }
-            for (camera_id, route) in batch.ended {
-                deliver(&route, ToConnector::StreamEnded(camera_id), true);
-            }
-            self.metrics.queue_depth.get_or_create(&self.labels).set(self.queue.queued_frames() as i64);
-        }
-        tracing::info!(device = %self.labels.device, "inference thread ended");
-    }
-
-    fn infer(&self, frames: Vec<(crate::actors::messages::Frame, CameraRoute)>) {
-        let inputs: Vec<_> = frames.iter().map(|(f, _)| (f.pixels.as_ref(), f.letterbox)).collect();
-        // Per traced frame: `batch` (this batch, until its results are handed on) and, inside it,
-        // `inference` (the model call the frame shared with the rest of the batch).
-        let device = self.labels.device.as_str();
-        let batch_spans: Vec<_> = frames
-            .iter()
-            .map(|(f, _)| crate::child_span!(&f.span, "batch", device, batch_size = frames.len()))
-            .collect();
-        let inference_spans: Vec<_> = batch_spans.iter().map(|b| crate::child_span!(b, "inference", device)).collect();
-        let started = Instant::now();
-        // libtorch errors surface as panics in some tch calls (device out of memory, say): one
-        // failed batch is dropped and counted, the device keeps serving.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.detector.detect(&inputs)))
-            .unwrap_or_else(|_| Err(crate::detector::DetectorError::Inference("inference panicked".into())));
-        drop(inference_spans);
-        self.metrics.stages.inference.record(started.elapsed());
-        self.metrics.inference_latency.get_or_create(&self.labels).observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.get_or_create(&self.labels).observe(frames.len() as f64);
-        match result {
-            Ok(per_frame) => {
-                for ((frame, route), detections) in frames.into_iter().zip(per_frame) {
-                    let message = ToConnector::Detections(FrameDetections {
-                        camera_id: frame.camera_id,
-                        seq: frame.seq,
-                        captured_at: frame.captured_at,
-                        captured: frame.captured,
-                        detections,
-                        span: frame.span,
-                    });
-                    deliver(&route, message, false);
-                }
-                drop(batch_spans);
-            }
-            Err(error) => {
-                tracing::error!(device = %self.labels.device, %error, frames = frames.len(), "inference failed; frames dropped");
-                for (_, route) in &frames {
-                    route.status.dropped.inc();
-                }
-            }
-        }
-    }
-}
-
 /// Sends to a connector without blocking it: a replay (or an end marker, which must arrive)
 /// waits for mailbox room on this thread; a live camera's result is dropped and counted instead.
 fn deliver(route: &CameraRoute, mut message: ToConnector, must_arrive: bool) {
@@ -176,6 +482,37 @@ fn deliver(route: &CameraRoute, mut message: ToConnector, must_arrive: bool) {
                 return;
             }
             Err(SendError::Closed(_)) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn faults(settings: FaultSettings) -> FaultInjector {
+        FaultInjector::new(settings)
+    }
+
+    #[test]
+    fn an_injected_oom_hits_only_multi_frame_calls_and_only_so_often() {
+        let f = faults(FaultSettings { oom_at_batch: 2, oom_times: 2, ..Default::default() });
+        assert!(f.before_model_call(8).is_ok(), "call 1 is before the fault");
+        assert!(matches!(f.before_model_call(8), Err(DetectorError::OutOfMemory(_))));
+        assert!(f.before_model_call(1).is_ok(), "a single frame always fits");
+        assert!(matches!(f.before_model_call(4), Err(DetectorError::OutOfMemory(_))));
+        assert!(f.before_model_call(8).is_ok(), "two errors, then none");
+    }
+
+    #[test]
+    fn an_injected_panic_fires_once_unless_it_repeats() {
+        let once = faults(FaultSettings { inference_panic_at_batch: 2, ..Default::default() });
+        assert!(once.before_model_call(1).is_ok());
+        assert!(std::panic::catch_unwind(|| once.before_model_call(1)).is_err());
+        assert!(once.before_model_call(1).is_ok());
+        let repeats = faults(FaultSettings { inference_panic_at_batch: 1, inference_panic_repeats: true, ..Default::default() });
+        for _ in 0..3 {
+            assert!(std::panic::catch_unwind(|| repeats.before_model_call(1)).is_err());
         }
     }
 }

@@ -1,0 +1,242 @@
+//! The model registry (risk R5): the versions of the detection model, which one serves, and every
+//! transition between them.
+//!
+//! A reload loads a file from the model directory onto every device, validates it there (output
+//! shape, then a smoke inference on a real frame the device saw recently) and only then swaps it
+//! in, between two batches, keeping the version it replaced. A file that fails any step is
+//! rejected and the serving model never stops. A swapped-in version whose batches keep failing is
+//! rolled back by the device (`worker`), and the registry records it. Every transition is a log
+//! line, a metric (`its_model_transitions_total`, `its_model_version`) and an entry of the
+//! history shown by `GET /api/v1/models`.
+
+use std::collections::VecDeque;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sha2::Digest;
+
+use super::{Detector, DetectorError};
+use crate::actors::gpu::worker::{set_up_thread, DeviceRuntime, LoadedModel};
+use crate::metrics::{Metrics, ModelLabels, ModelTransitionLabels};
+use crate::settings::ModelSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("model {0} not found")]
+    NotFound(String),
+    /// The request names no acceptable file.
+    #[error("{0}")]
+    BadPath(String),
+    /// The file was read and refused; the serving model is unchanged.
+    #[error("model rejected: {0}")]
+    Rejected(String),
+    #[error("another reload of this model is in progress")]
+    Busy,
+}
+
+/// One version of the model that was loaded at some point.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelVersion {
+    pub version: u32,
+    /// Relative to the model directory.
+    pub file: String,
+    pub sha256: String,
+    pub loaded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A change of the serving model, or a refused one.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelTransition {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub model: String,
+    /// `activated`, `rejected` or `rolled_back`.
+    pub transition: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<u32>,
+    pub detail: String,
+}
+
+/// Where transitions are recorded: the history, the log and the metrics. Shared by the registry
+/// and the devices (which roll back on their own).
+pub struct ModelTransitions {
+    model: String,
+    metrics: Arc<Metrics>,
+    history: Mutex<VecDeque<ModelTransition>>,
+}
+
+/// Transitions kept for `GET /api/v1/models`.
+const HISTORY: usize = 100;
+
+impl ModelTransitions {
+    pub fn new(model: String, metrics: Arc<Metrics>) -> Arc<Self> {
+        metrics.model_version.get_or_create(&ModelLabels { model: model.clone() }).set(1);
+        Arc::new(Self { model, metrics, history: Mutex::new(VecDeque::new()) })
+    }
+
+    pub fn history(&self) -> Vec<ModelTransition> {
+        self.history.lock().iter().cloned().collect()
+    }
+
+    fn record(&self, transition: &'static str, from_version: Option<u32>, to_version: Option<u32>, detail: String) {
+        match transition {
+            "activated" => tracing::info!(model = %self.model, ?from_version, ?to_version, %detail, "model version activated"),
+            _ => tracing::warn!(model = %self.model, transition, ?from_version, ?to_version, %detail, "model transition"),
+        }
+        let labels = ModelTransitionLabels { model: self.model.clone(), transition: transition.to_string() };
+        self.metrics.model_transitions.get_or_create(&labels).inc();
+        if let Some(version) = to_version.filter(|_| transition != "rejected") {
+            self.metrics.model_version.get_or_create(&ModelLabels { model: self.model.clone() }).set(version as i64);
+        }
+        let mut history = self.history.lock();
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        let model = self.model.clone();
+        history.push_back(ModelTransition { at: chrono::Utc::now(), model, transition, from_version, to_version, detail });
+    }
+
+    /// A device went back to the previous version.
+    pub fn rolled_back(&self, device: &str, from: u32, to: u32, failures: usize, window: usize) {
+        self.record("rolled_back", Some(from), Some(to), format!("{device}: {failures} of the last {window} batches failed"));
+    }
+}
+
+/// What `GET /api/v1/models` shows of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelView {
+    pub name: String,
+    /// The version serving on each device.
+    pub devices: Vec<DeviceModelView>,
+    pub versions: Vec<ModelVersion>,
+    pub history: Vec<ModelTransition>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceModelView {
+    pub device: String,
+    pub version: u32,
+    pub breaker: crate::supervision::BreakerView,
+}
+
+pub struct ModelRegistry {
+    name: String,
+    base: ModelSettings,
+    /// Canonical directory reloads may read from: the configured model's directory.
+    dir: PathBuf,
+    devices: Vec<Arc<DeviceRuntime>>,
+    versions: Mutex<Vec<ModelVersion>>,
+    transitions: Arc<ModelTransitions>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl ModelRegistry {
+    /// The registry of the configured model, serving as version 1 on `devices`.
+    pub fn new(base: ModelSettings, devices: Vec<Arc<DeviceRuntime>>, transitions: Arc<ModelTransitions>) -> std::io::Result<Self> {
+        let file = base.path.canonicalize()?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let first = ModelVersion {
+            version: 1,
+            file: file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            sha256: sha256_of(&file)?,
+            loaded_at: chrono::Utc::now(),
+        };
+        Ok(Self { name: base.name(), base, dir, devices, versions: Mutex::new(vec![first]), transitions, reloading: Default::default() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn view(&self) -> ModelView {
+        ModelView {
+            name: self.name.clone(),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceModelView { device: d.name.clone(), version: d.model_version(), breaker: d.breaker.view() })
+                .collect(),
+            versions: self.versions.lock().clone(),
+            history: self.transitions.history(),
+        }
+    }
+
+    /// Loads `file` (relative to the model directory; `None`: the configured file again),
+    /// validates it on every device and swaps it in. Returns the new version.
+    pub async fn reload(&self, name: &str, file: Option<&str>) -> Result<ModelVersion, ReloadError> {
+        if name != self.name {
+            return Err(ReloadError::NotFound(name.to_string()));
+        }
+        let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
+        let path = match file {
+            Some(file) => self.resolve(file)?,
+            None => self.base.path.canonicalize().map_err(|e| ReloadError::BadPath(format!("the configured model file: {e}")))?,
+        };
+        let file_name = path.strip_prefix(&self.dir).unwrap_or(&path).display().to_string();
+        let from = self.devices.first().map(|d| d.model_version());
+        let version = self.versions.lock().last().map_or(1, |v| v.version + 1);
+        let settings = ModelSettings { path: path.clone(), ..self.base.clone() };
+        let devices = self.devices.clone();
+        let checked = tokio::task::spawn_blocking(move || -> Result<(String, Vec<LoadedModel>), String> {
+            let sha256 = sha256_of(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let loaded = devices
+                .iter()
+                .map(|device| validate_on(device, &settings).map(|detector| LoadedModel { version, settings: settings.clone(), detector }))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((sha256, loaded))
+        })
+        .await
+        .map_err(|e| ReloadError::Rejected(format!("validation crashed: {e}")));
+        let (sha256, loaded) = match checked.and_then(|r| r.map_err(ReloadError::Rejected)) {
+            Ok(ok) => ok,
+            Err(error) => {
+                self.transitions.record("rejected", from, None, format!("{file_name}: {error}"));
+                return Err(error);
+            }
+        };
+        for (device, model) in self.devices.iter().zip(loaded) {
+            device.install(model);
+        }
+        let entry = ModelVersion { version, file: file_name.clone(), sha256, loaded_at: chrono::Utc::now() };
+        self.versions.lock().push(entry.clone());
+        self.transitions.record("activated", from, Some(version), file_name);
+        Ok(entry)
+    }
+
+    /// A file name under the model directory: no absolute path, no `..`, and still inside once
+    /// links are resolved.
+    fn resolve(&self, file: &str) -> Result<PathBuf, ReloadError> {
+        let relative = Path::new(file);
+        if file.is_empty() || !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(ReloadError::BadPath("file must be a path inside the model directory, without \"..\"".into()));
+        }
+        let path = self
+            .dir
+            .join(relative)
+            .canonicalize()
+            .map_err(|_| ReloadError::BadPath(format!("no model file {file:?} in the model directory")))?;
+        if !path.starts_with(&self.dir) || !path.is_file() {
+            return Err(ReloadError::BadPath(format!("{file:?} is not a file inside the model directory")));
+        }
+        Ok(path)
+    }
+}
+
+/// Loads the model on a device (which checks its output shape on a grey frame) and runs it on a
+/// real frame the device saw, when it has seen one.
+fn validate_on(device: &DeviceRuntime, settings: &ModelSettings) -> Result<Detector, String> {
+    set_up_thread(device.device, 0);
+    let detector = Detector::load(settings, device.device).map_err(|e| format!("{}: {e}", device.name))?;
+    if let Some((pixels, letterbox)) = device.sample_frame() {
+        detector.smoke_test(&pixels, letterbox).map_err(|e: DetectorError| format!("{}: smoke inference: {e}", device.name))?;
+    }
+    Ok(detector)
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}

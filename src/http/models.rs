@@ -1,0 +1,46 @@
+//! `/api/v1/models`: the model registry (admin only): versions, the one serving on each device,
+//! transitions, and hot reload.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::detector::registry::ReloadError;
+use crate::service::Service;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/models", web::get().to(list)).route("/models/{name}/reload", web::post().to(reload));
+}
+
+async fn list(service: web::Data<Service>) -> HttpResponse {
+    HttpResponse::Ok().json(vec![service.pipeline.models().view()])
+}
+
+/// The body of a reload; without `file`, the configured file is read again.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {
+    /// A TorchScript file in the model directory, by name (no directories above it).
+    file: Option<String>,
+}
+
+async fn reload(
+    service: web::Data<Service>,
+    name: web::Path<String>,
+    body: Option<web::Json<ReloadRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.map(|b| b.into_inner()).unwrap_or_default();
+    let version = service.pipeline.models().reload(&name, request.file.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view() })))
+}
+
+impl From<ReloadError> for ApiError {
+    fn from(e: ReloadError) -> Self {
+        match e {
+            ReloadError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            ReloadError::BadPath(_) => ApiError::BadRequest(e.to_string()),
+            ReloadError::Rejected(_) => ApiError::Unprocessable(e.to_string()),
+            ReloadError::Busy => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
