@@ -50,12 +50,15 @@ COPY --from=build /src/models/yolox_nano.torchscript.pt /app/models/yolox_nano.t
 # The defaults (compiled into the binary too), as a starting point for `--config`.
 COPY configs/default.toml /etc/its-analytics/default.toml
 WORKDIR /app
-# Runs as a non-root user and writes nothing to its filesystem (logs go to stderr), so a
-# read-only root filesystem works (deploy/k8s/deployment.yaml).
+# The durable outbox (events committed before delivery) lives on a volume: the one place the
+# process writes (logs go to stderr), so a read-only root filesystem works (deploy/k8s/deployment.yaml).
+RUN mkdir -p /var/lib/its-analytics && chown 10001:10001 /var/lib/its-analytics
+VOLUME /var/lib/its-analytics
 USER 10001:10001
 ENV ITS__HTTP__BIND=0.0.0.0:8080 \
     ITS__MODEL__PATH=/app/models/yolox_nano.torchscript.pt \
-    ITS__CAMERAS__MEDIA_DIR=/media
+    ITS__CAMERAS__MEDIA_DIR=/media \
+    ITS__OUTBOX__PATH=/var/lib/its-analytics/outbox.redb
 EXPOSE 8080
 # Liveness only: readiness (/health/ready) depends on PostgreSQL and Redis, and an orchestrator
 # must not restart the process for their outages. docker-compose.yml checks readiness instead.

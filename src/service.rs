@@ -247,9 +247,9 @@ impl Service {
         self.pools();
         self.metrics.outbox_backlog.set(self.publisher.backlog() as i64);
         self.metrics.refresh_model_accuracy();
-        for (device, _, _) in self.pipeline.devices() {
-            if let Some(used) = crate::device_memory::utilization_percent(&device) {
-                self.metrics.device_memory.get_or_create(&crate::metrics::DeviceLabels { device }).set(used);
+        for device in self.pipeline.devices() {
+            if let Some(used) = crate::device_memory::utilization_percent(&device.name) {
+                self.metrics.device_memory.get_or_create(&crate::metrics::DeviceLabels { device: device.name }).set(used);
             }
         }
     }

@@ -49,6 +49,18 @@ struct Device {
     runtime: Arc<DeviceRuntime>,
 }
 
+/// A device as `/health/ready` and `/api/v1/system` show it.
+#[derive(Debug, serde::Serialize)]
+pub struct DeviceView {
+    pub name: String,
+    /// An inference thread runs.
+    pub alive: bool,
+    /// The largest batch it runs now (halved by out-of-memory errors, grown back later).
+    pub batch_limit: usize,
+    pub model_version: u32,
+    pub model_breaker: crate::supervision::BreakerView,
+}
+
 struct RunningCamera {
     spec: CameraSpec,
     /// The version of `spec.geometry`.
@@ -162,9 +174,18 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Each device with whether its inference thread is running and its batch limit.
-    pub fn devices(&self) -> Vec<(String, bool, usize)> {
-        self.devices.iter().map(|d| (d.runtime.name.clone(), d.runtime.is_running(), d.runtime.batch_limit())).collect()
+    /// Each device: whether its inference thread runs, its batch limit, its model and breaker.
+    pub fn devices(&self) -> Vec<DeviceView> {
+        self.devices
+            .iter()
+            .map(|d| DeviceView {
+                name: d.runtime.name.clone(),
+                alive: d.runtime.is_running(),
+                batch_limit: d.runtime.batch_limit(),
+                model_version: d.runtime.model_version(),
+                model_breaker: d.runtime.breaker.view(),
+            })
+            .collect()
     }
 
     /// Starts a validated camera: attach to the least-loaded device, register on its shard, then
@@ -186,7 +207,7 @@ impl Pipeline {
         let camera_id: CameraId = spec.id.as_str().into();
         let is_file = spec.source_kind() == Ok(SourceKind::File);
         let epoch_ms = if is_file { registered_ms } else { crate::actors::camera::status::now_ms() };
-        let status = Arc::new(CameraStatus::new(camera_id.clone(), epoch_ms, geometry_version, &self.metrics));
+        let status = Arc::new(CameraStatus::new(camera_id.clone(), epoch_ms, geometry_version, &self.metrics, &self.settings.breakers.config()));
         let device = self.least_loaded_device();
         let shard = shard_for(&spec.id, self.shards.len());
         // Network cameras have no replay options; their default (`realtime`) makes them live.

@@ -363,6 +363,7 @@ fn kubernetes_manifests_validate() {
         "configmap/its-analytics-config",
         "secret/its-analytics-tokens",
         "secret/its-analytics-connections",
+        "persistentvolumeclaim/its-analytics-outbox",
         "deployment/its-analytics",
         "service/its-analytics",
         "poddisruptionbudget/its-analytics",

@@ -122,3 +122,224 @@ async fn a_replay_after_a_restart_adds_no_event_twice() {
     assert_eq!(again, emitted, "the replay emits the same events");
     assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
 }
+
+/// The camera's counts across y=150 once its clip ended: every crossing of the clip (27, the
+/// ground truth), and no frame dropped on the way.
+async fn all_27_crossings_and_no_frame_dropped(client: &reqwest::Client, svc: &Service) -> u64 {
+    let counts = common::counts_when_ended(client, svc, "overpass").await;
+    assert_eq!(counts["lines"][0]["in"], 27, "{counts}");
+    assert_eq!(counts["status"]["frames_dropped"], 0, "{counts}");
+    counts["status"]["events"].as_u64().unwrap()
+}
+
+async fn system(client: &reqwest::Client, svc: &Service) -> Value {
+    client.get(svc.url("/api/v1/system")).send().await.unwrap().json().await.unwrap()
+}
+
+fn child<'a>(system: &'a Value, name: &str) -> &'a Value {
+    system["supervisor"]["children"].as_array().unwrap().iter().find(|c| c["name"].as_str().unwrap().starts_with(name)).unwrap()
+}
+
+/// Milliseconds between the first "child failed" and the next "child restarted" log lines of
+/// `child` (for the report; the policy's first backoff is 100 ms).
+fn restart_ms(log: &str, child: &str) -> Option<i64> {
+    let at = |needle: &str| {
+        log.lines().find(|l| l.contains(needle) && l.contains(&format!("child={child}"))).and_then(|l| {
+            let stamp = l.split_whitespace().next()?;
+            chrono::DateTime::parse_from_rfc3339(stamp).ok()
+        })
+    };
+    Some((at("child restarted")? - at("child failed")?).num_milliseconds())
+}
+
+/// A connector shard panics at one frame and the inference thread at one model call: each is
+/// rebuilt by the supervisor (the shard's cameras with their counts, the batch retried on a fresh
+/// model), and the clip's 27 crossings all arrive once.
+#[tokio::test]
+async fn a_shard_panic_and_an_inference_panic_lose_no_event() {
+    let env = TestEnv::new().await;
+    let faults = [("ITS__FAULTS__SHARD_PANIC_AT_FRAME", "400"), ("ITS__FAULTS__INFERENCE_PANIC_AT_BATCH", "200")];
+    let svc = Service::start_with(&env, &faults).await;
+    let client = common::client();
+    common::overpass_until_a_few_events(&client, &svc).await;
+    let emitted = all_27_crossings_and_no_frame_dropped(&client, &svc).await;
+
+    let system = system(&client, &svc).await;
+    for name in ["shard-", "infer-cpu"] {
+        let c = child(&system, name);
+        let restarted = c["state"] == "running" && c["restarts"] == 1;
+        assert!(restarted && c["last_error"].as_str().unwrap().contains("injected fault"), "{system}");
+    }
+    let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("its_supervisor_restarts_total{child=\"infer-cpu\"} 1"), "{page}");
+    let log = svc.stop();
+    assert!(log.contains("retrying the batch of the failed instance"), "{log}");
+    for name in ["infer-cpu", child(&system, "shard-")["name"].as_str().unwrap()] {
+        eprintln!("{name} restarted {:?} ms after its failure", restart_ms(&log, name));
+    }
+    assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
+}
+
+/// Model calls of several frames run out of device memory three times: each halves the batch and
+/// retries the same frames; after good batches it grows back to the maximum. No frame is lost.
+#[tokio::test]
+async fn an_injected_device_oom_halves_the_batch_and_loses_no_frame() {
+    let env = TestEnv::new().await;
+    let settings = [
+        ("ITS__FAULTS__OOM_AT_BATCH", "20"),
+        ("ITS__FAULTS__OOM_TIMES", "3"),
+        ("ITS__BATCHING__GROW_AFTER_BATCHES", "10"),
+    ];
+    let svc = Service::start_with(&env, &settings).await;
+    let client = common::client();
+    common::overpass_until_a_few_events(&client, &svc).await;
+    let emitted = all_27_crossings_and_no_frame_dropped(&client, &svc).await;
+
+    let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(common::metric(&page, "its_device_out_of_memory_total{device=\"cpu\"}"), Some(3.0), "{page}");
+    let system = system(&client, &svc).await;
+    assert_eq!(system["devices"][0]["batch_limit"], 8, "grown back to batching.max_batch: {system}");
+    assert_eq!(child(&system, "infer-cpu")["restarts"], 0, "an OOM is not a crash: {system}");
+    let log = svc.stop();
+    assert!(log.contains("retrying the same frames in smaller batches") && log.contains("batch limit grown back"), "{log}");
+    assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
+}
+
+/// Through the reload endpoint: a corrupt file and a model of the wrong shape are rejected while
+/// the serving model goes on; a good file is swapped in mid-stream; no frame is lost.
+#[tokio::test]
+async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
+    let models = tempfile::tempdir().unwrap();
+    let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/yolox_nano.torchscript.pt");
+    let serving = models.path().join("yolox_nano.torchscript.pt");
+    std::fs::copy(&real, &serving).unwrap();
+    std::fs::copy(&real, models.path().join("good.pt")).unwrap();
+    let mut corrupt = std::fs::read(&real).unwrap();
+    corrupt.truncate(corrupt.len() / 2);
+    std::fs::write(models.path().join("corrupt.pt"), corrupt).unwrap();
+    // A valid TorchScript module whose output is not YOLOX's: caught by the shape check.
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = format!("import torch; torch.jit.script(torch.nn.Identity()).save({:?})", models.path().join("identity.pt"));
+    assert!(std::process::Command::new(python).args(["-c", &script]).status().unwrap().success());
+
+    let env = TestEnv::new().await;
+    let svc = Service::start_with(&env, &[("ITS__MODEL__PATH", serving.to_str().unwrap())]).await;
+    let client = common::client();
+    common::overpass_until_a_few_events(&client, &svc).await;
+    let reload = |file: &str, token: &str| {
+        let request = common::client_with_token(token).post(svc.url("/api/v1/models/yolox_nano/reload"));
+        request.json(&serde_json::json!({ "file": file })).send()
+    };
+    for (file, status, needle) in [("corrupt.pt", 422, "model rejected"), ("identity.pt", 422, "shape"), ("../good.pt", 400, "..")] {
+        let r = reload(file, common::ADMIN_TOKEN).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{file}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains(needle), "{file}: {body}");
+    }
+    assert_eq!(reload("good.pt", common::OPERATOR_TOKEN).await.unwrap().status().as_u16(), 403);
+    let r = client.post(svc.url("/api/v1/models/another/reload")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let listed: Value = client.get(svc.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed[0]["devices"][0]["version"], 1, "the running model keeps serving: {listed}");
+
+    let r = reload("good.pt", common::ADMIN_TOKEN).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["activated"]["version"].as_u64(), body["activated"]["file"].as_str()), (Some(2), Some("good.pt")), "{body}");
+    assert_eq!(body["model"]["devices"][0]["version"], 2, "{body}");
+    let transitions: Vec<_> = body["model"]["history"].as_array().unwrap().iter().map(|t| t["transition"].as_str().unwrap()).collect();
+    assert_eq!(transitions, ["rejected", "rejected", "activated"], "{body}");
+    let emitted = all_27_crossings_and_no_frame_dropped(&client, &svc).await;
+
+    let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for (series, value) in [
+        ("its_model_transitions_total{model=\"yolox_nano\",transition=\"rejected\"}", 2.0),
+        ("its_model_transitions_total{model=\"yolox_nano\",transition=\"activated\"}", 1.0),
+        ("its_model_version{model=\"yolox_nano\"}", 2.0),
+    ] {
+        assert_eq!(common::metric(&page, series), Some(value), "{series}\n{page}");
+    }
+    let log = svc.stop();
+    assert!(log.contains("model version activated") && log.contains("transition=\"rejected\""), "{log}");
+    assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
+}
+
+/// SIGKILL twice. First while Redis is away, so events wait in the outbox; the camera is then
+/// removed behind the service's back, so only the outbox can deliver them after the restart.
+/// Then mid-stream: the restarted service resumes the camera, and every crossing of the clip is
+/// in PostgreSQL and the stream once.
+#[tokio::test]
+async fn sigkill_loses_nothing_the_outbox_acknowledged_and_the_camera_resumes() {
+    let env = TestEnv::new().await;
+    let mut own = OwnRedis::start().await;
+    let redis_url = own.url();
+    let settings = [("ITS__REDIS__URL", redis_url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")];
+    let client = common::client();
+    let svc = Service::start_with(&env, &settings).await;
+    common::overpass_until_a_few_events(&client, &svc).await;
+    own.stop();
+    let backlog = common::eventually("events waiting in the outbox", Duration::from_secs(120), || async {
+        let s: Value = client.get(svc.url("/api/v1/system")).send().await.ok()?.json().await.ok()?;
+        let backlog = s["events"]["outbox_backlog"].as_u64()?;
+        (backlog >= 5).then_some(backlog)
+    })
+    .await;
+    svc.kill();
+    let db = env.db().await;
+    let before: i64 = db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    db.execute("DELETE FROM cameras WHERE id = 'overpass'", &[]).await.unwrap();
+    own.restart().await;
+
+    let svc = Service::start_with(&env, &settings).await;
+    let system = common::eventually("the outbox delivered", Duration::from_secs(60), || async {
+        let s: Value = client.get(svc.url("/api/v1/system")).send().await.ok()?.json().await.ok()?;
+        (s["events"]["outbox_backlog"] == 0).then_some(s)
+    })
+    .await;
+    let replayed = system["events"]["replayed_from_outbox"].as_u64().unwrap();
+    assert!(replayed >= backlog, "{backlog} were waiting at the kill: {system}");
+    let after: i64 = db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert!(after - before >= backlog as i64, "the outbox delivered what waited: {before} -> {after}, {backlog} waiting");
+    let mut conn = redis::Client::open(redis_url.clone()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    assert_delivered_once(&db, &mut conn, env.key_prefix(), after as u64).await;
+
+    // Registered again (geometry version 2, new event ids), killed mid-stream, resumed.
+    common::overpass_until_a_few_events(&client, &svc).await;
+    svc.kill();
+    let svc = Service::start_with(&env, &settings).await;
+    let emitted = all_27_crossings_and_no_frame_dropped(&client, &svc).await;
+    common::eventually("every event delivered", Duration::from_secs(60), || async {
+        let s: Value = client.get(svc.url("/api/v1/system")).send().await.ok()?.json().await.ok()?;
+        (s["events"]["outbox_backlog"] == 0).then_some(())
+    })
+    .await;
+    let log = svc.stop();
+    assert!(log.contains("camera restored"), "{log}");
+    let resumed: i64 = db.query_one("SELECT count(*) FROM events WHERE geometry_version = 2", &[]).await.unwrap().get(0);
+    assert_eq!(resumed as u64, emitted, "the resumed camera's crossings, each once");
+    assert_delivered_once(&db, &mut conn, env.key_prefix(), after as u64 + emitted).await;
+}
+
+/// An inference thread that panics at every model call is restarted `max_restarts` times, then
+/// the supervisor escalates: the process stops with a non-zero status instead of spinning.
+#[tokio::test]
+async fn a_crash_loop_escalates_and_the_process_exits_non_zero() {
+    let env = TestEnv::new().await;
+    let settings = [
+        ("ITS__FAULTS__INFERENCE_PANIC_AT_BATCH", "1"),
+        ("ITS__FAULTS__INFERENCE_PANIC_REPEATS", "true"),
+        ("ITS__SUPERVISOR__MAX_RESTARTS", "3"),
+    ];
+    let svc = Service::start_with(&env, &settings).await;
+    let client = common::client();
+    let body = serde_json::json!({
+        "id": "overpass",
+        "url": format!("file://{}", common::clip("overpass_video03.avi").display()),
+        "replay": { "realtime": false }
+    });
+    assert_eq!(client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap().status().as_u16(), 201);
+    let (status, log) = tokio::task::spawn_blocking(move || svc.wait_exit(Duration::from_secs(120))).await.unwrap();
+    assert!(!status.success(), "{log}");
+    assert_eq!(log.matches("child restarted").count(), 3, "{log}");
+    assert!(log.contains("child is crash-looping; escalating") && log.contains("a supervised child crash-looped"), "{log}");
+}

@@ -136,3 +136,79 @@ async fn cut_and_corrupted_footage_never_crashes() {
     let log = svc.stop();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// An HTTP "camera" that answers every request with an endless stream of random bytes.
+async fn garbage_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n").await;
+                let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+                let mut chunk = vec![0u8; 16 * 1024];
+                loop {
+                    for byte in chunk.iter_mut() {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        *byte = state as u8;
+                    }
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A camera URL nobody answers and one that streams garbage: each is retried with backoff, its
+/// breaker opens after `breakers.failure_threshold` failures in a row, its error is reported, and
+/// the service stays ready (a dead camera is not a dead service).
+#[tokio::test]
+async fn a_camera_that_never_connects_or_streams_garbage_opens_its_breaker_only() {
+    let garbage = garbage_server().await;
+    let nobody = common::free_port();
+    let env = TestEnv::new().await;
+    let settings = [
+        ("ITS__CAMERAS__READ_TIMEOUT_MS", "1000"),
+        ("ITS__CAMERAS__RECONNECT_INITIAL_MS", "100"),
+        ("ITS__CAMERAS__RECONNECT_MAX_MS", "300"),
+        ("ITS__BREAKERS__FAILURE_THRESHOLD", "3"),
+        ("ITS__BREAKERS__OPEN_FOR_MS", "2000"),
+    ];
+    let svc = Service::start_with(&env, &settings).await;
+    let client = common::client();
+    for (id, url) in [("nowhere", format!("rtsp://127.0.0.1:{nobody}/cam")), ("garbage", format!("http://127.0.0.1:{garbage}/cam.ts"))] {
+        let r = client.post(svc.url("/api/v1/cameras")).json(&json!({"id": id, "url": url, "fps": 5})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{id}");
+    }
+    for id in ["nowhere", "garbage"] {
+        let path = format!("/api/v1/cameras/{id}");
+        let cam: Value = common::eventually("the camera's breaker to open", Duration::from_secs(60), || async {
+            let c: Value = client.get(svc.url(&path)).send().await.ok()?.json().await.ok()?;
+            (c["status"]["breaker"] == "open").then_some(c)
+        })
+        .await;
+        assert!(cam["status"]["reconnects"].as_u64().unwrap() >= 3, "{cam}");
+        assert!(cam["status"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{cam}");
+        assert_ne!(cam["status"]["state"], "streaming", "{cam}");
+    }
+    let nowhere: Value = client.get(svc.url("/api/v1/cameras/nowhere")).send().await.unwrap().json().await.unwrap();
+    assert!(nowhere["status"]["last_error"].as_str().unwrap().contains("cannot open stream"), "{nowhere}");
+    let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(common::metric(&page, "its_breaker_opens_total{breaker=\"camera:nowhere\"}").is_some_and(|n| n >= 1.0), "{page}");
+    let ready = client.get(svc.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "dead cameras do not make the service unready");
+    let ready: Value = ready.json().await.unwrap();
+    let listed = ready["checks"]["cameras"]["breakers_not_closed"].as_array().unwrap().len();
+    assert!(listed >= 1, "{ready}");
+    let log = svc.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}

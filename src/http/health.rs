@@ -16,24 +16,34 @@ async fn live() -> HttpResponse {
 }
 
 /// Ready when PostgreSQL and Redis answer, neither's circuit breaker is open, and every device's
-/// inference thread runs its model.
+/// inference thread runs a model whose breaker is not open. Cameras whose breaker is not closed
+/// are listed but do not make the service unready.
 async fn ready(service: web::Data<Service>) -> HttpResponse {
     let postgres = service.db.ping().await.map_err(|e| e.to_string());
     let redis = service.redis_ping().await.map_err(|e| e.to_string());
     let devices = service.pipeline.devices();
-    let model_ok = !devices.is_empty() && devices.iter().all(|(_, alive, _)| *alive);
-    let devices: Vec<_> = devices.into_iter().map(|(name, alive, _)| serde_json::json!({ "name": name, "alive": alive })).collect();
+    // An open breaker only changes state at its next call; once its open period is over it no
+    // longer holds readiness back (the pings and the next model call say whether all is well).
+    let open_for = service.settings.breakers.open_for_ms as f64 / 1e3;
+    let holds = |b: &crate::supervision::BreakerView| {
+        b.state == crate::supervision::BreakerState::Open && b.opened_secs_ago.is_none_or(|age| age < open_for)
+    };
+    // A device serves when its inference thread runs and its model's breaker does not hold it.
+    let model_ok = !devices.is_empty() && devices.iter().all(|d| d.alive && !holds(&d.model_breaker));
+    // Shown, not judged: one dead camera does not make the service unready.
+    let open_cameras: Vec<_> = service
+        .pipeline
+        .cameras()
+        .into_iter()
+        .filter(|(_, status)| status.breaker.state() != crate::supervision::BreakerState::Closed)
+        .map(|(spec, status)| serde_json::json!({ "camera": spec.id, "breaker": status.breaker.state() }))
+        .collect();
     let check = |r: &Result<(), String>| match r {
         Ok(()) => serde_json::json!({ "ok": true }),
         Err(e) => serde_json::json!({ "ok": false, "error": e }),
     };
     let breakers = service.breakers();
-    // An open breaker only changes state at its next call; once its open period is over it no
-    // longer holds readiness back (the pings above say whether the dependency is back).
-    let open_for = service.settings.breakers.open_for_ms as f64 / 1e3;
-    let breakers_closed = breakers.iter().all(|b| {
-        b.state != crate::supervision::BreakerState::Open || b.opened_secs_ago.is_some_and(|age| age >= open_for)
-    });
+    let breakers_closed = !breakers.iter().any(holds);
     let ok = postgres.is_ok() && redis.is_ok() && model_ok && breakers_closed;
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not_ready" },
@@ -42,6 +52,7 @@ async fn ready(service: web::Data<Service>) -> HttpResponse {
             "redis": check(&redis),
             "model": { "ok": model_ok, "devices": devices },
             "breakers": { "ok": breakers_closed, "breakers": breakers },
+            "cameras": { "breakers_not_closed": open_cameras },
         }
     });
     if ok {

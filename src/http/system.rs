@@ -1,5 +1,5 @@
 //! `/api/v1/system`: what an operator checks first when something is wrong — circuit breakers,
-//! connection pools, devices, event delivery.
+//! connection pools, devices and their models, supervised children, event delivery.
 
 use actix_web::{web, HttpResponse};
 
@@ -10,18 +10,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn system(service: web::Data<Service>) -> HttpResponse {
-    let devices: Vec<_> = service
-        .pipeline
-        .devices()
-        .into_iter()
-        .map(|(name, alive, batch_limit)| serde_json::json!({ "name": name, "alive": alive, "batch_limit": batch_limit }))
-        .collect();
+    let cameras: Vec<_> = service.pipeline.cameras().into_iter().map(|(_, status)| status.breaker.view()).collect();
     HttpResponse::Ok().json(serde_json::json!({
         "breakers": service.breakers(),
         "pools": service.pools(),
-        "devices": devices,
+        "devices": service.pipeline.devices(),
         "supervisor": { "children": service.pipeline.children(), "escalated": service.escalation() },
-        "cameras": service.pipeline.cameras().len(),
+        "cameras": cameras.len(),
+        "camera_breakers": cameras,
         "events": service.delivery(),
     }))
 }

@@ -201,6 +201,25 @@ impl Service {
         }
     }
 
+    /// SIGKILL: no shutdown of any kind; returns the log.
+    pub fn kill(mut self) -> String {
+        self.child.kill().expect("SIGKILL the service");
+        let _ = self.child.wait();
+        self.log_text()
+    }
+
+    /// Waits until the process exits on its own (a crash loop stops it); its status and log.
+    pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "the service did not exit in {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -23,7 +23,7 @@ use crate::actors::gpu::batch::{PushOutcome, Queued};
 use crate::actors::messages::{CameraId, Frame};
 use crate::detector::Letterbox;
 use crate::metrics::Metrics;
-use crate::supervision::Backoff;
+use crate::supervision::{panic_message, Backoff};
 
 /// Rate assumed for a stream whose container rate is missing or implausible.
 pub const FALLBACK_SOURCE_FPS: f64 = 30.0;
@@ -136,13 +136,21 @@ impl Streamer {
     fn run(mut self) {
         let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
         while !self.stopped() {
+            // An open breaker lets no attempt through until its open period is over.
+            while !self.status.breaker.allow() {
+                if self.stopped() {
+                    return;
+                }
+                self.sleep(Duration::from_millis(200));
+            }
             self.status.set_state(StreamState::Connecting, None);
             let seq_before = self.seq;
             // A panic in FFmpeg glue or in our code becomes a failed attempt, not a dead camera.
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_once()))
-                .unwrap_or_else(|panic| Err(format!("decode panicked: {}", panic_message(&panic))));
+                .unwrap_or_else(|panic| Err(format!("decode panicked: {}", panic_message(&*panic))));
             if self.seq > seq_before {
                 backoff.reset();
+                self.status.breaker.record_success();
             }
             match result {
                 Ok(RunEnd::Stopped) => return,
@@ -170,6 +178,7 @@ impl Streamer {
     /// Records a failed attempt and waits out the backoff; `true` when out of retries (the
     /// stream is then marked failed and ended).
     fn give_up_after(&self, error: String, backoff: &mut Backoff) -> bool {
+        self.status.breaker.record_failure();
         let error = sanitize(&error, &self.config.url);
         tracing::warn!(camera = %self.config.camera_id, %error, "stream failed");
         if self.config.max_retries.is_some_and(|max| backoff.failures() >= max) {
@@ -403,14 +412,6 @@ impl Converter {
         self.letterbox.write_planar(self.bgr.data(0), self.bgr.stride(0), &mut self.planar);
         Ok((Bytes::from(std::mem::take(&mut self.planar)), self.letterbox))
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Error text with the camera URL and every secret in it removed.

@@ -47,6 +47,9 @@ pub struct CameraStatus {
     counts: Mutex<Vec<LineCount>>,
     /// Becomes true once everything the source produced went through its connector.
     finished: watch::Sender<bool>,
+    /// Around the stream: opens after `breakers.failure_threshold` failed attempts in a row;
+    /// while open no attempt is made until `breakers.open_for_ms` has passed.
+    pub breaker: std::sync::Arc<crate::supervision::CircuitBreaker>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,12 +63,14 @@ pub struct StatusView {
     pub reconnects: u64,
     pub events: u64,
     pub geometry_version: u32,
+    pub breaker: crate::supervision::BreakerState,
 }
 
 impl CameraStatus {
-    pub fn new(id: CameraId, epoch_ms: u64, geometry_version: u32, metrics: &Metrics) -> Self {
+    pub fn new(id: CameraId, epoch_ms: u64, geometry_version: u32, metrics: &Metrics, breaker: &crate::supervision::BreakerConfig) -> Self {
         let labels = metrics.camera(&id);
         Self {
+            breaker: metrics.breaker(&crate::metrics::camera_breaker(&id), breaker),
             epoch_ms,
             geometry_version: geometry_version.into(),
             state: Mutex::new((StreamState::Connecting, None)),
@@ -123,6 +128,7 @@ impl CameraStatus {
             reconnects: self.reconnects.get(),
             events: self.events.get(),
             geometry_version: self.geometry_version.load(std::sync::atomic::Ordering::SeqCst),
+            breaker: self.breaker.state(),
         }
     }
 
