@@ -137,13 +137,23 @@ pub async fn analyze(
 
     let metrics = Arc::new(Metrics::new());
     let sink = Arc::new(MemorySink::default());
-    let escalate = Box::new(|child: &str, error: &str| tracing::error!(child, error, "a supervised child crash-loops; the analysis is incomplete"));
+    let escalation = Arc::new(tokio::sync::Notify::new());
+    let escalate = {
+        let escalation = escalation.clone();
+        Box::new(move |_: &str, _: &str| escalation.notify_one())
+    };
     let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone(), escalate)?;
     let started = Instant::now();
     // Frame times start at a whole minute, so the clip's minutes are its own.
     let epoch_ms = crate::actors::camera::status::now_ms() / 60_000 * 60_000;
     let status = pipeline.start_camera(spec, mode, epoch_ms, 1).await?;
-    status.wait_finished().await;
+    tokio::select! {
+        _ = status.wait_finished() => {}
+        _ = escalation.notified() => {
+            pipeline.shutdown().await;
+            anyhow::bail!("{}: analysis stopped: {}", video.display(), pipeline.escalated().unwrap_or_default());
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     if status.state() == StreamState::Failed {
         anyhow::bail!("{}: {}", video.display(), status.last_error().unwrap_or_else(|| "cannot read".into()));

@@ -30,6 +30,11 @@ impl RedisKeys {
         format!("{}:seen:", self.prefix)
     }
 
+    /// Stream and channel of service events that belong to no camera (model transitions).
+    pub fn system_stream(&self) -> String {
+        format!("{}:system", self.prefix)
+    }
+
     /// Hash of a camera's latest state (field `state`: JSON; `updated_at`: RFC 3339).
     pub fn camera_state(&self, camera_id: &str) -> String {
         format!("{}:state:{camera_id}", self.prefix)

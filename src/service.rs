@@ -71,10 +71,7 @@ impl Service {
         let outbox = crate::sinks::outbox::Outbox::open(crate::sinks::outbox::OutboxConfig {
             path: settings.outbox.path.clone(),
             max_events: settings.outbox.max_events,
-            when_full: match settings.outbox.when_full {
-                crate::settings::OutboxWhenFull::Reject => crate::sinks::outbox::WhenFull::Reject,
-                crate::settings::OutboxWhenFull::DropOldest => crate::sinks::outbox::WhenFull::DropOldest,
-            },
+            when_full: settings.outbox.when_full,
         })?;
         let publisher = Arc::new(Publisher::spawn(
             redis.clone(),

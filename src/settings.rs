@@ -95,14 +95,7 @@ pub struct OutboxSettings {
     pub max_events: u64,
     /// When full: `reject` new events (counted in its_events_dropped_total) or `drop_oldest`
     /// undelivered ones (counted too).
-    pub when_full: OutboxWhenFull,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutboxWhenFull {
-    Reject,
-    DropOldest,
+    pub when_full: crate::sinks::outbox::WhenFull,
 }
 
 /// Faults made on purpose so the fault tests can prove recovery; each fires once unless said
@@ -418,8 +411,9 @@ impl Settings {
         errors.extend(self.rate_limit.validate());
         errors.extend(self.tracing.validate());
         errors.extend(self.supervisor.policy().validate().into_iter().map(|e| format!("supervisor: {e}")));
-        if !(100..=600_000).contains(&self.supervisor.heartbeat_timeout_ms) {
-            errors.push("supervisor.heartbeat_timeout_ms must be in 100..=600000".into());
+        // Shards report progress every second: anything shorter would find them all frozen.
+        if !(3_000..=600_000).contains(&self.supervisor.heartbeat_timeout_ms) {
+            errors.push("supervisor.heartbeat_timeout_ms must be in 3000..=600000".into());
         }
         if self.outbox.max_events == 0 {
             errors.push("outbox.max_events must be at least 1".into());

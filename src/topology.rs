@@ -99,7 +99,7 @@ impl Pipeline {
         );
         let heartbeat = Some(settings.supervisor.heartbeat_timeout());
         let model_name = settings.model.name();
-        let transitions = ModelTransitions::new(model_name.clone(), metrics.clone());
+        let transitions = ModelTransitions::new(model_name.clone(), metrics.clone(), sink.clone());
         let faults = Arc::new(FaultInjector::new(settings.faults.clone()));
         let breaker = settings.breakers.config();
         let mut devices = Vec::new();
@@ -134,6 +134,7 @@ impl Pipeline {
                 sink: sink.clone(),
                 metrics: metrics.clone(),
                 panic_at_frame: settings.faults.shard_panic_at_frame,
+                live: Arc::default(),
             };
             let slot: Arc<std::sync::OnceLock<Arc<ShardSlot>>> = Arc::default();
             let factory = {
@@ -272,7 +273,7 @@ impl Pipeline {
         for device in &self.devices {
             device.runtime.queue.close();
             let runtime = device.runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || runtime.join()).await;
+            let _ = tokio::task::spawn_blocking(move || runtime.join(std::time::Duration::from_secs(10))).await;
         }
     }
 
@@ -329,6 +330,7 @@ fn restart_shard(config: &ShardConfig, reporter: Reporter, cameras: &DashMap<Str
         .map(|c| Registration { status: c.status.clone(), geometry: c.spec.geometry.clone(), geometry_version: c.geometry_version })
         .collect();
     let config = config.clone();
+    config.live.store(reporter.generation().0, std::sync::atomic::Ordering::SeqCst);
     let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| ConnectorActor::new(config, reporter, registrations, true));
     let old = slot.replace(addr.clone());
     // HandOver is queued behind everything the old instance was sent: its successor gets it all,

@@ -31,7 +31,7 @@ use serde_norway::Value as Yaml;
 use common::{Service, TestEnv};
 
 /// The alerts the issue asks for, each with a runbook section of the same name.
-const ALERTS: [&str; 9] = [
+const ALERTS: [&str; 11] = [
     "AnalyticsLatencyHigh",
     "GPUMemoryExhaustion",
     "ModelAccuracyDegradation",
@@ -41,6 +41,8 @@ const ALERTS: [&str; 9] = [
     "EventsDropped",
     "OutboxGrowing",
     "FramesDropped",
+    "SupervisedChildRestarting",
+    "ModelRolledBack",
 ];
 
 /// Kinds kubernetes-validate has no schema for, which it reports as a warning (exit status 0).

@@ -136,8 +136,13 @@ async fn system(client: &reqwest::Client, svc: &Service) -> Value {
     client.get(svc.url("/api/v1/system")).send().await.unwrap().json().await.unwrap()
 }
 
+/// The child of that name, or the restarted one of that prefix (`shard-`: whichever shard the
+/// camera hashes to).
 fn child<'a>(system: &'a Value, name: &str) -> &'a Value {
-    system["supervisor"]["children"].as_array().unwrap().iter().find(|c| c["name"].as_str().unwrap().starts_with(name)).unwrap()
+    let children = system["supervisor"]["children"].as_array().unwrap();
+    let mut named = children.iter().filter(|c| c["name"].as_str().unwrap().starts_with(name));
+    let all: Vec<&Value> = named.clone().collect();
+    named.find(|c| c["restarts"].as_u64() > Some(0)).or(all.first().copied()).unwrap()
 }
 
 /// Milliseconds between the first "child failed" and the next "child restarted" log lines of
@@ -237,6 +242,11 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
         assert!(body["error"].as_str().unwrap().contains(needle), "{file}: {body}");
     }
     assert_eq!(reload("good.pt", common::OPERATOR_TOKEN).await.unwrap().status().as_u16(), 403);
+    // A body that is not a reload request is refused, not taken for "reload the configured file".
+    for body in [r#"{"fiel": "good.pt"}"#, "good.pt"] {
+        let r = client.post(svc.url("/api/v1/models/yolox_nano/reload")).body(body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+    }
     let r = client.post(svc.url("/api/v1/models/another/reload")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let listed: Value = client.get(svc.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
@@ -259,6 +269,12 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
     ] {
         assert_eq!(common::metric(&page, series), Some(value), "{series}\n{page}");
     }
+    // Each transition is also an event on the system stream.
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(format!("{}:system", env.key_prefix())).arg("-").arg("+").query_async(&mut env.redis().await).await.unwrap();
+    let published: Vec<Value> = entries.iter().map(|(_, fields)| serde_json::from_str(&fields[1]).unwrap()).collect();
+    let kinds: Vec<_> = published.iter().map(|e| (e["type"].as_str().unwrap(), e["transition"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [("model_transition", "rejected"), ("model_transition", "rejected"), ("model_transition", "activated")]);
     let log = svc.stop();
     assert!(log.contains("model version activated") && log.contains("transition=\"rejected\""), "{log}");
     assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;

@@ -208,7 +208,7 @@ async fn a_camera_that_never_connects_or_streams_garbage_opens_its_breaker_only(
     assert_eq!(ready.status().as_u16(), 200, "dead cameras do not make the service unready");
     let ready: Value = ready.json().await.unwrap();
     let listed = ready["checks"]["cameras"]["breakers_not_closed"].as_array().unwrap().len();
-    assert!(listed >= 1, "{ready}");
+    assert_eq!(listed, 2, "{ready}");
     let log = svc.stop();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -16,7 +16,7 @@ pub mod lines;
 pub mod tracker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +89,9 @@ pub struct ShardConfig {
     pub metrics: Arc<Metrics>,
     /// `faults.shard_panic_at_frame` (0: never).
     pub panic_at_frame: u64,
+    /// The generation of the shard's live instance: an instance that is not it (a frozen one
+    /// that came back) keeps what it is sent instead of analysing it beside its successor.
+    pub live: Arc<AtomicU64>,
 }
 
 /// A camera of a shard, as a new instance rebuilds it.
@@ -279,6 +282,10 @@ impl ConnectorActor {
     /// Handles a message now, or keeps it while this instance is poisoned or waiting for its
     /// predecessor's backlog.
     fn accept(&mut self, message: Kept) {
+        if self.kept.is_none() && self.config.live.load(Ordering::SeqCst) != self.reporter.generation().0 {
+            tracing::warn!(shard = self.config.shard, generation = %self.reporter.generation(), "a replaced instance came back; it analyses nothing more");
+            self.kept = Some(Vec::new());
+        }
         let Some(kept) = &mut self.kept else {
             self.handle_now(message);
             return;

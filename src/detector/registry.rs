@@ -6,8 +6,9 @@
 //! in, between two batches, keeping the version it replaced. A file that fails any step is
 //! rejected and the serving model never stops. A swapped-in version whose batches keep failing is
 //! rolled back by the device (`worker`), and the registry records it. Every transition is a log
-//! line, a metric (`its_model_transitions_total`, `its_model_version`) and an entry of the
-//! history shown by `GET /api/v1/models`.
+//! line, a metric (`its_model_transitions_total`, `its_model_version`), an event on the Redis
+//! stream and channel `{prefix}:system` (`"type": "model_transition"`) and an entry of the history
+//! shown by `GET /api/v1/models`.
 
 use std::collections::VecDeque;
 use std::path::{Component, Path, PathBuf};
@@ -21,6 +22,7 @@ use super::{Detector, DetectorError};
 use crate::actors::gpu::worker::{set_up_thread, DeviceRuntime, LoadedModel};
 use crate::metrics::{Metrics, ModelLabels, ModelTransitionLabels};
 use crate::settings::ModelSettings;
+use crate::sinks::EventSink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -65,6 +67,8 @@ pub struct ModelTransition {
 pub struct ModelTransitions {
     model: String,
     metrics: Arc<Metrics>,
+    /// Publishes each transition as a system event (`{prefix}:system` in Redis).
+    sink: Arc<dyn EventSink>,
     history: Mutex<VecDeque<ModelTransition>>,
 }
 
@@ -72,9 +76,9 @@ pub struct ModelTransitions {
 const HISTORY: usize = 100;
 
 impl ModelTransitions {
-    pub fn new(model: String, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(model: String, metrics: Arc<Metrics>, sink: Arc<dyn EventSink>) -> Arc<Self> {
         metrics.model_version.get_or_create(&ModelLabels { model: model.clone() }).set(1);
-        Arc::new(Self { model, metrics, history: Mutex::new(VecDeque::new()) })
+        Arc::new(Self { model, metrics, sink, history: Mutex::new(VecDeque::new()) })
     }
 
     pub fn history(&self) -> Vec<ModelTransition> {
@@ -96,7 +100,13 @@ impl ModelTransitions {
             history.pop_front();
         }
         let model = self.model.clone();
-        history.push_back(ModelTransition { at: chrono::Utc::now(), model, transition, from_version, to_version, detail });
+        let record = ModelTransition { at: chrono::Utc::now(), model, transition, from_version, to_version, detail };
+        let mut event = serde_json::to_value(&record).unwrap_or_default();
+        if let Some(map) = event.as_object_mut() {
+            map.insert("type".into(), "model_transition".into());
+        }
+        self.sink.submit_system(event);
+        history.push_back(record);
     }
 
     /// A device went back to the previous version.
@@ -172,7 +182,7 @@ impl ModelRegistry {
         }
         let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
         let path = match file {
-            Some(file) => self.resolve(file)?,
+            Some(file) => resolve_in(&self.dir, file)?,
             None => self.base.path.canonicalize().map_err(|e| ReloadError::BadPath(format!("the configured model file: {e}")))?,
         };
         let file_name = path.strip_prefix(&self.dir).unwrap_or(&path).display().to_string();
@@ -206,23 +216,23 @@ impl ModelRegistry {
         Ok(entry)
     }
 
-    /// A file name under the model directory: no absolute path, no `..`, and still inside once
-    /// links are resolved.
-    fn resolve(&self, file: &str) -> Result<PathBuf, ReloadError> {
-        let relative = Path::new(file);
-        if file.is_empty() || !relative.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(ReloadError::BadPath("file must be a path inside the model directory, without \"..\"".into()));
-        }
-        let path = self
-            .dir
-            .join(relative)
-            .canonicalize()
-            .map_err(|_| ReloadError::BadPath(format!("no model file {file:?} in the model directory")))?;
-        if !path.starts_with(&self.dir) || !path.is_file() {
-            return Err(ReloadError::BadPath(format!("{file:?} is not a file inside the model directory")));
-        }
-        Ok(path)
+}
+
+/// A file name under the (canonical) model directory `dir`: no absolute path, no `..`, and still
+/// inside once links are resolved.
+fn resolve_in(dir: &Path, file: &str) -> Result<PathBuf, ReloadError> {
+    let relative = Path::new(file);
+    if file.is_empty() || !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(ReloadError::BadPath("file must be a path inside the model directory, without \"..\"".into()));
     }
+    let path = dir
+        .join(relative)
+        .canonicalize()
+        .map_err(|_| ReloadError::BadPath(format!("no model file {file:?} in the model directory")))?;
+    if !path.starts_with(dir) || !path.is_file() {
+        return Err(ReloadError::BadPath(format!("{file:?} is not a file inside the model directory")));
+    }
+    Ok(path)
 }
 
 /// Loads the model on a device (which checks its output shape on a grey frame) and runs it on a
@@ -239,4 +249,24 @@ fn validate_on(device: &DeviceRuntime, settings: &ModelSettings) -> Result<Detec
 fn sha256_of(path: &Path) -> std::io::Result<String> {
     let bytes = std::fs::read(path)?;
     Ok(sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloads_read_only_files_inside_the_model_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("models");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("good.pt"), b"x").unwrap();
+        std::fs::write(root.path().join("outside.pt"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.path().join("outside.pt"), dir.join("link.pt")).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        assert_eq!(resolve_in(&dir, "good.pt").unwrap(), dir.join("good.pt"));
+        for bad in ["../outside.pt", "/etc/passwd", "", "./good.pt", "link.pt", "missing.pt", "sub/../good.pt"] {
+            assert!(matches!(resolve_in(&dir, bad), Err(ReloadError::BadPath(_))), "{bad:?} accepted");
+        }
+    }
 }

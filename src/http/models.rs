@@ -4,6 +4,7 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
+
 use super::error::ApiError;
 use crate::detector::registry::ReloadError;
 use crate::service::Service;
@@ -24,12 +25,14 @@ struct ReloadRequest {
     file: Option<String>,
 }
 
-async fn reload(
-    service: web::Data<Service>,
-    name: web::Path<String>,
-    body: Option<web::Json<ReloadRequest>>,
-) -> Result<HttpResponse, ApiError> {
-    let request = body.map(|b| b.into_inner()).unwrap_or_default();
+/// The body is read raw: no body means the configured file, anything else must be a valid
+/// request (`Option<Json>` would take a malformed body for none and reload the wrong file).
+async fn reload(service: web::Data<Service>, name: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReloadRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid reload request: {e}")))?
+    };
     let version = service.pipeline.models().reload(&name, request.file.as_deref()).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view() })))
 }

@@ -16,6 +16,8 @@ pub trait EventSink: Send + Sync + 'static {
     fn submit_aggregates(&self, rows: Vec<AggregateRow>);
     /// A camera's latest state; only the newest matters.
     fn submit_state(&self, state: StateSnapshot);
+    /// A service event that belongs to no camera (a model transition), as JSON with a `type`.
+    fn submit_system(&self, _event: serde_json::Value) {}
 }
 
 /// Keeps everything in memory: `analyze`, `evaluate` and `bench`, which need no Redis or

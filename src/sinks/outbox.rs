@@ -32,8 +32,9 @@ const NEXT_SEQ: &str = "next_seq";
 /// redb's page cache: reads are of the oldest pending entries, so a small one is enough.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
-/// What `append` does when the outbox already holds `max_events`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `append` does when the outbox already holds `max_events` (`outbox.when_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     Reject,
     DropOldest,

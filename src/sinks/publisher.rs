@@ -2,13 +2,17 @@
 //! anything) and PostgreSQL (idempotent on `event_id`), through the durable outbox; also the
 //! per-minute aggregates (PostgreSQL) and each camera's latest state (a Redis hash).
 //!
-//! Three tasks, so that no outage holds up what does not depend on it:
+//! Four tasks:
 //! - intake: commits each batch of events to the outbox (`outbox`, one fsync per batch) and passes
-//!   rows and states on;
+//!   minute rows and states on, so an outage never holds up the commit of events;
 //! - delivery: takes what the outbox holds, oldest first (after a crash, what the last process left),
 //!   delivers it to Redis once and then to PostgreSQL once, each retried with backoff until it
-//!   succeeds, and acknowledges it, which removes it from the outbox;
-//! - rows: upserts minute rows (retried) and caches states (best effort).
+//!   succeeds, and acknowledges it, which removes it from the outbox (while either store is down,
+//!   events wait in the outbox for both);
+//! - PostgreSQL rows: upserts minute rows (retried);
+//! - Redis rows: caches states (best effort) and publishes system events (retried).
+//! The two row queues are bounded (`capacity` each): when one is full a minute-row batch is dropped
+//! and counted in `its_events_dropped_total`; a state is dropped silently, a newer one follows.
 //!
 //! An event is "acknowledged" once the outbox has committed it: from then on a crash does not
 //! lose it. The outbox's size limit and its policy when full are `[outbox]` settings; events it
@@ -41,6 +45,7 @@ enum Outgoing {
     State(StateSnapshot),
     /// The camera was removed: drop its cached state, after any state queued before.
     ForgetState(crate::actors::messages::CameraId),
+    System(serde_json::Value),
 }
 
 /// The dependencies the publisher writes to, each behind a circuit breaker: while one is open
@@ -109,6 +114,12 @@ impl EventSink for Publisher {
         // A newer snapshot follows; losing one to a full queue costs nothing lasting.
         let _ = self.enqueue(Outgoing::State(state));
     }
+
+    fn submit_system(&self, event: serde_json::Value) {
+        if !self.enqueue(Outgoing::System(event)) {
+            tracing::warn!("event sink queue full; system event not published (it is in the log and the metrics)");
+        }
+    }
 }
 
 /// Rows and states on their way to the rows task, with how many accepted items each stands for.
@@ -116,11 +127,49 @@ enum RowItem {
     Aggregates(Vec<AggregateRow>),
     /// The newest state of a camera (`None`: remove it), standing for `superseding` items.
     State { camera_id: crate::actors::messages::CameraId, state: Option<StateSnapshot>, superseding: u64 },
+    System(serde_json::Value),
+}
+
+/// The bounded queues of the two row tasks, one per store, so an outage of one holds up nothing
+/// of the other.
+struct RowQueues {
+    postgres: mpsc::Sender<RowItem>,
+    redis: mpsc::Sender<RowItem>,
+}
+
+impl RowQueues {
+    /// Queues an item for its store; when that queue is full the item is dropped, counted as
+    /// handled (and, for minute rows, as dropped).
+    fn send(&self, item: RowItem, metrics: &Metrics, progress: &Progress) {
+        let queue = match item {
+            RowItem::Aggregates(_) => &self.postgres,
+            RowItem::State { .. } | RowItem::System(_) => &self.redis,
+        };
+        let Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) = queue.try_send(item) else {
+            return;
+        };
+        let items = match item {
+            RowItem::Aggregates(_) => {
+                metrics.events_dropped.inc();
+                tracing::error!("minute-row queue full; aggregate rows dropped");
+                1
+            }
+            RowItem::State { superseding, .. } => superseding,
+            RowItem::System(_) => {
+                tracing::warn!("redis queue full; system event not published (it is in the log and the metrics)");
+                1
+            }
+        };
+        progress.items_done.fetch_add(items, Ordering::SeqCst);
+    }
 }
 
 /// What only this process knows of the events it accepted (the outbox keeps their JSON): the
 /// capture instant for `analytics_latency_seconds` and the trace span, by event id.
 type LiveEvents = Arc<parking_lot::Mutex<HashMap<String, (Option<std::time::Instant>, tracing::Span)>>>;
+
+/// Events whose capture instant and span are kept at most.
+const LIVE_EVENTS_LIMIT: usize = 100_000;
 
 impl Publisher {
     /// Starts the intake, delivery and rows tasks on the current runtime. Events the outbox
@@ -137,7 +186,9 @@ impl Publisher {
         outbox: Arc<Outbox>,
     ) -> Self {
         let (tx, rx) = mpsc::channel::<Outgoing>(capacity);
-        let (rows_tx, rows_rx) = mpsc::unbounded_channel::<RowItem>();
+        let (postgres_tx, postgres_rx) = mpsc::channel::<RowItem>(capacity);
+        let (redis_tx, redis_rx) = mpsc::channel::<RowItem>(capacity);
+        let rows = RowQueues { postgres: postgres_tx, redis: redis_tx };
         let progress = Arc::new(Progress::default());
         let redis_breaker = metrics.breaker("redis", &breaker);
         let postgres_breaker = metrics.breaker("postgres", &breaker);
@@ -151,9 +202,10 @@ impl Publisher {
         progress.replayed.store(left, Ordering::SeqCst);
         metrics.outbox_backlog.set(left as i64);
         let live = LiveEvents::default();
-        tokio::spawn(intake(rx, rows_tx, outbox.clone(), committed.clone(), live.clone(), metrics.clone(), progress.clone()));
+        tokio::spawn(intake(rx, rows, outbox.clone(), committed.clone(), live.clone(), metrics.clone(), progress.clone()));
         tokio::spawn(deliver_from_outbox(sinks.clone(), outbox.clone(), committed, live, progress.clone()));
-        tokio::spawn(write_rows(sinks, rows_rx, progress.clone()));
+        tokio::spawn(write_rows(sinks.clone(), postgres_rx, progress.clone()));
+        tokio::spawn(write_rows(sinks, redis_rx, progress.clone()));
         Self { tx, breakers, metrics, outbox, progress }
     }
 
@@ -205,7 +257,7 @@ impl Publisher {
 /// Commits events to the outbox, a batch per transaction, and passes rows and states on.
 async fn intake(
     mut rx: mpsc::Receiver<Outgoing>,
-    rows: mpsc::UnboundedSender<RowItem>,
+    rows: RowQueues,
     outbox: Arc<Outbox>,
     committed: Arc<Notify>,
     live: LiveEvents,
@@ -224,15 +276,21 @@ async fn intake(
                     events += 1;
                     match serde_json::to_vec(&*event) {
                         Ok(json) => {
-                            live.lock().insert(event.event_id.clone(), (event.captured, event.span.clone()));
+                            let mut live = live.lock();
+                            // Bounded: past it (a long outage, events refused by a full outbox),
+                            // the oldest ones just lose their latency sample and trace.
+                            if live.len() >= LIVE_EVENTS_LIMIT {
+                                live.clear();
+                            }
+                            live.insert(event.event_id.clone(), (event.captured, event.span.clone()));
+                            drop(live);
                             entries.push((event.event_id.clone(), json));
                         }
                         Err(error) => tracing::error!(%error, "event not serialisable; dropped"),
                     }
                 }
-                Outgoing::Aggregates(batch) => {
-                    let _ = rows.send(RowItem::Aggregates(batch));
-                }
+                Outgoing::Aggregates(batch) => rows.send(RowItem::Aggregates(batch), &metrics, &progress),
+                Outgoing::System(event) => rows.send(RowItem::System(event), &metrics, &progress),
                 Outgoing::State(s) => {
                     let entry = states.entry(s.camera_id.clone()).or_default();
                     *entry = (Some(s), entry.1 + 1);
@@ -244,40 +302,41 @@ async fn intake(
             }
         }
         for (camera_id, (state, superseding)) in states {
-            let _ = rows.send(RowItem::State { camera_id, state, superseding });
+            rows.send(RowItem::State { camera_id, state, superseding }, &metrics, &progress);
         }
         if !entries.is_empty() {
-            append(&outbox, entries, &live, &metrics).await;
+            append(&outbox, entries, &metrics).await;
             committed.notify_one();
         }
         progress.items_done.fetch_add(events, Ordering::SeqCst);
     }
 }
 
-/// Appends until the outbox answers (a disk error is retried: the events are still in memory).
-async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, live: &LiveEvents, metrics: &Metrics) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// Appends to the outbox (a disk error is retried: the events are still in memory) and counts
+/// what a full outbox refused or dropped.
+async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, metrics: &Metrics) {
     let entries = Arc::new(entries);
+    let outcome = until_outbox(outbox, "append", move |store| store.append(&entries)).await;
+    let lost = outcome.rejected + outcome.dropped_oldest;
+    if lost > 0 {
+        metrics.events_dropped.inc_by(lost as u64);
+        tracing::error!(rejected = outcome.rejected, dropped_oldest = outcome.dropped_oldest, "outbox full; events lost");
+    }
+    metrics.outbox_backlog.set(outbox.backlog() as i64);
+}
+
+/// Runs an outbox call until it succeeds, with backoff: the outbox is local, so an error is a
+/// disk in trouble, and giving up would lose events.
+async fn until_outbox<T: Send + 'static>(
+    outbox: &Arc<Outbox>,
+    what: &str,
+    call: impl Fn(&Outbox) -> Result<T, super::outbox::OutboxError> + Clone + Send + 'static,
+) -> T {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let batch = entries.clone();
-        match on_outbox(outbox, move |store| store.append(&batch)).await {
-            Ok(outcome) => {
-                let lost = outcome.rejected + outcome.dropped_oldest;
-                if outcome.rejected > 0 {
-                    // The entries that did not fit are the last of the batch.
-                    let mut live = live.lock();
-                    for (event_id, _) in entries.iter().rev().take(outcome.rejected) {
-                        live.remove(event_id);
-                    }
-                }
-                if lost > 0 {
-                    metrics.events_dropped.inc_by(lost as u64);
-                    tracing::error!(rejected = outcome.rejected, dropped_oldest = outcome.dropped_oldest, "outbox full; events lost");
-                }
-                metrics.outbox_backlog.set(outbox.backlog() as i64);
-                return;
-            }
-            Err(error) => tracing::error!(%error, "outbox append failed; retrying"),
+        match on_outbox(outbox, call.clone()).await {
+            Ok(value) => return value,
+            Err(error) => tracing::error!(%error, "outbox {what} failed; retrying"),
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }
@@ -297,16 +356,8 @@ async fn on_outbox<T: Send + 'static>(
 
 /// Delivers what the outbox holds, oldest first, and acknowledges it.
 async fn deliver_from_outbox(sinks: Arc<Sinks>, outbox: Arc<Outbox>, committed: Arc<Notify>, live: LiveEvents, progress: Arc<Progress>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let pending = match on_outbox(&outbox, |store| store.pending(0, BATCH)).await {
-            Ok(pending) => pending,
-            Err(error) => {
-                tracing::error!(%error, "outbox unreadable; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        };
+        let pending = until_outbox(&outbox, "read", |store| store.pending(0, BATCH)).await;
         if pending.is_empty() {
             committed.notified().await;
             continue;
@@ -326,17 +377,10 @@ async fn deliver_from_outbox(sinks: Arc<Sinks>, outbox: Arc<Outbox>, committed: 
             sinks.deliver(&events).await;
             drop(publishing);
         }
+        // Should acknowledging fail for a while, the events stay and are delivered again later,
+        // harmlessly: both stores take an event once.
         let seqs = Arc::new(seqs);
-        loop {
-            let acked = seqs.clone();
-            match on_outbox(&outbox, move |store| store.ack(&acked)).await {
-                Ok(()) => break,
-                // Delivered but still in the outbox: delivered again later, harmlessly (both
-                // stores take an event once).
-                Err(error) => tracing::error!(%error, "outbox acknowledgement failed; retrying"),
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+        until_outbox(&outbox, "acknowledgement", move |store| store.ack(&seqs)).await;
         progress.delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
         sinks.metrics.outbox_backlog.set(outbox.backlog() as i64);
     }
@@ -358,7 +402,7 @@ fn decode(entries: Vec<Entry>) -> (Vec<u64>, Vec<Event>) {
 }
 
 /// Upserts minute rows and caches states, in order.
-async fn write_rows(sinks: Arc<Sinks>, mut rx: mpsc::UnboundedReceiver<RowItem>, progress: Arc<Progress>) {
+async fn write_rows(sinks: Arc<Sinks>, mut rx: mpsc::Receiver<RowItem>, progress: Arc<Progress>) {
     while let Some(item) = rx.recv().await {
         let items = match item {
             RowItem::Aggregates(rows) => {
@@ -368,6 +412,10 @@ async fn write_rows(sinks: Arc<Sinks>, mut rx: mpsc::UnboundedReceiver<RowItem>,
             RowItem::State { camera_id, state, superseding } => {
                 sinks.cache_state(&camera_id, state.as_ref()).await;
                 superseding
+            }
+            RowItem::System(event) => {
+                sinks.publish_system(&event).await;
+                1
             }
         };
         progress.items_done.fetch_add(items, Ordering::SeqCst);
@@ -472,6 +520,23 @@ impl Sinks {
                 tracing::warn!(%error, camera = %camera_id, "caching camera state failed; the next one replaces it");
             }
         }
+    }
+}
+
+impl Sinks {
+    /// Adds a system event to `{prefix}:system` (stream, capped at 10,000, and channel), retried
+    /// through the Redis breaker: rare, and an operator's record of what changed.
+    async fn publish_system(&self, event: &serde_json::Value) {
+        let key = self.keys.system_stream();
+        let json = event.to_string();
+        self.until_done(&self.redis_breaker, "publishing a system event", || async {
+            let mut conn = self.redis.get().await.map_err(|e| (e.to_string(), true))?;
+            let mut pipe = bb8_redis::redis::pipe();
+            pipe.cmd("XADD").arg(&key).arg("MAXLEN").arg("~").arg(10_000).arg("*").arg("data").arg(&json).ignore();
+            pipe.cmd("PUBLISH").arg(&key).arg(&json).ignore();
+            pipe.query_async::<()>(&mut *conn).await.map_err(|e| (e.to_string(), true))
+        })
+        .await;
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::policy::{ChildSlot, ChildState, ChildView, Decision, Generation, JitterSource, RestartPolicy};
+use super::policy::{ChildSlot, ChildView, Decision, Generation, JitterSource, RestartPolicy};
 
 /// Starts a fresh instance of a child, tagged `generation`. An error counts as a failure of that
 /// generation (the policy decides whether to try again).
@@ -140,7 +140,7 @@ impl SupervisorCore {
         self.publish(child);
     }
 
-    /// Starts due restarts and fails frozen children. Returns when it next needs a tick.
+    /// Starts due restarts and fails frozen children.
     fn tick(&mut self, now: Instant) {
         let frozen: Vec<(Arc<str>, Generation, Duration)> = self
             .children
@@ -168,7 +168,12 @@ impl SupervisorCore {
             let reporter = self.reporter(&child, generation);
             let c = self.children.get_mut(&child).expect("due child exists");
             match c.factory.start(generation, reporter) {
-                Ok(()) => tracing::info!(supervisor = %self.name, child = %child, %generation, "child restarted"),
+                Ok(()) => {
+                    // The freeze timer starts when the instance exists: a factory that took long
+                    // (a model reload) does not count against it.
+                    c.slot.heartbeat(generation, now.max(Instant::now()));
+                    tracing::info!(supervisor = %self.name, child = %child, %generation, "child restarted");
+                }
                 Err(error) => self.failed(&child, generation, format!("restart failed: {error}"), now),
             }
             self.publish(&child);
@@ -269,22 +274,20 @@ impl Supervisor {
 
 fn run(core: &mut SupervisorCore, rx: Receiver<Report>) {
     loop {
-        match rx.recv_timeout(TICK) {
-            Ok(report) => {
-                if !core.handle(report, Instant::now()) {
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
+        let first = match rx.recv_timeout(TICK) {
+            Ok(report) => Some(report),
+            Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // Every report that is waiting (heartbeats queued while a factory ran, say) is handled
+        // before anyone is judged frozen.
+        for report in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            if !core.handle(report, Instant::now()) {
+                return;
+            }
         }
         core.tick(Instant::now());
     }
-}
-
-/// Whether a child view counts as healthy for readiness.
-pub fn is_healthy(view: &ChildView) -> bool {
-    matches!(view.state, ChildState::Running | ChildState::BackingOff)
 }
 
 /// The message of a caught panic's payload.
@@ -299,6 +302,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervision::ChildState;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     fn policy() -> RestartPolicy {

@@ -425,6 +425,16 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_queue_answers_with_an_empty_batch_so_its_reader_can_report_progress() {
+        let queue = FrameQueue::<()>::new();
+        queue.attach("a".into(), 2, WhenFull::Wait, ());
+        let batch = queue.next_batch(4, Duration::from_millis(1), None, Duration::from_millis(20)).expect("not closed");
+        assert!(batch.is_empty());
+        queue.close();
+        assert!(queue.next_batch(4, Duration::from_millis(1), None, Duration::from_millis(20)).is_none());
+    }
+
+    #[test]
     fn a_closed_queue_drains_then_ends() {
         let queue = FrameQueue::<()>::new();
         queue.attach("a".into(), 8, WhenFull::Wait, ());

@@ -71,8 +71,29 @@ struct DeviceModels {
     current: Arc<LoadedModel>,
     /// What `current` replaced, kept for a rollback.
     previous: Option<Arc<LoadedModel>>,
-    /// Outcomes of `current`'s latest batches (true: failed), for the rollback rule.
-    outcomes: VecDeque<bool>,
+    /// Outcomes of `current`'s latest batches, for the rollback rule.
+    outcomes: Outcomes,
+}
+
+/// The latest batch outcomes of a model (true: failed).
+#[derive(Default)]
+struct Outcomes(VecDeque<bool>);
+
+impl Outcomes {
+    /// Records one outcome, keeps the last `window`; returns the failures among them.
+    fn record(&mut self, failed: bool, window: usize) -> usize {
+        self.0.push_back(failed);
+        while self.0.len() > window {
+            self.0.pop_front();
+        }
+        self.0.iter().filter(|f| **f).count()
+    }
+}
+
+/// Whether `failures` within the last `window` batches call for a rollback. Judged against the
+/// whole window, so failures right after a swap count as soon as they are enough.
+fn reaches_rollback(failures: usize, window: usize, rate: f64) -> bool {
+    failures as f64 >= rate * window as f64
 }
 
 /// One inference device and everything that survives its threads.
@@ -91,7 +112,7 @@ pub struct DeviceRuntime {
     faults: Arc<FaultInjector>,
     sizer: Mutex<BatchSizer>,
     /// The batch a failed thread left, retried first by the next one.
-    retry: Mutex<Vec<(Frame, CameraRoute)>>,
+    leftover: Mutex<Option<Leftover>>,
     /// The generation whose thread may take and deliver batches; older threads end.
     live: AtomicU64,
     /// Whether a thread of the live generation is running (readiness).
@@ -127,13 +148,13 @@ impl DeviceRuntime {
             models: Mutex::new(DeviceModels {
                 current: Arc::new(LoadedModel { version: 1, settings: settings.model.clone(), detector }),
                 previous: None,
-                outcomes: VecDeque::new(),
+                outcomes: Outcomes::default(),
             }),
             breaker,
             transitions,
             faults,
             sizer: Mutex::new(sizer),
-            retry: Mutex::new(Vec::new()),
+            leftover: Mutex::new(None),
             live: AtomicU64::new(0),
             running: AtomicBool::new(false),
             sample: Mutex::new(None),
@@ -166,7 +187,7 @@ impl DeviceRuntime {
         let mut models = self.models.lock();
         let old = std::mem::replace(&mut models.current, Arc::new(model));
         models.previous = Some(old);
-        models.outcomes.clear();
+        models.outcomes = Outcomes::default();
     }
 
     /// The supervisor's factory: starts an inference thread of `generation`. The first instance
@@ -197,12 +218,21 @@ impl DeviceRuntime {
         Ok(())
     }
 
-    /// Waits for the device's threads (after `queue.close()`): libtorch must not be mid-call
-    /// while the process exits.
-    pub fn join(&self) {
+    /// Waits for the device's threads (after `queue.close()`), at most `deadline`: libtorch
+    /// should not be mid-call while the process exits, but a thread stuck in a call (the reason it
+    /// was replaced) must not hold the exit up for ever.
+    pub fn join(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
         let threads = std::mem::take(&mut *self.threads.lock());
         for thread in threads {
-            let _ = thread.join();
+            while !thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::error!(device = %self.name, "an inference thread is still in a model call; exiting without it");
+            }
         }
     }
 
@@ -216,38 +246,27 @@ impl DeviceRuntime {
         let _running = RunningGuard(self.clone(), reporter.clone());
         let mut last_heartbeat = Instant::now();
         reporter.heartbeat();
-        loop {
-            if !self.is_live(&reporter) {
-                return;
-            }
-            let retry = std::mem::take(&mut *self.retry.lock());
-            let frames = if retry.is_empty() {
-                let Some(batch) = self.queue.next_batch(self.config.max_batch, self.config.max_wait, self.config.frame_deadline, HEARTBEAT_EVERY)
-                else {
-                    break;
-                };
-                for (_, route) in &batch.expired {
-                    route.status.dropped.inc();
+        while self.is_live(&reporter) {
+            let work = match self.leftover.lock().take() {
+                Some(mut leftover) => {
+                    leftover.retried = true;
+                    tracing::info!(device = %self.name, frames = leftover.frames.len(), "retrying the batch of the failed instance");
+                    leftover
                 }
-                if !batch.frames.is_empty() {
-                    if let Err(Failed(error)) = self.infer(batch.frames, &reporter) {
-                        reporter.failed(error);
-                        return;
+                None => {
+                    let Some(batch) = self.queue.next_batch(self.config.max_batch, self.config.max_wait, self.config.frame_deadline, HEARTBEAT_EVERY)
+                    else {
+                        break;
+                    };
+                    for (_, route) in &batch.expired {
+                        route.status.dropped.inc();
                     }
+                    Leftover { frames: batch.frames, ended: batch.ended, retried: false }
                 }
-                for (camera_id, route) in batch.ended {
-                    deliver(&route, ToConnector::StreamEnded(camera_id), true);
-                }
-                Vec::new()
-            } else {
-                retry
             };
-            if !frames.is_empty() {
-                tracing::info!(device = %self.name, frames = frames.len(), "retrying the batch of the failed instance");
-                if let Err(Failed(error)) = self.infer(frames, &reporter) {
-                    reporter.failed(error);
-                    return;
-                }
+            if let Err(Failed(error)) = self.run_batch(work, &reporter) {
+                reporter.failed(error);
+                return;
             }
             self.metrics.queue_depth.get_or_create(&self.labels).set(self.queue.queued_frames() as i64);
             if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
@@ -258,10 +277,38 @@ impl DeviceRuntime {
         tracing::info!(device = %self.name, "inference thread ended");
     }
 
+    /// Runs a batch and then delivers the end markers found with it, after its frames. On a
+    /// failure what was not delivered is left for the next instance, once: a batch that fails
+    /// again is dropped (its frames counted), so one poisonous frame cannot crash-loop the service.
+    fn run_batch(&self, work: Leftover, reporter: &Reporter) -> Result<(), Failed> {
+        let Leftover { frames, ended, retried } = work;
+        match self.infer(frames, reporter) {
+            Ok(()) => {
+                for (camera_id, route) in ended {
+                    self.deliver(&route, ToConnector::StreamEnded(camera_id), true, reporter);
+                }
+                Ok(())
+            }
+            Err((Failed(error), frames)) if retried => {
+                tracing::error!(device = %self.name, %error, frames = frames.len(), "a retried batch failed again; its frames are dropped");
+                for (_, route) in &frames {
+                    route.status.dropped.inc();
+                }
+                *self.leftover.lock() = Some(Leftover { frames: Vec::new(), ended, retried: true });
+                Err(Failed(error))
+            }
+            Err((failed, frames)) => {
+                *self.leftover.lock() = Some(Leftover { frames, ended, retried: false });
+                Err(failed)
+            }
+        }
+    }
+
     /// Runs the model over `frames` in chunks the device's memory allows and delivers the
-    /// detections. `Err`: this instance must end (a panic, or out of memory on a single frame);
-    /// the frames not yet delivered are left for the next instance.
-    fn infer(&self, mut frames: Vec<(Frame, CameraRoute)>, reporter: &Reporter) -> Result<(), Failed> {
+    /// detections. `Err`: this instance must end (a panic, or out of memory on a single frame),
+    /// with the frames not yet delivered.
+    #[allow(clippy::result_large_err)]
+    fn infer(&self, mut frames: Vec<(Frame, CameraRoute)>, reporter: &Reporter) -> Result<(), (Failed, Vec<(Frame, CameraRoute)>)> {
         if let Some((frame, _)) = frames.first() {
             *self.sample.lock() = Some((frame.pixels.clone(), frame.letterbox));
         }
@@ -273,19 +320,19 @@ impl DeviceRuntime {
             .map(|(f, _)| crate::child_span!(&f.span, "batch", device, batch_size = frames.len()))
             .collect();
         while !frames.is_empty() {
+            if !self.is_live(reporter) {
+                // Replaced (it was stuck): the new instance owns the device now.
+                for (_, route) in &frames {
+                    route.status.dropped.inc();
+                }
+                return Ok(());
+            }
             let free = crate::device_memory::free_bytes(&self.name, self.config.cpu_memory_budget);
             let take = self.sizer.lock().limit(free).min(frames.len());
             let spans: Vec<_> = batch_spans.iter().take(take).map(|b| crate::child_span!(b, "inference", device)).collect();
             let started = Instant::now();
             let outcome = self.call_model(&frames[..take]);
             drop(spans);
-            if !self.is_live(reporter) {
-                // Replaced while stuck in that call: the new instance owns the device now.
-                for (_, route) in &frames {
-                    route.status.dropped.inc();
-                }
-                return Ok(());
-            }
             self.metrics.stages.inference.record(started.elapsed());
             self.metrics.inference_latency.get_or_create(&self.labels).observe(started.elapsed().as_secs_f64());
             match outcome {
@@ -296,27 +343,21 @@ impl DeviceRuntime {
                         tracing::info!(device = %self.name, batch = grown, "batch limit grown back");
                     }
                     for ((frame, route), detections) in frames.drain(..take).zip(per_frame) {
-                        deliver(&route, detections_message(frame, detections), false);
+                        self.deliver(&route, detections_message(frame, detections), false, reporter);
                         drop(batch_spans.pop_front());
                     }
                 }
                 Outcome::OutOfMemory(error) => {
                     self.metrics.out_of_memory.get_or_create(&self.labels).inc();
-                    match self.sizer.lock().on_out_of_memory(take) {
-                        Some(halved) => {
-                            tracing::warn!(device = %self.name, %error, tried = take, batch = halved, "device out of memory; retrying the same frames in smaller batches");
-                        }
-                        None => {
-                            *self.retry.lock() = frames;
-                            return Err(Failed(format!("out of memory on a single frame: {error}")));
-                        }
-                    }
-                    self.metrics.batch_limit.get_or_create(&self.labels).set(self.sizer.lock().learnt() as i64);
+                    let halved = self.sizer.lock().on_out_of_memory(take);
+                    let Some(halved) = halved else {
+                        return Err((Failed(format!("out of memory on a single frame: {error}")), frames));
+                    };
+                    tracing::warn!(device = %self.name, %error, tried = take, batch = halved, "device out of memory; retrying the same frames in smaller batches");
                 }
                 Outcome::Panicked(error) => {
                     self.record(true);
-                    *self.retry.lock() = frames;
-                    return Err(Failed(error));
+                    return Err((Failed(error), frames));
                 }
                 Outcome::Failed(error) => {
                     // The model answered with an error (not a crash): these frames cannot be
@@ -336,9 +377,38 @@ impl DeviceRuntime {
         Ok(())
     }
 
+    /// Sends to a connector without blocking it: a replay (or an end marker, which must arrive)
+    /// waits for mailbox room on this thread, reporting that it is alive meanwhile (a slow
+    /// connector is not a frozen device) and giving up if it was replaced; a live camera's result
+    /// is dropped and counted instead.
+    fn deliver(&self, route: &CameraRoute, mut message: ToConnector, must_arrive: bool, reporter: &Reporter) {
+        let mut waiting_since = Instant::now();
+        loop {
+            match route.connector.try_send(message) {
+                Ok(()) => return,
+                Err(SendError::Full(back)) if (must_arrive || route.when_full == WhenFull::Wait) && self.is_live(reporter) => {
+                    message = back;
+                    if waiting_since.elapsed() >= HEARTBEAT_EVERY {
+                        waiting_since = Instant::now();
+                        reporter.heartbeat();
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(SendError::Full(_)) => {
+                    route.status.dropped.inc();
+                    return;
+                }
+                Err(SendError::Closed(_)) => return,
+            }
+        }
+    }
+
     fn call_model(&self, frames: &[(Frame, CameraRoute)]) -> Outcome {
         let inputs: Vec<_> = frames.iter().map(|(f, _)| (f.pixels.as_ref(), f.letterbox)).collect();
         let model = self.models.lock().current.clone();
+        // The call is made whatever the breaker says (there is no other model to fall back on but
+        // a rollback); asking lets an open breaker move to half-open, so a success closes it.
+        let _ = self.breaker.allow();
         // libtorch raises some errors as panics (device out of memory among them).
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.faults.before_model_call(inputs.len())?;
@@ -370,18 +440,13 @@ impl DeviceRuntime {
         }
         let mut models = self.models.lock();
         let window = self.config.rollback_window;
-        models.outcomes.push_back(failed);
-        while models.outcomes.len() > window {
-            models.outcomes.pop_front();
-        }
-        // Judged against the whole window, so early failures count as soon as they are enough.
-        let failures = models.outcomes.iter().filter(|f| **f).count();
-        if (failures as f64) < self.config.rollback_failure_rate * window as f64 || models.previous.is_none() {
+        let failures = models.outcomes.record(failed, window);
+        if !reaches_rollback(failures, window, self.config.rollback_failure_rate) || models.previous.is_none() {
             return false;
         }
         let previous = models.previous.take().expect("checked above");
         let bad = std::mem::replace(&mut models.current, previous);
-        models.outcomes.clear();
+        models.outcomes = Outcomes::default();
         let restored = models.current.version;
         drop(models);
         self.transitions.rolled_back(&self.name, bad.version, restored, failures, window);
@@ -393,6 +458,15 @@ impl DeviceRuntime {
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 struct Failed(String);
+
+/// What a failed instance leaves to the next: the frames not delivered and the end markers
+/// that must follow them.
+struct Leftover {
+    frames: Vec<(Frame, CameraRoute)>,
+    ended: Vec<(crate::actors::messages::CameraId, CameraRoute)>,
+    /// Already a retry: a second failure drops the frames.
+    retried: bool,
+}
 
 enum Outcome {
     Detections(Vec<Vec<Detection>>),
@@ -467,25 +541,6 @@ pub fn effective_threads(configured: usize) -> usize {
     }
 }
 
-/// Sends to a connector without blocking it: a replay (or an end marker, which must arrive)
-/// waits for mailbox room on this thread; a live camera's result is dropped and counted instead.
-fn deliver(route: &CameraRoute, mut message: ToConnector, must_arrive: bool) {
-    loop {
-        match route.connector.try_send(message) {
-            Ok(()) => return,
-            Err(SendError::Full(back)) if must_arrive || route.when_full == WhenFull::Wait => {
-                message = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(SendError::Full(_)) => {
-                route.status.dropped.inc();
-                return;
-            }
-            Err(SendError::Closed(_)) => return,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,6 +557,26 @@ mod tests {
         assert!(f.before_model_call(1).is_ok(), "a single frame always fits");
         assert!(matches!(f.before_model_call(4), Err(DetectorError::OutOfMemory(_))));
         assert!(f.before_model_call(8).is_ok(), "two errors, then none");
+    }
+
+    #[test]
+    fn a_model_rolls_back_once_its_failures_reach_the_share_of_the_window() {
+        let mut outcomes = Outcomes::default();
+        // Window 8 at 0.5: four failures, however early, and not three.
+        for _ in 0..3 {
+            let failures = outcomes.record(true, 8);
+            assert!(!reaches_rollback(failures, 8, 0.5));
+        }
+        assert!(reaches_rollback(outcomes.record(true, 8), 8, 0.5));
+        // Old failures leave the window.
+        let mut outcomes = Outcomes::default();
+        outcomes.record(true, 4);
+        outcomes.record(true, 4);
+        for _ in 0..4 {
+            outcomes.record(false, 4);
+        }
+        assert_eq!(outcomes.record(true, 4), 1);
+        assert!(!reaches_rollback(1, 4, 0.5));
     }
 
     #[test]
