@@ -69,15 +69,7 @@ impl Db {
             }
         }
         let manager = PostgresConnectionManager::new(config, NoTls);
-        let pool = bb8::Pool::builder()
-            .max_size(pool_size)
-            .connection_timeout(connect_timeout)
-            // No retry loop inside the pool: a call that gets no connection fails after the
-            // connection timeout (bb8 reports it as timed out) and the caller's backoff and
-            // circuit breaker decide what happens next.
-            .retry_connection(false)
-            .build(manager)
-            .await?;
+        let pool = crate::pools::builder(pool_size, connect_timeout).build(manager).await?;
         let db = Db { pool };
         db.migrate().await?;
         Ok(db)

@@ -1,8 +1,9 @@
-//! Statistics of the connection pools (bb8) for `/api/v1/system` and `/metrics`.
+//! The connection pools (bb8): how both are built (`builder`), and their statistics for
+//! `/api/v1/system` and `/metrics`.
 //!
 //! Both pools are sized from config (`pool_size`), fail a call after `connect_timeout_ms`,
-//! validate a connection on check-out and recycle connections after bb8's defaults (30 minutes
-//! of life, 10 minutes idle).
+//! validate a connection on check-out and recycle connections (30 minutes of life, 10 minutes
+//! idle).
 
 use serde::Serialize;
 
@@ -71,4 +72,18 @@ impl PoolView {
         counter("closed_broken", self.closed_broken);
         counter("closed_invalid", self.closed_invalid);
     }
+}
+
+/// How both connection pools are built: sized from config; a call that gets no connection fails
+/// after `connect_timeout` (no retry loop inside the pool: the caller's backoff and circuit
+/// breaker decide what happens next, and bb8 counts it as timed out); every connection is
+/// checked before it is handed out; connections are recycled after 30 minutes, idle ones after 10.
+pub fn builder<M: bb8::ManageConnection>(max_size: u32, connect_timeout: std::time::Duration) -> bb8::Builder<M> {
+    bb8::Pool::builder()
+        .max_size(max_size)
+        .connection_timeout(connect_timeout)
+        .retry_connection(false)
+        .test_on_check_out(true)
+        .max_lifetime(Some(std::time::Duration::from_secs(30 * 60)))
+        .idle_timeout(Some(std::time::Duration::from_secs(10 * 60)))
 }

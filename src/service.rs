@@ -59,13 +59,7 @@ impl Service {
         )
         .await?;
         let manager = bb8_redis::RedisConnectionManager::new(settings.redis.url.as_str())?;
-        let redis = bb8::Pool::builder()
-            .max_size(settings.redis.pool_size)
-            .connection_timeout(std::time::Duration::from_millis(settings.redis.connect_timeout_ms))
-            // No retry loop inside the pool: a call that gets no connection fails after the
-            // connection timeout (bb8 reports it as timed out) and the caller's backoff and
-            // circuit breaker decide what happens next.
-            .retry_connection(false)
+        let redis = crate::pools::builder(settings.redis.pool_size, std::time::Duration::from_millis(settings.redis.connect_timeout_ms))
             .build(manager)
             .await?;
         let outbox = crate::sinks::outbox::Outbox::open(crate::sinks::outbox::OutboxConfig {

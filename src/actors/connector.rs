@@ -116,6 +116,8 @@ impl ShardSlot {
         self.addr.read().clone()
     }
 
+    // The message comes back in the error, as actix's own `try_send` gives it.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, message: ToConnector) -> Result<(), SendError<ToConnector>> {
         self.addr.read().try_send(message)
     }

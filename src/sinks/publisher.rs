@@ -11,6 +11,7 @@
 //!   events wait in the outbox for both);
 //! - PostgreSQL rows: upserts minute rows (retried);
 //! - Redis rows: caches states (best effort) and publishes system events (retried).
+//!
 //! The two row queues are bounded (`capacity` each): when one is full a minute-row batch is dropped
 //! and counted in `its_events_dropped_total`; a state is dropped silently, a newer one follows.
 //!

@@ -307,7 +307,6 @@ impl DeviceRuntime {
     /// Runs the model over `frames` in chunks the device's memory allows and delivers the
     /// detections. `Err`: this instance must end (a panic, or out of memory on a single frame),
     /// with the frames not yet delivered.
-    #[allow(clippy::result_large_err)]
     fn infer(&self, mut frames: Vec<(Frame, CameraRoute)>, reporter: &Reporter) -> Result<(), (Failed, Vec<(Frame, CameraRoute)>)> {
         if let Some((frame, _)) = frames.first() {
             *self.sample.lock() = Some((frame.pixels.clone(), frame.letterbox));
