@@ -105,24 +105,6 @@ async fn postgres_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     assert_delivered_once(&db, &mut env.redis().await, env.key_prefix(), emitted).await;
 }
 
-/// A file camera plays again from its start when the service starts again: the same events under
-/// the same ids, and neither PostgreSQL nor the Redis stream takes any of them twice.
-#[tokio::test]
-async fn a_replay_after_a_restart_adds_no_event_twice() {
-    let env = TestEnv::new().await;
-    let client = common::client();
-    let svc = Service::start(&env).await;
-    common::overpass_until_a_few_events(&client, &svc).await;
-    let emitted = recovered(&client, &svc, "redis").await;
-    let (status, log) = svc.terminate();
-    assert!(status.success(), "{log}");
-
-    let svc = Service::start(&env).await;
-    let again = recovered(&client, &svc, "redis").await;
-    assert_eq!(again, emitted, "the replay emits the same events");
-    assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
-}
-
 /// The camera's counts across y=150 once its clip ended: every crossing of the clip (27, the
 /// ground truth), and no frame dropped on the way.
 async fn all_27_crossings_and_no_frame_dropped(client: &reqwest::Client, svc: &Service) -> u64 {
@@ -157,13 +139,21 @@ fn restart_ms(log: &str, child: &str) -> Option<i64> {
     Some((at("child restarted")? - at("child failed")?).num_milliseconds())
 }
 
-/// A connector shard panics at one frame and the inference thread at one model call: each is
-/// rebuilt by the supervisor (the shard's cameras with their counts, the batch retried on a fresh
-/// model), and the clip's 27 crossings all arrive once.
+/// In one run of the clip: model calls of several frames run out of device memory three times
+/// (each halves the batch and retries the same frames; after good batches it grows back to the
+/// maximum), then the inference thread panics in a model call and a connector shard on a frame
+/// (each rebuilt by the supervisor: the batch retried on a fresh model, the shard's cameras with
+/// their counts). The clip's 27 crossings all arrive, once.
 #[tokio::test]
-async fn a_shard_panic_and_an_inference_panic_lose_no_event() {
+async fn device_oom_and_shard_and_inference_panics_lose_no_event() {
     let env = TestEnv::new().await;
-    let faults = [("ITS__FAULTS__SHARD_PANIC_AT_FRAME", "400"), ("ITS__FAULTS__INFERENCE_PANIC_AT_BATCH", "200")];
+    let faults = [
+        ("ITS__FAULTS__OOM_AT_BATCH", "20"),
+        ("ITS__FAULTS__OOM_TIMES", "3"),
+        ("ITS__BATCHING__GROW_AFTER_BATCHES", "10"),
+        ("ITS__FAULTS__INFERENCE_PANIC_AT_BATCH", "200"),
+        ("ITS__FAULTS__SHARD_PANIC_AT_FRAME", "600"),
+    ];
     let svc = Service::start_with(&env, &faults).await;
     let client = common::client();
     common::overpass_until_a_few_events(&client, &svc).await;
@@ -175,38 +165,16 @@ async fn a_shard_panic_and_an_inference_panic_lose_no_event() {
         let restarted = c["state"] == "running" && c["restarts"] == 1;
         assert!(restarted && c["last_error"].as_str().unwrap().contains("injected fault"), "{system}");
     }
+    assert_eq!(system["devices"][0]["batch_limit"], 8, "grown back to batching.max_batch: {system}");
     let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("its_supervisor_restarts_total{child=\"infer-cpu\"} 1"), "{page}");
+    assert!(page.contains("its_supervisor_restarts_total{child=\"infer-cpu\"} 1"), "an OOM is not a crash: {page}");
+    assert_eq!(common::metric(&page, "its_device_out_of_memory_total{device=\"cpu\"}"), Some(3.0), "{page}");
     let log = svc.stop();
     assert!(log.contains("retrying the batch of the failed instance"), "{log}");
+    assert!(log.contains("retrying the same frames in smaller batches") && log.contains("batch limit grown back"), "{log}");
     for name in ["infer-cpu", child(&system, "shard-")["name"].as_str().unwrap()] {
         eprintln!("{name} restarted {:?} ms after its failure", restart_ms(&log, name));
     }
-    assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
-}
-
-/// Model calls of several frames run out of device memory three times: each halves the batch and
-/// retries the same frames; after good batches it grows back to the maximum. No frame is lost.
-#[tokio::test]
-async fn an_injected_device_oom_halves_the_batch_and_loses_no_frame() {
-    let env = TestEnv::new().await;
-    let settings = [
-        ("ITS__FAULTS__OOM_AT_BATCH", "20"),
-        ("ITS__FAULTS__OOM_TIMES", "3"),
-        ("ITS__BATCHING__GROW_AFTER_BATCHES", "10"),
-    ];
-    let svc = Service::start_with(&env, &settings).await;
-    let client = common::client();
-    common::overpass_until_a_few_events(&client, &svc).await;
-    let emitted = all_27_crossings_and_no_frame_dropped(&client, &svc).await;
-
-    let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(common::metric(&page, "its_device_out_of_memory_total{device=\"cpu\"}"), Some(3.0), "{page}");
-    let system = system(&client, &svc).await;
-    assert_eq!(system["devices"][0]["batch_limit"], 8, "grown back to batching.max_batch: {system}");
-    assert_eq!(child(&system, "infer-cpu")["restarts"], 0, "an OOM is not a crash: {system}");
-    let log = svc.stop();
-    assert!(log.contains("retrying the same frames in smaller batches") && log.contains("batch limit grown back"), "{log}");
     assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
 }
 
