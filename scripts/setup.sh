@@ -19,7 +19,7 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
 # Rust comes from rustup (Debian's rustc is too old for the crates used here).
 if ! command -v cargo >/dev/null; then
-  say "cargo not found: install Rust >= 1.89 with rustup (https://rustup.rs) and run again"; exit 1
+  say "cargo not found: install Rust >= 1.90 with rustup (https://rustup.rs) and run again"; exit 1
 fi
 
 # --- 1. Debian packages -------------------------------------------------------------------------
