@@ -21,14 +21,10 @@ fn nvml() -> Option<&'static Nvml> {
 pub fn utilization_percent(device: &str) -> Option<f64> {
     match device.strip_prefix("cuda:") {
         Some(index) => {
-            let index: u32 = index.parse().ok()?;
-            let info = nvml()?.device_by_index(index).ok()?.memory_info().ok()?;
+            let info = cuda_memory(index)?;
             percent(info.used, info.total)
         }
-        None if device == "cpu" => {
-            let status = std::fs::read_to_string("/proc/self/status").ok()?;
-            percent(resident_bytes(&status)?, host_memory_limit()?)
-        }
+        None if device == "cpu" => percent(process_resident_bytes()?, host_memory_limit()?),
         None => None,
     }
 }
@@ -38,13 +34,19 @@ pub fn utilization_percent(device: &str) -> Option<f64> {
 /// budget). `None` when it cannot be read: the batch is then bounded by out-of-memory errors only.
 pub fn free_bytes(device: &str, cpu_budget: Option<u64>) -> Option<u64> {
     match device.strip_prefix("cuda:") {
-        Some(index) => Some(nvml()?.device_by_index(index.parse().ok()?).ok()?.memory_info().ok()?.free),
-        None => {
-            let budget = cpu_budget?;
-            let status = std::fs::read_to_string("/proc/self/status").ok()?;
-            Some(budget.saturating_sub(resident_bytes(&status)?))
-        }
+        Some(index) => Some(cuda_memory(index)?.free),
+        None => Some(cpu_budget?.saturating_sub(process_resident_bytes()?)),
     }
+}
+
+/// NVML's memory figures of the CUDA device with index `index` (see `utilization_percent`).
+fn cuda_memory(index: &str) -> Option<nvml_wrapper::struct_wrappers::device::MemoryInfo> {
+    nvml()?.device_by_index(index.parse().ok()?).ok()?.memory_info().ok()
+}
+
+/// This process' resident memory, in bytes.
+fn process_resident_bytes() -> Option<u64> {
+    resident_bytes(&std::fs::read_to_string("/proc/self/status").ok()?)
 }
 
 fn percent(used: u64, total: u64) -> Option<f64> {

@@ -138,7 +138,7 @@ pub struct Metrics {
     pub sink_failures: Counter,
     /// 1 while a camera's stream delivers frames, 0 while it is down.
     pub camera_up: Family<CameraLabels, Gauge>,
-    /// Events accepted by the publisher and not yet delivered to both sinks, set at each scrape.
+    /// Events in the durable outbox, not yet delivered to both sinks, set at each scrape.
     pub outbox_backlog: Gauge,
     /// Used share of each inference device's memory, percent, set at each scrape.
     pub device_memory: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
@@ -284,14 +284,6 @@ impl Metrics {
         let restarts = self.child_restarts.get_or_create(&labels);
         restarts.inc_by(view.restarts.saturating_sub(restarts.get()));
     }
-}
-
-/// The breaker name of a camera's stream.
-pub fn camera_breaker(camera: &str) -> String {
-    format!("camera:{camera}")
-}
-
-impl Metrics {
 
     /// Adds the continuity of tracks that just ended (`ml_model_accuracy` follows at the next scrape).
     pub fn record_continuity(&self, model: &str, continuity: Continuity) {
@@ -306,6 +298,11 @@ impl Metrics {
             self.model_accuracy.get_or_create(&ModelLabels { model }).set(ratio);
         }
     }
+}
+
+/// The breaker name of a camera's stream.
+pub fn camera_breaker(camera: &str) -> String {
+    format!("camera:{camera}")
 }
 
 impl Default for Metrics {

@@ -157,10 +157,6 @@ impl ModelRegistry {
         Ok(Self { name: base.name(), base, dir, devices, versions: Mutex::new(vec![first]), transitions, reloading: Default::default() })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn view(&self) -> ModelView {
         ModelView {
             name: self.name.clone(),

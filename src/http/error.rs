@@ -3,6 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+use crate::detector::registry::ReloadError;
 use crate::service::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,17 @@ impl From<ServiceError> for ApiError {
                 })
             }
             ServiceError::Topology(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ReloadError> for ApiError {
+    fn from(e: ReloadError) -> Self {
+        match e {
+            ReloadError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            ReloadError::BadPath(_) => ApiError::BadRequest(e.to_string()),
+            ReloadError::Rejected(_) => ApiError::Unprocessable(e.to_string()),
+            ReloadError::Busy => ApiError::Conflict(e.to_string()),
         }
     }
 }

@@ -6,7 +6,6 @@ use serde::Deserialize;
 
 
 use super::error::ApiError;
-use crate::detector::registry::ReloadError;
 use crate::service::Service;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -35,15 +34,4 @@ async fn reload(service: web::Data<Service>, name: web::Path<String>, body: web:
     };
     let version = service.pipeline.models().reload(&name, request.file.as_deref()).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view() })))
-}
-
-impl From<ReloadError> for ApiError {
-    fn from(e: ReloadError) -> Self {
-        match e {
-            ReloadError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            ReloadError::BadPath(_) => ApiError::BadRequest(e.to_string()),
-            ReloadError::Rejected(_) => ApiError::Unprocessable(e.to_string()),
-            ReloadError::Busy => ApiError::Conflict(e.to_string()),
-        }
-    }
 }

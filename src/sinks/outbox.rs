@@ -201,10 +201,6 @@ impl Outbox {
         self.backlog.load(Ordering::Acquire)
     }
 
-    pub fn config(&self) -> &OutboxConfig {
-        &self.config
-    }
-
     /// Runs `body` in one write transaction whose commit returns only once it is on disk, then
     /// records the backlog it left. Nothing is committed if `body` fails.
     fn write<T>(

@@ -67,8 +67,6 @@ struct Progress {
     /// Events accepted by `submit`, and events delivered to both stores (replayed ones too).
     accepted: AtomicU64,
     delivered: AtomicU64,
-    /// Events found in the outbox at start, left by the previous process.
-    replayed: AtomicU64,
     /// Everything accepted (events, aggregate batches, states) and everything handled (an event
     /// once committed to the outbox).
     items_accepted: AtomicU64,
@@ -81,6 +79,8 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     outbox: Arc<Outbox>,
     progress: Arc<Progress>,
+    /// Events found in the outbox at start, left by the previous process.
+    replayed: u64,
 }
 
 impl Publisher {
@@ -200,14 +200,12 @@ impl Publisher {
         if left > 0 {
             tracing::warn!(events = left, "the outbox holds events the last run did not deliver; delivering them first");
         }
-        progress.replayed.store(left, Ordering::SeqCst);
-        metrics.outbox_backlog.set(left as i64);
         let live = LiveEvents::default();
         tokio::spawn(intake(rx, rows, outbox.clone(), committed.clone(), live.clone(), metrics.clone(), progress.clone()));
         tokio::spawn(deliver_from_outbox(sinks.clone(), outbox.clone(), committed, live, progress.clone()));
         tokio::spawn(write_rows(sinks.clone(), postgres_rx, progress.clone()));
         tokio::spawn(write_rows(sinks, redis_rx, progress.clone()));
-        Self { tx, breakers, metrics, outbox, progress }
+        Self { tx, breakers, metrics, outbox, progress, replayed: left }
     }
 
     /// Events accepted and delivered so far.
@@ -222,7 +220,7 @@ impl Publisher {
 
     /// Events the outbox held at start, left by the previous process.
     pub fn replayed(&self) -> u64 {
-        self.progress.replayed.load(Ordering::SeqCst)
+        self.replayed
     }
 
     /// The breakers' states, for readiness and `/api/v1/system`.
@@ -323,7 +321,6 @@ async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, metrics: 
         metrics.events_dropped.inc_by(lost as u64);
         tracing::error!(rejected = outcome.rejected, dropped_oldest = outcome.dropped_oldest, "outbox full; events lost");
     }
-    metrics.outbox_backlog.set(outbox.backlog() as i64);
 }
 
 /// Runs an outbox call until it succeeds, with backoff: the outbox is local, so an error is a
@@ -383,7 +380,6 @@ async fn deliver_from_outbox(sinks: Arc<Sinks>, outbox: Arc<Outbox>, committed: 
         let seqs = Arc::new(seqs);
         until_outbox(&outbox, "acknowledgement", move |store| store.ack(&seqs)).await;
         progress.delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
-        sinks.metrics.outbox_backlog.set(outbox.backlog() as i64);
     }
 }
 

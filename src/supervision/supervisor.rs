@@ -59,10 +59,6 @@ impl Reporter {
         self.generation
     }
 
-    pub fn child(&self) -> &str {
-        &self.child
-    }
-
     /// This instance failed (a caught panic, an error it cannot get past): restart per policy.
     pub fn failed(&self, error: impl Into<String>) {
         let _ = self.tx.send(Report::Failed { child: self.child.clone(), generation: self.generation, error: error.into() });
