@@ -9,14 +9,16 @@ use bytes::Bytes;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use its_analytics::actors::connector::lines::{LineCounter, LineSpec};
-use its_analytics::actors::connector::tracker::{Tracker, TrackerConfig};
-use its_analytics::actors::gpu::batch::{Intake, Queued, WhenFull};
+use its_analytics::actors::gpu::batch::{Intake, Queued};
 use its_analytics::actors::messages::Frame;
 use its_analytics::analytics::config::AnalyticsConfig;
 use its_analytics::analytics::geometry::Geometry;
+use its_analytics::analytics::lines::{LineCounter, LineSpec};
 use its_analytics::analytics::scene::{SceneAnalytics, StreamIdentity};
-use its_analytics::detector::{nms, yolox, BBox, Detection, Letterbox, ObjectClass};
+use its_analytics::analytics::tracker::{Tracker, TrackerConfig};
+use its_analytics::detector::{nms, yolox, Letterbox};
+use its_analytics::objects::{BBox, Detection, ObjectClass};
+use its_analytics::overflow::WhenFull;
 
 /// A YOLOX output with `n` confident cells (the rest background), like a busy road scene.
 fn raw_output(n: usize) -> Vec<f32> {
@@ -54,13 +56,20 @@ fn bench(c: &mut Criterion) {
 
     let bgr = vec![128u8; 416 * 312 * 3];
     let mut planar = Vec::new();
-    c.bench_function("letterbox_320x240_to_416_planar", |b| b.iter(|| letterbox.write_planar(black_box(&bgr), 416 * 3, &mut planar)));
+    c.bench_function("letterbox_320x240_to_416_planar", |b| {
+        b.iter(|| letterbox.write_planar(black_box(&bgr), 416 * 3, &mut planar))
+    });
 
     let frames: Vec<Vec<Detection>> = (0..200).map(detections).collect();
     c.bench_function("track_and_count_200_frames_20_objects", |b| {
         b.iter(|| {
             let mut tracker = Tracker::new(TrackerConfig::default());
-            let mut lines = LineCounter::new(vec![LineSpec { id: "l".into(), name: String::new(), a: [0.0, 150.0], b: [320.0, 150.0] }]);
+            let mut lines = LineCounter::new(vec![LineSpec {
+                id: "l".into(),
+                name: String::new(),
+                a: [0.0, 150.0],
+                b: [320.0, 150.0],
+            }]);
             for dets in &frames {
                 for t in tracker.update(dets) {
                     let (x, y) = t.bbox.ground_point();

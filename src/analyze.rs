@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::actors::camera::{CameraSpec, ReplayOptions, StreamState};
-use crate::actors::connector::lines::{LineCount, LineSpec};
-use crate::actors::messages::{Event, EventDetail};
+use crate::actors::status::StreamState;
 use crate::analytics::geometry::Geometry;
+use crate::analytics::lines::{LineCount, LineSpec};
 use crate::analytics::measures::{IntervalMeasures, MeasuresView};
 use crate::analytics::rollup::{roll_up, ElementSeries, Interval};
 use crate::analytics::{AggregateRow, ElementKind};
+use crate::camera_spec::{CameraSpec, ReplayOptions};
 use crate::detector::Detector;
+use crate::events::{Event, EventDetail};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::sinks::MemorySink;
@@ -86,7 +87,7 @@ fn element_reports(rows: Vec<AggregateRow>) -> Vec<ElementReport> {
     }
     let stored = rows
         .into_iter()
-        .map(|r| crate::db::StoredAggregate {
+        .map(|r| crate::analytics::rollup::StoredAggregate {
             interval_start: r.interval_start,
             geometry_version: r.geometry_version,
             element_id: r.element_id,
@@ -98,7 +99,8 @@ fn element_reports(rows: Vec<AggregateRow>) -> Vec<ElementReport> {
     totals
         .into_iter()
         .map(|(id, kind, measures)| {
-            let series = minutes.iter_mut().find(|s| s.id == id).map(|s| std::mem::take(&mut s.intervals)).unwrap_or_default();
+            let series =
+                minutes.iter_mut().find(|s| s.id == id).map(|s| std::mem::take(&mut s.intervals)).unwrap_or_default();
             ElementReport { total: measures.view_kind(kind), id, kind: kind.as_str().to_string(), minutes: series }
         })
         .collect()
@@ -132,7 +134,7 @@ pub async fn analyze(
         rtsp_transport: None,
         replay: (mode == CameraMode::Live).then_some(ReplayOptions { looping: false, realtime: true }),
     };
-    let errors = spec.validate(&crate::actors::camera::SourcePolicy::any_local_file());
+    let errors = spec.validate(&crate::camera_spec::SourcePolicy::any_local_file());
     anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
 
     let metrics = Arc::new(Metrics::new());
@@ -145,7 +147,7 @@ pub async fn analyze(
     let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone(), escalate)?;
     let started = Instant::now();
     // Frame times start at a whole minute, so the clip's minutes are its own.
-    let epoch_ms = crate::actors::camera::status::now_ms() / 60_000 * 60_000;
+    let epoch_ms = crate::actors::status::now_ms() / 60_000 * 60_000;
     let status = pipeline.start_camera(spec, mode, epoch_ms, 1).await?;
     tokio::select! {
         _ = status.wait_finished() => {}
@@ -167,8 +169,11 @@ pub async fn analyze(
         .collect();
     let aggregates = sink.take_aggregates();
     // Every element sees every frame, so any one element's rows cover the clip.
-    let media_seconds =
-        aggregates.iter().filter(|r| Some(&r.element_id) == aggregates.first().map(|f| &f.element_id)).map(|r| r.measures.seconds).sum();
+    let media_seconds = aggregates
+        .iter()
+        .filter(|r| Some(&r.element_id) == aggregates.first().map(|f| &f.element_id))
+        .map(|r| r.measures.seconds)
+        .sum();
     let report = AnalyzeReport {
         video: video.display().to_string(),
         frames: view.frames_processed,

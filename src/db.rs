@@ -7,10 +7,11 @@ use bb8_postgres::tokio_postgres::{self, NoTls};
 use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 
-use crate::actors::camera::CameraSpec;
-use crate::actors::messages::{Event, EventDetail};
 use crate::analytics::geometry::Geometry;
+use crate::analytics::rollup::StoredAggregate;
 use crate::analytics::AggregateRow;
+use crate::camera_spec::CameraSpec;
+use crate::events::{Event, EventDetail};
 
 pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -197,8 +198,21 @@ impl Db {
         for e in events {
             rows.push(e);
         }
-        let EventColumns { ids, cameras, types, ts, seqs, versions, tracks, classes, lines, directions, zones, incidents, payloads } =
-            &rows;
+        let EventColumns {
+            ids,
+            cameras,
+            types,
+            ts,
+            seqs,
+            versions,
+            tracks,
+            classes,
+            lines,
+            directions,
+            zones,
+            incidents,
+            payloads,
+        } = &rows;
         let n = self
             .pool
             .get()
@@ -309,7 +323,15 @@ impl Db {
                    AND ($5::timestamptz IS NULL OR (ts, event_id) > ($5, $6::text))
                  ORDER BY ts, event_id
                  LIMIT $7",
-                &[&filter.camera_id, &filter.kind, &filter.from, &filter.to, &after_ts, &after_id, &(filter.limit as i64)],
+                &[
+                    &filter.camera_id,
+                    &filter.kind,
+                    &filter.from,
+                    &filter.to,
+                    &after_ts,
+                    &after_id,
+                    &(filter.limit as i64),
+                ],
             )
             .await?;
         Ok(rows.iter().map(|r| StoredEvent { ts: r.get(0), event_id: r.get(1), payload: r.get(2) }).collect())
@@ -321,14 +343,6 @@ pub struct StoredCamera {
     pub spec: CameraSpec,
     pub registered_ms: u64,
     pub geometry_version: u32,
-}
-
-pub struct StoredAggregate {
-    pub interval_start: DateTime<Utc>,
-    pub geometry_version: u32,
-    pub element_id: String,
-    pub element_kind: String,
-    pub measures: crate::analytics::measures::IntervalMeasures,
 }
 
 /// Which events to list. `after` is the (ts, event_id) of the last event of the previous page.

@@ -819,8 +819,8 @@ pub async fn run(
     manifest: &Path,
     assets: &Path,
 ) -> anyhow::Result<EvaluateReport> {
-    use crate::actors::messages::EventDetail;
     use crate::analytics::geometry::Geometry;
+    use crate::events::EventDetail;
 
     let manifest = load_manifest(manifest)?;
     let mut geometries = Vec::new();
@@ -828,7 +828,8 @@ pub async fn run(
     for clip in &manifest.clips {
         match serde_json::from_value::<Geometry>(clip.geometry.clone()) {
             Ok(geometry) => {
-                problems.extend(geometry.validate().into_iter().map(|e| format!("clip {:?}: geometry: {e}", clip.name)));
+                problems
+                    .extend(geometry.validate().into_iter().map(|e| format!("clip {:?}: geometry: {e}", clip.name)));
                 geometries.push(geometry);
             }
             Err(e) => problems.push(format!("clip {:?}: geometry: {e}", clip.name)),

@@ -3,15 +3,21 @@
 //! Cameras (decode threads) -> devices (batched inference) -> connector shards (tracking and
 //! counting) -> sinks (Redis, PostgreSQL). See `docs/ARCHITECTURE.md`.
 
+pub mod access;
 pub mod actors;
 pub mod analytics;
 pub mod analyze;
+pub mod camera_spec;
 pub mod db;
 pub mod detector;
 pub mod device_memory;
 pub mod evaluate;
+pub mod events;
 pub mod http;
+pub mod ids;
 pub mod metrics;
+pub mod objects;
+pub mod overflow;
 pub mod pools;
 pub mod redis_keys;
 pub mod service;

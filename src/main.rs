@@ -58,7 +58,7 @@ enum Command {
         name: String,
         /// viewer (reads), operator (+ cameras and geometry) or admin (+ system and models).
         #[arg(long)]
-        role: its_analytics::http::auth::Role,
+        role: its_analytics::access::Role,
         /// Tokens file (`auth.tokens_file`) to append the entry to; created with mode 0600.
         #[arg(long)]
         append: Option<PathBuf>,
@@ -151,7 +151,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{}: {} frames in {:.2} s ({:.1} frames/s), {} dropped", r.video, r.frames, r.seconds, r.fps, r.frames_dropped);
+                println!(
+                    "{}: {} frames in {:.2} s ({:.1} frames/s), {} dropped",
+                    r.video, r.frames, r.seconds, r.fps, r.frames_dropped
+                );
                 for line in &r.lines {
                     let classes: Vec<String> =
                         line.by_class.iter().map(|(c, d)| format!("{c} {}/{}", d.in_, d.out)).collect();
@@ -180,7 +183,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!("clip            {}", r.video);
-                println!("device          {} ({} threads), batch {} (mean {:.2})", r.device, r.threads, r.batch_size, r.mean_batch);
+                println!(
+                    "device          {} ({} threads), batch {} (mean {:.2})",
+                    r.device, r.threads, r.batch_size, r.mean_batch
+                );
                 println!("frames          {}", r.frames);
                 println!("pipeline        {:.1} frames/s", r.pipeline_fps);
                 println!(
@@ -190,7 +196,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 println!("ratio           {:.3}", r.ratio);
                 println!(
                     "stages (ms)     decode {:.2}/frame, inference {:.2}/batch ({:.2}/frame), tracking {:.3}/frame",
-                    r.stage_ms.decode_per_frame, r.stage_ms.inference_per_batch, r.stage_ms.inference_per_frame, r.stage_ms.tracking_per_frame
+                    r.stage_ms.decode_per_frame,
+                    r.stage_ms.inference_per_batch,
+                    r.stage_ms.inference_per_frame,
+                    r.stage_ms.tracking_per_frame
                 );
                 let l = &r.offline_latency;
                 println!(
@@ -208,16 +217,16 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_lines(texts: &[String]) -> anyhow::Result<Vec<its_analytics::actors::connector::lines::LineSpec>> {
+fn parse_lines(texts: &[String]) -> anyhow::Result<Vec<its_analytics::analytics::lines::LineSpec>> {
     texts.iter().enumerate().map(|(i, t)| parse_line(i + 1, t).map_err(anyhow::Error::msg)).collect()
 }
 
-fn make_token(name: &str, role: its_analytics::http::auth::Role, append: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn make_token(name: &str, role: its_analytics::access::Role, append: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::Write;
     let (token, sha256) = its_analytics::http::auth::new_token()?;
     let entry = format!("[[tokens]]\nname = {name:?}\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n");
-    let config = its_analytics::http::auth::AuthConfig {
-        tokens: vec![its_analytics::http::auth::TokenEntry { name: name.to_string(), role, sha256 }],
+    let config = its_analytics::access::AuthConfig {
+        tokens: vec![its_analytics::access::TokenEntry { name: name.to_string(), role, sha256 }],
         ..Default::default()
     };
     let problems = config.validate();

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::actors::connector::tracker::Continuity;
+use crate::analytics::tracker::Continuity;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CameraLabels {
@@ -101,7 +101,8 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Bounds of `analytics_latency_seconds`, seconds: 0.1 is one, so the p99 alert at 100 ms
 /// (`deploy/prometheus/alerts.yml`) is not an interpolation inside a wider bucket.
-pub const ANALYTICS_LATENCY_BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const ANALYTICS_LATENCY_BUCKETS: [f64; 13] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~16 s
@@ -192,7 +193,11 @@ impl Metrics {
             stages: Stages::default(),
         };
         let r = &mut m.registry;
-        r.register(FRAMES_DECODED, "Frames decoded from the stream (before sampling to the camera's fps), per camera", m.frames_decoded.clone());
+        r.register(
+            FRAMES_DECODED,
+            "Frames decoded from the stream (before sampling to the camera's fps), per camera",
+            m.frames_decoded.clone(),
+        );
         r.register(FRAMES_PROCESSED, "Frames through detection and tracking, per camera", m.frames_processed.clone());
         r.register(
             FRAMES_DROPPED,
@@ -200,27 +205,75 @@ impl Metrics {
             m.frames_dropped.clone(),
         );
         r.register(EVENTS, "Events emitted, per camera", m.events.clone());
-        r.register(CAMERA_RECONNECTS, "Stream reconnection attempts after a failure, per camera", m.camera_reconnects.clone());
+        r.register(
+            CAMERA_RECONNECTS,
+            "Stream reconnection attempts after a failure, per camera",
+            m.camera_reconnects.clone(),
+        );
         r.register(BATCH_SIZE, "Frames per model call, per device", m.batch_size.clone());
         r.register(INFERENCE_LATENCY, "Model call duration in seconds, per device", m.inference_latency.clone());
         r.register(QUEUE_DEPTH, "Frames waiting for a device", m.queue_depth.clone());
-        r.register(ANALYTICS_LATENCY, "Frame capture to event published on Redis, seconds", m.analytics_latency.clone());
+        r.register(
+            ANALYTICS_LATENCY,
+            "Frame capture to event published on Redis, seconds",
+            m.analytics_latency.clone(),
+        );
         r.register(EVENTS_PUBLISHED, "Events delivered to Redis and PostgreSQL", m.events_published.clone());
         r.register(EVENTS_DROPPED, "Events dropped because the sink queue was full", m.events_dropped.clone());
         r.register(SINK_FAILURES, "Failed event delivery attempts (retried)", m.sink_failures.clone());
         r.register(BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open", m.breaker_state.clone());
         r.register(BREAKER_OPENS, "Times a circuit breaker opened", m.breaker_opens.clone());
-        r.register(POOL_CONNECTIONS, "Pooled connections, per pool and kind (idle, in_use)", m.pool_connections.clone());
-        r.register(POOL_EVENTS, "Pool calls and connection events since start, per pool and kind", m.pool_events.clone());
+        r.register(
+            POOL_CONNECTIONS,
+            "Pooled connections, per pool and kind (idle, in_use)",
+            m.pool_connections.clone(),
+        );
+        r.register(
+            POOL_EVENTS,
+            "Pool calls and connection events since start, per pool and kind",
+            m.pool_events.clone(),
+        );
         r.register(CAMERA_UP, "1 while the camera's stream delivers frames, 0 while it is down", m.camera_up.clone());
-        r.register(OUTBOX_BACKLOG, "Events committed to the durable outbox and not yet delivered to both Redis and PostgreSQL", m.outbox_backlog.clone());
-        r.register(CHILD_RESTARTS, "Restarts of a supervised child (connector shard, inference thread)", m.child_restarts.clone());
-        r.register(CHILD_STATE, "Supervised child state: 0 running, 1 backing off, 2 failed, 3 escalated", m.child_state.clone());
-        r.register(OUT_OF_MEMORY, "Model calls that ran out of device memory (the batch was halved and retried)", m.out_of_memory.clone());
-        r.register(BATCH_LIMIT, "Largest batch the device runs now, learnt from out-of-memory errors", m.batch_limit.clone());
-        r.register(MODEL_VERSION, "Version of the model serving (registry order; 1 is the configured file)", m.model_version.clone());
-        r.register(MODEL_TRANSITIONS, "Model registry transitions: activated, rejected, rolled_back", m.model_transitions.clone());
-        r.register(DEVICE_MEMORY, "Used share of the inference device's memory, percent (host memory for the CPU)", m.device_memory.clone());
+        r.register(
+            OUTBOX_BACKLOG,
+            "Events committed to the durable outbox and not yet delivered to both Redis and PostgreSQL",
+            m.outbox_backlog.clone(),
+        );
+        r.register(
+            CHILD_RESTARTS,
+            "Restarts of a supervised child (connector shard, inference thread)",
+            m.child_restarts.clone(),
+        );
+        r.register(
+            CHILD_STATE,
+            "Supervised child state: 0 running, 1 backing off, 2 failed, 3 escalated",
+            m.child_state.clone(),
+        );
+        r.register(
+            OUT_OF_MEMORY,
+            "Model calls that ran out of device memory (the batch was halved and retried)",
+            m.out_of_memory.clone(),
+        );
+        r.register(
+            BATCH_LIMIT,
+            "Largest batch the device runs now, learnt from out-of-memory errors",
+            m.batch_limit.clone(),
+        );
+        r.register(
+            MODEL_VERSION,
+            "Version of the model serving (registry order; 1 is the configured file)",
+            m.model_version.clone(),
+        );
+        r.register(
+            MODEL_TRANSITIONS,
+            "Model registry transitions: activated, rejected, rolled_back",
+            m.model_transitions.clone(),
+        );
+        r.register(
+            DEVICE_MEMORY,
+            "Used share of the inference device's memory, percent (host memory for the CPU)",
+            m.device_memory.clone(),
+        );
         r.register(
             MODEL_ACCURACY,
             "Label-free recall proxy of the live model (0..1): over the tracks ended in the last 5 minutes, the share of frames with a detection of at least tracker.confident_score; absent while too few tracks ended",
@@ -243,7 +296,9 @@ impl Metrics {
     /// Forgets a removed camera's series so labels stay bounded by the live cameras.
     pub fn remove_camera(&self, camera: &str) {
         let labels = self.camera(camera);
-        for family in [&self.frames_decoded, &self.frames_processed, &self.frames_dropped, &self.events, &self.camera_reconnects] {
+        for family in
+            [&self.frames_decoded, &self.frames_processed, &self.frames_dropped, &self.events, &self.camera_reconnects]
+        {
             family.remove(&labels);
         }
         self.camera_up.remove(&labels);
@@ -253,7 +308,11 @@ impl Metrics {
     }
 
     /// A circuit breaker whose every transition is a log line and a metric (`breaker` label = `name`).
-    pub fn breaker(&self, name: &str, config: &crate::supervision::BreakerConfig) -> std::sync::Arc<crate::supervision::CircuitBreaker> {
+    pub fn breaker(
+        &self,
+        name: &str,
+        config: &crate::supervision::BreakerConfig,
+    ) -> std::sync::Arc<crate::supervision::CircuitBreaker> {
         use crate::supervision::{BreakerState, CircuitBreaker, SystemClock, Transition};
         let labels = BreakerLabels { breaker: name.to_string() };
         let state = self.breaker_state.get_or_create(&labels).clone();
@@ -268,7 +327,10 @@ impl Metrics {
                 tracing::info!(breaker = name, %transition, "circuit breaker changed state");
             }
         };
-        std::sync::Arc::new(CircuitBreaker::new(name, config.clone(), std::sync::Arc::new(SystemClock)).with_observer(std::sync::Arc::new(observer)))
+        std::sync::Arc::new(
+            CircuitBreaker::new(name, config.clone(), std::sync::Arc::new(SystemClock))
+                .with_observer(std::sync::Arc::new(observer)),
+        )
     }
 
     /// Records a supervised child's state (`its_supervisor_child_state`, `its_supervisor_restarts`).

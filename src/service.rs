@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::actors::camera::{CameraSpec, CameraStatus, SourcePolicy};
+use crate::actors::status::CameraStatus;
 use crate::analytics::geometry::Geometry;
+use crate::camera_spec::{CameraSpec, SourcePolicy};
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
@@ -59,9 +60,12 @@ impl Service {
         )
         .await?;
         let manager = bb8_redis::RedisConnectionManager::new(settings.redis.url.as_str())?;
-        let redis = crate::pools::builder(settings.redis.pool_size, std::time::Duration::from_millis(settings.redis.connect_timeout_ms))
-            .build(manager)
-            .await?;
+        let redis = crate::pools::builder(
+            settings.redis.pool_size,
+            std::time::Duration::from_millis(settings.redis.connect_timeout_ms),
+        )
+        .build(manager)
+        .await?;
         let outbox = crate::sinks::outbox::Outbox::open(crate::sinks::outbox::OutboxConfig {
             path: settings.outbox.path.clone(),
             max_events: settings.outbox.max_events,
@@ -84,7 +88,11 @@ impl Service {
         let escalate = {
             let escalation = escalation.clone();
             Box::new(move |child: &str, error: &str| {
-                tracing::error!(child, error, "a supervised child crash-loops; stopping the process so its orchestrator restarts it");
+                tracing::error!(
+                    child,
+                    error,
+                    "a supervised child crash-loops; stopping the process so its orchestrator restarts it"
+                );
                 escalation.notify_one();
             })
         };
@@ -129,7 +137,7 @@ impl Service {
         let Some((registered_ms, version)) = self.db.insert_camera(&spec).await? else {
             return Err(ServiceError::Duplicate(spec.id));
         };
-        tracing::info!(camera = %spec.id, url = %crate::actors::camera::redact_url(&spec.url), geometry_version = version, "camera registered");
+        tracing::info!(camera = %spec.id, url = %crate::camera_spec::redact_url(&spec.url), geometry_version = version, "camera registered");
         match self.pipeline.start_camera(spec.clone(), CameraMode::Live, registered_ms, version).await {
             Ok(status) => Ok(status),
             Err(e) => {
@@ -149,7 +157,8 @@ impl Service {
         if self.pipeline.camera(id).is_none() {
             return Err(ServiceError::NotFound(id.to_string()));
         }
-        let version = self.db.set_geometry(id, &geometry).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        let version =
+            self.db.set_geometry(id, &geometry).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
         self.pipeline.set_geometry(id, geometry, version).await?;
         tracing::info!(camera = %id, geometry_version = version, "geometry replaced");
         Ok(version)
@@ -194,7 +203,12 @@ impl Service {
         self.pipeline.shutdown().await;
         let (accepted, delivered, left) = self.publisher.drain(DRAIN_TIMEOUT).await;
         if left > 0 {
-            tracing::warn!(accepted, delivered, left, "shutdown: events left in the outbox are delivered at the next start");
+            tracing::warn!(
+                accepted,
+                delivered,
+                left,
+                "shutdown: events left in the outbox are delivered at the next start"
+            );
         } else {
             tracing::info!(accepted, delivered, "shutdown: every event delivered");
         }
@@ -240,7 +254,10 @@ impl Service {
         self.metrics.refresh_model_accuracy();
         for device in self.pipeline.devices() {
             if let Some(used) = crate::device_memory::utilization_percent(&device.name) {
-                self.metrics.device_memory.get_or_create(&crate::metrics::DeviceLabels { device: device.name }).set(used);
+                self.metrics
+                    .device_memory
+                    .get_or_create(&crate::metrics::DeviceLabels { device: device.name })
+                    .set(used);
             }
         }
     }

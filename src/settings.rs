@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::actors::camera::{MediaDir, SourcePolicy};
-use crate::actors::connector::tracker::TrackerConfig;
-use crate::http::auth::AuthConfig;
-use crate::http::rate_limit::RateLimitConfig;
-use crate::telemetry::TracingConfig;
+use crate::access::{AuthConfig, RateLimitConfig};
 use crate::analytics::config::AnalyticsConfig;
+use crate::analytics::tracker::TrackerConfig;
+use crate::camera_spec::{MediaDir, SourcePolicy};
+pub use crate::detector::config::{DeviceKind, ModelFamily, ModelSettings};
+use crate::overflow::WhenFull;
+use crate::telemetry::TracingConfig;
 
 /// The defaults, compiled in so the binary runs without the configs folder.
 pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
@@ -95,7 +96,7 @@ pub struct OutboxSettings {
     pub max_events: u64,
     /// When full: `reject` new events (counted in its_events_dropped_total) or `drop_oldest`
     /// undelivered ones (counted too).
-    pub when_full: crate::sinks::outbox::WhenFull,
+    pub when_full: WhenFull,
 }
 
 /// Faults made on purpose so the fault tests can prove recovery; each fires once unless said
@@ -178,48 +179,6 @@ pub struct PostgresSettings {
     /// How long a call waits for a pooled connection before it fails (and is retried by its
     /// caller, through the circuit breaker).
     pub connect_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelFamily {
-    /// YOLOX raw head output `[N, anchors, 5 + classes]`, objectness and classes already sigmoid.
-    Yolox,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSettings {
-    /// TorchScript file made by `scripts/convert_model.py`; relative paths are from the working directory.
-    pub path: PathBuf,
-    pub family: ModelFamily,
-    /// Square network input side in pixels.
-    pub input_size: u32,
-    /// Minimum objectness x class score kept.
-    pub score_threshold: f32,
-    /// IoU above which the weaker of two boxes of one class group is suppressed.
-    pub nms_iou: f32,
-    /// A model reloaded through the API rolls back to the previous version when at least this
-    /// share of its batches fail, judged over `rollback_window` batches.
-    pub rollback_failure_rate: f64,
-    pub rollback_window: u32,
-}
-
-impl ModelSettings {
-    /// The model's name in metrics and the API: its file name without extensions.
-    pub fn name(&self) -> String {
-        let file = self.path.file_name().and_then(|f| f.to_str()).unwrap_or("model");
-        file.split('.').next().filter(|n| !n.is_empty()).unwrap_or("model").to_string()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceKind {
-    /// Every CUDA device libtorch sees, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,8 +273,8 @@ impl Settings {
 
     /// As `load`, with the variables taken from `env` instead of the process environment.
     pub fn load_with_env(file: Option<&Path>, env: Option<HashMap<String, String>>) -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -361,7 +320,9 @@ impl Settings {
         if self.postgres.pool_size == 0 {
             errors.push("postgres.pool_size must be at least 1".into());
         }
-        if !(100..=60_000).contains(&self.redis.connect_timeout_ms) || !(100..=60_000).contains(&self.postgres.connect_timeout_ms) {
+        if !(100..=60_000).contains(&self.redis.connect_timeout_ms)
+            || !(100..=60_000).contains(&self.postgres.connect_timeout_ms)
+        {
             errors.push("redis.connect_timeout_ms and postgres.connect_timeout_ms must be in 100..=60000".into());
         }
         if !(32..=2048).contains(&self.model.input_size) || !self.model.input_size.is_multiple_of(32) {
@@ -418,6 +379,9 @@ impl Settings {
         if self.outbox.max_events == 0 {
             errors.push("outbox.max_events must be at least 1".into());
         }
+        if self.outbox.when_full == WhenFull::Wait {
+            errors.push("outbox.when_full must be reject or drop_oldest: the intake never waits".into());
+        }
         if self.outbox.path.as_os_str().is_empty() {
             errors.push("outbox.path must name a file".into());
         }
@@ -470,8 +434,10 @@ mod tests {
         settings.http.bind = "nowhere".into();
         settings.batching.max_batch = 0;
         settings.redis.url = "http://x".into();
+        settings.outbox.when_full = WhenFull::Wait;
         let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("outbox.when_full")));
         assert!(errors.iter().any(|e| e.contains("http.bind")));
         assert!(errors.iter().any(|e| e.contains("batching.max_batch")));
         assert!(errors.iter().any(|e| e.contains("redis.url")));

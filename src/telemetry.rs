@@ -92,22 +92,16 @@ impl TracingConfig {
                              export to a local collector over http://"
                                 .to_string(),
                         ),
-                        other => problems.push(format!(
-                            "tracing.otlp_endpoint: scheme must be http, not {other:?}"
-                        )),
+                        other => problems.push(format!("tracing.otlp_endpoint: scheme must be http, not {other:?}")),
                     }
                     if url.host_str().is_none_or(str::is_empty) {
                         problems.push("tracing.otlp_endpoint: missing host".to_string());
                     }
                     if !url.username().is_empty() || url.password().is_some() {
-                        problems.push(
-                            "tracing.otlp_endpoint: must not contain credentials".to_string(),
-                        );
+                        problems.push("tracing.otlp_endpoint: must not contain credentials".to_string());
                     }
                     if url.query().is_some() || url.fragment().is_some() {
-                        problems.push(
-                            "tracing.otlp_endpoint: must not have a query or fragment".to_string(),
-                        );
+                        problems.push("tracing.otlp_endpoint: must not have a query or fragment".to_string());
                     }
                 }
             }
@@ -119,10 +113,7 @@ impl TracingConfig {
             )),
         }
         if !(0.0..=1.0).contains(&self.sampling_ratio) {
-            problems.push(format!(
-                "tracing.sampling_ratio: {} is outside 0..=1",
-                self.sampling_ratio
-            ));
+            problems.push(format!("tracing.sampling_ratio: {} is outside 0..=1", self.sampling_ratio));
         }
         if self.service_name.trim().is_empty() {
             problems.push("tracing.service_name: must not be empty".to_string());
@@ -179,9 +170,7 @@ impl TelemetryGuard {
         if !problems.is_empty() {
             return Err(TelemetryError::Invalid(problems));
         }
-        let mut guard = Self {
-            provider: None,
-        };
+        let mut guard = Self { provider: None };
         if !config.enabled() {
             return Ok(guard);
         }
@@ -193,14 +182,8 @@ impl TelemetryGuard {
             .build()?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(RootSampler {
-                ratio: config.sampling_ratio,
-            })))
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(config.service_name.clone())
-                    .build(),
-            )
+            .with_sampler(Sampler::ParentBased(Box::new(RootSampler { ratio: config.sampling_ratio })))
+            .with_resource(Resource::builder().with_service_name(config.service_name.clone()).build())
             .build();
         guard.provider = Some(provider);
         Ok(guard)
@@ -216,10 +199,8 @@ impl TelemetryGuard {
     {
         let provider = self.provider.as_ref()?;
         let tracer = provider.tracer("its-analytics");
-        let filter = FilterFn::new(|meta| {
-            *meta.level() <= OTEL_MAX_LEVEL && !is_exporter_internal(meta.target())
-        })
-        .with_max_level_hint(OTEL_MAX_LEVEL);
+        let filter = FilterFn::new(|meta| *meta.level() <= OTEL_MAX_LEVEL && !is_exporter_internal(meta.target()))
+            .with_max_level_hint(OTEL_MAX_LEVEL);
         Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
     }
 
@@ -244,8 +225,7 @@ impl Drop for TelemetryGuard {
 fn is_exporter_internal(target: &str) -> bool {
     const INTERNAL: &[&str] = &["hyper", "h2", "tonic", "tower", "reqwest", "opentelemetry"];
     INTERNAL.iter().any(|prefix| {
-        target.starts_with(prefix)
-            && matches!(target.as_bytes().get(prefix.len()), None | Some(b':' | b'_' | b'-'))
+        target.starts_with(prefix) && matches!(target.as_bytes().get(prefix.len()), None | Some(b':' | b'_' | b'-'))
     })
 }
 
@@ -316,8 +296,14 @@ impl ShouldSample for RootSampler {
                 trace_state: Default::default(),
             };
         }
-        Sampler::TraceIdRatioBased(self.ratio)
-            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+        Sampler::TraceIdRatioBased(self.ratio).should_sample(
+            parent_context,
+            trace_id,
+            name,
+            span_kind,
+            attributes,
+            links,
+        )
     }
 }
 

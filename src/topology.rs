@@ -8,18 +8,22 @@ use actix::{Actor, Addr, Arbiter};
 use dashmap::DashMap;
 
 use crate::actors::camera::source::SourceConfig;
-use crate::actors::camera::{CameraActor, CameraSpec, CameraStatus, SourceKind, StopCamera};
+use crate::actors::camera::{CameraActor, StopCamera};
 use crate::actors::connector::{
     shard_for, AddCamera, ConnectorActor, HandOver, Registration, RemoveCamera, SetGeometry, ShardConfig, ShardSlot,
 };
-use crate::actors::gpu::batch::{FrameQueue, WhenFull};
+use crate::actors::gpu::batch::FrameQueue;
+use crate::actors::gpu::registry::ModelRegistry;
+use crate::actors::gpu::transitions::ModelTransitions;
 use crate::actors::gpu::worker::{DeviceRuntime, FaultInjector};
 use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, GpuActor};
-use crate::actors::messages::CameraId;
+use crate::actors::status::CameraStatus;
 use crate::analytics::geometry::Geometry;
+use crate::camera_spec::{CameraSpec, SourceKind};
 use crate::detector::model::{check_model_file, device_name, select_devices};
-use crate::detector::registry::{ModelRegistry, ModelTransitions};
+use crate::ids::CameraId;
 use crate::metrics::Metrics;
+use crate::overflow::WhenFull;
 use crate::settings::Settings;
 use crate::sinks::EventSink;
 use crate::supervision::supervisor::EscalationHook;
@@ -85,7 +89,12 @@ impl Pipeline {
     /// Loads the model on every selected device, starts the shards and the supervisor that
     /// restarts them and the inference threads. `escalate` is called when a child crash-loops.
     /// Must run inside an actix system.
-    pub fn start(settings: Settings, metrics: Arc<Metrics>, sink: Arc<dyn EventSink>, escalate: EscalationHook) -> Result<Self, TopologyError> {
+    pub fn start(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn EventSink>,
+        escalate: EscalationHook,
+    ) -> Result<Self, TopologyError> {
         check_model_file(&settings.model.path).map_err(TopologyError::Device)?;
         let system = actix::System::current();
         let observer = metrics.clone();
@@ -107,8 +116,16 @@ impl Pipeline {
             let name = device_name(device);
             let queue = FrameQueue::new();
             let model_breaker = metrics.breaker(&format!("model:{model_name}:{name}"), &breaker);
-            let runtime = DeviceRuntime::load(&settings, device, queue.clone(), metrics.clone(), model_breaker, transitions.clone(), faults.clone())
-                .map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
+            let runtime = DeviceRuntime::load(
+                &settings,
+                device,
+                queue.clone(),
+                metrics.clone(),
+                model_breaker,
+                transitions.clone(),
+                faults.clone(),
+            )
+            .map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
             let factory = {
                 let runtime = runtime.clone();
                 move |_: Generation, reporter: Reporter| runtime.start_thread(reporter)
@@ -119,8 +136,12 @@ impl Pipeline {
             tracing::info!(device = %name, "device ready");
             devices.push(Device { actor, runtime });
         }
-        let models = ModelRegistry::new(settings.model.clone(), devices.iter().map(|d| d.runtime.clone()).collect(), transitions)
-            .map_err(|e| TopologyError::Device(format!("model file: {e}")))?;
+        let models = ModelRegistry::new(
+            settings.model.clone(),
+            devices.iter().map(|d| d.runtime.clone()).collect(),
+            transitions,
+        )
+        .map_err(|e| TopologyError::Device(format!("model file: {e}")))?;
         let cameras: Arc<DashMap<String, RunningCamera>> = Arc::default();
         let model: Arc<str> = model_name.into();
         let mut shards = Vec::new();
@@ -146,7 +167,9 @@ impl Pipeline {
                 }
             };
             let reporter = supervisor.add(&format!("shard-{shard}"), heartbeat, factory);
-            let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| ConnectorActor::new(config, reporter, Vec::new(), false));
+            let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                ConnectorActor::new(config, reporter, Vec::new(), false)
+            });
             let _ = slot.set(ShardSlot::new(addr));
             shards.push(slot.get().expect("just set").clone());
         }
@@ -207,8 +230,14 @@ impl Pipeline {
         }
         let camera_id: CameraId = spec.id.as_str().into();
         let is_file = spec.source_kind() == Ok(SourceKind::File);
-        let epoch_ms = if is_file { registered_ms } else { crate::actors::camera::status::now_ms() };
-        let status = Arc::new(CameraStatus::new(camera_id.clone(), epoch_ms, geometry_version, &self.metrics, &self.settings.breakers.config()));
+        let epoch_ms = if is_file { registered_ms } else { crate::actors::status::now_ms() };
+        let status = Arc::new(CameraStatus::new(
+            camera_id.clone(),
+            epoch_ms,
+            geometry_version,
+            &self.metrics,
+            &self.settings.breakers.config(),
+        ));
         let device = self.least_loaded_device();
         let shard = shard_for(&spec.id, self.shards.len());
         // Network cameras have no replay options; their default (`realtime`) makes them live.
@@ -222,12 +251,19 @@ impl Pipeline {
         let route = CameraRoute { connector: self.shards[shard].clone(), status: status.clone(), when_full };
         let intake = self.devices[device]
             .actor
-            .send(AttachCamera { camera_id: camera_id.clone(), capacity: self.settings.batching.queue_per_camera, route })
+            .send(AttachCamera {
+                camera_id: camera_id.clone(),
+                capacity: self.settings.batching.queue_per_camera,
+                route,
+            })
             .await
             .map_err(|_| TopologyError::Stopped)?;
         let config = self.source_config(&spec, camera_id, mode, epoch_ms);
         let actor = CameraActor::new(config, status.clone(), Box::new(intake), self.metrics.clone()).start();
-        self.cameras.insert(spec.id.clone(), RunningCamera { spec, geometry_version, status: status.clone(), actor, device, shard });
+        self.cameras.insert(
+            spec.id.clone(),
+            RunningCamera { spec, geometry_version, status: status.clone(), actor, device, shard },
+        );
         Ok(status)
     }
 
@@ -288,9 +324,7 @@ impl Pipeline {
     }
 
     fn least_loaded_device(&self) -> usize {
-        (0..self.devices.len())
-            .min_by_key(|&d| self.cameras.iter().filter(|c| c.device == d).count())
-            .unwrap_or(0)
+        (0..self.devices.len()).min_by_key(|&d| self.cameras.iter().filter(|c| c.device == d).count()).unwrap_or(0)
     }
 
     fn source_config(&self, spec: &CameraSpec, camera_id: CameraId, mode: CameraMode, epoch_ms: u64) -> SourceConfig {
@@ -327,11 +361,17 @@ fn restart_shard(config: &ShardConfig, reporter: Reporter, cameras: &DashMap<Str
     let registrations: Vec<Registration> = cameras
         .iter()
         .filter(|c| c.shard == config.shard)
-        .map(|c| Registration { status: c.status.clone(), geometry: c.spec.geometry.clone(), geometry_version: c.geometry_version })
+        .map(|c| Registration {
+            status: c.status.clone(),
+            geometry: c.spec.geometry.clone(),
+            geometry_version: c.geometry_version,
+        })
         .collect();
     let config = config.clone();
     config.live.store(reporter.generation().0, std::sync::atomic::Ordering::SeqCst);
-    let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| ConnectorActor::new(config, reporter, registrations, true));
+    let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+        ConnectorActor::new(config, reporter, registrations, true)
+    });
     let old = slot.replace(addr.clone());
     // HandOver is queued behind everything the old instance was sent: its successor gets it all,
     // in order. A frozen one never answers; the successor stops waiting (`HANDOVER_WAIT`).

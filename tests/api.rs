@@ -32,20 +32,41 @@ async fn bad_input_gets_a_clear_4xx() {
 
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("malformed JSON", "{\"id\": ".into(), 400, "EOF"),
-        ("unknown field", json!({"id": "a", "url": "rtsp://h/x", "colour": 1}).to_string(), 400, "unknown field `colour`"),
+        (
+            "unknown field",
+            json!({"id": "a", "url": "rtsp://h/x", "colour": 1}).to_string(),
+            400,
+            "unknown field `colour`",
+        ),
         ("missing field", json!({"id": "a"}).to_string(), 400, "missing field `url`"),
         ("unsupported scheme", camera("a", "ftp://h/x").to_string(), 400, "scheme \\\"ftp\\\" is not supported"),
         ("protocol trick", camera("a", "concat:/etc/passwd|x").to_string(), 400, "not supported"),
         (
             "zero-length line",
-            json!({"id": "a", "url": "rtsp://h/x", "geometry": {"lines": [{"id": "l", "a": [5, 5], "b": [5, 5]}]}}).to_string(),
+            json!({"id": "a", "url": "rtsp://h/x", "geometry": {"lines": [{"id": "l", "a": [5, 5], "b": [5, 5]}]}})
+                .to_string(),
             400,
             "zero-length",
         ),
         ("bad id", camera("no spaces allowed", "rtsp://h/x").to_string(), 400, "id must be"),
-        ("missing file", camera("a", &format!("file://{}", clip.with_file_name("nope.avi").display())).to_string(), 400, "file not found"),
-        ("file outside the media directory", camera("a", "file:///etc/hostname").to_string(), 400, "only under cameras.media_dir"),
-        ("replay on a network camera", json!({"id": "a", "url": "rtsp://h/x", "replay": {"loop": true}}).to_string(), 400, "replay applies"),
+        (
+            "missing file",
+            camera("a", &format!("file://{}", clip.with_file_name("nope.avi").display())).to_string(),
+            400,
+            "file not found",
+        ),
+        (
+            "file outside the media directory",
+            camera("a", "file:///etc/hostname").to_string(),
+            400,
+            "only under cameras.media_dir",
+        ),
+        (
+            "replay on a network camera",
+            json!({"id": "a", "url": "rtsp://h/x", "replay": {"loop": true}}).to_string(),
+            400,
+            "replay applies",
+        ),
         ("bad fps", json!({"id": "a", "url": &file_url, "fps": -3}).to_string(), 400, "fps must be"),
     ];
     for (what, body, status, needle) in cases {
@@ -81,7 +102,11 @@ async fn cameras_persist_restart_and_never_show_their_password() {
     let client = common::client();
     // Nothing listens on port 9: the camera keeps reconnecting, which is what a dead camera does.
     let secret_url = "rtsp://admin:s3cretPa55@127.0.0.1:9/stream";
-    let svc = Service::start_with(&env, &[("ITS__CAMERAS__RECONNECT_INITIAL_MS", "100"), ("ITS__CAMERAS__RECONNECT_MAX_MS", "200")]).await;
+    let svc = Service::start_with(
+        &env,
+        &[("ITS__CAMERAS__RECONNECT_INITIAL_MS", "100"), ("ITS__CAMERAS__RECONNECT_MAX_MS", "200")],
+    )
+    .await;
 
     let (status, created) = post(&client, &svc, camera("gate-1", secret_url).to_string().into()).await;
     assert_eq!(status, 201, "{created}");
@@ -98,7 +123,8 @@ async fn cameras_persist_restart_and_never_show_their_password() {
     assert!(cam["status"]["last_error"].as_str().is_some(), "{cam}");
     let list: Value = client.get(svc.url("/api/v1/cameras")).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["cameras"].as_array().unwrap().len(), 1);
-    let counts: Value = client.get(svc.url("/api/v1/cameras/gate-1/counts")).send().await.unwrap().json().await.unwrap();
+    let counts: Value =
+        client.get(svc.url("/api/v1/cameras/gate-1/counts")).send().await.unwrap().json().await.unwrap();
     assert_eq!(counts["lines"][0]["id"], "l1");
     assert_eq!(counts["lines"][0]["in"], 0);
     let metrics = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -172,8 +198,12 @@ async fn geometry_is_validated_and_versioned() {
     let (status, stored) = put("gate-2", lane.clone()).await;
     assert_eq!(status, 200, "{stored}");
     assert_eq!(stored["version"], 2);
-    let current: Value = client.get(svc.url("/api/v1/cameras/gate-2/geometry")).send().await.unwrap().json().await.unwrap();
-    assert_eq!((current["version"].clone(), current["geometry"]["zones"][0]["id"].clone()), (json!(2), json!("lane-1")));
+    let current: Value =
+        client.get(svc.url("/api/v1/cameras/gate-2/geometry")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (current["version"].clone(), current["geometry"]["zones"][0]["id"].clone()),
+        (json!(2), json!("lane-1"))
+    );
     let first: Value =
         client.get(svc.url("/api/v1/cameras/gate-2/geometry?version=1")).send().await.unwrap().json().await.unwrap();
     assert_eq!(first["geometry"]["zones"], json!([]), "{first}");
@@ -209,8 +239,14 @@ async fn geometry_is_validated_and_versioned() {
         ("/api/v1/events/stream?type=bogus", "type"),
         ("/api/v1/cameras/gate-2/analytics?interval=5m", "interval"),
         ("/api/v1/cameras/gate-2/analytics?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "before"),
-        ("/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&interval=1h", "at most 31 days"),
-        ("/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2025-01-04T00:00:00Z&interval=1m", "at most 2 days"),
+        (
+            "/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&interval=1h",
+            "at most 31 days",
+        ),
+        (
+            "/api/v1/cameras/gate-2/analytics?from=2025-01-01T00:00:00Z&to=2025-01-04T00:00:00Z&interval=1m",
+            "at most 2 days",
+        ),
     ] {
         let r = client.get(svc.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
@@ -218,10 +254,17 @@ async fn geometry_is_validated_and_versioned() {
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains(needle), "{path}: {body}");
     }
-    let page: Value = client.get(svc.url("/api/v1/events?camera_id=gate-2")).send().await.unwrap().json().await.unwrap();
+    let page: Value =
+        client.get(svc.url("/api/v1/events?camera_id=gate-2")).send().await.unwrap().json().await.unwrap();
     assert_eq!(page, json!({"events": [], "next_cursor": null}));
-    let history: Value =
-        client.get(svc.url("/api/v1/cameras/gate-2/analytics?interval=15m")).send().await.unwrap().json().await.unwrap();
+    let history: Value = client
+        .get(svc.url("/api/v1/cameras/gate-2/analytics?interval=15m"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(history["elements"], json!([]), "{history}");
     let r = client.get(svc.url("/api/v1/cameras/ghost/analytics")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
@@ -274,10 +317,10 @@ async fn health_reports_dependencies() {
     assert_eq!(ready["checks"]["model"]["devices"][0]["name"], "cpu");
     assert_eq!(ready["checks"]["model"]["devices"][0]["alive"], true);
     let breakers = ready["checks"]["breakers"]["breakers"].as_array().unwrap();
-    assert_eq!(breakers.iter().map(|b| (b["name"].as_str().unwrap(), b["state"].as_str().unwrap())).collect::<Vec<_>>(), [
-        ("redis", "closed"),
-        ("postgres", "closed")
-    ]);
+    assert_eq!(
+        breakers.iter().map(|b| (b["name"].as_str().unwrap(), b["state"].as_str().unwrap())).collect::<Vec<_>>(),
+        [("redis", "closed"), ("postgres", "closed")]
+    );
 
     let system: Value = client.get(svc.url("/api/v1/system")).send().await.unwrap().json().await.unwrap();
     let pools = system["pools"].as_array().unwrap();
@@ -295,10 +338,18 @@ async fn health_reports_dependencies() {
         .iter()
         .map(|c| (c["name"].as_str().unwrap(), c["state"].as_str().unwrap(), c["restarts"].as_u64().unwrap()))
         .collect();
-    assert_eq!(children, [("infer-cpu", "running", 0), ("shard-0", "running", 0), ("shard-1", "running", 0)], "{system}");
+    assert_eq!(
+        children,
+        [("infer-cpu", "running", 0), ("shard-0", "running", 0), ("shard-1", "running", 0)],
+        "{system}"
+    );
     assert_eq!(system["supervisor"]["escalated"], Value::Null);
     let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for series in ["its_pool_connections{pool=\"postgres\",kind=\"idle\"}", "its_pool_events_total{pool=\"redis\",kind=\"get_direct\"}", "its_breaker_state{breaker=\"postgres\"} 0"] {
+    for series in [
+        "its_pool_connections{pool=\"postgres\",kind=\"idle\"}",
+        "its_pool_events_total{pool=\"redis\",kind=\"get_direct\"}",
+        "its_breaker_state{breaker=\"postgres\"} 0",
+    ] {
         assert!(page.contains(series), "{series} missing:\n{page}");
     }
 }

@@ -52,7 +52,9 @@ fn a_batch_of_four_equals_four_single_runs() {
         for (a, b) in single.iter().zip(&batched[i]) {
             assert_eq!(a.class, b.class);
             assert!((a.score - b.score).abs() < 1e-3, "{a:?} vs {b:?}");
-            for (x, y) in [(a.bbox.x1, b.bbox.x1), (a.bbox.y1, b.bbox.y1), (a.bbox.x2, b.bbox.x2), (a.bbox.y2, b.bbox.y2)] {
+            for (x, y) in
+                [(a.bbox.x1, b.bbox.x1), (a.bbox.y1, b.bbox.y1), (a.bbox.x2, b.bbox.x2), (a.bbox.y2, b.bbox.y2)]
+            {
                 assert!((x - y).abs() < 0.05, "{a:?} vs {b:?}");
             }
         }

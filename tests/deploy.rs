@@ -217,7 +217,10 @@ fn compose_file_is_valid_and_uses_known_settings() {
     assert!(rendered["services"]["its-analytics"]["profiles"].is_null(), "its-analytics must run without a profile");
     let device = &gpu["deploy"]["resources"]["reservations"]["devices"][0];
     assert_eq!(device["driver"].as_str(), Some("nvidia"), "GPU reservation: {device:?}");
-    assert_eq!(scalar(&rendered["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"]).as_deref(), Some("true"));
+    assert_eq!(
+        scalar(&rendered["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"]).as_deref(),
+        Some("true")
+    );
 
     // Prometheus keeps exemplars (the trace ids of analytics_latency_seconds) for Grafana's links.
     let prometheus_args: Vec<&str> = rendered["services"]["prometheus"]["command"]
@@ -246,10 +249,11 @@ fn compose_file_is_valid_and_uses_known_settings() {
         toml::from_str(&read(&root.join("deploy/compose/tokens.toml"))).expect("deploy/compose/tokens.toml is TOML");
     for role in ["viewer", "operator", "admin"] {
         let token = format!("demo-{role}-token");
-        let entry = file.tokens.iter().find(|t| t.role == role).unwrap_or_else(|| panic!("no {role} token in tokens.toml"));
+        let entry =
+            file.tokens.iter().find(|t| t.role == role).unwrap_or_else(|| panic!("no {role} token in tokens.toml"));
         assert_eq!(
             entry.sha256,
-            its_analytics::http::auth::sha256_hex(&token),
+            its_analytics::access::sha256_hex(&token),
             "tokens.toml: {} is not the sha256 of {token}",
             entry.name
         );
@@ -304,7 +308,10 @@ fn alert_rules_pass_promtool_and_link_their_runbooks() {
         let runbook = rule["annotations"]["runbook_url"].as_str().unwrap_or_default();
         let expected = format!("docs/OPERATIONS.md#{}", name.to_lowercase());
         assert_eq!(runbook, expected, "{name}: runbook_url");
-        assert!(anchors.contains(&name.to_lowercase()), "docs/OPERATIONS.md has no heading `{name}` (anchor of {runbook})");
+        assert!(
+            anchors.contains(&name.to_lowercase()),
+            "docs/OPERATIONS.md has no heading `{name}` (anchor of {runbook})"
+        );
     }
 
     // Each alert is tested both ways: firing, and quiet where it must be.
@@ -345,7 +352,10 @@ fn k8s_objects() -> BTreeMap<String, Yaml> {
     let mut objects = BTreeMap::new();
     for file in k8s_files() {
         for doc in yaml_documents(&file) {
-            let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("{}: an object without kind", file.display())).to_string();
+            let kind = doc["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: an object without kind", file.display()))
+                .to_string();
             let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
             objects.insert(format!("{kind}/{name}"), doc);
         }
@@ -425,7 +435,11 @@ fn kubernetes_manifests_validate() {
     let monitor = &objects["ServiceMonitor/its-analytics"];
     let service = &objects["Service/its-analytics"];
     for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_mapping().expect("ServiceMonitor selector") {
-        assert_eq!(&service["metadata"]["labels"][k.as_str().unwrap()], v, "the ServiceMonitor does not select the Service");
+        assert_eq!(
+            &service["metadata"]["labels"][k.as_str().unwrap()],
+            v,
+            "the ServiceMonitor does not select the Service"
+        );
     }
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], service["spec"]["ports"][0]["name"]);
     assert_eq!(monitor["spec"]["endpoints"][0]["path"].as_str(), Some("/metrics"));
@@ -441,7 +455,8 @@ fn kubernetes_manifests_validate() {
     assert_eq!(metrics, ["DCGM_FI_DEV_GPU_UTIL", "its_device_queue_depth"].into_iter().collect());
     // kustomization.yaml applies every manifest but the HPA (see deployment.yaml).
     let kustomization = &objects["Kustomization/"];
-    let listed: BTreeSet<&str> = kustomization["resources"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
+    let listed: BTreeSet<&str> =
+        kustomization["resources"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
     let on_disk: BTreeSet<String> = k8s_files()
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -483,12 +498,19 @@ fn kubernetes_config_and_environment_load_as_settings() {
             .find(|m| mount_path.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
             .unwrap_or_else(|| panic!("{mount_path} is not under a volume mount"))
             .clone();
-        pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == mount["name"]).expect("the mount's volume").clone()
+        pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mount's volume")
+            .clone()
     };
     let config_volume = volume_of(config_path);
     assert_eq!(config_volume["configMap"]["name"].as_str(), Some("its-analytics-config"));
     let config_key = Path::new(config_path).file_name().unwrap().to_str().unwrap();
-    let config_text = config_map["data"][config_key].as_str().unwrap_or_else(|| panic!("the ConfigMap has no {config_key}"));
+    let config_text =
+        config_map["data"][config_key].as_str().unwrap_or_else(|| panic!("the ConfigMap has no {config_key}"));
 
     // The tokens file is the tokens Secret's key, mounted where the config says.
     let config: toml::Table = toml::from_str(config_text).expect("the ConfigMap's config.toml is TOML");
@@ -496,7 +518,10 @@ fn kubernetes_config_and_environment_load_as_settings() {
     let tokens_volume = volume_of(tokens_file);
     let secret_name = tokens_volume["secret"]["secretName"].as_str().expect("tokens from a Secret");
     let key = Path::new(tokens_file).file_name().unwrap().to_str().unwrap();
-    assert!(objects[&format!("Secret/{secret_name}")]["stringData"][key].as_str().is_some(), "Secret {secret_name} has no {key}");
+    assert!(
+        objects[&format!("Secret/{secret_name}")]["stringData"][key].as_str().is_some(),
+        "Secret {secret_name} has no {key}"
+    );
 
     // The Deployment's ITS__ variables, secret ones with the placeholders of secret.yaml.
     let mut vars = HashMap::new();
@@ -527,7 +552,8 @@ fn kubernetes_config_and_environment_load_as_settings() {
 /// Every PromQL query of the dashboard, with Grafana's variables replaced.
 fn dashboard_queries() -> Vec<(String, String)> {
     let path = root().join("deploy/grafana/dashboards/its-analytics.json");
-    let dashboard: Json = serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let dashboard: Json =
+        serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         let title = panel["title"].as_str().unwrap_or_default();
@@ -556,7 +582,10 @@ fn grafana_dashboard_queries_parse_and_provisioning_points_at_prometheus() {
         serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
     )
     .unwrap();
-    assert_success("promtool check rules (dashboard queries)", &promtool(&["check", "rules", "dashboard.yml"], dir.path()));
+    assert_success(
+        "promtool check rules (dashboard queries)",
+        &promtool(&["check", "rules", "dashboard.yml"], dir.path()),
+    );
 
     let used = metric_names(queries.iter().map(|(_, e)| e.as_str()));
     for metric in [
@@ -604,8 +633,8 @@ fn grafana_dashboard_queries_parse_and_provisioning_points_at_prometheus() {
         "no exemplar destination maps trace_id to the Jaeger data source {jaeger_uid:?}: {destinations:?}"
     );
     // The latency panel asks for those exemplars.
-    let dashboard: Json =
-        serde_json::from_str(&read(&root().join("deploy/grafana/dashboards/its-analytics.json"))).expect("dashboard JSON");
+    let dashboard: Json = serde_json::from_str(&read(&root().join("deploy/grafana/dashboards/its-analytics.json")))
+        .expect("dashboard JSON");
     let latency_targets: Vec<&Json> = dashboard["panels"]
         .as_array()
         .unwrap()
@@ -634,7 +663,8 @@ fn metric_names<'a>(exprs: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
     for expr in exprs {
         for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
             if ["its_", "analytics_", "gpu_", "ml_"].iter().any(|p| word.starts_with(p)) {
-                let family = ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| word.strip_suffix(s)).unwrap_or(word);
+                let family =
+                    ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| word.strip_suffix(s)).unwrap_or(word);
                 names.insert(family.to_string());
             }
         }
@@ -683,8 +713,15 @@ impl Prometheus {
 
     /// `data.result` of an instant query, once Prometheus answers it with success.
     async fn query(&self, client: &reqwest::Client, promql: &str) -> Option<Vec<Json>> {
-        let reply: Json =
-            client.get(format!("{}/api/v1/query", self.base)).query(&[("query", promql)]).send().await.ok()?.json().await.ok()?;
+        let reply: Json = client
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (reply["status"] == "success").then(|| reply["data"]["result"].as_array().cloned().unwrap_or_default())
     }
 }
@@ -705,8 +742,9 @@ async fn prometheus_scrapes_the_service_and_evaluates_every_alert() {
     let target = svc.base.trim_start_matches("http://").to_string();
     let (prometheus, port) = Prometheus::start(&target);
     common::wait_listening("prometheus", port).await;
-    let context =
-        |what: &str| format!("{what}\n--- prometheus log\n{}\n--- service log\n{}", prometheus.log_text(), svc.log_text());
+    let context = |what: &str| {
+        format!("{what}\n--- prometheus log\n{}\n--- service log\n{}", prometheus.log_text(), svc.log_text())
+    };
 
     // The scrape works: up == 1 for the service's target.
     let up = common::eventually("up{job=\"its-analytics\"} == 1", Duration::from_secs(60), || async {
@@ -762,7 +800,8 @@ async fn prometheus_scrapes_the_service_and_evaluates_every_alert() {
         if promql.starts_with("analytics_latency_seconds_bucket") {
             let bounds: Vec<&str> = samples.iter().filter_map(|s| s["metric"]["le"].as_str()).collect();
             assert!(
-                bounds.iter().any(|le| le.parse::<f64>().is_ok_and(|b| (b - 0.1).abs() < 1e-9)) && bounds.contains(&"+Inf"),
+                bounds.iter().any(|le| le.parse::<f64>().is_ok_and(|b| (b - 0.1).abs() < 1e-9))
+                    && bounds.contains(&"+Inf"),
                 "{}",
                 context(&format!("analytics_latency_seconds has no le=0.1 or +Inf bucket: {bounds:?}"))
             );
@@ -771,9 +810,13 @@ async fn prometheus_scrapes_the_service_and_evaluates_every_alert() {
 
     // The alert rules load and every one evaluates on the real series without error.
     let rules = common::eventually("every alert rule evaluated", Duration::from_secs(30), || async {
-        let reply: Json = client.get(format!("{}/api/v1/rules", prometheus.base)).send().await.ok()?.json().await.ok()?;
-        let rules: Vec<Json> =
-            reply["data"]["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        let reply: Json =
+            client.get(format!("{}/api/v1/rules", prometheus.base)).send().await.ok()?.json().await.ok()?;
+        let rules: Vec<Json> = reply["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
         let evaluated = rules.len() == ALERTS.len()
             && rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")));
         evaluated.then_some(rules)
@@ -804,9 +847,13 @@ fn alerts_and_dashboard_use_the_services_metric_names() {
         .filter_map(|l| l.split_once(": &str = \"").map(|(_, rest)| rest))
         .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
         .collect();
-    assert!(registered.contains("analytics_latency_seconds"), "no metric names found in src/metrics.rs: {registered:?}");
+    assert!(
+        registered.contains("analytics_latency_seconds"),
+        "no metric names found in src/metrics.rs: {registered:?}"
+    );
     let alerts = yaml(&root().join("deploy/prometheus/alerts.yml"));
-    let rule_exprs: Vec<String> = alert_rules(&alerts).iter().map(|(_, r)| r["expr"].as_str().unwrap().to_string()).collect();
+    let rule_exprs: Vec<String> =
+        alert_rules(&alerts).iter().map(|(_, r)| r["expr"].as_str().unwrap().to_string()).collect();
     let dashboard = dashboard_queries();
     let used = metric_names(rule_exprs.iter().map(String::as_str).chain(dashboard.iter().map(|(_, e)| e.as_str())));
     let unknown: Vec<&String> = used.iter().filter(|m| !registered.contains(m.as_str())).collect();

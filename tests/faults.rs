@@ -34,7 +34,8 @@ async fn assert_delivered_once(
     key_prefix: &str,
     emitted: u64,
 ) {
-    let mut rows: Vec<String> = db.query("SELECT event_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let mut rows: Vec<String> =
+        db.query("SELECT event_id FROM events", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     rows.sort();
     assert_eq!(rows.len() as u64, emitted, "postgres rows");
     assert_eq!(common::stream_event_ids(redis, key_prefix).await, rows, "redis stream entries");
@@ -45,7 +46,8 @@ async fn redis_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     let env = TestEnv::new().await;
     let mut own = OwnRedis::start().await;
     let url = own.url();
-    let svc = Service::start_with(&env, &[("ITS__REDIS__URL", url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")]).await;
+    let svc =
+        Service::start_with(&env, &[("ITS__REDIS__URL", url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")]).await;
     let client = common::client();
     common::overpass_until_a_few_events(&client, &svc).await;
 
@@ -80,7 +82,9 @@ async fn postgres_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     let env = TestEnv::new().await;
     let mut own = OwnPostgres::start().await;
     let url = own.url("its");
-    let svc = Service::start_with(&env, &[("ITS__POSTGRES__URL", url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")]).await;
+    let svc =
+        Service::start_with(&env, &[("ITS__POSTGRES__URL", url.as_str()), ("ITS__BREAKERS__OPEN_FOR_MS", "1000")])
+            .await;
     let client = common::client();
     common::overpass_until_a_few_events(&client, &svc).await;
 
@@ -171,7 +175,10 @@ async fn device_oom_and_shard_and_inference_panics_lose_no_event() {
     assert_eq!(common::metric(&page, "its_device_out_of_memory_total{device=\"cpu\"}"), Some(3.0), "{page}");
     let log = svc.stop();
     assert!(log.contains("retrying the batch of the failed instance"), "{log}");
-    assert!(log.contains("retrying the same frames in smaller batches") && log.contains("batch limit grown back"), "{log}");
+    assert!(
+        log.contains("retrying the same frames in smaller batches") && log.contains("batch limit grown back"),
+        "{log}"
+    );
     for name in ["infer-cpu", child(&system, "shard-")["name"].as_str().unwrap()] {
         eprintln!("{name} restarted {:?} ms after its failure", restart_ms(&log, name));
     }
@@ -192,7 +199,8 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
     std::fs::write(models.path().join("corrupt.pt"), corrupt).unwrap();
     // A valid TorchScript module whose output is not YOLOX's: caught by the shape check.
     let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script = format!("import torch; torch.jit.script(torch.nn.Identity()).save({:?})", models.path().join("identity.pt"));
+    let script =
+        format!("import torch; torch.jit.script(torch.nn.Identity()).save({:?})", models.path().join("identity.pt"));
     assert!(std::process::Command::new(python).args(["-c", &script]).status().unwrap().success());
 
     let env = TestEnv::new().await;
@@ -203,7 +211,9 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
         let request = common::client_with_token(token).post(svc.url("/api/v1/models/yolox_nano/reload"));
         request.json(&serde_json::json!({ "file": file })).send()
     };
-    for (file, status, needle) in [("corrupt.pt", 422, "model rejected"), ("identity.pt", 422, "shape"), ("../good.pt", 400, "..")] {
+    for (file, status, needle) in
+        [("corrupt.pt", 422, "model rejected"), ("identity.pt", 422, "shape"), ("../good.pt", 400, "..")]
+    {
         let r = reload(file, common::ADMIN_TOKEN).await.unwrap();
         assert_eq!(r.status().as_u16(), status, "{file}");
         let body: Value = r.json().await.unwrap();
@@ -223,9 +233,14 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
     let r = reload("good.pt", common::ADMIN_TOKEN).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let body: Value = r.json().await.unwrap();
-    assert_eq!((body["activated"]["version"].as_u64(), body["activated"]["file"].as_str()), (Some(2), Some("good.pt")), "{body}");
+    assert_eq!(
+        (body["activated"]["version"].as_u64(), body["activated"]["file"].as_str()),
+        (Some(2), Some("good.pt")),
+        "{body}"
+    );
     assert_eq!(body["model"]["devices"][0]["version"], 2, "{body}");
-    let transitions: Vec<_> = body["model"]["history"].as_array().unwrap().iter().map(|t| t["transition"].as_str().unwrap()).collect();
+    let transitions: Vec<_> =
+        body["model"]["history"].as_array().unwrap().iter().map(|t| t["transition"].as_str().unwrap()).collect();
     assert_eq!(transitions, ["rejected", "rejected", "activated"], "{body}");
     let emitted = all_27_crossings_and_no_frame_dropped(&client, &svc).await;
 
@@ -238,11 +253,20 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
         assert_eq!(common::metric(&page, series), Some(value), "{series}\n{page}");
     }
     // Each transition is also an event on the system stream.
-    let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg(format!("{}:system", env.key_prefix())).arg("-").arg("+").query_async(&mut env.redis().await).await.unwrap();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(format!("{}:system", env.key_prefix()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
     let published: Vec<Value> = entries.iter().map(|(_, fields)| serde_json::from_str(&fields[1]).unwrap()).collect();
-    let kinds: Vec<_> = published.iter().map(|e| (e["type"].as_str().unwrap(), e["transition"].as_str().unwrap())).collect();
-    assert_eq!(kinds, [("model_transition", "rejected"), ("model_transition", "rejected"), ("model_transition", "activated")]);
+    let kinds: Vec<_> =
+        published.iter().map(|e| (e["type"].as_str().unwrap(), e["transition"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds,
+        [("model_transition", "rejected"), ("model_transition", "rejected"), ("model_transition", "activated")]
+    );
     let log = svc.stop();
     assert!(log.contains("model version activated") && log.contains("transition=\"rejected\""), "{log}");
     assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
@@ -283,7 +307,10 @@ async fn sigkill_loses_nothing_the_outbox_acknowledged_and_the_camera_resumes() 
     let replayed = system["events"]["replayed_from_outbox"].as_u64().unwrap();
     assert!(replayed >= backlog, "{backlog} were waiting at the kill: {system}");
     let after: i64 = db.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
-    assert!(after - before >= backlog as i64, "the outbox delivered what waited: {before} -> {after}, {backlog} waiting");
+    assert!(
+        after - before >= backlog as i64,
+        "the outbox delivered what waited: {before} -> {after}, {backlog} waiting"
+    );
     let mut conn = redis::Client::open(redis_url.clone()).unwrap().get_multiplexed_async_connection().await.unwrap();
     assert_delivered_once(&db, &mut conn, env.key_prefix(), after as u64).await;
 
@@ -299,7 +326,8 @@ async fn sigkill_loses_nothing_the_outbox_acknowledged_and_the_camera_resumes() 
     .await;
     let log = svc.stop();
     assert!(log.contains("camera restored"), "{log}");
-    let resumed: i64 = db.query_one("SELECT count(*) FROM events WHERE geometry_version = 2", &[]).await.unwrap().get(0);
+    let resumed: i64 =
+        db.query_one("SELECT count(*) FROM events WHERE geometry_version = 2", &[]).await.unwrap().get(0);
     assert_eq!(resumed as u64, emitted, "the resumed camera's crossings, each once");
     assert_delivered_once(&db, &mut conn, env.key_prefix(), after as u64 + emitted).await;
 }
@@ -325,5 +353,8 @@ async fn a_crash_loop_escalates_and_the_process_exits_non_zero() {
     let (status, log) = tokio::task::spawn_blocking(move || svc.wait_exit(Duration::from_secs(120))).await.unwrap();
     assert!(!status.success(), "{log}");
     assert_eq!(log.matches("child restarted").count(), 3, "{log}");
-    assert!(log.contains("child is crash-looping; escalating") && log.contains("a supervised child crash-looped"), "{log}");
+    assert!(
+        log.contains("child is crash-looping; escalating") && log.contains("a supervised child crash-looped"),
+        "{log}"
+    );
 }

@@ -68,9 +68,12 @@ fn speeds_only_with_a_calibration() {
     let clip = common::clip("overpass_video03.avi");
     let shipped = common::overpass_geometry();
     let calibrated = analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "cal.json", &shipped)]);
-    let line = |report: &Value, id: &str| report["lines"].as_array().unwrap().iter().find(|l| l["id"] == id).cloned().unwrap();
+    let line =
+        |report: &Value, id: &str| report["lines"].as_array().unwrap().iter().find(|l| l["id"] == id).cloned().unwrap();
     assert_eq!(line(&calibrated, "y150")["in"], 27, "{calibrated}");
-    let element = |report: &Value, id: &str| report["elements"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap();
+    let element = |report: &Value, id: &str| {
+        report["elements"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap()
+    };
     for lane in ["lane-left", "lane-right"] {
         let total = element(&calibrated, lane)["total"].clone();
         let speed = total["speed_mean_kmh"].as_f64().unwrap_or_else(|| panic!("{lane} has no speed: {total}"));
@@ -111,8 +114,12 @@ fn an_exclusion_masks_the_burnt_in_overlay() {
         let zone = report["elements"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap();
         zone["total"]["volume"]["entered"].clone()
     };
-    let open = analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "open.json", &json!({"zones": zones}))]);
-    assert!(volume(&open, "top")["bus"].as_u64().unwrap_or(0) >= 1, "the overlay should read as a bus unmasked: {open}");
+    let open =
+        analyze(&[clip.to_str().unwrap(), "--geometry", &geometry_file(&dir, "open.json", &json!({"zones": zones}))]);
+    assert!(
+        volume(&open, "top")["bus"].as_u64().unwrap_or(0) >= 1,
+        "the overlay should read as a bus unmasked: {open}"
+    );
     let masked = json!({
         "zones": zones,
         "exclusions": [

@@ -95,7 +95,8 @@ fn scan_routes(text: &str) -> Vec<(usize, String, String)> {
         let rest = &text[at + found.len()..];
         let path = &rest[..rest.find('"').expect("route path ends")];
         let after = &rest[path.len() + 1..];
-        let method_at = after.find("web::").expect("a route names its method as web::get() and the like") + "web::".len();
+        let method_at =
+            after.find("web::").expect("a route names its method as web::get() and the like") + "web::".len();
         let method = &after[method_at..method_at + after[method_at..].find('(').expect("web::method()")];
         assert!(METHODS.contains(&method), "route {path}: unknown method web::{method}()");
         routes.push((at, method.to_string(), path.to_string()));
@@ -133,7 +134,9 @@ fn registered() -> BTreeSet<(String, String)> {
             } else {
                 module_prefix
                     .get(&module)
-                    .unwrap_or_else(|| panic!("src/http/{module}.rs has routes, but src/http/mod.rs configures no {module}::routes"))
+                    .unwrap_or_else(|| {
+                        panic!("src/http/{module}.rs has routes, but src/http/mod.rs configures no {module}::routes")
+                    })
                     .clone()
             };
             routes.insert((method, format!("{prefix}{route}")));
@@ -185,7 +188,10 @@ fn every_route_is_documented_and_every_documented_operation_is_served() {
 fn every_operation_documents_its_security_and_error_responses() {
     let doc = document();
     every_ref_resolves(&doc, &doc);
-    assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"], serde_json::json!({"type": "http", "scheme": "bearer"}));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"],
+        serde_json::json!({"type": "http", "scheme": "bearer"})
+    );
     assert_eq!(doc["security"], serde_json::json!([{"bearerAuth": []}]));
     let error = &doc["components"]["schemas"]["Error"];
     assert_eq!(error["required"], serde_json::json!(["error"]), "{error}");
@@ -232,7 +238,9 @@ async fn the_service_answers_as_documented() {
     let env = TestEnv::new().await;
     // Schemathesis sends far more than the default 20 requests a second: lift the rate limit so
     // that its cases reach the handlers instead of all being answered 429.
-    let svc = Service::start_with(&env, &[("ITS__RATE_LIMIT__PER_SECOND", "1000000"), ("ITS__RATE_LIMIT__BURST", "1000000")]).await;
+    let svc =
+        Service::start_with(&env, &[("ITS__RATE_LIMIT__PER_SECOND", "1000000"), ("ITS__RATE_LIMIT__BURST", "1000000")])
+            .await;
     let anonymous = reqwest::Client::new();
     let client = common::client();
 
@@ -259,7 +267,8 @@ async fn the_service_answers_as_documented() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     assert_eq!(r.headers()["cache-control"], "no-cache");
-    let first = tokio::time::timeout(Duration::from_secs(10), r.chunk()).await.expect("a first frame").unwrap().unwrap();
+    let first =
+        tokio::time::timeout(Duration::from_secs(10), r.chunk()).await.expect("a first frame").unwrap().unwrap();
     assert_eq!(&first[..], b": connected\n\n");
     drop(r);
 
@@ -285,12 +294,19 @@ async fn the_service_answers_as_documented() {
     let started = Instant::now();
     let output = match tokio::time::timeout(Duration::from_secs(150), command.output()).await {
         Ok(Ok(output)) => output,
-        Ok(Err(e)) => panic!("cannot run {} ({e}): install schemathesis (scripts/setup.sh puts it into .venv)", schemathesis()),
+        Ok(Err(e)) => {
+            panic!("cannot run {} ({e}): install schemathesis (scripts/setup.sh puts it into .venv)", schemathesis())
+        }
         Err(_) => panic!("schemathesis ran over 150 s; log:\n{}", svc.log_text()),
     };
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     println!("schemathesis ran {:.0?}:\n{report}", started.elapsed());
-    assert!(output.status.success(), "schemathesis failed ({}):\n{report}\nservice log:\n{}", output.status, svc.log_text());
+    assert!(
+        output.status.success(),
+        "schemathesis failed ({}):\n{report}\nservice log:\n{}",
+        output.status,
+        svc.log_text()
+    );
     let log = svc.stop();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -83,9 +83,18 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
         live.push(serde_json::from_str::<Value>(&msg.get_payload::<String>().unwrap()).unwrap());
     }
     for event in &live {
-        for field in
-            ["event_id", "type", "camera_id", "ts", "frame_seq", "geometry_version", "track_id", "class", "line_id", "direction"]
-        {
+        for field in [
+            "event_id",
+            "type",
+            "camera_id",
+            "ts",
+            "frame_seq",
+            "geometry_version",
+            "track_id",
+            "class",
+            "line_id",
+            "direction",
+        ] {
             assert!(!event[field].is_null(), "{field} missing in {event}");
         }
         assert!(chrono::DateTime::parse_from_rfc3339(event["ts"].as_str().unwrap()).is_ok());
@@ -98,7 +107,8 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
     let mut sse_ids = Vec::new();
     let mut buffer = String::new();
     while (sse_ids.len() as u64) < api_total {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk()).await.expect("SSE event").unwrap().unwrap();
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(10), sse.chunk()).await.expect("SSE event").unwrap().unwrap();
         buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         while let Some(end) = buffer.find("\n\n") {
             let frame: String = buffer.drain(..end + 2).collect();
@@ -148,7 +158,9 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
         let total: u64 = h["elements"].as_array()?.first()?["intervals"]
             .as_array()?
             .iter()
-            .map(|i| i["measures"]["volume"]["in"].as_object().map_or(0, |c| c.values().filter_map(Value::as_u64).sum()))
+            .map(|i| {
+                i["measures"]["volume"]["in"].as_object().map_or(0, |c| c.values().filter_map(Value::as_u64).sum())
+            })
             .sum();
         (total == api_total).then_some(h)
     })
@@ -208,7 +220,10 @@ async fn a_geometry_change_mid_stream_is_a_new_version() {
         .unwrap()
         .get(0);
     assert!(lanes >= 2, "{lanes} lane rows");
-    let stray: i64 =
-        db.query_one("SELECT count(*) FROM analytics_1m WHERE element_kind = 'lane' AND geometry_version = 1", &[]).await.unwrap().get(0);
+    let stray: i64 = db
+        .query_one("SELECT count(*) FROM analytics_1m WHERE element_kind = 'lane' AND geometry_version = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(stray, 0);
 }

@@ -80,12 +80,14 @@ async fn rtsp_counts_match_the_file_within_one() {
             .spawn()
             .expect("ffmpeg CLI"),
     );
-    let status = tokio::time::timeout(Duration::from_secs(200), publisher.0.wait()).await.expect("publisher ends").unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(200), publisher.0.wait()).await.expect("publisher ends").unwrap();
     assert!(status.success(), "publisher failed");
 
     // The stream ends: the camera times out, and everything decoded has gone through.
     let counts: Value = common::eventually("the camera to finish the stream", Duration::from_secs(60), || async {
-        let c: Value = http.get(svc.url("/api/v1/cameras/overpass-rtsp/counts")).send().await.ok()?.json().await.ok()?;
+        let c: Value =
+            http.get(svc.url("/api/v1/cameras/overpass-rtsp/counts")).send().await.ok()?.json().await.ok()?;
         let s = &c["status"];
         let settled = s["state"] != "streaming"
             && s["frames_processed"].as_u64()? + s["frames_dropped"].as_u64()? == s["frames_decoded"].as_u64()?;
@@ -96,7 +98,10 @@ async fn rtsp_counts_match_the_file_within_one() {
     let decoded = status["frames_decoded"].as_u64().unwrap();
     assert!(decoded >= 1600, "most of the 1700 frames arrive over RTP: {counts}");
     let live = counts["lines"][0]["in"].as_u64().unwrap() + counts["lines"][0]["out"].as_u64().unwrap();
-    eprintln!("file: {from_file} crossings; rtsp: {live} crossings, {decoded} frames decoded, {} dropped", status["frames_dropped"]);
+    eprintln!(
+        "file: {from_file} crossings; rtsp: {live} crossings, {decoded} frames decoded, {} dropped",
+        status["frames_dropped"]
+    );
     assert!(live.abs_diff(from_file) <= 1, "rtsp {live} vs file {from_file}: {counts}");
 }
 
@@ -127,13 +132,16 @@ async fn http_sources_stream_and_reconnect_when_they_end() {
     });
     let r = http.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let cam: Value = common::eventually("the whole clip, a reconnect and analysed frames", Duration::from_secs(120), || async {
-        let c: Value = http.get(svc.url("/api/v1/cameras/highway-http")).send().await.ok()?.json().await.ok()?;
-        let s = &c["status"];
-        let done = s["frames_decoded"].as_u64()? >= 750 && s["reconnects"].as_u64()? >= 1 && s["frames_processed"].as_u64()? > 0;
-        done.then_some(c)
-    })
-    .await;
+    let cam: Value =
+        common::eventually("the whole clip, a reconnect and analysed frames", Duration::from_secs(120), || async {
+            let c: Value = http.get(svc.url("/api/v1/cameras/highway-http")).send().await.ok()?.json().await.ok()?;
+            let s = &c["status"];
+            let done = s["frames_decoded"].as_u64()? >= 750
+                && s["reconnects"].as_u64()? >= 1
+                && s["frames_processed"].as_u64()? > 0;
+            done.then_some(c)
+        })
+        .await;
     assert_eq!(cam["status"]["last_error"], "stream ended", "{cam}");
     assert_ne!(cam["status"]["state"], "ended", "a network stream is never final: {cam}");
 }

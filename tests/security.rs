@@ -161,7 +161,11 @@ async fn each_client_is_rate_limited_and_bodies_are_bounded_in_size_and_time() {
         .await
         .expect("an answer before the client gives up")
         .unwrap();
-    assert!(String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&reply[..n]));
+    assert!(
+        String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&reply[..n])
+    );
 
     let big = json!({"id": "big", "url": "rtsp://127.0.0.1:9/x", "name": "x".repeat(4096)});
     let (code, _, body) = status(common::client().post(svc.url("/api/v1/cameras")).json(&big)).await;
@@ -208,15 +212,21 @@ async fn only_network_cameras_and_files_of_the_media_directory_are_accepted() {
         ("http://cam.example/live.m3u8".to_string(), "not allowed here"),
     ];
     for (url, needle) in &refused {
-        let (code, _, body) = status(client.post(svc.url("/api/v1/cameras")).json(&json!({"id": "x", "url": url}))).await;
+        let (code, _, body) =
+            status(client.post(svc.url("/api/v1/cameras")).json(&json!({"id": "x", "url": url}))).await;
         assert_eq!(code, 400, "{url}: {body}");
         assert!(body.contains(needle), "{url}: {body} lacks {needle:?}");
-        assert!(!body.contains("/etc/") && !body.contains(outside.path().to_str().unwrap()), "{url}: path echoed: {body}");
+        assert!(
+            !body.contains("/etc/") && !body.contains(outside.path().to_str().unwrap()),
+            "{url}: path echoed: {body}"
+        );
     }
     let body = json!({"id": "ok", "url": format!("file://{}", inside.display()), "fps": 2});
     let (code, _, text) = status(client.post(svc.url("/api/v1/cameras")).json(&body)).await;
     assert_eq!(code, 201, "{text}");
-    let (code, _, text) = status(client.post(svc.url("/api/v1/cameras")).json(&json!({"id": "cam", "url": "rtsp://127.0.0.1:9/x"}))).await;
+    let (code, _, text) =
+        status(client.post(svc.url("/api/v1/cameras")).json(&json!({"id": "cam", "url": "rtsp://127.0.0.1:9/x"})))
+            .await;
     assert_eq!(code, 201, "{text}");
     let rows = env.db().await.query_one("SELECT count(*) FROM cameras", &[]).await.unwrap();
     assert_eq!(rows.get::<_, i64>(0), 2, "only the two acceptable cameras are stored");

@@ -28,6 +28,7 @@ async fn sigterm_delivers_every_emitted_event_before_exit() {
     let rows: i64 = env.db().await.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
     assert_eq!(rows as u64, accepted, "postgres rows");
     let mut redis = env.redis().await;
-    let stream_len: u64 = redis::cmd("XLEN").arg(format!("{}:events", env.key_prefix())).query_async(&mut redis).await.unwrap();
+    let stream_len: u64 =
+        redis::cmd("XLEN").arg(format!("{}:events", env.key_prefix())).query_async(&mut redis).await.unwrap();
     assert_eq!(stream_len, accepted, "redis stream entries");
 }

@@ -21,7 +21,10 @@ async fn freezing_server(body: Vec<u8>, prefix: usize) -> u16 {
             tokio::spawn(async move {
                 let mut request = [0u8; 4096];
                 let _ = socket.read(&mut request).await;
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: video/x-msvideo\r\nContent-Length: {}\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: video/x-msvideo\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
                 let _ = socket.write_all(head.as_bytes()).await;
                 let _ = socket.write_all(&body[..prefix]).await;
                 // Frozen: hold the connection until the client gives up.
@@ -185,8 +188,16 @@ async fn a_camera_that_never_connects_or_streams_garbage_opens_its_breaker_only(
     ];
     let svc = Service::start_with(&env, &settings).await;
     let client = common::client();
-    for (id, url) in [("nowhere", format!("rtsp://127.0.0.1:{nobody}/cam")), ("garbage", format!("http://127.0.0.1:{garbage}/cam.ts"))] {
-        let r = client.post(svc.url("/api/v1/cameras")).json(&json!({"id": id, "url": url, "fps": 5})).send().await.unwrap();
+    for (id, url) in [
+        ("nowhere", format!("rtsp://127.0.0.1:{nobody}/cam")),
+        ("garbage", format!("http://127.0.0.1:{garbage}/cam.ts")),
+    ] {
+        let r = client
+            .post(svc.url("/api/v1/cameras"))
+            .json(&json!({"id": id, "url": url, "fps": 5}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 201, "{id}");
     }
     for id in ["nowhere", "garbage"] {
@@ -203,7 +214,10 @@ async fn a_camera_that_never_connects_or_streams_garbage_opens_its_breaker_only(
     let nowhere: Value = client.get(svc.url("/api/v1/cameras/nowhere")).send().await.unwrap().json().await.unwrap();
     assert!(nowhere["status"]["last_error"].as_str().unwrap().contains("cannot open stream"), "{nowhere}");
     let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(common::metric(&page, "its_breaker_opens_total{breaker=\"camera:nowhere\"}").is_some_and(|n| n >= 1.0), "{page}");
+    assert!(
+        common::metric(&page, "its_breaker_opens_total{breaker=\"camera:nowhere\"}").is_some_and(|n| n >= 1.0),
+        "{page}"
+    );
     let ready = client.get(svc.url("/health/ready")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200, "dead cameras do not make the service unready");
     let ready: Value = ready.json().await.unwrap();

@@ -2,18 +2,16 @@
 //! live status; hands frames to its device without ever blocking a handler.
 
 pub mod source;
-pub mod spec;
-pub mod status;
 
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Context, Handler, Message};
 
-pub use spec::{is_valid_id, redact_url, url_secrets, CameraSpec, ReplayOptions, RtspTransport, MediaDir, SourceKind, SourcePolicy};
-pub use status::{CameraStatus, StreamState};
+use crate::actors::status::{CameraStatus, StreamState};
 
+use crate::actors::gpu::batch::FrameSink;
 use crate::metrics::Metrics;
-use source::{FrameSink, SourceConfig, SourceHandle};
+use source::{SourceConfig, SourceHandle};
 
 pub struct CameraActor {
     config: SourceConfig,
@@ -24,7 +22,12 @@ pub struct CameraActor {
 }
 
 impl CameraActor {
-    pub fn new(config: SourceConfig, status: Arc<CameraStatus>, sink: Box<dyn FrameSink>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: SourceConfig,
+        status: Arc<CameraStatus>,
+        sink: Box<dyn FrameSink>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self { config, status, sink: Some(sink), metrics, source: None }
     }
 }

@@ -12,9 +12,6 @@
 //! queued behind the panic are analysed, not lost. A frozen instance (no heartbeat) cannot hand
 //! anything over: the new one starts after `HANDOVER_WAIT` without it.
 
-pub mod lines;
-pub mod tracker;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,16 +21,17 @@ use actix::dev::SendError;
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use parking_lot::RwLock;
 
-use crate::actors::camera::{CameraStatus, StreamState};
-use crate::actors::messages::{CameraId, FrameDetections, ToConnector};
+use crate::actors::messages::{FrameDetections, ToConnector};
+use crate::actors::status::{CameraStatus, StreamState};
 use crate::analytics::config::AnalyticsConfig;
 use crate::analytics::geometry::Geometry;
 use crate::analytics::scene::{FrameOutput, SceneAnalytics, StreamIdentity};
+use crate::analytics::tracker::{Tracker, TrackerConfig};
 use crate::analytics::StateSnapshot;
+use crate::ids::CameraId;
 use crate::metrics::Metrics;
 use crate::sinks::EventSink;
 use crate::supervision::{panic_message, Reporter};
-use tracker::{Tracker, TrackerConfig};
 
 /// The shard (of `shards`) that owns `camera_id`: highest-random-weight hashing, so adding a
 /// shard moves only the cameras that the new shard wins.
@@ -53,13 +51,6 @@ fn weight(id: &str, shard: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// The deterministic id of a crossing: the same crossing replayed under the same geometry
-/// version gets the same id.
-pub fn event_id(camera_id: &str, epoch_ms: u64, geometry_version: u32, track_id: u64, line_id: &str, frame_seq: u64) -> String {
-    let name = format!("{camera_id}/{epoch_ms}/{geometry_version}/{track_id}/{line_id}/{frame_seq}");
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
 struct CameraAnalytics {
@@ -160,7 +151,13 @@ impl ConnectorActor {
     /// An instance with `cameras` rebuilt; a restarted one (`awaiting_handover`) keeps messages
     /// until its predecessor's backlog arrives.
     pub fn new(config: ShardConfig, reporter: Reporter, cameras: Vec<Registration>, awaiting_handover: bool) -> Self {
-        let mut actor = Self { config, reporter, cameras: HashMap::new(), kept: awaiting_handover.then(Vec::new), awaiting_handover };
+        let mut actor = Self {
+            config,
+            reporter,
+            cameras: HashMap::new(),
+            kept: awaiting_handover.then(Vec::new),
+            awaiting_handover,
+        };
         for camera in cameras {
             actor.add_camera(camera, true);
         }
@@ -168,7 +165,10 @@ impl ConnectorActor {
     }
 
     fn on_frame(&mut self, frame: FrameDetections) {
-        if self.config.panic_at_frame > 0 && frame.seq == self.config.panic_at_frame && !SHARD_PANIC_FIRED.swap(true, Ordering::SeqCst) {
+        if self.config.panic_at_frame > 0
+            && frame.seq == self.config.panic_at_frame
+            && !SHARD_PANIC_FIRED.swap(true, Ordering::SeqCst)
+        {
             panic!("injected fault: shard {} panics at frame {}", self.config.shard, frame.seq);
         }
         let Some(camera) = self.cameras.get_mut(&frame.camera_id) else { return };
@@ -206,7 +206,7 @@ impl ConnectorActor {
 }
 
 fn emit(sink: &dyn EventSink, camera: &CameraAnalytics, out: FrameOutput) {
-    let crossed = out.events.iter().any(|e| matches!(e.detail, crate::actors::messages::EventDetail::LineCrossing(_)));
+    let crossed = out.events.iter().any(|e| matches!(e.detail, crate::events::EventDetail::LineCrossing(_)));
     for event in out.events {
         camera.status.events.inc();
         sink.submit(event);
@@ -242,7 +242,13 @@ impl ConnectorActor {
             scene.continue_counts(&status.counts());
         }
         status.set_counts(scene.line_counts());
-        let camera = CameraAnalytics { status, tracker: Tracker::new(self.config.tracker), scene, last_seq: 0, last_state_ms: None };
+        let camera = CameraAnalytics {
+            status,
+            tracker: Tracker::new(self.config.tracker),
+            scene,
+            last_seq: 0,
+            last_state_ms: None,
+        };
         send_state(&*self.config.sink, &camera);
         self.cameras.insert(camera.status.id.clone(), camera);
     }
@@ -296,7 +302,11 @@ impl ConnectorActor {
         if kept.len() >= self.config.mailbox {
             if let Some(i) = kept.iter().position(|k| matches!(k, Kept::Data(ToConnector::Detections(_)))) {
                 if let Kept::Data(ToConnector::Detections(frame)) = kept.remove(i) {
-                    self.config.metrics.frames_dropped.get_or_create(&self.config.metrics.camera(&frame.camera_id)).inc();
+                    self.config
+                        .metrics
+                        .frames_dropped
+                        .get_or_create(&self.config.metrics.camera(&frame.camera_id))
+                        .inc();
                 }
             }
         }
@@ -348,7 +358,10 @@ impl Actor for ConnectorActor {
         if self.awaiting_handover {
             ctx.run_later(HANDOVER_WAIT, |actor, _| {
                 if actor.awaiting_handover {
-                    tracing::warn!(shard = actor.config.shard, "the previous instance handed nothing over (frozen); continuing without its backlog");
+                    tracing::warn!(
+                        shard = actor.config.shard,
+                        "the previous instance handed nothing over (frozen); continuing without its backlog"
+                    );
                     actor.resume(Vec::new());
                 }
             });
@@ -441,7 +454,11 @@ impl Handler<Backlog> for ConnectorActor {
             self.resume(msg.0);
         } else {
             // Arrived after the wait: these frames are older than what was already analysed.
-            tracing::warn!(shard = self.config.shard, messages = msg.0.len(), "a late backlog from a replaced instance was dropped");
+            tracing::warn!(
+                shard = self.config.shard,
+                messages = msg.0.len(),
+                "a late backlog from a replaced instance was dropped"
+            );
         }
     }
 }
@@ -471,14 +488,5 @@ mod tests {
             let (before, after) = (shard_for(&id, 4), shard_for(&id, 5));
             assert!(after == before || after == 4, "{id} moved {before} -> {after}");
         }
-    }
-
-    #[test]
-    fn event_ids_are_deterministic_and_distinct() {
-        let a = event_id("cam", 1, 1, 2, "l1", 3);
-        assert_eq!(a, event_id("cam", 1, 1, 2, "l1", 3));
-        assert_ne!(a, event_id("cam", 1, 1, 2, "l1", 4));
-        assert_ne!(a, event_id("cam", 9, 1, 2, "l1", 3), "a restarted camera gets new ids");
-        assert_ne!(a, event_id("cam", 1, 2, 2, "l1", 3), "another geometry version, another event");
     }
 }

@@ -3,17 +3,19 @@
 
 pub mod batch;
 pub mod memory;
+pub mod registry;
+pub mod transitions;
 pub mod worker;
 
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message};
 
-use batch::{FrameQueue, PushOutcome, Queued, WhenFull};
-use crate::actors::camera::source::FrameSink;
-use crate::actors::camera::CameraStatus;
 use crate::actors::connector::ShardSlot;
-use crate::actors::messages::CameraId;
+use crate::actors::status::CameraStatus;
+use crate::ids::CameraId;
+use crate::overflow::WhenFull;
+use batch::{FrameQueue, FrameSink, PushOutcome, Queued};
 
 /// Where a device sends one camera's results, and whose counters it updates.
 #[derive(Clone)]

@@ -4,3 +4,4 @@ pub mod camera;
 pub mod connector;
 pub mod gpu;
 pub mod messages;
+pub mod status;

@@ -76,10 +76,7 @@ impl AnalyticsConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if !(100..=60_000).contains(&self.speed_window_ms) {
-            problems.push(format!(
-                "analytics.speed_window_ms must be in 100..=60000 (got {})",
-                self.speed_window_ms
-            ));
+            problems.push(format!("analytics.speed_window_ms must be in 100..=60000 (got {})", self.speed_window_ms));
         }
         let positive = [
             ("stopped_speed_kmh", self.stopped_speed_kmh),
@@ -110,9 +107,7 @@ impl AnalyticsConfig {
             if !(value.is_finite() && value > 0.0) {
                 problems.push(format!("analytics.{key} must be > 0 (got {value})"));
             } else if value > MAX_DURATION_S {
-                problems.push(format!(
-                    "analytics.{key} must be at most {MAX_DURATION_S} s (got {value})"
-                ));
+                problems.push(format!("analytics.{key} must be at most {MAX_DURATION_S} s (got {value})"));
             }
         }
         problems
@@ -149,8 +144,7 @@ mod tests {
         assert_eq!(c.stopped_open_s, 20.0);
         assert_eq!(c.lost_close_s, 5.0);
         assert!(serde_json::from_str::<AnalyticsConfig>(r#"{"stoped_open_s": 20}"#).is_err());
-        let back: AnalyticsConfig =
-            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        let back: AnalyticsConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
     }
 
@@ -168,9 +162,7 @@ mod tests {
         assert!(p.contains(&"analytics.stopped_open_s must be > 0 (got -1)".to_string()));
         assert!(p.iter().any(|m| m.starts_with("analytics.speed_window_ms")));
         assert!(p.iter().any(|m| m.starts_with("analytics.queue_join_m")));
-        assert!(p
-            .iter()
-            .any(|m| m.starts_with("analytics.congestion_window_s")));
+        assert!(p.iter().any(|m| m.starts_with("analytics.congestion_window_s")));
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::actors::connector::lines::LineSpec;
+pub use crate::analytics::homography::CalibrationPoint;
 use crate::analytics::homography::Homography;
-use crate::detector::BBox;
+pub use crate::analytics::lines::LineSpec;
+use crate::objects::BBox;
 
 /// Per-camera limits: enough for any real intersection, and they bound the per-frame work and
 /// the size of what the API stores.
@@ -96,15 +97,6 @@ pub struct Calibration {
     pub points: Vec<CalibrationPoint>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CalibrationPoint {
-    /// Source-frame pixels.
-    pub image: ImagePoint,
-    /// Metres on the road plane (any origin and orientation).
-    pub ground: [f64; 2],
-}
-
 impl Geometry {
     /// Every problem with this geometry at once, each naming the element it is about (an empty
     /// list means valid). Never panics, whatever the input.
@@ -127,14 +119,10 @@ impl Geometry {
         }
         for exclusion in &self.exclusions {
             let element = format!("exclusion {}", label(&exclusion.id));
-            if !crate::actors::camera::is_valid_id(&exclusion.id) {
+            if !crate::ids::is_valid_id(&exclusion.id) {
                 errors.push(format!("exclusion id {} {ID_RULE}", label(&exclusion.id)));
             }
-            errors.extend(
-                polygon_problems(&exclusion.polygon)
-                    .into_iter()
-                    .map(|p| format!("{element}: {p}")),
-            );
+            errors.extend(polygon_problems(&exclusion.polygon).into_iter().map(|p| format!("{element}: {p}")));
         }
         self.check_unique_ids(&mut errors);
         if let Some(size) = &self.min_object_size {
@@ -236,7 +224,7 @@ const ID_RULE: &str = "must be 1-64 characters of A-Z a-z 0-9 _ -";
 impl ZoneSpec {
     fn check(&self, errors: &mut Vec<String>) {
         let element = format!("zone {}", label(&self.id));
-        if !crate::actors::camera::is_valid_id(&self.id) {
+        if !crate::ids::is_valid_id(&self.id) {
             errors.push(format!("zone id {} {ID_RULE}", label(&self.id)));
         }
         if self.name.chars().count() > MAX_NAME_CHARS {
@@ -443,11 +431,7 @@ impl SceneGeometry {
             Some(c) => Some(Homography::solve(&c.points).map_err(|e| vec![format!("calibration: {e}")])?),
             None => None,
         };
-        let zones = geometry
-            .zones
-            .iter()
-            .map(|z| CompiledZone::new(z, homography.as_ref()))
-            .collect();
+        let zones = geometry.zones.iter().map(|z| CompiledZone::new(z, homography.as_ref())).collect();
         Ok(SceneGeometry {
             lines: geometry.lines.clone(),
             zones,
@@ -689,12 +673,7 @@ mod tests {
 
     fn calibration() -> Calibration {
         let ground = [[-5.0, 5.0], [10.0, 5.0], [-5.0, 90.0], [10.0, 90.0], [2.0, 40.0]];
-        Calibration {
-            points: ground
-                .iter()
-                .map(|g| CalibrationPoint { image: image_of(*g), ground: *g })
-                .collect(),
-        }
+        Calibration { points: ground.iter().map(|g| CalibrationPoint { image: image_of(*g), ground: *g }).collect() }
     }
 
     /// A 3.5 m x 60 m lane (x 0..3.5, y 10..70), travel towards +y, stop line at y = 65.
@@ -984,10 +963,7 @@ mod tests {
             let polygon = rng.points(n);
             let direction = rng.points(2);
             let m = 4 + (rng.next() % 3) as usize;
-            let calibration = rng
-                .points(m)
-                .into_iter()
-                .map(|p| CalibrationPoint { image: p, ground: [p[1], p[0]] });
+            let calibration = rng.points(m).into_iter().map(|p| CalibrationPoint { image: p, ground: [p[1], p[0]] });
             let with_calibration = rng.next().is_multiple_of(2);
             let geometry = Geometry {
                 zones: vec![ZoneSpec {

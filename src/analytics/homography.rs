@@ -7,8 +7,17 @@
 //! values in the thousands with ones and the SVD answer depends on where the origin happens to be.
 
 use nalgebra::{DMatrix, Matrix3};
+use serde::{Deserialize, Serialize};
 
-use crate::analytics::geometry::CalibrationPoint;
+/// One calibration correspondence: a point on the image and where it lies on the road.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationPoint {
+    /// Source-frame pixels.
+    pub image: [f64; 2],
+    /// Metres on the road plane (any origin and orientation).
+    pub ground: [f64; 2],
+}
 
 /// Fewer correspondences cannot fix the 8 degrees of freedom of a homography.
 pub const MIN_POINTS: usize = 4;
@@ -255,11 +264,8 @@ fn w_of(m: &Matrix3<f64>, [x, y]: [f64; 2]) -> f64 {
 /// rejected here, and subtler degeneracies are left to the singular-value test of the solve.
 fn configuration_problems(which: &str, pts: &[[f64; 2]]) -> Vec<String> {
     let mut problems = Vec::new();
-    let spread = pts
-        .iter()
-        .enumerate()
-        .flat_map(|(i, a)| pts[i + 1..].iter().map(move |b| dist(*a, *b)))
-        .fold(0.0, f64::max);
+    let spread =
+        pts.iter().enumerate().flat_map(|(i, a)| pts[i + 1..].iter().map(move |b| dist(*a, *b))).fold(0.0, f64::max);
     if spread.is_nan() || spread <= 0.0 {
         problems.push(format!("all {which} points coincide"));
         return problems;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{secs_to_ms, AnalyticsConfig};
 use super::measures::Los;
-use crate::detector::ObjectClass;
+use crate::objects::ObjectClass;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,11 +134,7 @@ struct Vehicle {
 
 impl TrackState {
     fn vehicle(&self, track_id: u64) -> Vehicle {
-        Vehicle {
-            track_id,
-            class: self.class,
-            speed: self.last_speed,
-        }
+        Vehicle { track_id, class: self.class, speed: self.last_speed }
     }
 
     fn new(class: ObjectClass, ts_ms: i64) -> Self {
@@ -201,10 +197,7 @@ impl DensityWindow {
     }
 
     fn mean(&self) -> Option<f64> {
-        let (sum, n) = self
-            .buckets
-            .iter()
-            .fold((0.0, 0u64), |(s, c), (_, sum, n)| (s + sum, c + n));
+        let (sum, n) = self.buckets.iter().fold((0.0, 0u64), |(s, c), (_, sum, n)| (s + sum, c + n));
         (n > 0).then(|| sum / n as f64).filter(|m| m.is_finite())
     }
 }
@@ -239,17 +232,9 @@ impl LaneIncidents {
     pub fn new(zone_id: &str, calibrated: bool, config: &AnalyticsConfig) -> Self {
         let c = config;
         let (stopped_speed, wrong_way_speed, wrong_way_min) = if calibrated {
-            (
-                c.stopped_speed_kmh,
-                c.wrong_way_speed_kmh,
-                c.wrong_way_min_m,
-            )
+            (c.stopped_speed_kmh, c.wrong_way_speed_kmh, c.wrong_way_min_m)
         } else {
-            (
-                c.stopped_image_rate,
-                c.wrong_way_image_rate,
-                c.wrong_way_min_box_heights,
-            )
+            (c.stopped_image_rate, c.wrong_way_image_rate, c.wrong_way_min_box_heights)
         };
         let limits = Limits {
             stopped_speed,
@@ -309,32 +294,15 @@ impl LaneIncidents {
     }
 
     fn vehicle_key(&self, kind: IncidentKind, track_id: u64, started_ms: i64) -> String {
-        format!(
-            "{}/{}/{}/{}",
-            kind.as_str(),
-            self.zone_id,
-            track_id,
-            started_ms
-        )
+        format!("{}/{}/{}/{}", kind.as_str(), self.zone_id, track_id, started_ms)
     }
 
-    fn open(
-        &self,
-        kind: IncidentKind,
-        track_id: Option<u64>,
-        started_ms: i64,
-        ts_ms: i64,
-    ) -> OpenIncident {
+    fn open(&self, kind: IncidentKind, track_id: Option<u64>, started_ms: i64, ts_ms: i64) -> OpenIncident {
         let key = match track_id {
             Some(id) => self.vehicle_key(kind, id, started_ms),
             None => format!("{}/{}/{}", kind.as_str(), self.zone_id, started_ms),
         };
-        OpenIncident {
-            started_ms,
-            opened_ms: ts_ms,
-            next_update_ms: ts_ms.saturating_add(self.limits.update_ms),
-            key,
-        }
+        OpenIncident { started_ms, opened_ms: ts_ms, next_update_ms: ts_ms.saturating_add(self.limits.update_ms), key }
     }
 
     fn transition(
@@ -355,11 +323,7 @@ impl LaneIncidents {
             started_ms: incident.started_ms,
             ts_ms,
             duration_s: duration_s(incident.started_ms, ts_ms),
-            speed_kmh: if self.calibrated {
-                track.and_then(|v| v.speed)
-            } else {
-                None
-            },
+            speed_kmh: if self.calibrated { track.and_then(|v| v.speed) } else { None },
             density_per_km: density,
             key: incident.key.clone(),
         }
@@ -373,9 +337,7 @@ impl LaneIncidents {
         }
         let period = self.limits.update_ms;
         let periods = elapsed(incident.opened_ms, ts_ms) / period + 1;
-        incident.next_update_ms = incident
-            .opened_ms
-            .saturating_add(periods.saturating_mul(period));
+        incident.next_update_ms = incident.opened_ms.saturating_add(periods.saturating_mul(period));
         true
     }
 
@@ -396,9 +358,7 @@ impl LaneIncidents {
         let mut events = Vec::new();
         let mut states = std::mem::take(&mut self.tracks);
         for (id, t) in &present {
-            states
-                .entry(*id)
-                .or_insert_with(|| TrackState::new(t.class, ts_ms));
+            states.entry(*id).or_insert_with(|| TrackState::new(t.class, ts_ms));
         }
         let mut keep = BTreeMap::new();
         for (id, mut st) in states {
@@ -481,8 +441,7 @@ impl LaneIncidents {
                 Some(v) if v < -l.wrong_way_speed => {
                     let since = *st.against_since.get_or_insert(ts_ms);
                     if let Some(p) = position {
-                        st.against_max_position =
-                            Some(st.against_max_position.map_or(p, |m| m.max(p)));
+                        st.against_max_position = Some(st.against_max_position.map_or(p, |m| m.max(p)));
                     }
                     let gone = match (st.against_max_position, position) {
                         (Some(max), Some(p)) => max - p,
@@ -510,36 +469,20 @@ impl LaneIncidents {
         }
     }
 
-    fn update_track(
-        &self,
-        id: u64,
-        st: &mut TrackState,
-        ts_ms: i64,
-        events: &mut Vec<IncidentTransition>,
-    ) {
+    fn update_track(&self, id: u64, st: &mut TrackState, ts_ms: i64, events: &mut Vec<IncidentTransition>) {
         let vehicle = st.vehicle(id);
-        let slots = [
-            (IncidentKind::StoppedVehicle, &mut st.stopped),
-            (IncidentKind::WrongWay, &mut st.wrong_way),
-        ];
+        let slots = [(IncidentKind::StoppedVehicle, &mut st.stopped), (IncidentKind::WrongWay, &mut st.wrong_way)];
         for (kind, slot) in slots {
             if let Some(inc) = slot {
                 if self.due_update(inc, ts_ms) {
-                    let event =
-                        self.transition(Phase::Updated, kind, inc, Some(vehicle), ts_ms, None);
+                    let event = self.transition(Phase::Updated, kind, inc, Some(vehicle), ts_ms, None);
                     events.push(event);
                 }
             }
         }
     }
 
-    fn close_track(
-        &self,
-        id: u64,
-        st: &TrackState,
-        ts_ms: i64,
-        events: &mut Vec<IncidentTransition>,
-    ) {
+    fn close_track(&self, id: u64, st: &TrackState, ts_ms: i64, events: &mut Vec<IncidentTransition>) {
         if let Some(inc) = &st.stopped {
             events.push(self.transition(
                 Phase::Closed,
@@ -551,14 +494,7 @@ impl LaneIncidents {
             ));
         }
         if let Some(inc) = &st.wrong_way {
-            events.push(self.transition(
-                Phase::Closed,
-                IncidentKind::WrongWay,
-                inc,
-                Some(st.vehicle(id)),
-                ts_ms,
-                None,
-            ));
+            events.push(self.transition(Phase::Closed, IncidentKind::WrongWay, inc, Some(st.vehicle(id)), ts_ms, None));
         }
     }
 
@@ -587,8 +523,7 @@ impl LaneIncidents {
             return events;
         }
         self.density_last_ts = Some(ts_ms);
-        self.density
-            .push(ts_ms, density_per_km, self.limits.congestion_window_ms);
+        self.density.push(ts_ms, density_per_km, self.limits.congestion_window_ms);
         let Some(mean) = self.density.mean() else {
             return events;
         };
@@ -599,14 +534,7 @@ impl LaneIncidents {
             let since = *self.congested_since.get_or_insert(ts_ms);
             if self.congestion.is_none() && elapsed(since, ts_ms) >= l.congestion_open_ms {
                 let inc = self.open(IncidentKind::Congestion, None, since, ts_ms);
-                events.push(self.transition(
-                    Phase::Opened,
-                    IncidentKind::Congestion,
-                    &inc,
-                    None,
-                    ts_ms,
-                    Some(mean),
-                ));
+                events.push(self.transition(Phase::Opened, IncidentKind::Congestion, &inc, None, ts_ms, Some(mean)));
                 self.congestion = Some(inc);
                 return events;
             }
@@ -629,14 +557,7 @@ impl LaneIncidents {
         }
         if let Some(mut inc) = self.congestion.take() {
             if self.due_update(&mut inc, ts_ms) {
-                events.push(self.transition(
-                    Phase::Updated,
-                    IncidentKind::Congestion,
-                    &inc,
-                    None,
-                    ts_ms,
-                    Some(mean),
-                ));
+                events.push(self.transition(Phase::Updated, IncidentKind::Congestion, &inc, None, ts_ms, Some(mean)));
             }
             self.congestion = Some(inc);
         }
@@ -652,14 +573,7 @@ impl LaneIncidents {
             self.close_track(*id, st, ts_ms, &mut events);
         }
         if let Some(inc) = self.congestion.take() {
-            events.push(self.transition(
-                Phase::Closed,
-                IncidentKind::Congestion,
-                &inc,
-                None,
-                ts_ms,
-                self.density_mean,
-            ));
+            events.push(self.transition(Phase::Closed, IncidentKind::Congestion, &inc, None, ts_ms, self.density_mean));
         }
         *self = Self::fresh(std::mem::take(&mut self.zone_id), self.calibrated, self.limits);
         events
@@ -698,11 +612,7 @@ mod tests {
         let mut events = Vec::new();
         let mut ts = 0;
         while ts <= end_ms + 10_000 {
-            let tracks = if ts <= end_ms {
-                vec![car(17, speed(ts), speed(ts), 50.0)]
-            } else {
-                vec![]
-            };
+            let tracks = if ts <= end_ms { vec![car(17, speed(ts), speed(ts), 50.0)] } else { vec![] };
             events.extend(lane.observe(ts, &tracks));
             ts += FRAME_MS;
         }
@@ -714,11 +624,7 @@ mod tests {
     fn stopped_40s_exact_timings() {
         // Stopped 0..40 s, then 30 km/h (in the lane until 60 s).
         let events = run_speed_profile(60_000, |t| if t < 40_000 { 0.5 } else { 30.0 });
-        assert_eq!(
-            phases(&events),
-            vec![Phase::Opened, Phase::Closed],
-            "{events:#?}"
-        );
+        assert_eq!(phases(&events), vec![Phase::Opened, Phase::Closed], "{events:#?}");
         let (o, c) = (&events[0], &events[1]);
         assert_eq!((o.ts_ms, o.started_ms, o.duration_s), (15_000, 0, 15.0));
         assert_eq!((c.ts_ms, c.duration_s), (43_000, 43.0));
@@ -733,10 +639,7 @@ mod tests {
     #[test]
     fn stopped_100s_has_two_updates() {
         let events = run_speed_profile(120_000, |t| if t < 100_000 { 0.0 } else { 30.0 });
-        assert_eq!(
-            phases(&events),
-            vec![Phase::Opened, Phase::Updated, Phase::Updated, Phase::Closed]
-        );
+        assert_eq!(phases(&events), vec![Phase::Opened, Phase::Updated, Phase::Updated, Phase::Closed]);
         let ts: Vec<i64> = events.iter().map(|e| e.ts_ms).collect();
         assert_eq!(ts, vec![15_000, 45_000, 75_000, 103_000]);
         assert!(events.iter().all(|e| e.key == events[0].key));
@@ -790,32 +693,19 @@ mod tests {
         let events = drive(40);
         // Opened ~15.5 s after stopping (fit lag), closed ~4 s after driving off: 29 s open,
         // under the 30 s update period, so no update.
-        assert_eq!(
-            phases(&events),
-            vec![Phase::Opened, Phase::Closed],
-            "{events:#?}"
-        );
-        assert!(events
-            .iter()
-            .all(|e| e.kind == IncidentKind::StoppedVehicle));
+        assert_eq!(phases(&events), vec![Phase::Opened, Phase::Closed], "{events:#?}");
+        assert!(events.iter().all(|e| e.kind == IncidentKind::StoppedVehicle));
         assert_eq!(events[0].key, events[1].key);
         let open_after = events[0].ts_ms - 1_700_000_000_000 - 5_000;
         assert!((15_000..16_500).contains(&open_after), "{open_after}");
         let closed_after_go = events[1].ts_ms - 1_700_000_000_000 - 45_000;
-        assert!(
-            (3_000..5_000).contains(&closed_after_go),
-            "{closed_after_go}"
-        );
+        assert!((3_000..5_000).contains(&closed_after_go), "{closed_after_go}");
     }
 
     #[test]
     fn car_stopped_90s_in_a_lane() {
         let events = drive(90);
-        assert_eq!(
-            phases(&events),
-            vec![Phase::Opened, Phase::Updated, Phase::Updated, Phase::Closed],
-            "{events:#?}"
-        );
+        assert_eq!(phases(&events), vec![Phase::Opened, Phase::Updated, Phase::Updated, Phase::Closed], "{events:#?}");
         assert!(events.iter().all(|e| e.key == events[0].key));
         assert_eq!(events[1].ts_ms - events[0].ts_ms, 30_000);
         assert_eq!(events[2].ts_ms - events[1].ts_ms, 30_000);
@@ -825,13 +715,7 @@ mod tests {
     fn brief_stops_open_nothing() {
         assert!(drive(10).is_empty());
         assert!(drive(14).is_empty());
-        let events = run_speed_profile(60_000, |t| {
-            if (20_000..34_960).contains(&t) {
-                0.0
-            } else {
-                40.0
-            }
-        });
+        let events = run_speed_profile(60_000, |t| if (20_000..34_960).contains(&t) { 0.0 } else { 40.0 });
         assert!(events.is_empty(), "{events:#?}");
     }
 
@@ -850,15 +734,11 @@ mod tests {
                 9.9
             }
         });
-        assert_eq!(
-            phases(&events),
-            vec![Phase::Opened, Phase::Updated, Phase::Updated, Phase::Closed]
-        );
+        assert_eq!(phases(&events), vec![Phase::Opened, Phase::Updated, Phase::Updated, Phase::Closed]);
         // Closed only when lost (5 s after the last frame at 100 s).
         assert_eq!(events[3].ts_ms, 105_000);
         // Speed flickering around 5 km/h before opening restarts the stop: nothing opens.
-        let flicker =
-            run_speed_profile(60_000, |t| if (t / FRAME_MS) % 10 == 0 { 5.5 } else { 4.5 });
+        let flicker = run_speed_profile(60_000, |t| if (t / FRAME_MS) % 10 == 0 { 5.5 } else { 4.5 });
         assert!(flicker.is_empty());
     }
 
@@ -870,11 +750,7 @@ mod tests {
             let ts = k * FRAME_MS; // 0..20 s
                                    // Missed by the detector for 4 s in the middle: not lost.
             let present = !(8_000..12_000).contains(&ts);
-            let tracks = if present {
-                vec![car(3, 0.0, 0.0, 10.0)]
-            } else {
-                vec![]
-            };
+            let tracks = if present { vec![car(3, 0.0, 0.0, 10.0)] } else { vec![] };
             events.extend(lane.observe(ts, &tracks));
         }
         assert_eq!(phases(&events), vec![Phase::Opened]);
@@ -888,11 +764,7 @@ mod tests {
         assert_eq!(lane.tracked(), 0);
     }
 
-    fn run_axis(
-        calibrated: bool,
-        axis: f64,
-        start: f64,
-    ) -> (Vec<IncidentTransition>, LaneIncidents) {
+    fn run_axis(calibrated: bool, axis: f64, start: f64) -> (Vec<IncidentTransition>, LaneIncidents) {
         let mut lane = lane(calibrated);
         let mut events = Vec::new();
         // 10 s in the lane, position following the axis speed (lane units per second).
@@ -932,10 +804,7 @@ mod tests {
     #[test]
     fn wrong_way_needs_distance_and_right_way_opens_nothing() {
         assert!(run_axis(true, 30.0, 0.0).0.is_empty());
-        assert!(
-            run_axis(true, -4.0, 100.0).0.is_empty(),
-            "below the speed threshold"
-        );
+        assert!(run_axis(true, -4.0, 100.0).0.is_empty(), "below the speed threshold");
         // -6 km/h = 1.67 m/s: 5 m upstream only after 3 s.
         let (events, _) = run_axis(true, -6.0, 100.0);
         assert_eq!(phases(&events), vec![Phase::Opened]);
@@ -949,13 +818,7 @@ mod tests {
         assert!(run_axis(false, -0.15, 10.0).0.is_empty());
     }
 
-    fn feed_density(
-        lane: &mut LaneIncidents,
-        from_s: i64,
-        to_s: i64,
-        density: f64,
-        out: &mut Vec<IncidentTransition>,
-    ) {
+    fn feed_density(lane: &mut LaneIncidents, from_s: i64, to_s: i64, density: f64, out: &mut Vec<IncidentTransition>) {
         let mut ts = from_s * 1000;
         while ts < to_s * 1000 {
             out.extend(lane.observe_density(ts, density));
@@ -975,16 +838,10 @@ mod tests {
         assert_eq!(p.last(), Some(&Phase::Closed));
         assert_eq!(p.iter().filter(|x| **x == Phase::Opened).count(), 1);
         assert_eq!(p.iter().filter(|x| **x == Phase::Closed).count(), 1);
-        assert!(ev
-            .iter()
-            .all(|e| e.key == ev[0].key && e.kind == IncidentKind::Congestion));
+        assert!(ev.iter().all(|e| e.key == ev[0].key && e.kind == IncidentKind::Congestion));
         let (o, c) = (&ev[0], ev.last().unwrap());
         // The 60 s mean passes D (21.75, into E) ~28 s into the high density; open 60 s later.
-        assert!(
-            (145_000..152_000).contains(&o.started_ms),
-            "{}",
-            o.started_ms
-        );
+        assert!((145_000..152_000).contains(&o.started_ms), "{}", o.started_ms);
         assert_eq!(o.ts_ms - o.started_ms, 60_000);
         assert_eq!(o.key, format!("congestion/lane-1/{}", o.started_ms));
         assert!(o.density_per_km.unwrap() > 21.75 && o.track_id.is_none() && o.class.is_none());
@@ -1031,34 +888,16 @@ mod tests {
         let mut ev = Vec::new();
         for k in 0..500 {
             let ts = k * FRAME_MS;
-            ev.extend(lane.observe(
-                ts,
-                &[
-                    car(1, 0.0, 0.0, 10.0),
-                    car(2, 40.0, -40.0, 60.0 - ts as f64 / 90.0),
-                ],
-            ));
+            ev.extend(lane.observe(ts, &[car(1, 0.0, 0.0, 10.0), car(2, 40.0, -40.0, 60.0 - ts as f64 / 90.0)]));
         }
         feed_density(&mut lane, 0, 200, 50.0, &mut ev);
         assert_eq!(lane.open_count(), 3);
         let closed = lane.close_all(200_000);
         assert_eq!(phases(&closed), vec![Phase::Closed; 3]);
         let kinds: Vec<IncidentKind> = closed.iter().map(|e| e.kind).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                IncidentKind::StoppedVehicle,
-                IncidentKind::WrongWay,
-                IncidentKind::Congestion
-            ]
-        );
+        assert_eq!(kinds, vec![IncidentKind::StoppedVehicle, IncidentKind::WrongWay, IncidentKind::Congestion]);
         for c in &closed {
-            assert_eq!(
-                ev.iter()
-                    .filter(|e| e.key == c.key && e.phase == Phase::Opened)
-                    .count(),
-                1
-            );
+            assert_eq!(ev.iter().filter(|e| e.key == c.key && e.phase == Phase::Opened).count(), 1);
         }
         assert!(lane.close_all(200_000).is_empty());
         assert_eq!((lane.open_count(), lane.tracked()), (0, 0));
@@ -1071,9 +910,7 @@ mod tests {
         for k in 0..(3600 * 25) {
             let ts = k * FRAME_MS;
             let first = (ts / 2000 - 1).max(0) as u64;
-            let tracks: Vec<LaneTrack> = (first..=(ts / 2000) as u64)
-                .map(|id| car(id, 50.0, 50.0, 0.0))
-                .collect();
+            let tracks: Vec<LaneTrack> = (first..=(ts / 2000) as u64).map(|id| car(id, 50.0, 50.0, 0.0)).collect();
             assert!(lane.observe(ts, &tracks).is_empty());
         }
         assert!(lane.tracked() <= 6, "{}", lane.tracked());
@@ -1086,11 +923,7 @@ mod tests {
             axis_speed: Some(f64::NEG_INFINITY),
             position: Some(f64::NAN),
         };
-        let person = LaneTrack {
-            track_id: 5,
-            class: ObjectClass::Person,
-            ..car(5, 0.0, 0.0, 0.0)
-        };
+        let person = LaneTrack { track_id: 5, class: ObjectClass::Person, ..car(5, 0.0, 0.0, 0.0) };
         for ts in [i64::MAX - 10, i64::MAX] {
             let _ = lane.observe(ts, &[odd, person, odd]);
             let _ = lane.observe_density(ts, 1e300);
@@ -1121,10 +954,7 @@ mod tests {
 
     #[test]
     fn serde_names() {
-        assert_eq!(
-            serde_json::to_string(&IncidentKind::StoppedVehicle).unwrap(),
-            "\"stopped_vehicle\""
-        );
+        assert_eq!(serde_json::to_string(&IncidentKind::StoppedVehicle).unwrap(), "\"stopped_vehicle\"");
         assert_eq!(IncidentKind::WrongWay.as_str(), "wrong_way");
         assert_eq!(Phase::Opened.event_type(), "incident_opened");
         assert_eq!(Phase::Updated.event_type(), "incident_updated");

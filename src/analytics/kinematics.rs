@@ -51,10 +51,7 @@ impl MotionFit {
 impl MotionWindow {
     /// A window of `window_ms` milliseconds (at least 1).
     pub fn new(window_ms: u64) -> Self {
-        Self {
-            window_ms: window_ms.clamp(1, 1 << 40) as i64,
-            samples: VecDeque::new(),
-        }
+        Self { window_ms: window_ms.clamp(1, 1 << 40) as i64, samples: VecDeque::new() }
     }
 
     pub fn window_ms(&self) -> u64 {
@@ -169,11 +166,7 @@ impl MotionWindow {
         let trace = cxx + cyy;
         let var = if v2 > 0.0 {
             let directional = (vx * vx * cxx + vy * vy * cyy + 2.0 * vx * vy * cxy) / v2;
-            let w = if v2 + trace > 0.0 {
-                v2 / (v2 + trace)
-            } else {
-                1.0
-            };
+            let w = if v2 + trace > 0.0 { v2 / (v2 + trace) } else { 1.0 };
             w * directional + (1.0 - w) * trace / 2.0
         } else {
             trace / 2.0
@@ -182,12 +175,7 @@ impl MotionWindow {
         if !(vx.is_finite() && vy.is_finite() && speed.is_finite() && speed_sigma.is_finite()) {
             return None;
         }
-        Some(MotionFit {
-            velocity: [vx, vy],
-            speed,
-            speed_sigma,
-            samples: n,
-        })
+        Some(MotionFit { velocity: [vx, vy], speed, speed_sigma, samples: n })
     }
 }
 
@@ -234,13 +222,7 @@ pub(crate) mod tests {
         for i in 0..500 {
             let ts = t_base + i * 40;
             let s = 20.0 * (i as f64 * 0.04);
-            w.push(
-                ts,
-                [
-                    1000.0 + s * dir[0] + noise.next(0.2),
-                    -50.0 + s * dir[1] + noise.next(0.2),
-                ],
-            );
+            w.push(ts, [1000.0 + s * dir[0] + noise.next(0.2), -50.0 + s * dir[1] + noise.next(0.2)]);
             if let Some(f) = w.fit() {
                 fits += 1;
                 let k = kmh(f.speed);
@@ -318,17 +300,7 @@ pub(crate) mod tests {
     #[test]
     fn extreme_inputs_do_not_panic() {
         let mut w = MotionWindow::new(0);
-        for ts in [
-            i64::MIN,
-            i64::MIN + 1,
-            0,
-            1,
-            2,
-            3,
-            4,
-            i64::MAX - 1,
-            i64::MAX,
-        ] {
+        for ts in [i64::MIN, i64::MIN + 1, 0, 1, 2, 3, 4, i64::MAX - 1, i64::MAX] {
             w.push(ts, [1e308, -1e308]);
             let _ = w.fit();
         }
@@ -337,13 +309,8 @@ pub(crate) mod tests {
             big.push(i, [f64::MAX / (i as f64 + 1.0), f64::MIN_POSITIVE]);
         }
         let _ = big.fit();
-        assert!(MotionFit {
-            velocity: [1.0, 0.0],
-            speed: 1.0,
-            speed_sigma: 0.0,
-            samples: 5
-        }
-        .along([0.0, 0.0])
-        .is_none());
+        assert!(MotionFit { velocity: [1.0, 0.0], speed: 1.0, speed_sigma: 0.0, samples: 5 }
+            .along([0.0, 0.0])
+            .is_none());
     }
 }

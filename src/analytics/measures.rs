@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::ElementKind;
-use crate::detector::ObjectClass;
+use crate::objects::ObjectClass;
 
 /// Kilometres per mile: HCM thresholds in pc/mi/ln are divided by this to give veh/km/ln.
 pub const KM_PER_MILE: f64 = 1.609344;
@@ -72,9 +72,7 @@ impl Los {
 
     /// As [`Los::from_density`], `None` for a NaN or infinite density.
     pub fn try_from_density(veh_per_km_per_lane: f64) -> Option<Los> {
-        veh_per_km_per_lane
-            .is_finite()
-            .then(|| Los::from_density(veh_per_km_per_lane))
+        veh_per_km_per_lane.is_finite().then(|| Los::from_density(veh_per_km_per_lane))
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -170,10 +168,7 @@ fn usable(x: f64) -> bool {
 
 impl IntervalMeasures {
     pub fn new(length_m: Option<f64>) -> Self {
-        Self {
-            length_m: length_m.filter(|l| l.is_finite() && *l > 0.0),
-            ..Self::default()
-        }
+        Self { length_m: length_m.filter(|l| l.is_finite() && *l > 0.0), ..Self::default() }
     }
 
     /// One frame of `dt_s` seconds with `present` vehicles in the element (persons excluded
@@ -191,12 +186,7 @@ impl IntervalMeasures {
 
     /// One crossing (`in`/`out`) or entry (`entered`) of a `class` object.
     pub fn record_volume(&mut self, key: &str, class: ObjectClass) {
-        let count = self
-            .volume
-            .entry(key.to_string())
-            .or_default()
-            .entry(class)
-            .or_insert(0);
+        let count = self.volume.entry(key.to_string()).or_default().entry(class).or_insert(0);
         *count = count.saturating_add(1);
     }
 
@@ -272,14 +262,10 @@ impl IntervalMeasures {
         self.gap_count = self.gap_count.saturating_add(other.gap_count);
         self.gap_sum_s += other.gap_sum_s;
         self.queue_frames = self.queue_frames.saturating_add(other.queue_frames);
-        self.queue_metres_frames = self
-            .queue_metres_frames
-            .saturating_add(other.queue_metres_frames);
+        self.queue_metres_frames = self.queue_metres_frames.saturating_add(other.queue_metres_frames);
         self.queue_sum_m += other.queue_sum_m;
         self.queue_max_m = max_opt(self.queue_max_m, other.queue_max_m);
-        self.queue_sum_vehicles = self
-            .queue_sum_vehicles
-            .saturating_add(other.queue_sum_vehicles);
+        self.queue_sum_vehicles = self.queue_sum_vehicles.saturating_add(other.queue_sum_vehicles);
         self.queue_max_vehicles = self.queue_max_vehicles.max(other.queue_max_vehicles);
     }
 
@@ -296,10 +282,7 @@ impl IntervalMeasures {
     /// bin (samples spread evenly over `[k, k + 1)`): the speed below which 85 % of the samples
     /// lie. Resolution is the bin; `None` without samples.
     pub fn speed_percentile_kmh(&self, fraction: f64) -> Option<f64> {
-        let total: u64 = self
-            .speed_hist
-            .values()
-            .fold(0u64, |a, n| a.saturating_add(*n));
+        let total: u64 = self.speed_hist.values().fold(0u64, |a, n| a.saturating_add(*n));
         if total == 0 || !fraction.is_finite() {
             return None;
         }
@@ -325,11 +308,7 @@ impl IntervalMeasures {
     /// [`IntervalMeasures::view_kind`] with [`ElementKind::Line`] (no occupancy, presence or
     /// density is reported for them).
     pub fn view(&self, is_lane: bool) -> MeasuresView {
-        self.view_kind(if is_lane {
-            ElementKind::Lane
-        } else {
-            ElementKind::Zone
-        })
+        self.view_kind(if is_lane { ElementKind::Lane } else { ElementKind::Zone })
     }
 
     /// The derived numbers for an element of `kind`. A number is present only when its
@@ -338,27 +317,18 @@ impl IntervalMeasures {
         let ratio = |num: f64, den: u64| (den > 0).then(|| num / den as f64);
         let volume_total = self.vehicle_volume();
         let has_presence = kind != ElementKind::Line && self.frames > 0;
-        let mean_present = if has_presence {
-            ratio(self.present_sum as f64, self.frames)
-        } else {
-            None
-        };
+        let mean_present = if has_presence { ratio(self.present_sum as f64, self.frames) } else { None };
         let density_per_km = match (mean_present, self.length_m) {
             (Some(m), Some(l)) if l.is_finite() && l > 0.0 => Some(m / (l / 1000.0)),
             _ => None,
         };
-        let los = if kind == ElementKind::Lane {
-            density_per_km.and_then(Los::try_from_density)
-        } else {
-            None
-        };
+        let los = if kind == ElementKind::Lane { density_per_km.and_then(Los::try_from_density) } else { None };
         MeasuresView {
             frames: self.frames,
             seconds: self.seconds,
             volume: self.volume.clone(),
             volume_total,
-            flow_per_hour: (self.seconds > 0.0)
-                .then(|| volume_total as f64 * 3600.0 / self.seconds),
+            flow_per_hour: (self.seconds > 0.0).then(|| volume_total as f64 * 3600.0 / self.seconds),
             occupancy_percent: if has_presence {
                 ratio(100.0 * self.occupied_frames as f64, self.frames)
             } else {
@@ -449,12 +419,7 @@ pub struct QueueCandidate {
 /// leaves the stopped ones behind it queued as long as they stay within the join distance
 /// of the previous stopped one. Length: from the stop line to the last queued vehicle's
 /// position plus its class length.
-pub fn queue_at(
-    stop_position: f64,
-    vehicles: &[QueueCandidate],
-    join: f64,
-    calibrated: bool,
-) -> (usize, Option<f64>) {
+pub fn queue_at(stop_position: f64, vehicles: &[QueueCandidate], join: f64, calibrated: bool) -> (usize, Option<f64>) {
     let none = (0, calibrated.then_some(0.0));
     if !(stop_position.is_finite() && join.is_finite() && join > 0.0) {
         return none;
@@ -498,9 +463,7 @@ pub fn queue_at(
         last = Some(v);
     }
     let metres = if calibrated {
-        Some(last.map_or(0.0, |v| {
-            (stop_position - v.position).max(0.0) + class_length_m(v.class)
-        }))
+        Some(last.map_or(0.0, |v| (stop_position - v.position).max(0.0) + class_length_m(v.class)))
     } else {
         None
     };
@@ -521,10 +484,7 @@ mod tests {
             (LOS_E_MAX, Los::E, Los::F, 27.96),
         ];
         for (bound, at, above, printed) in bounds {
-            assert!(
-                (bound - printed).abs() < 0.005,
-                "{bound} vs table {printed}"
-            );
+            assert!((bound - printed).abs() < 0.005, "{bound} vs table {printed}");
             assert_eq!(Los::from_density(bound), at);
             assert_eq!(Los::from_density(bound.next_up()), above);
             assert_eq!(Los::from_density(bound - 0.01), at);
@@ -551,12 +511,7 @@ mod tests {
             class: ObjectClass::Car,
             join_scale: 1.0,
         };
-        let cars = [
-            car(13.0, true),
-            car(1.0, true),
-            car(40.0, true),
-            car(7.0, true),
-        ];
+        let cars = [car(13.0, true), car(1.0, true), car(40.0, true), car(7.0, true)];
         let (n, m) = queue_at(100.0, &cars, 15.0, true);
         assert_eq!(n, 3);
         assert!((m.unwrap() - 17.5).abs() < 1e-9);
@@ -565,12 +520,7 @@ mod tests {
         let (n, m) = queue_at(100.0, &[car(16.0, true)], 15.0, true);
         assert_eq!((n, m), (0, Some(0.0)));
         // Moving vehicles neither join nor break the chain.
-        let mixed = [
-            car(1.0, true),
-            car(5.0, false),
-            car(10.0, true),
-            car(20.0, false),
-        ];
+        let mixed = [car(1.0, true), car(5.0, false), car(10.0, true), car(20.0, false)];
         assert_eq!(queue_at(100.0, &mixed, 15.0, true).0, 2);
         // A front car pulling away leaves the ones behind queued.
         let (n, m) = queue_at(100.0, &[car(1.0, false), car(7.0, true)], 15.0, true);
@@ -581,14 +531,8 @@ mod tests {
         assert_eq!(n, 1);
         assert!((m.unwrap() - 4.5).abs() < 1e-9);
         // Persons are not queued; a truck's class length counts.
-        let person = QueueCandidate {
-            class: ObjectClass::Person,
-            ..car(2.0, true)
-        };
-        let truck = QueueCandidate {
-            class: ObjectClass::Truck,
-            ..car(12.0, true)
-        };
+        let person = QueueCandidate { class: ObjectClass::Person, ..car(2.0, true) };
+        let truck = QueueCandidate { class: ObjectClass::Truck, ..car(12.0, true) };
         let (n, m) = queue_at(100.0, &[person, truck], 15.0, true);
         assert_eq!(n, 1);
         assert!((m.unwrap() - 22.0).abs() < 1e-9);
@@ -596,31 +540,20 @@ mod tests {
         assert_eq!(queue_at(100.0, &[], 15.0, true), (0, Some(0.0)));
         assert_eq!(queue_at(f64::NAN, &cars, 15.0, true), (0, Some(0.0)));
         assert_eq!(queue_at(100.0, &cars, f64::NAN, false), (0, None));
-        let nan = QueueCandidate {
-            position: f64::NAN,
-            ..car(1.0, true)
-        };
+        let nan = QueueCandidate { position: f64::NAN, ..car(1.0, true) };
         assert_eq!(queue_at(100.0, &[nan], 15.0, true).0, 0);
     }
 
     #[test]
     fn queue_at_uncalibrated_scales_by_box_height() {
         // Pixels: box heights 40 px, join 3 box heights = 120 px.
-        let c = |pos: f64| QueueCandidate {
-            position: pos,
-            stopped: true,
-            class: ObjectClass::Car,
-            join_scale: 40.0,
-        };
+        let c = |pos: f64| QueueCandidate { position: pos, stopped: true, class: ObjectClass::Car, join_scale: 40.0 };
         let (n, m) = queue_at(500.0, &[c(490.0), c(400.0), c(290.0), c(100.0)], 3.0, false);
         assert_eq!((n, m), (3, None));
         // 0.5 box heights past the stop line is tolerated, more is not.
         assert_eq!(queue_at(500.0, &[c(519.0)], 3.0, false).0, 1);
         assert_eq!(queue_at(500.0, &[c(521.0)], 3.0, false).0, 0);
-        let zero = QueueCandidate {
-            join_scale: 0.0,
-            ..c(490.0)
-        };
+        let zero = QueueCandidate { join_scale: 0.0, ..c(490.0) };
         assert_eq!(queue_at(500.0, &[zero], 3.0, false).0, 0);
     }
 
@@ -638,10 +571,7 @@ mod tests {
                 m.record_volume(VOLUME_ENTERED, ObjectClass::Truck);
                 m.record_volume(VOLUME_ENTERED, ObjectClass::Person);
             }
-            m.record_queue(
-                Some((i % 11) as f64 * 3.0 + seed as f64),
-                (i % 11) as usize / 3,
-            );
+            m.record_queue(Some((i % 11) as f64 * 3.0 + seed as f64), (i % 11) as usize / 3);
         }
     }
 
@@ -678,18 +608,13 @@ mod tests {
         fill(&mut both, 2);
         assert_close(&merged, &both);
         // Merging is also what a rollup of stored JSON rows does.
-        let a: IntervalMeasures =
-            serde_json::from_str(&serde_json::to_string(&minute(1)).unwrap()).unwrap();
-        let b: IntervalMeasures =
-            serde_json::from_str(&serde_json::to_string(&minute(2)).unwrap()).unwrap();
+        let a: IntervalMeasures = serde_json::from_str(&serde_json::to_string(&minute(1)).unwrap()).unwrap();
+        let b: IntervalMeasures = serde_json::from_str(&serde_json::to_string(&minute(2)).unwrap()).unwrap();
         let mut rolled = IntervalMeasures::default();
         rolled.merge(&a);
         rolled.merge(&b);
         assert_close(&rolled, &both);
-        assert_eq!(
-            rolled.view(true).speed_p85_kmh,
-            both.view(true).speed_p85_kmh
-        );
+        assert_eq!(rolled.view(true).speed_p85_kmh, both.view(true).speed_p85_kmh);
         // Merging an empty row changes nothing; an empty row's view has no numbers.
         let mut same = minute(1);
         same.merge(&IntervalMeasures::default());
@@ -759,19 +684,8 @@ mod tests {
         assert_eq!(m.view(false).los, None);
         assert!(m.view(false).density_per_km.is_some());
         let line = m.view_kind(ElementKind::Line);
-        assert_eq!(
-            (
-                line.occupancy_percent,
-                line.mean_present,
-                line.density_per_km
-            ),
-            (None, None, None)
-        );
-        let uncal = IntervalMeasures {
-            length_m: None,
-            ..m.clone()
-        }
-        .view(true);
+        assert_eq!((line.occupancy_percent, line.mean_present, line.density_per_km), (None, None, None));
+        let uncal = IntervalMeasures { length_m: None, ..m.clone() }.view(true);
         assert_eq!((uncal.density_per_km, uncal.los), (None, None));
         // Null-free JSON.
         let json = serde_json::to_string(&uncal).unwrap();
@@ -820,8 +734,7 @@ mod tests {
         assert_eq!(v.queue_mean_m, None);
         assert_eq!(v.queue_mean_vehicles, Some(1.0));
         // Rows stored before a field existed still load.
-        let old: IntervalMeasures =
-            serde_json::from_str(r#"{"frames": 3, "seconds": 0.12}"#).unwrap();
+        let old: IntervalMeasures = serde_json::from_str(r#"{"frames": 3, "seconds": 0.12}"#).unwrap();
         assert_eq!(old.frames, 3);
     }
 }

@@ -4,18 +4,20 @@
 //! time comes from frame timestamps, so a replayed clip gives the same answers at any speed.
 //! Definitions and units: `docs/ANALYTICS.md`.
 
+pub mod config;
 pub mod geometry;
 pub mod homography;
-pub mod config;
 pub mod incidents;
 pub mod kinematics;
+pub mod lines;
 pub mod measures;
 pub mod rollup;
 pub mod scene;
+pub mod tracker;
 
 use serde::Serialize;
 
-use crate::actors::messages::CameraId;
+use crate::ids::CameraId;
 
 /// What a measured element is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -9,7 +9,15 @@ use serde::Serialize;
 
 use super::measures::{IntervalMeasures, MeasuresView};
 use super::ElementKind;
-use crate::db::StoredAggregate;
+
+/// A minute row as PostgreSQL returns it, the input of a roll-up.
+pub struct StoredAggregate {
+    pub interval_start: DateTime<Utc>,
+    pub geometry_version: u32,
+    pub element_id: String,
+    pub element_kind: String,
+    pub measures: super::measures::IntervalMeasures,
+}
 
 /// Interval lengths the API serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,7 +83,8 @@ pub fn roll_up(rows: Vec<StoredAggregate>, interval: Interval) -> Vec<ElementSer
     type Buckets = BTreeMap<DateTime<Utc>, IntervalMeasures>;
     let mut groups: BTreeMap<(u32, String), (String, Buckets)> = BTreeMap::new();
     for row in rows {
-        let (_, buckets) = groups.entry((row.geometry_version, row.element_id)).or_insert_with(|| (row.element_kind, BTreeMap::new()));
+        let (_, buckets) =
+            groups.entry((row.geometry_version, row.element_id)).or_insert_with(|| (row.element_kind, BTreeMap::new()));
         match buckets.entry(interval.start_of(row.interval_start)) {
             std::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert(row.measures);
@@ -107,7 +116,7 @@ pub fn roll_up(rows: Vec<StoredAggregate>, interval: Interval) -> Vec<ElementSer
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::ObjectClass;
+    use crate::objects::ObjectClass;
 
     fn row(minute: i64, element: &str, cars: u64) -> StoredAggregate {
         let mut measures = IntervalMeasures::default();

@@ -14,10 +14,11 @@ use super::incidents::{IncidentTransition, LaneIncidents, LaneTrack, Phase};
 use super::kinematics::{kmh, MotionFit, MotionWindow};
 use super::measures::{class_length_m, queue_at, IntervalMeasures, MeasuresView, QueueCandidate};
 use super::{AggregateRow, ElementKind};
-use crate::actors::connector::lines::{LineCount, LineCounter};
-use crate::actors::connector::tracker::TrackedObject;
-use crate::actors::messages::{CameraId, Event, EventDetail, IncidentEvent, LineCrossing};
-use crate::detector::{BBox, ObjectClass};
+use crate::analytics::lines::{LineCount, LineCounter};
+use crate::analytics::tracker::TrackedObject;
+use crate::events::{Event, EventDetail, IncidentEvent, LineCrossing};
+use crate::ids::CameraId;
+use crate::objects::{BBox, ObjectClass};
 
 const MINUTE_MS: i64 = 60_000;
 /// A frame gap longer than this (a stall, a reconnect) does not count as observed time; long
@@ -151,13 +152,11 @@ impl SceneAnalytics {
         let zones = compiled
             .zones()
             .iter()
-            .map(|z| {
-                ZoneState {
-                    measures: IntervalMeasures::new(z.length_m()),
-                    incidents: z.is_lane().then(|| LaneIncidents::new(z.id(), calibrated, &config)),
-                    last_pass: None,
-                    present_now: 0,
-                }
+            .map(|z| ZoneState {
+                measures: IntervalMeasures::new(z.length_m()),
+                incidents: z.is_lane().then(|| LaneIncidents::new(z.id(), calibrated, &config)),
+                last_pass: None,
+                present_now: 0,
             })
             .collect();
         Ok(Self {
@@ -255,7 +254,7 @@ impl SceneAnalytics {
                 }
                 out.changed = true;
                 out.events.push(Event {
-                    event_id: crate::actors::connector::event_id(
+                    event_id: crate::events::event_id(
                         &self.identity.camera_id,
                         self.identity.epoch_ms,
                         self.identity.geometry_version,
@@ -314,7 +313,9 @@ impl SceneAnalytics {
                 let fit: Option<&MotionFit> = if calibrated { ground_fit.as_ref() } else { image_fit.as_ref() };
                 let to_lane_speed = |v: f64| if calibrated { kmh(v) } else { v / scale };
                 let position = compiled.lane_position(image_point);
-                let axis_speed = fit.zip(compiled.axis_unit()).map(|(f, u)| to_lane_speed(f.velocity[0] * u[0] + f.velocity[1] * u[1]));
+                let axis_speed = fit
+                    .zip(compiled.axis_unit())
+                    .map(|(f, u)| to_lane_speed(f.velocity[0] * u[0] + f.velocity[1] * u[1]));
                 let speed = fit.map(|f| to_lane_speed(f.speed));
                 lane_tracks[z].push(LaneTrack {
                     track_id: object.track_id,
@@ -329,7 +330,12 @@ impl SceneAnalytics {
                     (_, None) => false,
                 };
                 if let Some(position) = position {
-                    queue_candidates[z].push(QueueCandidate { position, stopped, class: object.class, join_scale: scale });
+                    queue_candidates[z].push(QueueCandidate {
+                        position,
+                        stopped,
+                        class: object.class,
+                        join_scale: scale,
+                    });
                     // Headway: the ground point passing the reference section downstream.
                     if let (Some(reference), Some((last_ms, last_position))) =
                         (compiled.reference_position(), in_zone.last_position)
@@ -554,7 +560,7 @@ mod tests {
     use super::*;
     use crate::analytics::geometry::{Calibration, CalibrationPoint, ZoneSpec};
     use crate::analytics::kinematics::kmh;
-    use crate::actors::connector::lines::LineSpec;
+    use crate::analytics::lines::LineSpec;
 
     const T0: i64 = 1_800_000_000_000; // a whole minute
     const FRAME_MS: i64 = 40; // 25 fps
@@ -665,7 +671,10 @@ mod tests {
             }
         });
         let incidents: Vec<&Event> = out.events.iter().filter(|e| e.kind() != "line_crossing").collect();
-        assert_eq!(types(&incidents.iter().map(|e| (*e).clone()).collect::<Vec<_>>()), vec!["incident_opened", "incident_closed"]);
+        assert_eq!(
+            types(&incidents.iter().map(|e| (*e).clone()).collect::<Vec<_>>()),
+            vec!["incident_opened", "incident_closed"]
+        );
         let id = |e: &Event| match &e.detail {
             EventDetail::IncidentOpened(i) | EventDetail::IncidentClosed(i) | EventDetail::IncidentUpdated(i) => {
                 (i.incident_id.clone(), i.incident_type.clone(), i.track_id)
@@ -704,7 +713,8 @@ mod tests {
         let out = run(&mut scene, 100, |i| vec![car(9, 900.0 - 8.0 * i as f64)]);
         let kinds = types(&out.events);
         assert!(kinds.contains(&"incident_opened"), "{kinds:?}");
-        let EventDetail::IncidentOpened(opened) = &out.events.iter().find(|e| e.kind() == "incident_opened").unwrap().detail
+        let EventDetail::IncidentOpened(opened) =
+            &out.events.iter().find(|e| e.kind() == "incident_opened").unwrap().detail
         else {
             unreachable!()
         };
@@ -733,7 +743,12 @@ mod tests {
             let y = 900.0 - 6.0 * i as f64;
             let h = (y / 10.0) as f32;
             let y = y as f32;
-            vec![TrackedObject { track_id: 4, bbox: BBox::new(45.0, y - h, 55.0, y), class: ObjectClass::Car, score: 0.9 }]
+            vec![TrackedObject {
+                track_id: 4,
+                bbox: BBox::new(45.0, y - h, 55.0, y),
+                class: ObjectClass::Car,
+                score: 0.9,
+            }]
         });
         assert!(types(&out.events).contains(&"incident_opened"), "{:?}", types(&out.events));
     }

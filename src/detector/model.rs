@@ -7,8 +7,9 @@ use std::path::Path;
 
 use tch::{CModule, Device, Kind, Tensor};
 
-use super::{nms, yolox, Detection, Letterbox};
-use crate::settings::{ModelFamily, ModelSettings};
+use super::config::{DeviceKind, ModelFamily, ModelSettings};
+use super::{nms, yolox, Letterbox};
+use crate::objects::Detection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectorError {
@@ -64,10 +65,8 @@ impl Detector {
         // a frozen convolutional graph gains nothing from profiling. Process-wide, set once.
         static EXECUTOR: std::sync::Once = std::sync::Once::new();
         EXECUTOR.call_once(|| tch::jit::set_profiling_mode(false));
-        let module = CModule::load_on_device(&settings.path, device).map_err(|e| DetectorError::Load {
-            path: settings.path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let module = CModule::load_on_device(&settings.path, device)
+            .map_err(|e| DetectorError::Load { path: settings.path.display().to_string(), message: e.to_string() })?;
         let detector = Detector {
             module,
             device,
@@ -134,7 +133,9 @@ impl Detector {
     /// finite boxes.
     pub fn smoke_test(&self, pixels: &[u8], letterbox: Letterbox) -> Result<usize, DetectorError> {
         let detections = self.detect(&[(pixels, letterbox)])?.pop().unwrap_or_default();
-        if let Some(bad) = detections.iter().find(|d| !(d.score.is_finite() && d.bbox.x1.is_finite() && d.bbox.y2.is_finite())) {
+        if let Some(bad) =
+            detections.iter().find(|d| !(d.score.is_finite() && d.bbox.x1.is_finite() && d.bbox.y2.is_finite()))
+        {
             return Err(DetectorError::Inference(format!("non-finite detection {bad:?}")));
         }
         Ok(detections.len())
@@ -154,14 +155,15 @@ impl Detector {
 
     fn decode(&self, rows: &[f32], row_len: usize, letterbox: &Letterbox) -> Vec<Detection> {
         match self.family {
-            ModelFamily::Yolox => nms::suppress(yolox::decode(rows, row_len, letterbox, self.score_threshold), self.nms_iou),
+            ModelFamily::Yolox => {
+                nms::suppress(yolox::decode(rows, row_len, letterbox, self.score_threshold), self.nms_iou)
+            }
         }
     }
 }
 
 /// The inference devices for a device setting: each CUDA device libtorch sees, else the CPU.
-pub fn select_devices(kind: crate::settings::DeviceKind) -> Result<Vec<Device>, String> {
-    use crate::settings::DeviceKind;
+pub fn select_devices(kind: DeviceKind) -> Result<Vec<Device>, String> {
     let cuda = tch::Cuda::device_count() as usize;
     match kind {
         DeviceKind::Cpu => Ok(vec![Device::Cpu]),

@@ -5,7 +5,7 @@
 //! tracks on one vehicle that swap boxes, and crossings are lost (24 of 27 on the overpass clip in
 //! a Python peer; 27 of 27 with group suppression). The best-scoring box keeps its class.
 
-use super::{Detection, ObjectClass};
+use crate::objects::{Detection, ObjectClass};
 
 fn group(class: ObjectClass) -> u8 {
     if class.is_motor_vehicle() {
@@ -22,9 +22,7 @@ pub fn suppress(mut detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detec
     detections.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::with_capacity(detections.len());
     for det in detections {
-        let overlaps = kept
-            .iter()
-            .any(|k| group(k.class) == group(det.class) && k.bbox.iou(&det.bbox) > iou_threshold);
+        let overlaps = kept.iter().any(|k| group(k.class) == group(det.class) && k.bbox.iou(&det.bbox) > iou_threshold);
         if !overlaps {
             kept.push(det);
         }
@@ -35,7 +33,7 @@ pub fn suppress(mut detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::BBox;
+    use crate::objects::BBox;
 
     fn det(x: f32, score: f32, class: ObjectClass) -> Detection {
         Detection { bbox: BBox::new(x, 0.0, x + 10.0, 10.0), score, class }

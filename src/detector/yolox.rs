@@ -1,7 +1,8 @@
 //! Decoder for YOLOX raw output: one row per grid cell over strides 8, 16 and 32, row-major,
 //! each `(tx, ty, tw, th, objectness, class scores...)` with objectness and classes already sigmoid.
 
-use super::{BBox, Detection, Letterbox, ObjectClass};
+use super::Letterbox;
+use crate::objects::{BBox, Detection, ObjectClass};
 
 pub const STRIDES: [u32; 3] = [8, 16, 32];
 
@@ -32,10 +33,11 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
                 if objectness.is_nan() || objectness < score_threshold {
                     continue;
                 }
-                let (class_id, class_score) = row[5..]
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |best, (i, &p)| if p > best.1 { (i, p) } else { best });
+                let (class_id, class_score) =
+                    row[5..]
+                        .iter()
+                        .enumerate()
+                        .fold((0, f32::MIN), |best, (i, &p)| if p > best.1 { (i, p) } else { best });
                 let score = objectness * class_score;
                 if score.is_nan() || score < score_threshold {
                     continue;

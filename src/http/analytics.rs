@@ -62,7 +62,11 @@ async fn history(
     if times_ok && from >= to {
         problems.push("from must be before to".into());
     } else if times_ok && to - from > Duration::days(max_range_days(interval)) {
-        problems.push(format!("at interval {} the range may cover at most {} days", interval.label(), max_range_days(interval)));
+        problems.push(format!(
+            "at interval {} the range may cover at most {} days",
+            interval.label(),
+            max_range_days(interval)
+        ));
     }
     if !problems.is_empty() {
         return Err(ServiceError::Invalid(problems).into());
@@ -73,5 +77,11 @@ async fn history(
     if rows.is_empty() && service.pipeline.camera(&id).is_none() {
         return Err(ApiError::NotFound(format!("camera {id} not found and no history in that range")));
     }
-    Ok(HttpResponse::Ok().json(HistoryView { camera_id: id.into_inner(), interval, from, to, elements: roll_up(rows, interval) }))
+    Ok(HttpResponse::Ok().json(HistoryView {
+        camera_id: id.into_inner(),
+        interval,
+        from,
+        to,
+        elements: roll_up(rows, interval),
+    }))
 }

@@ -13,20 +13,20 @@
 //! Nothing here logs or echoes a token or a digest: logs and error bodies carry token names only.
 //! With `enabled = false` every request passes as [`Caller::anonymous`], an admin.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::str::FromStr;
 use std::sync::Arc;
 
+use super::caller::Caller;
+use crate::access::{check_tokens, constant_time_eq, digest, parse_digest, sha256_hex};
+use crate::access::{AuthConfig, OpenEndpoints, Role, TokenEntry};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 
 /// The challenge sent with every `401`.
 pub const WWW_AUTHENTICATE_VALUE: &str = r#"Bearer realm="its-analytics""#;
@@ -41,48 +41,6 @@ const NO_TOKENS: &str = "auth is enabled but no tokens are configured: add [[aut
 // Roles and the access table
 // ---------------------------------------------------------------------------------------------
 
-/// What a token may do. Ordered: each role can do everything the one before it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads: GET/HEAD under `/api/v1`, except the admin endpoints.
-    Viewer,
-    /// Viewer, plus registering/removing cameras and writing their geometry.
-    Operator,
-    /// Everything, including `/api/v1/system` and `/api/v1/models/**`.
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// For the CLI's `--role`.
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: expected viewer, operator or admin"))
-    }
-}
-
 /// What a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -90,15 +48,6 @@ pub enum Access {
     Open,
     /// A token whose role is at least this one.
     Role(Role),
-}
-
-/// Which of the configurable endpoints are open (from [`AuthConfig::open_endpoints`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenEndpoints {
-    /// `/health/live` and `/health/ready`.
-    pub health: bool,
-    /// `/metrics`.
-    pub metrics: bool,
 }
 
 /// The one table of who may call what. Pure: method and path in, [`Access`] out.
@@ -139,149 +88,6 @@ pub fn required_role(method: &Method, path: &str, open: OpenEndpoints) -> Access
         _ if read => at_least(Role::Viewer),
         _ => at_least(Role::Admin),
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Configuration
-// ---------------------------------------------------------------------------------------------
-
-/// `[auth]` in the settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Off: every request passes as an anonymous admin.
-    pub enabled: bool,
-    /// TOML file of `[[tokens]]` tables (same fields as `[[auth.tokens]]`); "" = none.
-    pub tokens_file: String,
-    /// `/health/live` and `/health/ready` need no token.
-    pub open_health: bool,
-    /// `/metrics` needs no token (otherwise a viewer token: give the scraper its own).
-    pub open_metrics: bool,
-    /// Inline tokens, merged with those of `tokens_file`.
-    pub tokens: Vec<TokenEntry>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            tokens_file: String::new(),
-            open_health: true,
-            open_metrics: true,
-            tokens: Vec::new(),
-        }
-    }
-}
-
-/// One token: who it is for, what it may do, and the SHA-256 of the token itself.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenEntry {
-    /// Shown in logs and used as the rate-limit key: `[A-Za-z0-9_.-]+`, unique.
-    pub name: String,
-    pub role: Role,
-    /// 64 hex digits: `sha256(token)`, as printed by `its-analytics token`.
-    pub sha256: String,
-}
-
-/// Never prints the digest.
-impl fmt::Debug for TokenEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenEntry")
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .field("sha256", &"<redacted>")
-            .finish()
-    }
-}
-
-impl AuthConfig {
-    /// Every problem with the inline settings, together. The tokens file is checked by
-    /// [`TokenStore::load`], which re-checks the merged set.
-    pub fn validate(&self) -> Vec<String> {
-        let labelled: Vec<_> = self
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("auth.tokens[{i}]"), t))
-            .collect();
-        // Whether any token exists at all is known only once the tokens file is read, at the
-        // start of `serve` (`TokenStore::load`); the other commands need no tokens.
-        check_tokens(&labelled)
-    }
-
-    pub fn open_endpoints(&self) -> OpenEndpoints {
-        OpenEndpoints {
-            health: self.open_health,
-            metrics: self.open_metrics,
-        }
-    }
-}
-
-/// Checks a set of entries, each labelled with where it came from (`auth.tokens[2]`,
-/// `tokens.toml:14`). Messages name entries by label and name, never by digest.
-fn check_tokens(entries: &[(String, &TokenEntry)]) -> Vec<String> {
-    let mut errors = Vec::new();
-    let mut names: HashMap<&str, &str> = HashMap::new();
-    let mut digests: HashMap<[u8; 32], (&str, &str)> = HashMap::new();
-    for (label, entry) in entries {
-        let name = entry.name.as_str();
-        if name.is_empty() {
-            errors.push(format!("{label}: token name must not be empty"));
-        } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
-            errors.push(format!("{label}: token name {name:?} may only contain A-Z, a-z, 0-9, '_', '.' and '-'"));
-        } else if let Some(first) = names.insert(name, label) {
-            errors.push(format!("{label}: duplicate token name {name:?} (also at {first})"));
-        }
-        match parse_digest(&entry.sha256) {
-            None => errors.push(format!(
-                "{label} ({name:?}): sha256 must be 64 hex digits, the SHA-256 of the token (see `its-analytics token`)"
-            )),
-            Some(digest) => {
-                if let Some((first, first_name)) = digests.insert(digest, (label, name)) {
-                    errors.push(format!(
-                        "{label} ({name:?}): same sha256 as {first} ({first_name:?}); every client needs its own token"
-                    ));
-                }
-            }
-        }
-    }
-    errors
-}
-
-/// 64 hex digits (either case) to 32 bytes.
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    fn nibble(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
-    }
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(out)
-}
-
-fn digest(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
-}
-
-/// Lowercase hex SHA-256 of `token`: the value for `sha256 = "..."`.
-pub fn sha256_hex(token: &str) -> String {
-    digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Equality of two digests in time independent of where they differ.
-///
-/// The inputs are SHA-256 digests, so an attacker cannot steer their bytes anyway; this keeps the
-/// comparison from being the weak link if that ever changes. `black_box` stops the optimiser from
-/// turning the fold back into an early-exit compare.
-pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,12 +150,8 @@ impl TokenStore {
         if !config.enabled {
             return Ok(Self { enabled: false, open, tokens: Vec::new() });
         }
-        let mut entries: Vec<(String, TokenEntry)> = config
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("auth.tokens[{i}]"), t.clone()))
-            .collect();
+        let mut entries: Vec<(String, TokenEntry)> =
+            config.tokens.iter().enumerate().map(|(i, t)| (format!("auth.tokens[{i}]"), t.clone())).collect();
         if !config.tokens_file.is_empty() {
             entries.extend(read_tokens_file(&config.tokens_file)?);
         }
@@ -424,11 +226,7 @@ fn read_tokens_file(path: &str) -> Result<Vec<(String, TokenEntry)>, AuthError> 
         line: e.span().map_or(1, |s| line_of(s.start)),
         message: e.message().trim_end().to_owned(),
     })?;
-    Ok(file
-        .tokens
-        .into_iter()
-        .map(|t| (format!("{path}:{}", line_of(t.span().start)), t.into_inner()))
-        .collect())
+    Ok(file.tokens.into_iter().map(|t| (format!("{path}:{}", line_of(t.span().start)), t.into_inner())).collect())
 }
 
 /// The token of a well-formed `Authorization: Bearer <token>` header.
@@ -466,29 +264,6 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, Rejection> {
 // Caller, rejections, middleware
 // ---------------------------------------------------------------------------------------------
 
-/// Who is calling: the token's name (never the token) and its role. In the request extensions
-/// of every admitted non-open request; handlers take it as `web::ReqData<Caller>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub name: Arc<str>,
-    pub role: Role,
-}
-
-impl Caller {
-    /// The name given to every request when auth is disabled. Not a valid token name, so it can
-    /// never collide with a configured one.
-    pub const ANONYMOUS: &'static str = "(anonymous)";
-
-    pub fn anonymous() -> Self {
-        Self { name: Self::ANONYMOUS.into(), role: Role::Admin }
-    }
-
-    /// True when auth is disabled: the name identifies no one (the rate limiter keys by IP then).
-    pub fn is_anonymous(&self) -> bool {
-        &*self.name == Self::ANONYMOUS
-    }
-}
-
 /// Why a request was refused. The messages are the `{"error": ...}` bodies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
@@ -499,12 +274,7 @@ pub enum Rejection {
     #[error("invalid bearer token")]
     UnknownToken,
     #[error("role {role} may not {method} {path} ({required} required)")]
-    Forbidden {
-        role: Role,
-        required: Role,
-        method: Method,
-        path: String,
-    },
+    Forbidden { role: Role, required: Role, method: Method, path: String },
 }
 
 impl ResponseError for Rejection {
@@ -546,7 +316,9 @@ pub async fn authenticate<B: MessageBody>(
             let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
             match &rejection {
                 Rejection::Forbidden { .. } => tracing::info!(%peer, reason = %rejection, "request forbidden"),
-                _ => tracing::debug!(%peer, method = %req.method(), path = req.path(), reason = %rejection, "request unauthenticated"),
+                _ => {
+                    tracing::debug!(%peer, method = %req.method(), path = req.path(), reason = %rejection, "request unauthenticated")
+                }
             }
             let response = rejection.error_response();
             Ok(req.into_response(response).map_into_right_body())
@@ -719,7 +491,11 @@ mod tests {
         for path in ["//api/v1/system", "/api//v1/system/", "/api/v1/system//", "/api/v1//models/x"] {
             assert_eq!(required_role(&Method::GET, path, OPEN), admin, "{path}");
         }
-        assert_eq!(required_role(&Method::GET, "/API/V1/SYSTEM", OPEN), Access::Role(Role::Viewer), "routes are case-sensitive: 404");
+        assert_eq!(
+            required_role(&Method::GET, "/API/V1/SYSTEM", OPEN),
+            Access::Role(Role::Viewer),
+            "routes are case-sensitive: 404"
+        );
     }
 
     #[test]
@@ -833,7 +609,10 @@ mod tests {
         let Err(AuthError::Invalid(errors)) = TokenStore::load(&config) else { panic!("accepted duplicates") };
         let at = format!("{}:3", file.path());
         assert_eq!(errors.len(), 2, "{errors:#?}");
-        assert!(errors[0].starts_with(&format!("{at}: duplicate token name \"root\" (also at auth.tokens[0])")), "{errors:#?}");
+        assert!(
+            errors[0].starts_with(&format!("{at}: duplicate token name \"root\" (also at auth.tokens[0])")),
+            "{errors:#?}"
+        );
         assert!(errors[1].starts_with(&format!("{at} (\"root\"): same sha256 as auth.tokens[0]")), "{errors:#?}");
         assert!(!errors.iter().any(|e| e.contains(&hash)));
     }
@@ -854,7 +633,11 @@ mod tests {
             // missing field: the table's line
             ("[[tokens]]\nname = \"a\"\nrole = \"admin\"\n".into(), 1, "missing field `sha256`"),
             // not a [[tokens]] file
-            (format!("[[auth.tokens]]\nname = \"a\"\nrole = \"admin\"\nsha256 = \"{secret}\"\n"), 1, "unknown field `auth`"),
+            (
+                format!("[[auth.tokens]]\nname = \"a\"\nrole = \"admin\"\nsha256 = \"{secret}\"\n"),
+                1,
+                "unknown field `auth`",
+            ),
         ];
         for (text, line, message) in cases {
             let file = TempFile::new(&text);
@@ -869,7 +652,9 @@ mod tests {
 
         // A token pasted where its hash belongs: caught, not echoed.
         let file = TempFile::new(&format!("[[tokens]]\nname = \"a\"\nrole = \"admin\"\nsha256 = \"{secret}\"\n"));
-        let err = TokenStore::load(&AuthConfig { tokens_file: file.path(), ..AuthConfig::default() }).unwrap_err().to_string();
+        let err = TokenStore::load(&AuthConfig { tokens_file: file.path(), ..AuthConfig::default() })
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("{}:1 (\"a\"): sha256 must be 64 hex digits", file.path())), "{err}");
         assert!(!err.contains(secret));
     }
@@ -912,7 +697,8 @@ mod tests {
         assert_eq!(h1, sha256_hex(&t1));
         assert_eq!(parse_digest(&h1).map(|_| ()), Some(()));
         // And the store accepts what it printed.
-        let store = TokenStore::load(&config(vec![TokenEntry { name: "cli".into(), role: Role::Viewer, sha256: h1 }])).unwrap();
+        let store =
+            TokenStore::load(&config(vec![TokenEntry { name: "cli".into(), role: Role::Viewer, sha256: h1 }])).unwrap();
         assert!(store.lookup(&t1).is_some());
     }
 
@@ -942,7 +728,9 @@ mod tests {
         assert_eq!(bearer_token(&headers(&["bearer abc"])), Ok("abc"));
         assert_eq!(bearer_token(&headers(&["BEARER  abc=="])), Ok("abc=="));
         assert_eq!(bearer_token(&headers(&[])), Err(Rejection::MissingToken));
-        for bad in ["Bearer", "Bearer ", "Bearer    ", "Basic YTpi", "Bearerabc", "Bearer a b", "Bearer a\"b", "Bearer =abc"] {
+        for bad in
+            ["Bearer", "Bearer ", "Bearer    ", "Basic YTpi", "Bearerabc", "Bearer a b", "Bearer a\"b", "Bearer =abc"]
+        {
             assert!(matches!(bearer_token(&headers(&[bad])), Err(Rejection::Malformed(_))), "{bad:?}");
         }
         assert!(matches!(bearer_token(&headers(&["Bearer a", "Bearer b"])), Err(Rejection::Malformed(_))));
@@ -966,7 +754,12 @@ mod tests {
         assert_eq!(store.admit(&get, "/api/v1/cameras", &auth("viewer-token")).unwrap().unwrap().name.as_ref(), "dash");
         assert_eq!(
             store.admit(&post, "/api/v1/cameras", &auth("viewer-token")),
-            Err(Rejection::Forbidden { role: Role::Viewer, required: Role::Operator, method: post.clone(), path: "/api/v1/cameras".into() })
+            Err(Rejection::Forbidden {
+                role: Role::Viewer,
+                required: Role::Operator,
+                method: post.clone(),
+                path: "/api/v1/cameras".into()
+            })
         );
         assert!(store.admit(&post, "/api/v1/cameras", &auth("operator-token")).is_ok());
         assert!(store.admit(&get, "/api/v1/system", &auth("operator-token")).is_err());
@@ -1022,7 +815,9 @@ mod tests {
     #[actix_web::test]
     async fn bad_token_is_401_and_not_echoed() {
         let app = app!(three_roles());
-        let resp = actix_test::call_service(&app, request(Method::GET, "/api/v1/cameras", Some("wrong-token")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::GET, "/api/v1/cameras", Some("wrong-token")).to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(resp.headers().get(WWW_AUTHENTICATE).unwrap(), WWW_AUTHENTICATE_VALUE);
         let body = actix_test::read_body(resp).await;
@@ -1032,19 +827,29 @@ mod tests {
     #[actix_web::test]
     async fn roles_gate_writes_and_admin_endpoints() {
         let app = app!(three_roles());
-        let resp = actix_test::call_service(&app, request(Method::POST, "/api/v1/cameras", Some("viewer-token")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::POST, "/api/v1/cameras", Some("viewer-token")).to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers().get(WWW_AUTHENTICATE).is_none());
         assert_eq!(error_of(resp).await, "role viewer may not POST /api/v1/cameras (operator required)");
 
-        let resp = actix_test::call_service(&app, request(Method::POST, "/api/v1/cameras", Some("operator-token")).to_request()).await;
+        let resp = actix_test::call_service(
+            &app,
+            request(Method::POST, "/api/v1/cameras", Some("operator-token")).to_request(),
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::OK);
         let body: serde_json::Value = actix_test::read_body_json(resp).await;
         assert_eq!(body["caller"], "ops", "the handler sees the token name");
 
-        let resp = actix_test::call_service(&app, request(Method::GET, "/api/v1/system", Some("viewer-token")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::GET, "/api/v1/system", Some("viewer-token")).to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        let resp = actix_test::call_service(&app, request(Method::GET, "/api/v1/system", Some("admin-token")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::GET, "/api/v1/system", Some("admin-token")).to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::OK);
     }
 
@@ -1052,10 +857,14 @@ mod tests {
     async fn percent_encoding_cannot_reach_admin_routes() {
         let app = app!(three_roles());
         // The router decodes %73 to 's', so this IS /api/v1/system ...
-        let resp = actix_test::call_service(&app, request(Method::GET, "/api/v1/%73ystem", Some("admin-token")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::GET, "/api/v1/%73ystem", Some("admin-token")).to_request())
+                .await;
         assert_eq!(actix_test::read_body(resp).await, "system");
         // ... and a viewer must not get there.
-        let resp = actix_test::call_service(&app, request(Method::GET, "/api/v1/%73ystem", Some("viewer-token")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::GET, "/api/v1/%73ystem", Some("viewer-token")).to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     }
 
@@ -1071,26 +880,35 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::OK);
         let resp = actix_test::call_service(&app, request(Method::GET, "/metrics", None).to_request()).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-        let resp = actix_test::call_service(&app, request(Method::GET, "/metrics", Some("viewer-token")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::GET, "/metrics", Some("viewer-token")).to_request()).await;
         assert_eq!(resp.status(), StatusCode::OK);
     }
 
     #[actix_web::test]
     async fn disabled_auth_passes_everything_as_anonymous() {
         let app = app!(AuthConfig { enabled: false, ..AuthConfig::default() });
-        for (method, path) in [(Method::GET, "/api/v1/system"), (Method::POST, "/api/v1/models/reload"), (Method::DELETE, "/api/v1/cameras/x")] {
+        for (method, path) in [
+            (Method::GET, "/api/v1/system"),
+            (Method::POST, "/api/v1/models/reload"),
+            (Method::DELETE, "/api/v1/cameras/x"),
+        ] {
             let resp = actix_test::call_service(&app, request(method, path, None).to_request()).await;
             assert_eq!(resp.status(), StatusCode::OK, "{path}");
         }
-        let resp = actix_test::call_service(&app, request(Method::GET, "/api/v1/cameras", Some("anything")).to_request()).await;
+        let resp =
+            actix_test::call_service(&app, request(Method::GET, "/api/v1/cameras", Some("anything")).to_request())
+                .await;
         let body: serde_json::Value = actix_test::read_body_json(resp).await;
         assert_eq!(body["caller"], Caller::ANONYMOUS);
     }
 
     #[actix_web::test]
     async fn a_missing_store_fails_closed() {
-        let app = actix_test::init_service(App::new().wrap(from_fn(authenticate)).default_service(web::to(whoami))).await;
-        let result = actix_test::try_call_service(&app, request(Method::GET, "/api/v1/cameras", None).to_request()).await;
+        let app =
+            actix_test::init_service(App::new().wrap(from_fn(authenticate)).default_service(web::to(whoami))).await;
+        let result =
+            actix_test::try_call_service(&app, request(Method::GET, "/api/v1/cameras", None).to_request()).await;
         let status = match result {
             Ok(resp) => resp.status(),
             Err(e) => e.as_response_error().status_code(),

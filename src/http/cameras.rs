@@ -4,10 +4,12 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use crate::actors::camera::status::StatusView;
-use crate::actors::camera::{is_valid_id, CameraSpec, CameraStatus};
-use crate::actors::connector::lines::LineCount;
+use crate::actors::status::CameraStatus;
+use crate::actors::status::StatusView;
 use crate::analytics::geometry::Geometry;
+use crate::analytics::lines::LineCount;
+use crate::camera_spec::CameraSpec;
+use crate::ids::is_valid_id;
 use crate::service::Service;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -126,13 +128,19 @@ async fn get_geometry(
             status.geometry_version.load(std::sync::atomic::Ordering::SeqCst)
         }
     };
-    let (geometry, created_at) = service
-        .db
-        .geometry(&id, version)
-        .await
-        .map_err(crate::service::ServiceError::from)?
-        .ok_or_else(|| ApiError::NotFound(format!("camera {id} has no geometry version {version}")))?;
-    Ok(HttpResponse::Ok().json(GeometryView { camera_id: id.into_inner(), version, geometry, created_at: Some(created_at) }))
+    let (geometry, created_at) =
+        service
+            .db
+            .geometry(&id, version)
+            .await
+            .map_err(crate::service::ServiceError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("camera {id} has no geometry version {version}")))?;
+    Ok(HttpResponse::Ok().json(GeometryView {
+        camera_id: id.into_inner(),
+        version,
+        geometry,
+        created_at: Some(created_at),
+    }))
 }
 
 /// The camera's latest state as cached in Redis by its connector.

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::detector::registry::ReloadError;
+use crate::actors::gpu::registry::ReloadError;
 use crate::service::ServiceError;
 
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::actors::camera::is_valid_id;
 use crate::db::EventFilter;
+use crate::ids::is_valid_id;
 use crate::service::{Service, ServiceError};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -73,7 +73,8 @@ fn encode_cursor(ts: DateTime<Utc>, event_id: &str) -> String {
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, String)> {
     let (micros, id) = cursor.split_once('.')?;
     let ts = DateTime::from_timestamp_micros(micros.parse().ok()?).filter(|ts| in_time_range(*ts))?;
-    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| (ts, id.to_string()))
+    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .then(|| (ts, id.to_string()))
 }
 
 async fn list(service: web::Data<Service>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
@@ -99,11 +100,11 @@ async fn list(service: web::Data<Service>, query: web::Query<ListQuery>) -> Resu
     if !problems.is_empty() {
         return Err(ServiceError::Invalid(problems).into());
     }
-    let filter = EventFilter { camera_id: query.camera_id, kind: query.kind, from: query.from, to: query.to, after, limit };
+    let filter =
+        EventFilter { camera_id: query.camera_id, kind: query.kind, from: query.from, to: query.to, after, limit };
     let events = service.db.events(&filter).await.map_err(ServiceError::from)?;
-    let next_cursor = (events.len() == limit as usize)
-        .then(|| events.last().map(|e| encode_cursor(e.ts, &e.event_id)))
-        .flatten();
+    let next_cursor =
+        (events.len() == limit as usize).then(|| events.last().map(|e| encode_cursor(e.ts, &e.event_id))).flatten();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "events": payloads, "next_cursor": next_cursor })))
 }
@@ -137,7 +138,9 @@ async fn stream(service: web::Data<Service>, query: web::Query<StreamQuery>) -> 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SSE_BUFFER);
     let _ = tx.try_send(Bytes::from_static(b": connected\n\n"));
     actix_web::rt::spawn(forward(pubsub.into_on_message(), query.kind, tx));
-    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|frame| (Ok::<_, actix_web::Error>(frame), rx)) });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (Ok::<_, actix_web::Error>(frame), rx))
+    });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
@@ -196,7 +199,9 @@ mod tests {
         let id = "0b3e9c1e-1d2f-5a6b-8c7d-9e0f1a2b3c4d";
         assert_eq!(decode_cursor(&encode_cursor(ts, id)), Some((ts, id.to_string())));
         // The last two are times chrono can hold but PostgreSQL cannot (or RFC 3339 cannot write).
-        for bad in ["", "x.y", "12", "12.", "12.'; DROP TABLE events;--", "-8000000000000000000.ab", "8000000000000000000.ab"] {
+        for bad in
+            ["", "x.y", "12", "12.", "12.'; DROP TABLE events;--", "-8000000000000000000.ab", "8000000000000000000.ab"]
+        {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
     }
@@ -205,9 +210,17 @@ mod tests {
     fn times_beyond_rfc_3339_years_are_refused() {
         let parse = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let mut problems = Vec::new();
-        assert!(check_range(Some(parse("0000-01-01T00:00:00Z")), Some(parse("9999-12-31T23:59:59.999Z")), &mut problems));
+        assert!(check_range(
+            Some(parse("0000-01-01T00:00:00Z")),
+            Some(parse("9999-12-31T23:59:59.999Z")),
+            &mut problems
+        ));
         assert!(problems.is_empty(), "{problems:?}");
-        assert!(!check_range(Some(parse("-5000-01-01T00:00:00Z")), Some(parse("+20000-01-01T00:00:00Z")), &mut problems));
+        assert!(!check_range(
+            Some(parse("-5000-01-01T00:00:00Z")),
+            Some(parse("+20000-01-01T00:00:00Z")),
+            &mut problems
+        ));
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 

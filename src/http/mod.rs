@@ -4,6 +4,7 @@
 
 pub mod analytics;
 pub mod auth;
+pub mod caller;
 pub mod cameras;
 pub mod error;
 pub mod events;
@@ -31,17 +32,26 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
     move |cfg| {
         let max_body = service.settings.http.max_body_bytes;
         cfg.app_data(web::Data::from(service))
+            .app_data(web::JsonConfig::default().limit(max_body).error_handler(|err, _req| ApiError::from(err).into()))
             .app_data(
-                web::JsonConfig::default()
-                    .limit(max_body)
-                    .error_handler(|err, _req| ApiError::from(err).into()),
+                web::PathConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()),
             )
-            .app_data(web::PathConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
-            .app_data(web::QueryConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()))
+            .app_data(
+                web::QueryConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()),
+            )
             .configure(health::routes)
             .route("/api/v1/openapi.json", web::get().to(openapi))
-            .service(web::scope("/api/v1").configure(cameras::routes).configure(analytics::routes).configure(events::routes).configure(system::routes).configure(models::routes))
-            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into())) }));
+            .service(
+                web::scope("/api/v1")
+                    .configure(cameras::routes)
+                    .configure(analytics::routes)
+                    .configure(events::routes)
+                    .configure(system::routes)
+                    .configure(models::routes),
+            )
+            .default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
+            }));
     }
 }
 
@@ -60,7 +70,11 @@ async fn within_time<B: MessageBody>(
         // The request itself is inside the abandoned call: the answer is made from the error.
         Err(_) => {
             let body = serde_json::json!({ "error": "request not completed within http.request_timeout_ms" });
-            Err(actix_web::error::InternalError::from_response("request timeout", HttpResponse::RequestTimeout().json(body)).into())
+            Err(actix_web::error::InternalError::from_response(
+                "request timeout",
+                HttpResponse::RequestTimeout().json(body),
+            )
+            .into())
         }
     }
 }

@@ -4,7 +4,6 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-
 use super::error::ApiError;
 use crate::service::Service;
 
@@ -26,7 +25,11 @@ struct ReloadRequest {
 
 /// The body is read raw: no body means the configured file, anything else must be a valid
 /// request (`Option<Json>` would take a malformed body for none and reload the wrong file).
-async fn reload(service: web::Data<Service>, name: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn reload(
+    service: web::Data<Service>,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReloadRequest::default()
     } else {

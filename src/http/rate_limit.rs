@@ -36,46 +36,10 @@ use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse};
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
-use super::auth::Caller;
+use super::caller::Caller;
+use crate::access::RateLimitConfig;
 use crate::supervision::Clock;
-
-/// `[rate_limit]` in the settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Sustained requests per second per client.
-    pub per_second: f64,
-    /// Requests a client may make at once after being idle (the bucket's size).
-    pub burst: u32,
-    /// Most clients tracked at once (see the module docs for what happens beyond).
-    pub max_clients: usize,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self { per_second: 20.0, burst: 40, max_clients: 10_000 }
-    }
-}
-
-impl RateLimitConfig {
-    /// Every problem, together.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        // At least one request in 1000 s, so a Retry-After always fits in a Duration.
-        if !(self.per_second.is_finite() && self.per_second >= 0.001) {
-            errors.push("rate_limit.per_second must be a number >= 0.001".into());
-        }
-        if self.burst == 0 {
-            errors.push("rate_limit.burst must be at least 1".into());
-        }
-        if self.max_clients == 0 {
-            errors.push("rate_limit.max_clients must be at least 1".into());
-        }
-        errors
-    }
-}
 
 /// Whose bucket a request draws from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -129,7 +93,9 @@ pub fn is_exempt(method: &Method, path: &str) -> bool {
 pub enum Decision {
     Allow,
     /// Over the limit; one token is back after `retry_after`.
-    Deny { retry_after: Duration },
+    Deny {
+        retry_after: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -253,7 +219,8 @@ pub async fn limit<B: MessageBody>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::auth::{self, AuthConfig, Role, TokenEntry, TokenStore};
+    use crate::access::{sha256_hex, AuthConfig, Role, TokenEntry};
+    use crate::http::auth::{self, TokenStore};
     use crate::supervision::ManualClock;
     use actix_web::http::header::AUTHORIZATION;
     use actix_web::http::StatusCode;
@@ -405,7 +372,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up() {
-        let header = |d: Duration| too_many_requests(d).headers().get(RETRY_AFTER).unwrap().to_str().unwrap().to_owned();
+        let header =
+            |d: Duration| too_many_requests(d).headers().get(RETRY_AFTER).unwrap().to_str().unwrap().to_owned();
         assert_eq!(header(Duration::from_millis(1)), "1");
         assert_eq!(header(Duration::from_millis(1000)), "1");
         assert_eq!(header(Duration::from_millis(1001)), "2");
@@ -426,7 +394,7 @@ mod tests {
     // --- the whole stack: auth, then rate limit --------------------------------------------------
 
     fn auth_config() -> AuthConfig {
-        let entry = |name: &str, role, token: &str| TokenEntry { name: name.into(), role, sha256: auth::sha256_hex(token) };
+        let entry = |name: &str, role, token: &str| TokenEntry { name: name.into(), role, sha256: sha256_hex(token) };
         AuthConfig {
             tokens: vec![entry("dash", Role::Viewer, "viewer-token"), entry("ops", Role::Operator, "operator-token")],
             ..AuthConfig::default()
@@ -435,7 +403,8 @@ mod tests {
 
     macro_rules! stack {
         ($auth:expr, $clock:expr, $per_second:expr, $burst:expr) => {{
-            let limiter = RateLimiter::new(RateLimitConfig { per_second: $per_second, burst: $burst, max_clients: 100 }, $clock);
+            let limiter =
+                RateLimiter::new(RateLimitConfig { per_second: $per_second, burst: $burst, max_clients: 100 }, $clock);
             actix_test::init_service(
                 App::new()
                     .app_data(web::Data::new(TokenStore::load(&$auth).unwrap()))
@@ -462,16 +431,24 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let app = stack!(auth_config(), clock.clone(), 1.0, 2);
         for _ in 0..2 {
-            let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1000").to_request()).await;
+            let resp = actix_test::call_service(
+                &app,
+                get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1000").to_request(),
+            )
+            .await;
             assert_eq!(resp.status(), StatusCode::OK);
         }
-        let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1000").to_request()).await;
+        let resp =
+            actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1000").to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers().get(RETRY_AFTER).unwrap(), "1");
         assert_eq!(actix_test::read_body(resp).await, r#"{"error":"rate limit exceeded"}"#);
 
         clock.advance(Duration::from_secs(1));
-        let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1000").to_request()).await;
+        let resp =
+            actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1000").to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::OK);
     }
 
@@ -480,12 +457,18 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let app = stack!(auth_config(), clock, 1.0, 1);
         // Same address, different tokens: separate buckets.
-        let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1").to_request()).await;
+        let resp =
+            actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1").to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::OK);
-        let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("operator-token"), "10.0.0.1:1").to_request()).await;
+        let resp =
+            actix_test::call_service(&app, get("/api/v1/cameras", Some("operator-token"), "10.0.0.1:1").to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::OK);
         // Same token, another address: the same bucket.
-        let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.9.9.9:1").to_request()).await;
+        let resp =
+            actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.9.9.9:1").to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 
@@ -519,7 +502,9 @@ mod tests {
         // Another address is not affected, and a valid token has its own bucket.
         let resp = actix_test::call_service(&app, get("/api/v1/cameras", None, "10.0.0.2:1").to_request()).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-        let resp = actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1").to_request()).await;
+        let resp =
+            actix_test::call_service(&app, get("/api/v1/cameras", Some("viewer-token"), "10.0.0.1:1").to_request())
+                .await;
         assert_eq!(resp.status(), StatusCode::OK);
         clock.advance(Duration::from_secs(1));
         let resp = actix_test::call_service(&app, get("/api/v1/cameras", None, "10.0.0.1:1").to_request()).await;

@@ -6,8 +6,8 @@ pub mod publisher;
 
 use parking_lot::Mutex;
 
-use crate::actors::messages::Event;
 use crate::analytics::{AggregateRow, StateSnapshot};
+use crate::events::Event;
 
 /// Everything a connector emits. No method may block the caller.
 pub trait EventSink: Send + Sync + 'static {

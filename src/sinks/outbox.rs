@@ -30,15 +30,9 @@ const BY_KEY: TableDefinition<&str, u64> = TableDefinition::new("by_key");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
 /// redb's page cache: reads are of the oldest pending entries, so a small one is enough.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+use crate::overflow::WhenFull;
 
-/// What `append` does when the outbox already holds `max_events` (`outbox.when_full`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    Reject,
-    DropOldest,
-}
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
@@ -143,7 +137,7 @@ impl Outbox {
                     continue;
                 }
                 if entries.len().map_err(store("append", "count"))? >= self.config.max_events {
-                    if self.config.when_full == WhenFull::Reject {
+                    if self.config.when_full != WhenFull::DropOldest {
                         outcome.rejected += 1;
                         continue;
                     }

@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, Notify};
 
 use super::outbox::{Entry, Outbox};
 use super::EventSink;
-use crate::actors::messages::Event;
 use crate::analytics::{AggregateRow, StateSnapshot};
 use crate::db::Db;
+use crate::events::Event;
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
 use crate::supervision::{Backoff, BreakerConfig, BreakerView, CircuitBreaker};
@@ -45,7 +45,7 @@ enum Outgoing {
     Aggregates(Vec<AggregateRow>),
     State(StateSnapshot),
     /// The camera was removed: drop its cached state, after any state queued before.
-    ForgetState(crate::actors::messages::CameraId),
+    ForgetState(crate::ids::CameraId),
     System(serde_json::Value),
 }
 
@@ -127,7 +127,11 @@ impl EventSink for Publisher {
 enum RowItem {
     Aggregates(Vec<AggregateRow>),
     /// The newest state of a camera (`None`: remove it), standing for `superseding` items.
-    State { camera_id: crate::actors::messages::CameraId, state: Option<StateSnapshot>, superseding: u64 },
+    State {
+        camera_id: crate::ids::CameraId,
+        state: Option<StateSnapshot>,
+        superseding: u64,
+    },
     System(serde_json::Value),
 }
 
@@ -146,7 +150,8 @@ impl RowQueues {
             RowItem::Aggregates(_) => &self.postgres,
             RowItem::State { .. } | RowItem::System(_) => &self.redis,
         };
-        let Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) = queue.try_send(item) else {
+        let Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) = queue.try_send(item)
+        else {
             return;
         };
         let items = match item {
@@ -194,14 +199,26 @@ impl Publisher {
         let redis_breaker = metrics.breaker("redis", &breaker);
         let postgres_breaker = metrics.breaker("postgres", &breaker);
         let breakers = [redis_breaker.clone(), postgres_breaker.clone()];
-        let sinks = Arc::new(Sinks { redis, keys, stream, db, metrics: metrics.clone(), redis_breaker, postgres_breaker });
+        let sinks =
+            Arc::new(Sinks { redis, keys, stream, db, metrics: metrics.clone(), redis_breaker, postgres_breaker });
         let committed = Arc::new(Notify::new());
         let left = outbox.backlog();
         if left > 0 {
-            tracing::warn!(events = left, "the outbox holds events the last run did not deliver; delivering them first");
+            tracing::warn!(
+                events = left,
+                "the outbox holds events the last run did not deliver; delivering them first"
+            );
         }
         let live = LiveEvents::default();
-        tokio::spawn(intake(rx, rows, outbox.clone(), committed.clone(), live.clone(), metrics.clone(), progress.clone()));
+        tokio::spawn(intake(
+            rx,
+            rows,
+            outbox.clone(),
+            committed.clone(),
+            live.clone(),
+            metrics.clone(),
+            progress.clone(),
+        ));
         tokio::spawn(deliver_from_outbox(sinks.clone(), outbox.clone(), committed, live, progress.clone()));
         tokio::spawn(write_rows(sinks.clone(), postgres_rx, progress.clone()));
         tokio::spawn(write_rows(sinks, redis_rx, progress.clone()));
@@ -319,7 +336,11 @@ async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, metrics: 
     let lost = outcome.rejected + outcome.dropped_oldest;
     if lost > 0 {
         metrics.events_dropped.inc_by(lost as u64);
-        tracing::error!(rejected = outcome.rejected, dropped_oldest = outcome.dropped_oldest, "outbox full; events lost");
+        tracing::error!(
+            rejected = outcome.rejected,
+            dropped_oldest = outcome.dropped_oldest,
+            "outbox full; events lost"
+        );
     }
 }
 
@@ -353,7 +374,13 @@ async fn on_outbox<T: Send + 'static>(
 }
 
 /// Delivers what the outbox holds, oldest first, and acknowledges it.
-async fn deliver_from_outbox(sinks: Arc<Sinks>, outbox: Arc<Outbox>, committed: Arc<Notify>, live: LiveEvents, progress: Arc<Progress>) {
+async fn deliver_from_outbox(
+    sinks: Arc<Sinks>,
+    outbox: Arc<Outbox>,
+    committed: Arc<Notify>,
+    live: LiveEvents,
+    progress: Arc<Progress>,
+) {
     loop {
         let pending = until_outbox(&outbox, "read", |store| store.pending(0, BATCH)).await;
         if pending.is_empty() {
@@ -371,7 +398,8 @@ async fn deliver_from_outbox(sinks: Arc<Sinks>, outbox: Arc<Outbox>, committed: 
         }
         if !events.is_empty() {
             // A traced event's `publish` span lasts until both stores have it.
-            let publishing: Vec<_> = events.iter().map(|e| crate::child_span!(&e.span, "publish", batch = events.len())).collect();
+            let publishing: Vec<_> =
+                events.iter().map(|e| crate::child_span!(&e.span, "publish", batch = events.len())).collect();
             sinks.deliver(&events).await;
             drop(publishing);
         }
@@ -538,13 +566,22 @@ impl Sinks {
 }
 
 /// Writes a camera's state into its hash, or removes the hash (`None`).
-async fn write_state(camera_id: &str, state: Option<&StateSnapshot>, redis: &RedisPool, keys: &RedisKeys) -> Result<(), String> {
+async fn write_state(
+    camera_id: &str,
+    state: Option<&StateSnapshot>,
+    redis: &RedisPool,
+    keys: &RedisKeys,
+) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
     let key = keys.camera_state(camera_id);
     let command = match state {
         Some(state) => {
             let mut hset = bb8_redis::redis::cmd("HSET");
-            hset.arg(key).arg("state").arg(state.state.to_string()).arg("updated_at").arg(chrono::Utc::now().to_rfc3339());
+            hset.arg(key)
+                .arg("state")
+                .arg(state.state.to_string())
+                .arg("updated_at")
+                .arg(chrono::Utc::now().to_rfc3339());
             hset
         }
         None => {
@@ -582,7 +619,12 @@ pub struct StreamOptions {
     pub dedup_ttl_s: u64,
 }
 
-async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, stream: StreamOptions) -> Result<(), String> {
+async fn publish_redis(
+    batch: &[Event],
+    redis: &RedisPool,
+    keys: &RedisKeys,
+    stream: StreamOptions,
+) -> Result<(), String> {
     let mut conn = redis.get().await.map_err(|e| e.to_string())?;
     // Hashed once (for EVALSHA), not per batch.
     static SCRIPT: std::sync::LazyLock<bb8_redis::redis::Script> =
@@ -591,7 +633,11 @@ async fn publish_redis(batch: &[Event], redis: &RedisPool, keys: &RedisKeys, str
     call.arg(stream.max_len).arg(stream.dedup_ttl_s).arg(keys.event_seen_prefix());
     for event in batch {
         let json = serde_json::to_string(event).map_err(|e| e.to_string())?;
-        call.arg(&event.event_id).arg(&*event.camera_id).arg(event.kind()).arg(keys.camera_channel(&event.camera_id)).arg(json);
+        call.arg(&event.event_id)
+            .arg(&*event.camera_id)
+            .arg(event.kind())
+            .arg(keys.camera_channel(&event.camera_id))
+            .arg(json);
     }
     call.invoke_async::<u64>(&mut *conn).await.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -29,11 +29,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            open_for: Duration::from_secs(10),
-            half_open_successes: 1,
-        }
+        Self { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 }
     }
 }
 
@@ -205,19 +201,14 @@ impl CircuitBreaker {
                     inner.state = BreakerState::HalfOpen;
                     inner.trial_started = Some(now);
                     inner.trial_successes = 0;
-                    let t = Transition {
-                        from: BreakerState::Open,
-                        to: BreakerState::HalfOpen,
-                    };
+                    let t = Transition { from: BreakerState::Open, to: BreakerState::HalfOpen };
                     (true, Some(t))
                 } else {
                     (false, None)
                 }
             }
             BreakerState::HalfOpen => match inner.trial_started {
-                Some(started) if now.saturating_duration_since(started) < self.config.open_for => {
-                    (false, None)
-                }
+                Some(started) if now.saturating_duration_since(started) < self.config.open_for => (false, None),
                 // No trial in flight, or the last one never reported back: admit the next.
                 _ => {
                     inner.trial_started = Some(now);
@@ -227,10 +218,7 @@ impl CircuitBreaker {
         };
         drop(inner);
         self.notify(transition);
-        Admission {
-            allowed,
-            transition,
-        }
+        Admission { allowed, transition }
     }
 
     /// [`admit`](Self::admit) without the transition; use it with an observer, or the open -> half-open
@@ -260,10 +248,7 @@ impl CircuitBreaker {
                         inner.consecutive_failures = 0;
                         inner.opened_at = None;
                         inner.trial_successes = 0;
-                        Some(Transition {
-                            from: BreakerState::HalfOpen,
-                            to: BreakerState::Closed,
-                        })
+                        Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Closed })
                     } else {
                         None
                     }
@@ -285,10 +270,7 @@ impl CircuitBreaker {
                 inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
                 if inner.consecutive_failures >= self.config.failure_threshold {
                     Self::open(&mut inner, now);
-                    Some(Transition {
-                        from: BreakerState::Closed,
-                        to: BreakerState::Open,
-                    })
+                    Some(Transition { from: BreakerState::Closed, to: BreakerState::Open })
                 } else {
                     None
                 }
@@ -302,10 +284,7 @@ impl CircuitBreaker {
                     inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
                     // Reopening restarts the open timer: the next trial waits a full `open_for`.
                     Self::open(&mut inner, now);
-                    Some(Transition {
-                        from: BreakerState::HalfOpen,
-                        to: BreakerState::Open,
-                    })
+                    Some(Transition { from: BreakerState::HalfOpen, to: BreakerState::Open })
                 }
             }
         };
@@ -325,9 +304,7 @@ impl CircuitBreaker {
             name: self.name.clone(),
             state: inner.state,
             consecutive_failures: inner.consecutive_failures,
-            opened_secs_ago: inner
-                .opened_at
-                .map(|at| now.saturating_duration_since(at).as_secs_f64()),
+            opened_secs_ago: inner.opened_at.map(|at| now.saturating_duration_since(at).as_secs_f64()),
             total_opens: inner.total_opens,
         }
     }
@@ -348,9 +325,7 @@ impl CircuitBreaker {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every update leaves `Inner` consistent before anything can panic, so a poisoned lock is safe.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -398,12 +373,8 @@ mod tests {
         let c = BreakerConfig::default();
         assert_eq!(c, config(5, 10, 1));
         assert!(c.validate().is_empty());
-        let errors = BreakerConfig {
-            failure_threshold: 0,
-            open_for: Duration::ZERO,
-            half_open_successes: 0,
-        }
-        .validate();
+        let errors =
+            BreakerConfig { failure_threshold: 0, open_for: Duration::ZERO, half_open_successes: 0 }.validate();
         assert_eq!(errors.len(), 3, "{errors:?}");
     }
 
@@ -415,14 +386,7 @@ mod tests {
         for s in [CLOSED, HALF_OPEN, OPEN] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        assert_eq!(
-            Transition {
-                from: CLOSED,
-                to: OPEN
-            }
-            .to_string(),
-            "closed -> open"
-        );
+        assert_eq!(Transition { from: CLOSED, to: OPEN }.to_string(), "closed -> open");
     }
 
     #[test]
@@ -457,31 +421,13 @@ mod tests {
     fn stays_open_for_open_for_then_admits_one_trial() {
         let (b, clock) = opened(config(2, 10, 1));
         clock.advance(Duration::from_millis(9_999));
-        assert_eq!(
-            b.admit(),
-            Admission {
-                allowed: false,
-                transition: None
-            }
-        );
+        assert_eq!(b.admit(), Admission { allowed: false, transition: None });
         assert_eq!(b.state(), OPEN);
         clock.advance(Duration::from_millis(1));
-        assert_eq!(
-            b.admit(),
-            Admission {
-                allowed: true,
-                transition: t(OPEN, HALF_OPEN)
-            }
-        );
+        assert_eq!(b.admit(), Admission { allowed: true, transition: t(OPEN, HALF_OPEN) });
         assert_eq!(b.state(), HALF_OPEN);
         // The trial is in flight: everyone else waits, and the transition is not reported again.
-        assert_eq!(
-            b.admit(),
-            Admission {
-                allowed: false,
-                transition: None
-            }
-        );
+        assert_eq!(b.admit(), Admission { allowed: false, transition: None });
         clock.advance(Duration::from_secs(5));
         assert!(!b.allow());
     }
@@ -539,13 +485,7 @@ mod tests {
         clock.advance(Duration::from_secs(9));
         assert!(!b.allow());
         clock.advance(Duration::from_secs(1));
-        assert_eq!(
-            b.admit(),
-            Admission {
-                allowed: true,
-                transition: None
-            }
-        );
+        assert_eq!(b.admit(), Admission { allowed: true, transition: None });
         assert_eq!(b.record_success(), t(HALF_OPEN, CLOSED));
     }
 
@@ -605,9 +545,8 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let seen: Arc<Mutex<Vec<(String, Transition)>>> = Arc::default();
         let sink = seen.clone();
-        let b = CircuitBreaker::new("postgres", config(2, 10, 1), clock.clone()).with_observer(
-            Arc::new(move |name: &str, t| sink.lock().unwrap().push((name.to_string(), t))),
-        );
+        let b = CircuitBreaker::new("postgres", config(2, 10, 1), clock.clone())
+            .with_observer(Arc::new(move |name: &str, t| sink.lock().unwrap().push((name.to_string(), t))));
 
         let mut returned = Vec::new();
         let mut record = |t: Option<Transition>| returned.extend(t);
@@ -630,22 +569,10 @@ mod tests {
         assert_eq!(
             returned,
             vec![
-                Transition {
-                    from: CLOSED,
-                    to: OPEN
-                },
-                Transition {
-                    from: OPEN,
-                    to: HALF_OPEN
-                },
-                Transition {
-                    from: HALF_OPEN,
-                    to: OPEN
-                },
-                Transition {
-                    from: HALF_OPEN,
-                    to: CLOSED
-                },
+                Transition { from: CLOSED, to: OPEN },
+                Transition { from: OPEN, to: HALF_OPEN },
+                Transition { from: HALF_OPEN, to: OPEN },
+                Transition { from: HALF_OPEN, to: CLOSED },
             ]
         );
         let seen = seen.lock().unwrap();
@@ -653,26 +580,11 @@ mod tests {
         assert_eq!(
             observed,
             vec![
-                Transition {
-                    from: CLOSED,
-                    to: OPEN
-                },
-                Transition {
-                    from: OPEN,
-                    to: HALF_OPEN
-                },
-                Transition {
-                    from: HALF_OPEN,
-                    to: OPEN
-                },
-                Transition {
-                    from: OPEN,
-                    to: HALF_OPEN
-                },
-                Transition {
-                    from: HALF_OPEN,
-                    to: CLOSED
-                },
+                Transition { from: CLOSED, to: OPEN },
+                Transition { from: OPEN, to: HALF_OPEN },
+                Transition { from: HALF_OPEN, to: OPEN },
+                Transition { from: OPEN, to: HALF_OPEN },
+                Transition { from: HALF_OPEN, to: CLOSED },
             ]
         );
         assert!(seen.iter().all(|(name, _)| name == "postgres"));

@@ -33,9 +33,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new() -> Self {
-        Self {
-            now: Mutex::new(Instant::now()),
-        }
+        Self { now: Mutex::new(Instant::now()) }
     }
 
     /// Moves time forward by `by`.
@@ -46,9 +44,7 @@ impl ManualClock {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
         // The guarded value is a plain `Instant`; a panic elsewhere cannot leave it half-written.
-        self.now
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -8,7 +8,9 @@ pub mod policy;
 pub mod supervisor;
 
 pub use backoff::Backoff;
-pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerView, CircuitBreaker, Transition, TransitionObserver};
+pub use breaker::{
+    Admission, BreakerConfig, BreakerState, BreakerView, CircuitBreaker, Transition, TransitionObserver,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use supervisor::{panic_message, Reporter, Supervisor};
 pub use policy::{ChildSlot, ChildState, ChildView, Decision, Generation, JitterSource, RestartPolicy, RestartTracker};
+pub use supervisor::{panic_message, Reporter, Supervisor};

@@ -113,12 +113,7 @@ pub struct RestartTracker {
 impl RestartTracker {
     pub fn new(policy: RestartPolicy) -> Self {
         let backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
-        Self {
-            policy,
-            backoff,
-            window: VecDeque::new(),
-            healthy_since: None,
-        }
+        Self { policy, backoff, window: VecDeque::new(), healthy_since: None }
     }
 
     pub fn policy(&self) -> &RestartPolicy {
@@ -132,16 +127,11 @@ impl RestartTracker {
         self.forget_old(now);
         let restarts_in_window = self.window.len();
         if restarts_in_window >= self.policy.max_restarts as usize {
-            return Decision::Escalate {
-                restarts_in_window: restarts_in_window as u32,
-            };
+            return Decision::Escalate { restarts_in_window: restarts_in_window as u32 };
         }
         self.window.push_back(now);
         let base = self.backoff.next_delay();
-        Decision::Restart {
-            after: self.policy.jittered(base, jitter_sample),
-            attempt: self.backoff.failures(),
-        }
+        Decision::Restart { after: self.policy.jittered(base, jitter_sample), attempt: self.backoff.failures() }
     }
 
     /// Records progress at `now`. Returns true when this report completes a healthy spell of
@@ -163,10 +153,7 @@ impl RestartTracker {
 
     /// Restarts granted within the window ending at `now`.
     pub fn restarts_in_window(&self, now: Instant) -> u32 {
-        self.window
-            .iter()
-            .filter(|&&t| self.in_window(t, now))
-            .count() as u32
+        self.window.iter().filter(|&&t| self.in_window(t, now)).count() as u32
     }
 
     fn forget_old(&mut self, now: Instant) {
@@ -345,8 +332,7 @@ impl ChildSlot {
     /// Running, yet no progress for longer than `heartbeat_timeout`: alive but stuck, to be treated as
     /// a failure by the supervisor.
     pub fn is_frozen(&self, now: Instant, heartbeat_timeout: Duration) -> bool {
-        self.state == ChildState::Running
-            && now.saturating_duration_since(self.last_progress) > heartbeat_timeout
+        self.state == ChildState::Running && now.saturating_duration_since(self.last_progress) > heartbeat_timeout
     }
 
     pub fn view(&self) -> ChildView {
@@ -444,11 +430,7 @@ mod tests {
         assert!(errors.iter().any(|e| e.contains("within")));
         assert!(errors.iter().any(|e| e.contains("jitter")));
 
-        let bad = RestartPolicy {
-            max_backoff: ms(50),
-            jitter: f64::NAN,
-            ..RestartPolicy::default()
-        };
+        let bad = RestartPolicy { max_backoff: ms(50), jitter: f64::NAN, ..RestartPolicy::default() };
         let errors = bad.validate();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("max_backoff")));
@@ -461,32 +443,16 @@ mod tests {
         let got: Vec<_> = (0..6).map(|_| t.on_failure(now, 0.5)).collect();
         let want: Vec<_> = [(100, 1), (200, 2), (400, 3), (800, 4), (800, 5), (800, 6)]
             .into_iter()
-            .map(|(d, a)| Decision::Restart {
-                after: ms(d),
-                attempt: a,
-            })
+            .map(|(d, a)| Decision::Restart { after: ms(d), attempt: a })
             .collect();
         assert_eq!(got, want);
     }
 
     #[test]
     fn jitter_stays_within_bounds_and_is_deterministic() {
-        let policy = RestartPolicy {
-            jitter: 0.2,
-            ..plain_policy()
-        };
+        let policy = RestartPolicy { jitter: 0.2, ..plain_policy() };
         let base = secs(10);
-        for sample in [
-            0.0,
-            0.25,
-            0.5,
-            0.999,
-            1.0,
-            -3.0,
-            7.0,
-            f64::NAN,
-            f64::INFINITY,
-        ] {
+        for sample in [0.0, 0.25, 0.5, 0.999, 1.0, -3.0, 7.0, f64::NAN, f64::INFINITY] {
             let d = policy.jittered(base, sample);
             assert!(d >= secs(8) && d <= base, "sample {sample} gave {d:?}");
             assert_eq!(d, policy.jittered(base, sample), "same sample, same delay");
@@ -509,10 +475,7 @@ mod tests {
 
     #[test]
     fn full_jitter_may_reach_zero_but_not_exceed_base() {
-        let policy = RestartPolicy {
-            jitter: 1.0,
-            ..plain_policy()
-        };
+        let policy = RestartPolicy { jitter: 1.0, ..plain_policy() };
         assert_eq!(policy.jittered(secs(4), 1.0), Duration::ZERO);
         assert_eq!(policy.jittered(secs(4), 0.0), secs(4));
     }
@@ -529,10 +492,7 @@ mod tests {
         // 59 s of health is still not enough ...
         assert!(!t.on_healthy(t0 + secs(2)));
         assert!(!t.on_healthy(t0 + secs(61)));
-        assert_eq!(
-            restart_after(t.on_failure(t0 + secs(61) + ms(1), 0.0)),
-            ms(400)
-        );
+        assert_eq!(restart_after(t.on_failure(t0 + secs(61) + ms(1), 0.0)), ms(400));
         assert_eq!(t.consecutive_failures(), 3);
     }
 
@@ -549,13 +509,7 @@ mod tests {
         assert!(t.on_healthy(t0 + secs(61)), "60 s of health resets");
         assert!(!t.on_healthy(t0 + secs(62)), "reported once");
         assert_eq!(t.consecutive_failures(), 0);
-        assert_eq!(
-            t.on_failure(t0 + secs(70), 0.0),
-            Decision::Restart {
-                after: ms(100),
-                attempt: 1
-            }
-        );
+        assert_eq!(t.on_failure(t0 + secs(70), 0.0), Decision::Restart { after: ms(100), attempt: 1 });
     }
 
     #[test]
@@ -574,75 +528,35 @@ mod tests {
 
     #[test]
     fn crash_loop_escalates_after_max_restarts_within_window() {
-        let policy = RestartPolicy {
-            max_restarts: 3,
-            within: secs(60),
-            ..plain_policy()
-        };
+        let policy = RestartPolicy { max_restarts: 3, within: secs(60), ..plain_policy() };
         let mut t = RestartTracker::new(policy);
         let t0 = Instant::now();
         for i in 0..3 {
-            assert!(matches!(
-                t.on_failure(t0 + secs(i), 0.0),
-                Decision::Restart { .. }
-            ));
+            assert!(matches!(t.on_failure(t0 + secs(i), 0.0), Decision::Restart { .. }));
         }
-        assert_eq!(
-            t.on_failure(t0 + secs(3), 0.0),
-            Decision::Escalate {
-                restarts_in_window: 3
-            }
-        );
+        assert_eq!(t.on_failure(t0 + secs(3), 0.0), Decision::Escalate { restarts_in_window: 3 });
         // Escalating grants nothing, so asking again still escalates.
-        assert_eq!(
-            t.on_failure(t0 + secs(4), 0.0),
-            Decision::Escalate {
-                restarts_in_window: 3
-            }
-        );
+        assert_eq!(t.on_failure(t0 + secs(4), 0.0), Decision::Escalate { restarts_in_window: 3 });
         assert_eq!(t.restarts_in_window(t0 + secs(4)), 3);
     }
 
     #[test]
     fn restarts_older_than_the_window_fall_out() {
-        let policy = RestartPolicy {
-            max_restarts: 2,
-            within: secs(10),
-            ..plain_policy()
-        };
+        let policy = RestartPolicy { max_restarts: 2, within: secs(10), ..plain_policy() };
         let mut t = RestartTracker::new(policy);
         let t0 = Instant::now();
         assert!(matches!(t.on_failure(t0, 0.0), Decision::Restart { .. }));
-        assert!(matches!(
-            t.on_failure(t0 + secs(5), 0.0),
-            Decision::Restart { .. }
-        ));
+        assert!(matches!(t.on_failure(t0 + secs(5), 0.0), Decision::Restart { .. }));
         // At 10 s the first restart is exactly `within` old: out. One slot is free.
-        assert!(matches!(
-            t.on_failure(t0 + secs(10), 0.0),
-            Decision::Restart { .. }
-        ));
-        assert_eq!(
-            t.on_failure(t0 + secs(11), 0.0),
-            Decision::Escalate {
-                restarts_in_window: 2
-            }
-        );
+        assert!(matches!(t.on_failure(t0 + secs(10), 0.0), Decision::Restart { .. }));
+        assert_eq!(t.on_failure(t0 + secs(11), 0.0), Decision::Escalate { restarts_in_window: 2 });
         assert_eq!(t.restarts_in_window(t0 + secs(21)), 0);
-        assert!(matches!(
-            t.on_failure(t0 + secs(21), 0.0),
-            Decision::Restart { .. }
-        ));
+        assert!(matches!(t.on_failure(t0 + secs(21), 0.0), Decision::Restart { .. }));
     }
 
     #[test]
     fn backoff_reset_does_not_forget_the_window() {
-        let policy = RestartPolicy {
-            max_restarts: 2,
-            within: secs(300),
-            healthy_after: secs(60),
-            ..plain_policy()
-        };
+        let policy = RestartPolicy { max_restarts: 2, within: secs(300), healthy_after: secs(60), ..plain_policy() };
         let mut t = RestartTracker::new(policy);
         let t0 = Instant::now();
         t.on_failure(t0, 0.0);
@@ -650,26 +564,13 @@ mod tests {
         t.on_healthy(t0 + secs(2));
         assert!(t.on_healthy(t0 + secs(70)));
         assert_eq!(t.consecutive_failures(), 0);
-        assert_eq!(
-            t.on_failure(t0 + secs(80), 0.0),
-            Decision::Escalate {
-                restarts_in_window: 2
-            }
-        );
+        assert_eq!(t.on_failure(t0 + secs(80), 0.0), Decision::Escalate { restarts_in_window: 2 });
     }
 
     #[test]
     fn zero_max_restarts_escalates_immediately() {
-        let mut t = RestartTracker::new(RestartPolicy {
-            max_restarts: 0,
-            ..plain_policy()
-        });
-        assert_eq!(
-            t.on_failure(Instant::now(), 0.0),
-            Decision::Escalate {
-                restarts_in_window: 0
-            }
-        );
+        let mut t = RestartTracker::new(RestartPolicy { max_restarts: 0, ..plain_policy() });
+        assert_eq!(t.on_failure(Instant::now(), 0.0), Decision::Escalate { restarts_in_window: 0 });
     }
 
     #[test]
@@ -680,13 +581,7 @@ mod tests {
         assert!(slot.is_current(g0));
 
         let d = slot.report_failure(g0, "decode thread panicked", t0 + secs(1), 0.0);
-        assert_eq!(
-            d,
-            Some(Decision::Restart {
-                after: ms(100),
-                attempt: 1
-            })
-        );
+        assert_eq!(d, Some(Decision::Restart { after: ms(100), attempt: 1 }));
         assert_eq!(slot.state(), ChildState::BackingOff);
         // The same instance's stop, reported after its panic: acted on once only.
         assert_eq!(slot.report_failure(g0, "stopped", t0 + secs(1), 0.0), None);
@@ -706,41 +601,24 @@ mod tests {
 
         assert!(slot.heartbeat(g1, t0 + secs(3)));
         let d = slot.report_failure(g1, "rtsp eof", t0 + secs(4), 0.0);
-        assert_eq!(
-            d,
-            Some(Decision::Restart {
-                after: ms(200),
-                attempt: 2
-            })
-        );
+        assert_eq!(d, Some(Decision::Restart { after: ms(200), attempt: 2 }));
         assert_eq!(slot.last_error(), Some("rtsp eof"));
     }
 
     #[test]
     fn slot_escalates_a_crash_loop() {
         let t0 = Instant::now();
-        let policy = RestartPolicy {
-            max_restarts: 1,
-            ..plain_policy()
-        };
+        let policy = RestartPolicy { max_restarts: 1, ..plain_policy() };
         let mut slot = ChildSlot::new("gpu-0", policy, t0);
         let g = slot.generation();
-        assert!(matches!(
-            slot.report_failure(g, "oom", t0, 0.0),
-            Some(Decision::Restart { .. })
-        ));
+        assert!(matches!(slot.report_failure(g, "oom", t0, 0.0), Some(Decision::Restart { .. })));
         let g = slot.restarted(t0 + secs(1));
         assert_eq!(
             slot.report_failure(g, "cuda context poisoned", t0 + secs(2), 0.0),
-            Some(Decision::Escalate {
-                restarts_in_window: 1
-            })
+            Some(Decision::Escalate { restarts_in_window: 1 })
         );
         assert_eq!(slot.state(), ChildState::Escalated);
-        assert!(
-            !slot.is_frozen(t0 + secs(1000), secs(5)),
-            "not running, so not frozen"
-        );
+        assert!(!slot.is_frozen(t0 + secs(1000), secs(5)), "not running, so not frozen");
     }
 
     #[test]
@@ -749,10 +627,7 @@ mod tests {
         let timeout = secs(10);
         let mut slot = ChildSlot::new("connector-2", plain_policy(), t0);
         let g = slot.generation();
-        assert!(
-            !slot.is_frozen(t0 + secs(10), timeout),
-            "exactly the timeout is still fine"
-        );
+        assert!(!slot.is_frozen(t0 + secs(10), timeout), "exactly the timeout is still fine");
         assert!(slot.is_frozen(t0 + secs(11), timeout));
 
         assert!(slot.heartbeat(g, t0 + secs(8)));
@@ -813,12 +688,7 @@ mod tests {
         slot.restarted(t0 + secs(1));
         assert_eq!(serde_json::to_value(slot.view()).unwrap()["generation"], 1);
 
-        for state in [
-            ChildState::Running,
-            ChildState::BackingOff,
-            ChildState::Failed,
-            ChildState::Escalated,
-        ] {
+        for state in [ChildState::Running, ChildState::BackingOff, ChildState::Failed, ChildState::Escalated] {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         }
     }
@@ -833,9 +703,6 @@ mod tests {
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         assert!((0.4..0.6).contains(&mean), "mean {mean}");
-        assert_ne!(
-            JitterSource::new(1).next_sample(),
-            JitterSource::new(2).next_sample()
-        );
+        assert_ne!(JitterSource::new(1).next_sample(), JitterSource::new(2).next_sample());
     }
 }

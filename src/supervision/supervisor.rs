@@ -61,7 +61,11 @@ impl Reporter {
 
     /// This instance failed (a caught panic, an error it cannot get past): restart per policy.
     pub fn failed(&self, error: impl Into<String>) {
-        let _ = self.tx.send(Report::Failed { child: self.child.clone(), generation: self.generation, error: error.into() });
+        let _ = self.tx.send(Report::Failed {
+            child: self.child.clone(),
+            generation: self.generation,
+            error: error.into(),
+        });
     }
 
     /// This instance is making progress.
@@ -325,8 +329,15 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let escalations = Arc::new(AtomicU64::new(0));
         let e = escalations.clone();
-        let (core, supervisor) =
-            Supervisor::core("test", policy(), tx, Box::new(move |_, _| { e.fetch_add(1, Ordering::SeqCst); }), Box::new(|_| {}));
+        let (core, supervisor) = Supervisor::core(
+            "test",
+            policy(),
+            tx,
+            Box::new(move |_, _| {
+                e.fetch_add(1, Ordering::SeqCst);
+            }),
+            Box::new(|_| {}),
+        );
         Harness { core, rx, supervisor, started: Default::default(), escalations, reporters: Default::default() }
             .with_child(fail_factory_from)
     }
@@ -380,7 +391,10 @@ mod tests {
         h.pump(t0 + Duration::from_millis(100));
         assert_eq!(*h.started.lock(), vec![Generation(0), Generation(1)]);
         let view = &h.supervisor.children()[0];
-        assert_eq!((view.state, view.restarts, view.last_error.as_deref()), (ChildState::Running, 1, Some("panicked: boom")));
+        assert_eq!(
+            (view.state, view.restarts, view.last_error.as_deref()),
+            (ChildState::Running, 1, Some("panicked: boom"))
+        );
     }
 
     #[test]

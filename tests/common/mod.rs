@@ -108,8 +108,10 @@ impl Drop for TestEnv {
             rt.block_on(async move {
                 let admin = admin_client().await;
                 let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-                let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query_async(&mut redis).await.unwrap_or_default();
+                let mut redis =
+                    redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(format!("{name}:*")).query_async(&mut redis).await.unwrap_or_default();
                 if !keys.is_empty() {
                     let _: () = redis::cmd("DEL").arg(keys).query_async(&mut redis).await.unwrap();
                 }
@@ -374,7 +376,8 @@ impl OwnPostgres {
         let dir = tempfile::tempdir().unwrap();
         let pg = Self { port: free_port(), dir, bin, running: false };
         pg.as_postgres_owner();
-        let status = pg.command("initdb").args(["-U", "postgres", "--auth=trust", "-D"]).arg(pg.data()).status().unwrap();
+        let status =
+            pg.command("initdb").args(["-U", "postgres", "--auth=trust", "-D"]).arg(pg.data()).status().unwrap();
         assert!(status.success(), "initdb failed");
         let mut pg = pg;
         pg.restart().await;
@@ -431,7 +434,8 @@ impl OwnPostgres {
 
     /// A fast shutdown, as an operator's restart or a failover would do it.
     pub fn stop(&mut self) {
-        let status = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]).status().unwrap();
+        let status =
+            self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]).status().unwrap();
         assert!(status.success(), "pg_ctl stop failed");
         self.running = false;
     }
@@ -487,7 +491,10 @@ pub async fn camera_with_password(clip: Vec<u8>, basic: String) -> (u16, std::sy
                 let head = String::from_utf8_lossy(&request[..n]).to_ascii_lowercase();
                 if head.contains(&format!("authorization: basic {}", basic.to_ascii_lowercase())) {
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: video/x-msvideo\r\nContent-Length: {}\r\n\r\n", clip.len());
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: video/x-msvideo\r\nContent-Length: {}\r\n\r\n",
+                        clip.len()
+                    );
                     let _ = socket.write_all(reply.as_bytes()).await;
                     let _ = socket.write_all(&clip).await;
                 } else {

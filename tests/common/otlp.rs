@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use prost::Message as _;
 
@@ -29,9 +27,8 @@ impl ReceivedSpan {
     /// Every string the span carries (names, keys, values), for leak scans.
     pub fn strings(&self) -> Vec<String> {
         let mut out = vec![self.name.clone()];
-        for map in std::iter::once(&self.attributes)
-            .chain(self.event_attributes.iter())
-            .chain(std::iter::once(&self.resource))
+        for map in
+            std::iter::once(&self.attributes).chain(self.event_attributes.iter()).chain(std::iter::once(&self.resource))
         {
             for (k, v) in map {
                 out.push(k.clone());
@@ -77,8 +74,7 @@ impl Receiver {
                     .workers(1)
                     .disable_signals()
                     .bind(("127.0.0.1", 0))
-                    .expect("bind")
-                    ;
+                    .expect("bind");
                     let port = server.addrs()[0].port();
                     let server = server.run();
                     tx.send((port, server.handle())).unwrap();
@@ -111,25 +107,15 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         // stop() completes on the server's own System; block on it with a tiny executor.
         let stop = self.server.stop(false);
-        std::thread::spawn(move || actix_web::rt::System::new().block_on(stop))
-            .join()
-            .ok();
+        std::thread::spawn(move || actix_web::rt::System::new().block_on(stop)).join().ok();
         if let Some(t) = self.thread.take() {
             t.join().ok();
         }
     }
 }
 
-async fn traces(
-    req: HttpRequest,
-    body: web::Bytes,
-    store: web::Data<Arc<Mutex<Store>>>,
-) -> HttpResponse {
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+async fn traces(req: HttpRequest, body: web::Bytes, store: web::Data<Arc<Mutex<Store>>>) -> HttpResponse {
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if content_type != "application/x-protobuf" {
         store.lock().unwrap().rejected.push(format!("content-type {content_type:?}"));
         return HttpResponse::UnsupportedMediaType().finish();
@@ -143,11 +129,7 @@ async fn traces(
     };
     let mut spans = Vec::new();
     for rs in &request.resource_spans {
-        let resource = rs
-            .resource
-            .as_ref()
-            .map(|r| attributes(&r.attributes))
-            .unwrap_or_default();
+        let resource = rs.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
         for ss in &rs.scope_spans {
             for s in &ss.spans {
                 spans.push(ReceivedSpan {
@@ -174,9 +156,7 @@ async fn traces(
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_to_string).unwrap_or_default()))
-        .collect()
+    kvs.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_to_string).unwrap_or_default())).collect()
 }
 
 fn any_to_string(v: &AnyValue) -> String {
@@ -185,9 +165,7 @@ fn any_to_string(v: &AnyValue) -> String {
         Some(Value::BoolValue(b)) => b.to_string(),
         Some(Value::IntValue(i)) => i.to_string(),
         Some(Value::DoubleValue(d)) => d.to_string(),
-        Some(Value::ArrayValue(a)) => {
-            a.values.iter().map(any_to_string).collect::<Vec<_>>().join(",")
-        }
+        Some(Value::ArrayValue(a)) => a.values.iter().map(any_to_string).collect::<Vec<_>>().join(","),
         Some(Value::KvlistValue(l)) => format!("{:?}", attributes(&l.values)),
         Some(Value::BytesValue(b)) => String::from_utf8_lossy(b).into_owned(),
         Some(Value::StringValueStrindex(i)) => format!("strindex:{i}"),

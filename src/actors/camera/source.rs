@@ -13,26 +13,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
 
-use super::spec::{RtspTransport, FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
-use super::status::{CameraStatus, StreamState};
-use crate::actors::gpu::batch::{PushOutcome, Queued};
-use crate::actors::messages::{CameraId, Frame};
+use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
+use crate::actors::messages::Frame;
+use crate::actors::status::{CameraStatus, StreamState};
+use crate::camera_spec::{RtspTransport, FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
 use crate::detector::Letterbox;
+use crate::ids::CameraId;
 use crate::metrics::Metrics;
 use crate::supervision::{panic_message, Backoff};
 
 /// Rate assumed for a stream whose container rate is missing or implausible.
 pub const FALLBACK_SOURCE_FPS: f64 = 30.0;
-
-/// Where decoded frames go: the camera's queue on its device.
-pub trait FrameSink: Send {
-    /// Never blocks a live camera; a replay waits for room unless `cancelled()` turns true.
-    fn push(&self, item: Queued, cancelled: &dyn Fn() -> bool) -> PushOutcome;
-}
 
 #[derive(Clone)]
 pub struct SourceConfig {
@@ -66,7 +61,12 @@ impl SourceHandle {
     }
 }
 
-pub fn spawn(config: SourceConfig, status: Arc<CameraStatus>, sink: Box<dyn FrameSink>, metrics: Arc<Metrics>) -> SourceHandle {
+pub fn spawn(
+    config: SourceConfig,
+    status: Arc<CameraStatus>,
+    sink: Box<dyn FrameSink>,
+    metrics: Arc<Metrics>,
+) -> SourceHandle {
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
@@ -240,7 +240,9 @@ impl Streamer {
             .map_err(|e| format!("cannot open stream: {e}"))?;
         let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or("no video stream")?;
         let stream_index = stream.index();
-        let source_fps = plausible_rate(stream.avg_frame_rate()).or_else(|| plausible_rate(stream.rate())).unwrap_or(FALLBACK_SOURCE_FPS);
+        let source_fps = plausible_rate(stream.avg_frame_rate())
+            .or_else(|| plausible_rate(stream.rate()))
+            .unwrap_or(FALLBACK_SOURCE_FPS);
         let mut decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
             .and_then(|c| c.decoder().video())
             .map_err(|e| format!("cannot decode stream: {e}"))?;
@@ -324,7 +326,8 @@ impl Streamer {
                     tracing::Span::none()
                 };
                 let convert_started = Instant::now();
-                let decode_span = crate::child_span!(&span, "decode", width = decoded.width(), height = decoded.height());
+                let decode_span =
+                    crate::child_span!(&span, "decode", width = decoded.width(), height = decoded.height());
                 let conv = match &mut converter {
                     Some(c) if c.fits(&decoded) => c,
                     slot => slot.insert(Converter::new(&decoded, self.config.input_size)?),
@@ -344,7 +347,7 @@ impl Streamer {
                 self.seq += 1;
                 match self.sink.push(Queued::Frame(frame), &|| self.stopped()) {
                     PushOutcome::Queued | PushOutcome::Full => {}
-                    PushOutcome::DroppedOldest => {
+                    PushOutcome::DroppedOldest | PushOutcome::Rejected => {
                         self.status.dropped.inc();
                     }
                     PushOutcome::Detached => return Ok(RunEnd::Stopped),
@@ -398,13 +401,23 @@ impl Converter {
     fn new(frame: &ffmpeg::frame::Video, input_size: u32) -> Result<Self, String> {
         let letterbox = Letterbox::new(frame.width(), frame.height(), input_size);
         let (w, h) = letterbox.scaled_size();
-        let scaler = scaling::Context::get(frame.format(), frame.width(), frame.height(), Pixel::BGR24, w, h, scaling::Flags::BILINEAR)
-            .map_err(|e| format!("cannot scale {}x{} {:?}: {e}", frame.width(), frame.height(), frame.format()))?;
+        let scaler = scaling::Context::get(
+            frame.format(),
+            frame.width(),
+            frame.height(),
+            Pixel::BGR24,
+            w,
+            h,
+            scaling::Flags::BILINEAR,
+        )
+        .map_err(|e| format!("cannot scale {}x{} {:?}: {e}", frame.width(), frame.height(), frame.format()))?;
         Ok(Self { scaler, letterbox, format: frame.format(), bgr: ffmpeg::frame::Video::empty(), planar: Vec::new() })
     }
 
     fn fits(&self, frame: &ffmpeg::frame::Video) -> bool {
-        frame.width() == self.letterbox.src_width && frame.height() == self.letterbox.src_height && frame.format() == self.format
+        frame.width() == self.letterbox.src_width
+            && frame.height() == self.letterbox.src_height
+            && frame.format() == self.format
     }
 
     fn convert(&mut self, frame: &ffmpeg::frame::Video) -> Result<(Bytes, Letterbox), String> {
@@ -417,7 +430,7 @@ impl Converter {
 /// Error text with the camera URL and every secret in it removed.
 fn sanitize(error: &str, url: &str) -> String {
     let mut out = error.replace(url, "<camera url>");
-    for secret in super::spec::url_secrets(url) {
+    for secret in crate::camera_spec::url_secrets(url) {
         out = out.replace(&secret, "***");
     }
     out

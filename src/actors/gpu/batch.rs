@@ -12,15 +12,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::actors::messages::{CameraId, Frame};
+use crate::actors::messages::Frame;
+use crate::ids::CameraId;
+use crate::overflow::WhenFull;
 
-/// What a camera's queue does when a frame arrives and it is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenFull {
-    /// Drop the oldest queued frame of that camera (live streams: fresh frames matter most).
-    DropOldest,
-    /// Block the producer until there is room (replay: every frame matters).
-    Wait,
+/// Where decoded frames go: the camera's queue on its device.
+pub trait FrameSink: Send {
+    /// Never blocks a live camera; a replay waits for room unless `cancelled()` turns true.
+    fn push(&self, item: Queued, cancelled: &dyn Fn() -> bool) -> PushOutcome;
 }
 
 /// An item of a camera's queue: a frame, or the end of its stream behind the last frame.
@@ -77,6 +76,8 @@ pub enum PushOutcome {
     Detached,
     /// The queue is full and the camera waits for room.
     Full,
+    /// The queue is full and refused the frame (`WhenFull::Reject`).
+    Rejected,
 }
 
 impl<R: Clone> Intake<R> {
@@ -86,7 +87,14 @@ impl<R: Clone> Intake<R> {
 
     pub fn attach(&mut self, camera_id: CameraId, capacity: usize, when_full: WhenFull, route: R) {
         self.detach(&camera_id);
-        self.cameras.push(CameraQueue { camera_id, items: VecDeque::new(), frames: 0, capacity: capacity.max(1), when_full, route });
+        self.cameras.push(CameraQueue {
+            camera_id,
+            items: VecDeque::new(),
+            frames: 0,
+            capacity: capacity.max(1),
+            when_full,
+            route,
+        });
     }
 
     pub fn detach(&mut self, camera_id: &str) {
@@ -118,6 +126,7 @@ impl<R: Clone> Intake<R> {
         if is_frame && queue.frames >= queue.capacity {
             match queue.when_full {
                 WhenFull::Wait => return (PushOutcome::Full, Some(item)),
+                WhenFull::Reject => return (PushOutcome::Rejected, None),
                 WhenFull::DropOldest => {
                     if let Some(i) = queue.items.iter().position(|q| matches!(q, Queued::Frame(_))) {
                         queue.items.remove(i);
@@ -241,7 +250,13 @@ impl<R: Clone> FrameQueue<R> {
     /// Blocks until work arrives, lets the batch fill for up to `max_wait` (or until `max_batch`
     /// frames are queued), then forms it. An empty batch after `idle` without work (so the caller
     /// can report that it is alive); `None` once closed and drained.
-    pub fn next_batch(&self, max_batch: usize, max_wait: Duration, deadline: Option<Duration>, idle: Duration) -> Option<Batch<R>> {
+    pub fn next_batch(
+        &self,
+        max_batch: usize,
+        max_wait: Duration,
+        deadline: Option<Duration>,
+        idle: Duration,
+    ) -> Option<Batch<R>> {
         let mut state = self.state.lock();
         while !state.0.has_work() {
             if state.1 {
@@ -440,7 +455,8 @@ mod tests {
         queue.attach("a".into(), 8, WhenFull::Wait, ());
         queue.push("a", frame("a", 0), &|| false);
         queue.close();
-        let batch = queue.next_batch(4, Duration::from_secs(5), None, Duration::from_secs(5)).expect("queued work drains");
+        let batch =
+            queue.next_batch(4, Duration::from_secs(5), None, Duration::from_secs(5)).expect("queued work drains");
         assert_eq!(batch.frames.len(), 1);
         assert!(queue.next_batch(4, Duration::from_secs(5), None, Duration::from_secs(5)).is_none());
     }

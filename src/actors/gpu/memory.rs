@@ -20,7 +20,13 @@ pub struct BatchSizer {
 impl BatchSizer {
     pub fn new(max_batch: usize, frame_bytes: u64, grow_after: u32) -> Self {
         let max_batch = max_batch.max(1);
-        Self { max_batch, learnt: max_batch, frame_bytes: frame_bytes.max(1), grow_after: grow_after.max(1), good_batches: 0 }
+        Self {
+            max_batch,
+            learnt: max_batch,
+            frame_bytes: frame_bytes.max(1),
+            grow_after: grow_after.max(1),
+            good_batches: 0,
+        }
     }
 
     /// Frames the next model call may take with `free` bytes of device memory (`None`: unknown).

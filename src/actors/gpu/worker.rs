@@ -19,13 +19,14 @@ use actix::dev::SendError;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::batch::WhenFull;
 use super::memory::BatchSizer;
+use super::transitions::ModelTransitions;
 use super::{CameraRoute, DeviceQueue};
 use crate::actors::messages::{Frame, FrameDetections, ToConnector};
-use crate::detector::registry::ModelTransitions;
-use crate::detector::{model::device_name, Detection, Detector, DetectorError, Letterbox};
+use crate::detector::{model::device_name, Detector, DetectorError, Letterbox};
 use crate::metrics::{DeviceLabels, Metrics};
+use crate::objects::Detection;
+use crate::overflow::WhenFull;
 use crate::settings::{FaultSettings, ModelSettings, Settings};
 use crate::supervision::{panic_message, CircuitBreaker, Reporter};
 
@@ -49,7 +50,8 @@ impl WorkerConfig {
             max_wait: settings.batching.max_wait(),
             frame_deadline: settings.batching.frame_deadline(),
             cpu_threads: settings.device.cpu_threads,
-            cpu_memory_budget: (settings.device.cpu_memory_budget_mb > 0).then(|| settings.device.cpu_memory_budget_mb * MIB),
+            cpu_memory_budget: (settings.device.cpu_memory_budget_mb > 0)
+                .then(|| settings.device.cpu_memory_budget_mb * MIB),
             frame_bytes: settings.batching.frame_memory_mb * MIB,
             grow_after: settings.batching.grow_after_batches,
             rollback_failure_rate: settings.model.rollback_failure_rate,
@@ -199,7 +201,8 @@ impl DeviceRuntime {
             let serving = self.models.lock().current.clone();
             set_up_thread(self.device, self.config.cpu_threads);
             let detector = Detector::load(&serving.settings, self.device).map_err(|e| e.to_string())?;
-            let reloaded = Arc::new(LoadedModel { version: serving.version, settings: serving.settings.clone(), detector });
+            let reloaded =
+                Arc::new(LoadedModel { version: serving.version, settings: serving.settings.clone(), detector });
             let mut models = self.models.lock();
             // Unless a swap or rollback replaced it meanwhile.
             if Arc::ptr_eq(&models.current, &serving) {
@@ -254,8 +257,12 @@ impl DeviceRuntime {
                     leftover
                 }
                 None => {
-                    let Some(batch) = self.queue.next_batch(self.config.max_batch, self.config.max_wait, self.config.frame_deadline, HEARTBEAT_EVERY)
-                    else {
+                    let Some(batch) = self.queue.next_batch(
+                        self.config.max_batch,
+                        self.config.max_wait,
+                        self.config.frame_deadline,
+                        HEARTBEAT_EVERY,
+                    ) else {
                         break;
                     };
                     for (_, route) in &batch.expired {
@@ -307,7 +314,11 @@ impl DeviceRuntime {
     /// Runs the model over `frames` in chunks the device's memory allows and delivers the
     /// detections. `Err`: this instance must end (a panic, or out of memory on a single frame),
     /// with the frames not yet delivered.
-    fn infer(&self, mut frames: Vec<(Frame, CameraRoute)>, reporter: &Reporter) -> Result<(), (Failed, Vec<(Frame, CameraRoute)>)> {
+    fn infer(
+        &self,
+        mut frames: Vec<(Frame, CameraRoute)>,
+        reporter: &Reporter,
+    ) -> Result<(), (Failed, Vec<(Frame, CameraRoute)>)> {
         if let Some((frame, _)) = frames.first() {
             *self.sample.lock() = Some((frame.pixels.clone(), frame.letterbox));
         }
@@ -328,7 +339,8 @@ impl DeviceRuntime {
             }
             let free = crate::device_memory::free_bytes(&self.name, self.config.cpu_memory_budget);
             let take = self.sizer.lock().limit(free).min(frames.len());
-            let spans: Vec<_> = batch_spans.iter().take(take).map(|b| crate::child_span!(b, "inference", device)).collect();
+            let spans: Vec<_> =
+                batch_spans.iter().take(take).map(|b| crate::child_span!(b, "inference", device)).collect();
             let started = Instant::now();
             let outcome = self.call_model(&frames[..take]);
             drop(spans);
@@ -385,7 +397,9 @@ impl DeviceRuntime {
         loop {
             match route.connector.try_send(message) {
                 Ok(()) => return,
-                Err(SendError::Full(back)) if (must_arrive || route.when_full == WhenFull::Wait) && self.is_live(reporter) => {
+                Err(SendError::Full(back))
+                    if (must_arrive || route.when_full == WhenFull::Wait) && self.is_live(reporter) =>
+                {
                     message = back;
                     if waiting_since.elapsed() >= HEARTBEAT_EVERY {
                         waiting_since = Instant::now();
@@ -462,7 +476,7 @@ struct Failed(String);
 /// that must follow them.
 struct Leftover {
     frames: Vec<(Frame, CameraRoute)>,
-    ended: Vec<(crate::actors::messages::CameraId, CameraRoute)>,
+    ended: Vec<(crate::ids::CameraId, CameraRoute)>,
     /// Already a retry: a second failure drops the frames.
     retried: bool,
 }
@@ -514,12 +528,17 @@ impl FaultInjector {
     fn before_model_call(&self, frames: usize) -> Result<(), DetectorError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let s = &self.settings;
-        if s.inference_panic_at_batch > 0 && call >= s.inference_panic_at_batch && (s.inference_panic_repeats || !self.panicked.swap(true, Ordering::SeqCst)) {
+        if s.inference_panic_at_batch > 0
+            && call >= s.inference_panic_at_batch
+            && (s.inference_panic_repeats || !self.panicked.swap(true, Ordering::SeqCst))
+        {
             panic!("injected fault: inference panic at model call {call}");
         }
         let oom_due = s.oom_at_batch > 0 && call >= s.oom_at_batch && frames > 1;
         if oom_due && self.ooms_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-            return Err(DetectorError::OutOfMemory(format!("injected fault: CUDA out of memory on a batch of {frames}")));
+            return Err(DetectorError::OutOfMemory(format!(
+                "injected fault: CUDA out of memory on a batch of {frames}"
+            )));
         }
         Ok(())
     }
@@ -584,7 +603,8 @@ mod tests {
         assert!(once.before_model_call(1).is_ok());
         assert!(std::panic::catch_unwind(|| once.before_model_call(1)).is_err());
         assert!(once.before_model_call(1).is_ok());
-        let repeats = faults(FaultSettings { inference_panic_at_batch: 1, inference_panic_repeats: true, ..Default::default() });
+        let repeats =
+            faults(FaultSettings { inference_panic_at_batch: 1, inference_panic_repeats: true, ..Default::default() });
         for _ in 0..3 {
             assert!(std::panic::catch_unwind(|| repeats.before_model_call(1)).is_err());
         }

@@ -10,7 +10,6 @@
 //! stream and channel `{prefix}:system` (`"type": "model_transition"`) and an entry of the history
 //! shown by `GET /api/v1/models`.
 
-use std::collections::VecDeque;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,11 +17,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::Digest;
 
-use super::{Detector, DetectorError};
-use crate::actors::gpu::worker::{set_up_thread, DeviceRuntime, LoadedModel};
-use crate::metrics::{Metrics, ModelLabels, ModelTransitionLabels};
-use crate::settings::ModelSettings;
-use crate::sinks::EventSink;
+use super::transitions::{ModelTransition, ModelTransitions};
+use super::worker::{set_up_thread, DeviceRuntime, LoadedModel};
+use crate::detector::config::ModelSettings;
+use crate::detector::{Detector, DetectorError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -46,73 +44,6 @@ pub struct ModelVersion {
     pub file: String,
     pub sha256: String,
     pub loaded_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A change of the serving model, or a refused one.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelTransition {
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub model: String,
-    /// `activated`, `rejected` or `rolled_back`.
-    pub transition: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from_version: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to_version: Option<u32>,
-    pub detail: String,
-}
-
-/// Where transitions are recorded: the history, the log and the metrics. Shared by the registry
-/// and the devices (which roll back on their own).
-pub struct ModelTransitions {
-    model: String,
-    metrics: Arc<Metrics>,
-    /// Publishes each transition as a system event (`{prefix}:system` in Redis).
-    sink: Arc<dyn EventSink>,
-    history: Mutex<VecDeque<ModelTransition>>,
-}
-
-/// Transitions kept for `GET /api/v1/models`.
-const HISTORY: usize = 100;
-
-impl ModelTransitions {
-    pub fn new(model: String, metrics: Arc<Metrics>, sink: Arc<dyn EventSink>) -> Arc<Self> {
-        metrics.model_version.get_or_create(&ModelLabels { model: model.clone() }).set(1);
-        Arc::new(Self { model, metrics, sink, history: Mutex::new(VecDeque::new()) })
-    }
-
-    pub fn history(&self) -> Vec<ModelTransition> {
-        self.history.lock().iter().cloned().collect()
-    }
-
-    fn record(&self, transition: &'static str, from_version: Option<u32>, to_version: Option<u32>, detail: String) {
-        match transition {
-            "activated" => tracing::info!(model = %self.model, ?from_version, ?to_version, %detail, "model version activated"),
-            _ => tracing::warn!(model = %self.model, transition, ?from_version, ?to_version, %detail, "model transition"),
-        }
-        let labels = ModelTransitionLabels { model: self.model.clone(), transition: transition.to_string() };
-        self.metrics.model_transitions.get_or_create(&labels).inc();
-        if let Some(version) = to_version.filter(|_| transition != "rejected") {
-            self.metrics.model_version.get_or_create(&ModelLabels { model: self.model.clone() }).set(version as i64);
-        }
-        let mut history = self.history.lock();
-        if history.len() == HISTORY {
-            history.pop_front();
-        }
-        let model = self.model.clone();
-        let record = ModelTransition { at: chrono::Utc::now(), model, transition, from_version, to_version, detail };
-        let mut event = serde_json::to_value(&record).unwrap_or_default();
-        if let Some(map) = event.as_object_mut() {
-            map.insert("type".into(), "model_transition".into());
-        }
-        self.sink.submit_system(event);
-        history.push_back(record);
-    }
-
-    /// A device went back to the previous version.
-    pub fn rolled_back(&self, device: &str, from: u32, to: u32, failures: usize, window: usize) {
-        self.record("rolled_back", Some(from), Some(to), format!("{device}: {failures} of the last {window} batches failed"));
-    }
 }
 
 /// What `GET /api/v1/models` shows of one model.
@@ -145,7 +76,11 @@ pub struct ModelRegistry {
 
 impl ModelRegistry {
     /// The registry of the configured model, serving as version 1 on `devices`.
-    pub fn new(base: ModelSettings, devices: Vec<Arc<DeviceRuntime>>, transitions: Arc<ModelTransitions>) -> std::io::Result<Self> {
+    pub fn new(
+        base: ModelSettings,
+        devices: Vec<Arc<DeviceRuntime>>,
+        transitions: Arc<ModelTransitions>,
+    ) -> std::io::Result<Self> {
         let file = base.path.canonicalize()?;
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let first = ModelVersion {
@@ -154,7 +89,15 @@ impl ModelRegistry {
             sha256: sha256_of(&file)?,
             loaded_at: chrono::Utc::now(),
         };
-        Ok(Self { name: base.name(), base, dir, devices, versions: Mutex::new(vec![first]), transitions, reloading: Default::default() })
+        Ok(Self {
+            name: base.name(),
+            base,
+            dir,
+            devices,
+            versions: Mutex::new(vec![first]),
+            transitions,
+            reloading: Default::default(),
+        })
     }
 
     pub fn view(&self) -> ModelView {
@@ -163,7 +106,11 @@ impl ModelRegistry {
             devices: self
                 .devices
                 .iter()
-                .map(|d| DeviceModelView { device: d.name.clone(), version: d.model_version(), breaker: d.breaker.view() })
+                .map(|d| DeviceModelView {
+                    device: d.name.clone(),
+                    version: d.model_version(),
+                    breaker: d.breaker.view(),
+                })
                 .collect(),
             versions: self.versions.lock().clone(),
             history: self.transitions.history(),
@@ -179,7 +126,11 @@ impl ModelRegistry {
         let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
         let path = match file {
             Some(file) => resolve_in(&self.dir, file)?,
-            None => self.base.path.canonicalize().map_err(|e| ReloadError::BadPath(format!("the configured model file: {e}")))?,
+            None => self
+                .base
+                .path
+                .canonicalize()
+                .map_err(|e| ReloadError::BadPath(format!("the configured model file: {e}")))?,
         };
         let file_name = path.strip_prefix(&self.dir).unwrap_or(&path).display().to_string();
         let from = self.devices.first().map(|d| d.model_version());
@@ -190,7 +141,13 @@ impl ModelRegistry {
             let sha256 = sha256_of(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let loaded = devices
                 .iter()
-                .map(|device| validate_on(device, &settings).map(|detector| LoadedModel { version, settings: settings.clone(), detector }))
+                .map(|device| {
+                    validate_on(device, &settings).map(|detector| LoadedModel {
+                        version,
+                        settings: settings.clone(),
+                        detector,
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((sha256, loaded))
         })
@@ -211,7 +168,6 @@ impl ModelRegistry {
         self.transitions.record("activated", from, Some(version), file_name);
         Ok(entry)
     }
-
 }
 
 /// A file name under the (canonical) model directory `dir`: no absolute path, no `..`, and still
@@ -237,7 +193,9 @@ fn validate_on(device: &DeviceRuntime, settings: &ModelSettings) -> Result<Detec
     set_up_thread(device.device, 0);
     let detector = Detector::load(settings, device.device).map_err(|e| format!("{}: {e}", device.name))?;
     if let Some((pixels, letterbox)) = device.sample_frame() {
-        detector.smoke_test(&pixels, letterbox).map_err(|e: DetectorError| format!("{}: smoke inference: {e}", device.name))?;
+        detector
+            .smoke_test(&pixels, letterbox)
+            .map_err(|e: DetectorError| format!("{}: smoke inference: {e}", device.name))?;
     }
     Ok(detector)
 }

@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::geometry::Geometry;
+use crate::ids::is_valid_id;
 
 /// The network protocols FFmpeg may use underneath an accepted network URL (an HLS playlist or
 /// an HTTP redirect cannot reach `file:`, `concat:`, `pipe:` and the like).
@@ -65,11 +66,6 @@ impl SourcePolicy {
     fn admits_real(&self, real: &Path) -> bool {
         self.media_dir.as_ref().is_some_and(|dir| real.starts_with(&dir.canonical))
     }
-}
-
-/// Camera and line ids: short, safe in Redis keys, URLs and metric labels.
-pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,7 +289,10 @@ mod tests {
 
     /// Every network scheme, and files under the system's temporary directory.
     fn open_policy() -> SourcePolicy {
-        SourcePolicy { media_dir: Some(MediaDir::new(&std::env::temp_dir()).unwrap()), ..SourcePolicy::any_local_file() }
+        SourcePolicy {
+            media_dir: Some(MediaDir::new(&std::env::temp_dir()).unwrap()),
+            ..SourcePolicy::any_local_file()
+        }
     }
 
     #[test]
@@ -325,7 +324,10 @@ mod tests {
         std::fs::write(media.path().join("clip.avi"), b"x").unwrap();
         std::fs::write(outside.path().join("secret.avi"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret.avi"), media.path().join("link.avi")).unwrap();
-        let policy = SourcePolicy { network_schemes: vec!["rtsp".into()], media_dir: Some(MediaDir::new(media.path()).unwrap()) };
+        let policy = SourcePolicy {
+            network_schemes: vec!["rtsp".into()],
+            media_dir: Some(MediaDir::new(media.path()).unwrap()),
+        };
         let url = |p: &Path| format!("file://{}", p.display());
         assert!(spec(&url(&media.path().join("clip.avi"))).validate(&policy).is_empty());
         for escaped in [
@@ -334,7 +336,11 @@ mod tests {
             media.path().join("link.avi"),
         ] {
             let errors = spec(&url(&escaped)).validate(&policy);
-            assert_eq!(errors, vec!["url: local files are accepted only under cameras.media_dir".to_string()], "{escaped:?}");
+            assert_eq!(
+                errors,
+                vec!["url: local files are accepted only under cameras.media_dir".to_string()],
+                "{escaped:?}"
+            );
         }
         let none = SourcePolicy { media_dir: None, ..policy.clone() };
         assert!(spec(&url(&media.path().join("clip.avi"))).validate(&none)[0].contains("not accepted"));

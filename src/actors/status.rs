@@ -8,8 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::actors::connector::lines::LineCount;
-use crate::actors::messages::CameraId;
+use crate::analytics::lines::LineCount;
+use crate::ids::CameraId;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,7 +67,13 @@ pub struct StatusView {
 }
 
 impl CameraStatus {
-    pub fn new(id: CameraId, epoch_ms: u64, geometry_version: u32, metrics: &Metrics, breaker: &crate::supervision::BreakerConfig) -> Self {
+    pub fn new(
+        id: CameraId,
+        epoch_ms: u64,
+        geometry_version: u32,
+        metrics: &Metrics,
+        breaker: &crate::supervision::BreakerConfig,
+    ) -> Self {
         let labels = metrics.camera(&id);
         Self {
             breaker: metrics.breaker(&crate::metrics::camera_breaker(&id), breaker),

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::messages::Direction;
-use crate::detector::ObjectClass;
+use crate::events::Direction;
+use crate::objects::ObjectClass;
 
 /// A counting line as the API and the config give it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ impl LineSpec {
     /// Problems with this line, each naming it.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if !crate::actors::camera::is_valid_id(&self.id) {
+        if !crate::ids::is_valid_id(&self.id) {
             errors.push(format!("line id {:?} must be 1-64 characters of A-Z a-z 0-9 _ -", self.id));
         }
         if self.name.chars().count() > 200 {
@@ -122,10 +122,8 @@ pub struct LineCounter {
 
 impl LineCounter {
     pub fn new(lines: Vec<LineSpec>) -> Self {
-        let counts = lines
-            .iter()
-            .map(|l| LineCount { id: l.id.clone(), name: l.name.clone(), ..Default::default() })
-            .collect();
+        let counts =
+            lines.iter().map(|l| LineCount { id: l.id.clone(), name: l.name.clone(), ..Default::default() }).collect();
         Self { lines, counts, anchors: HashMap::new(), counted: HashSet::new() }
     }
 

@@ -16,7 +16,7 @@
 use nalgebra::{SMatrix, SVector};
 use pathfinding::prelude::{kuhn_munkres, Matrix};
 
-use crate::detector::{BBox, Detection, ObjectClass};
+use crate::objects::{BBox, Detection, ObjectClass};
 
 /// Settings of the tracker; every field has a default so the config file may name only some.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -117,13 +117,7 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
-        Self {
-            config,
-            continuity: Continuity::default(),
-            tracks: Vec::new(),
-            frame: 0,
-            next_id: 1,
-        }
+        Self { config, continuity: Continuity::default(), tracks: Vec::new(), frame: 0, next_id: 1 }
     }
 
     /// Advances one frame. Frames must be given in order; an empty slice is a frame with
@@ -151,16 +145,11 @@ impl Tracker {
         let predicted: Vec<BBox> = self.tracks.iter().map(|t| t.kalman.bbox()).collect();
 
         // First association: confident detections against followed and lost tracks.
-        let mut pool: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| self.tracks[t].state != TrackState::Tentative)
-            .collect();
+        let mut pool: Vec<usize> =
+            (0..self.tracks.len()).filter(|&t| self.tracks[t].state != TrackState::Tentative).collect();
         let mut high_left: Vec<usize> = (0..high.len()).collect();
-        let first = associate(
-            &mut pool,
-            &mut high_left,
-            |t, d| predicted[t].iou(&high[d].bbox),
-            1.0 - config.match_thresh,
-        );
+        let first =
+            associate(&mut pool, &mut high_left, |t, d| predicted[t].iou(&high[d].bbox), 1.0 - config.match_thresh);
         for (t, d) in first {
             self.tracks[t].observe(&high[d], frame, config.confident_score);
             self.tracks[t].state = TrackState::Confirmed;
@@ -171,12 +160,7 @@ impl Tracker {
         // clutter steals ids.
         pool.retain(|&t| self.tracks[t].state == TrackState::Confirmed);
         let mut low_left: Vec<usize> = (0..low.len()).collect();
-        let second = associate(
-            &mut pool,
-            &mut low_left,
-            |t, d| predicted[t].iou(&low[d].bbox),
-            LOW_SCORE_MIN_IOU,
-        );
+        let second = associate(&mut pool, &mut low_left, |t, d| predicted[t].iou(&low[d].bbox), LOW_SCORE_MIN_IOU);
         for (t, d) in second {
             self.tracks[t].observe(&low[d], frame, config.confident_score);
         }
@@ -185,15 +169,10 @@ impl Tracker {
         }
 
         // Third association: tentative tracks get their one chance to be confirmed.
-        let mut tentative: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| self.tracks[t].state == TrackState::Tentative)
-            .collect();
-        let third = associate(
-            &mut tentative,
-            &mut high_left,
-            |t, d| predicted[t].iou(&high[d].bbox),
-            TENTATIVE_MIN_IOU,
-        );
+        let mut tentative: Vec<usize> =
+            (0..self.tracks.len()).filter(|&t| self.tracks[t].state == TrackState::Tentative).collect();
+        let third =
+            associate(&mut tentative, &mut high_left, |t, d| predicted[t].iou(&high[d].bbox), TENTATIVE_MIN_IOU);
         for (t, d) in third {
             self.tracks[t].observe(&high[d], frame, config.confident_score);
             self.tracks[t].state = TrackState::Confirmed;
@@ -230,11 +209,7 @@ impl Tracker {
             }
             // Nothing precedes the first frame to confirm against, and waiting a frame there
             // would only delay every object already in view.
-            let state = if frame == 1 {
-                TrackState::Confirmed
-            } else {
-                TrackState::Tentative
-            };
+            let state = if frame == 1 { TrackState::Confirmed } else { TrackState::Tentative };
             let id = self.next_id;
             self.next_id += 1;
             self.tracks.push(Track::new(id, detection, state, frame, config.confident_score));
@@ -244,12 +219,7 @@ impl Tracker {
             .iter()
             .filter(|t| t.state == TrackState::Confirmed)
             .filter_map(|t| {
-                t.matched.map(|d| TrackedObject {
-                    track_id: t.id,
-                    bbox: d.bbox,
-                    class: t.class,
-                    score: d.score,
-                })
+                t.matched.map(|d| TrackedObject { track_id: t.id, bbox: d.bbox, class: t.class, score: d.score })
             })
             .collect()
     }
@@ -331,20 +301,12 @@ impl Track {
         self.confident_hits += u32::from(detection.score >= confident_score);
         self.matched = Some(*detection);
 
-        match self
-            .class_votes
-            .iter_mut()
-            .find(|(c, _)| *c == detection.class)
-        {
+        match self.class_votes.iter_mut().find(|(c, _)| *c == detection.class) {
             Some((_, votes)) => *votes += detection.score,
             None => self.class_votes.push((detection.class, detection.score)),
         }
         // Ties keep the current class, so the label does not flicker between equals.
-        let mut best = self
-            .class_votes
-            .iter()
-            .find(|(c, _)| *c == self.class)
-            .map_or(f32::NEG_INFINITY, |(_, v)| *v);
+        let mut best = self.class_votes.iter().find(|(c, _)| *c == self.class).map_or(f32::NEG_INFINITY, |(_, v)| *v);
         for &(class, votes) in &self.class_votes {
             if votes > best {
                 best = votes;
@@ -358,10 +320,7 @@ impl Track {
 /// should never produce anything else, but a NaN here would poison a track for good.
 fn is_usable(detection: &Detection) -> bool {
     let b = &detection.bbox;
-    detection.score.is_finite()
-        && [b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite())
-        && b.x2 > b.x1
-        && b.y2 > b.y1
+    detection.score.is_finite() && [b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite()) && b.x2 > b.x1 && b.y2 > b.y1
 }
 
 /// Optimal one-to-one matching of `tracks` to `detections` maximising the summed IoU, keeping
@@ -399,11 +358,7 @@ fn associate(
     } else {
         let weights = Matrix::from_fn(columns, rows, |(d, t)| weight(t, d));
         let (_, assignment) = kuhn_munkres(&weights);
-        assignment
-            .into_iter()
-            .enumerate()
-            .map(|(d, t)| (t, d))
-            .collect()
+        assignment.into_iter().enumerate().map(|(d, t)| (t, d)).collect()
     };
 
     let mut matched_tracks = vec![false; rows];
@@ -493,16 +448,14 @@ impl KalmanBox {
         let v = STD_WEIGHT_VELOCITY * h;
         let f = Self::transition();
         self.mean = f * self.mean;
-        self.covariance =
-            f * self.covariance * f.transpose() + diagonal([p, p, 1e-2, p, v, v, 1e-5, v]);
+        self.covariance = f * self.covariance * f.transpose() + diagonal([p, p, 1e-2, p, v, v, 1e-5, v]);
     }
 
     fn update(&mut self, z: &Measurement) {
         let h = noise_scale(self.mean[3]);
         let p = STD_WEIGHT_POSITION * h;
         let observation = SMatrix::<f64, 4, 8>::identity();
-        let innovation_cov =
-            observation * self.covariance * observation.transpose() + diagonal([p, p, 1e-1, p]);
+        let innovation_cov = observation * self.covariance * observation.transpose() + diagonal([p, p, 1e-1, p]);
         // A filter that can no longer be inverted or has gone non-finite (absurd input
         // coordinates) is worth less than the fresh measurement: restart from it.
         let Some(cholesky) = innovation_cov.cholesky() else {
@@ -514,12 +467,7 @@ impl KalmanBox {
         self.covariance -= gain * innovation_cov * gain.transpose();
         // Rounding slowly breaks symmetry, and with it the next Cholesky factorisation.
         self.covariance = (self.covariance + self.covariance.transpose()) * 0.5;
-        if !self
-            .mean
-            .iter()
-            .chain(self.covariance.iter())
-            .all(|v| v.is_finite())
-        {
+        if !self.mean.iter().chain(self.covariance.iter()).all(|v| v.is_finite()) {
             *self = Self::new(z);
         }
     }
@@ -527,12 +475,7 @@ impl KalmanBox {
     fn bbox(&self) -> BBox {
         let (cx, cy, a, h) = (self.mean[0], self.mean[1], self.mean[2], self.mean[3]);
         let w = a * h;
-        BBox::new(
-            (cx - w / 2.0) as f32,
-            (cy - h / 2.0) as f32,
-            (cx + w / 2.0) as f32,
-            (cy + h / 2.0) as f32,
-        )
+        BBox::new((cx - w / 2.0) as f32, (cy - h / 2.0) as f32, (cx + w / 2.0) as f32, (cy + h / 2.0) as f32)
     }
 }
 
@@ -541,11 +484,7 @@ mod tests {
     use super::*;
 
     fn det(cx: f32, cy: f32, w: f32, h: f32, score: f32, class: ObjectClass) -> Detection {
-        Detection {
-            bbox: BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0),
-            score,
-            class,
-        }
+        Detection { bbox: BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0), score, class }
     }
 
     fn car(cx: f32, cy: f32, score: f32) -> Detection {
@@ -576,30 +515,16 @@ mod tests {
         assert!(problems.iter().any(|p| p.contains("tracker.match_thresh")));
         assert!(problems.iter().any(|p| p.contains("tracker.confident_score")));
         assert!(problems.iter().any(|p| p.contains("tracker.low_thresh")));
-        assert!(problems
-            .iter()
-            .any(|p| p.contains("tracker.new_track_thresh")));
+        assert!(problems.iter().any(|p| p.contains("tracker.new_track_thresh")));
 
-        let out_of_range = TrackerConfig {
-            low_thresh: -0.1,
-            ..TrackerConfig::default()
-        };
-        assert_eq!(
-            out_of_range.validate(),
-            vec!["tracker.low_thresh must be in 0..=1 (got -0.1)".to_string()]
-        );
+        let out_of_range = TrackerConfig { low_thresh: -0.1, ..TrackerConfig::default() };
+        assert_eq!(out_of_range.validate(), vec!["tracker.low_thresh must be in 0..=1 (got -0.1)".to_string()]);
     }
 
     #[test]
     fn config_deserializes_with_defaults_and_rejects_unknown_keys() {
         let config: TrackerConfig = serde_json::from_str(r#"{"max_lost_frames": 10}"#).unwrap();
-        assert_eq!(
-            config,
-            TrackerConfig {
-                max_lost_frames: 10,
-                ..TrackerConfig::default()
-            }
-        );
+        assert_eq!(config, TrackerConfig { max_lost_frames: 10, ..TrackerConfig::default() });
         assert!(serde_json::from_str::<TrackerConfig>(r#"{"max_lost": 10}"#).is_err());
     }
 
@@ -654,22 +579,8 @@ mod tests {
         let mut id_a = None;
         let mut id_b = None;
         for i in 0..50 {
-            let a = det(
-                0.0 + 8.0 * i as f32,
-                100.0,
-                40.0,
-                40.0,
-                0.9,
-                ObjectClass::Car,
-            );
-            let b = det(
-                404.0 - 8.0 * i as f32,
-                110.0,
-                40.0,
-                40.0,
-                0.85,
-                ObjectClass::Truck,
-            );
+            let a = det(0.0 + 8.0 * i as f32, 100.0, 40.0, 40.0, 0.9, ObjectClass::Car);
+            let b = det(404.0 - 8.0 * i as f32, 110.0, 40.0, 40.0, 0.85, ObjectClass::Truck);
             // Reversed input order on odd frames: the result must not depend on it.
             let input = if i % 2 == 0 { vec![a, b] } else { vec![b, a] };
             let out = tracker.update(&input);
@@ -690,10 +601,7 @@ mod tests {
             assert_eq!(ids(&tracker.update(&[at(i)])), vec![1]);
         }
         for _ in 20..30 {
-            assert!(
-                tracker.update(&[]).is_empty(),
-                "a lost track is not reported"
-            );
+            assert!(tracker.update(&[]).is_empty(), "a lost track is not reported");
             assert_eq!(tracker.live_tracks(), 1);
         }
         for i in 30..40 {
@@ -817,14 +725,9 @@ mod tests {
     fn class_is_voted_by_accumulated_score() {
         let mut tracker = Tracker::new(TrackerConfig::default());
         for i in 0..10 {
-            let class = if i == 4 {
-                ObjectClass::Truck
-            } else {
-                ObjectClass::Car
-            };
+            let class = if i == 4 { ObjectClass::Truck } else { ObjectClass::Car };
             let score = if i == 4 { 0.9 } else { 0.8 };
-            let out =
-                tracker.update(&[det(100.0 + 3.0 * i as f32, 100.0, 60.0, 40.0, score, class)]);
+            let out = tracker.update(&[det(100.0 + 3.0 * i as f32, 100.0, 60.0, 40.0, score, class)]);
             assert_eq!(ids(&out), vec![1]);
             assert_eq!(out[0].class, ObjectClass::Car, "frame {i}");
         }
@@ -832,18 +735,9 @@ mod tests {
         // The vote follows the evidence once it really changes.
         let mut tracker = Tracker::new(TrackerConfig::default());
         let d = |class| det(100.0, 100.0, 60.0, 40.0, 0.8, class);
-        assert_eq!(
-            tracker.update(&[d(ObjectClass::Car)])[0].class,
-            ObjectClass::Car
-        );
-        assert_eq!(
-            tracker.update(&[d(ObjectClass::Bus)])[0].class,
-            ObjectClass::Car
-        );
-        assert_eq!(
-            tracker.update(&[d(ObjectClass::Bus)])[0].class,
-            ObjectClass::Bus
-        );
+        assert_eq!(tracker.update(&[d(ObjectClass::Car)])[0].class, ObjectClass::Car);
+        assert_eq!(tracker.update(&[d(ObjectClass::Bus)])[0].class, ObjectClass::Car);
+        assert_eq!(tracker.update(&[d(ObjectClass::Bus)])[0].class, ObjectClass::Bus);
     }
 
     #[test]
@@ -852,41 +746,13 @@ mod tests {
         let nan = f32::NAN;
         let inf = f32::INFINITY;
         let junk = [
-            Detection {
-                bbox: BBox::new(nan, 0.0, 10.0, 10.0),
-                score: 0.9,
-                class: ObjectClass::Car,
-            },
-            Detection {
-                bbox: BBox::new(0.0, 0.0, inf, 10.0),
-                score: 0.9,
-                class: ObjectClass::Car,
-            },
-            Detection {
-                bbox: BBox::new(0.0, 0.0, 10.0, 10.0),
-                score: nan,
-                class: ObjectClass::Car,
-            },
-            Detection {
-                bbox: BBox::new(0.0, 0.0, 10.0, 10.0),
-                score: inf,
-                class: ObjectClass::Car,
-            },
-            Detection {
-                bbox: BBox::new(5.0, 5.0, 5.0, 20.0),
-                score: 0.9,
-                class: ObjectClass::Car,
-            },
-            Detection {
-                bbox: BBox::new(5.0, 5.0, 20.0, 5.0),
-                score: 0.9,
-                class: ObjectClass::Car,
-            },
-            Detection {
-                bbox: BBox::new(20.0, 20.0, 5.0, 5.0),
-                score: 0.9,
-                class: ObjectClass::Car,
-            },
+            Detection { bbox: BBox::new(nan, 0.0, 10.0, 10.0), score: 0.9, class: ObjectClass::Car },
+            Detection { bbox: BBox::new(0.0, 0.0, inf, 10.0), score: 0.9, class: ObjectClass::Car },
+            Detection { bbox: BBox::new(0.0, 0.0, 10.0, 10.0), score: nan, class: ObjectClass::Car },
+            Detection { bbox: BBox::new(0.0, 0.0, 10.0, 10.0), score: inf, class: ObjectClass::Car },
+            Detection { bbox: BBox::new(5.0, 5.0, 5.0, 20.0), score: 0.9, class: ObjectClass::Car },
+            Detection { bbox: BBox::new(5.0, 5.0, 20.0, 5.0), score: 0.9, class: ObjectClass::Car },
+            Detection { bbox: BBox::new(20.0, 20.0, 5.0, 5.0), score: 0.9, class: ObjectClass::Car },
         ];
         for i in 0..20 {
             let real = car(300.0 + 5.0 * i as f32, 300.0, 0.9);
@@ -904,21 +770,10 @@ mod tests {
         // A tiny deterministic generator: no dependency, and failures are reproducible.
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) as u32
         };
-        let specials = [
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::MAX,
-            -f32::MAX,
-            0.0,
-            1e30,
-            -1e-30,
-        ];
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX, 0.0, 1e30, -1e-30];
         let configs = [
             TrackerConfig::default(),
             TrackerConfig {
@@ -975,10 +830,7 @@ mod tests {
 
     #[test]
     fn ids_are_never_reused() {
-        let mut tracker = Tracker::new(TrackerConfig {
-            max_lost_frames: 1,
-            ..TrackerConfig::default()
-        });
+        let mut tracker = Tracker::new(TrackerConfig { max_lost_frames: 1, ..TrackerConfig::default() });
         let d = car(100.0, 100.0, 0.9);
         let mut last = 0;
         for round in 0..5 {

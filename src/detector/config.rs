@@ -1,0 +1,48 @@
+//! The detector's section of the settings (`[model]`, `device.kind`): which model file, how its
+//! output is read, and on which devices it runs.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFamily {
+    /// YOLOX raw head output `[N, anchors, 5 + classes]`, objectness and classes already sigmoid.
+    Yolox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// TorchScript file made by `scripts/convert_model.py`; relative paths are from the working directory.
+    pub path: PathBuf,
+    pub family: ModelFamily,
+    /// Square network input side in pixels.
+    pub input_size: u32,
+    /// Minimum objectness x class score kept.
+    pub score_threshold: f32,
+    /// IoU above which the weaker of two boxes of one class group is suppressed.
+    pub nms_iou: f32,
+    /// A model reloaded through the API rolls back to the previous version when at least this
+    /// share of its batches fail, judged over `rollback_window` batches.
+    pub rollback_failure_rate: f64,
+    pub rollback_window: u32,
+}
+
+impl ModelSettings {
+    /// The model's name in metrics and the API: its file name without extensions.
+    pub fn name(&self) -> String {
+        let file = self.path.file_name().and_then(|f| f.to_str()).unwrap_or("model");
+        file.split('.').next().filter(|n| !n.is_empty()).unwrap_or("model").to_string()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// Every CUDA device libtorch sees, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
