@@ -252,11 +252,11 @@ impl Service {
         self.pools();
         self.metrics.outbox_backlog.set(self.publisher.backlog() as i64);
         self.metrics.refresh_model_accuracy();
-        for device in self.pipeline.devices() {
-            if let Some(used) = crate::device_memory::utilization_percent(&device.name) {
+        for device in self.pipeline.device_names() {
+            if let Some(used) = crate::device_memory::utilization_percent(device) {
                 self.metrics
                     .device_memory
-                    .get_or_create(&crate::metrics::DeviceLabels { device: device.name })
+                    .get_or_create(&crate::metrics::DeviceLabels { device: device.to_string() })
                     .set(used);
             }
         }

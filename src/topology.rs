@@ -1,33 +1,33 @@
-//! Builds the running pipeline from settings: devices (one GpuActor + supervised inference
-//! thread each), supervised connector shards, and cameras on demand. The one place that knows
-//! how actors are wired and how each supervised child is rebuilt.
+//! Builds the running pipeline from settings: devices (one GpuActor each, whose inference thread
+//! is a supervised child), supervised connector shards, and cameras on demand (each a CameraActor
+//! on the cameras' arbiter, whose decode thread is a child of the camera supervisor). The one
+//! place that knows how actors are wired and how each supervised child is rebuilt.
 
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter};
 use dashmap::DashMap;
 
-use crate::actors::camera::source::SourceConfig;
+use crate::actors::camera::source::{Source, SourceConfig};
 use crate::actors::camera::{CameraActor, StopCamera};
 use crate::actors::connector::{
     shard_for, AddCamera, ConnectorActor, HandOver, Registration, RemoveCamera, SetGeometry, ShardConfig, ShardSlot,
 };
-use crate::actors::gpu::batch::FrameQueue;
 use crate::actors::gpu::registry::ModelRegistry;
 use crate::actors::gpu::transitions::ModelTransitions;
-use crate::actors::gpu::worker::{DeviceRuntime, FaultInjector};
-use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, GpuActor};
-use crate::actors::status::CameraStatus;
+use crate::actors::gpu::worker::{DeviceParts, DeviceState, FaultInjector, WorkerConfig};
+use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, DeviceView, GetDeviceView, GpuActor, StopDevice};
+use crate::actors::status::{CameraStatus, StreamState};
 use crate::analytics::geometry::Geometry;
 use crate::camera_spec::{CameraSpec, SourceKind};
-use crate::detector::model::{check_model_file, device_name, select_devices};
+use crate::detector::model::{check_model_file, device_name, select_devices, torchscript_loader};
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
 use crate::overflow::WhenFull;
 use crate::settings::Settings;
 use crate::sinks::EventSink;
 use crate::supervision::supervisor::EscalationHook;
-use crate::supervision::{ChildView, Generation, Reporter, Supervisor};
+use crate::supervision::{stop_signal, ChildView, Generation, Reporter, Supervisor, SystemClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -49,20 +49,8 @@ pub enum CameraMode {
 }
 
 struct Device {
+    name: String,
     actor: Addr<GpuActor>,
-    runtime: Arc<DeviceRuntime>,
-}
-
-/// A device as `/health/ready` and `/api/v1/system` show it.
-#[derive(Debug, serde::Serialize)]
-pub struct DeviceView {
-    pub name: String,
-    /// An inference thread runs.
-    pub alive: bool,
-    /// The largest batch it runs now (halved by out-of-memory errors, grown back later).
-    pub batch_limit: usize,
-    pub model_version: u32,
-    pub model_breaker: crate::supervision::BreakerView,
 }
 
 struct RunningCamera {
@@ -82,6 +70,11 @@ pub struct Pipeline {
     shards: Vec<Arc<ShardSlot>>,
     cameras: Arc<DashMap<String, RunningCamera>>,
     supervisor: Supervisor,
+    /// Supervises the cameras' decode threads; a crash-looping one fails its camera, not the
+    /// process.
+    camera_supervisor: Supervisor,
+    /// Where every CameraActor runs (not on whichever arbiter registered it: an HTTP worker).
+    camera_arbiter: Arbiter,
     models: ModelRegistry,
 }
 
@@ -111,38 +104,38 @@ impl Pipeline {
         let transitions = ModelTransitions::new(model_name.clone(), metrics.clone(), sink.clone());
         let faults = Arc::new(FaultInjector::new(settings.faults.clone()));
         let breaker = settings.breakers.config();
+        let loader = torchscript_loader();
         let mut devices = Vec::new();
         for device in select_devices(settings.device.kind).map_err(TopologyError::Device)? {
             let name = device_name(device);
-            let queue = FrameQueue::new();
-            let model_breaker = metrics.breaker(&format!("model:{model_name}:{name}"), &breaker);
-            let runtime = DeviceRuntime::load(
-                &settings,
+            let state = DeviceState::load(DeviceParts {
                 device,
-                queue.clone(),
-                metrics.clone(),
-                model_breaker,
-                transitions.clone(),
-                faults.clone(),
-            )
+                config: WorkerConfig::from_settings(&settings),
+                model: settings.model.clone(),
+                loader: loader.clone(),
+                metrics: metrics.clone(),
+                breaker: metrics.breaker(&format!("model:{model_name}:{name}"), &breaker),
+                transitions: transitions.clone(),
+                faults: faults.clone(),
+            })
             .map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
-            let factory = {
-                let runtime = runtime.clone();
-                move |_: Generation, reporter: Reporter| runtime.start_thread(reporter)
-            };
-            let reporter = supervisor.add(&format!("infer-{name}"), heartbeat, factory);
-            runtime.start_thread(reporter).map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
-            let actor = GpuActor::new(name.clone(), queue).start();
-            tracing::info!(device = %name, "device ready");
-            devices.push(Device { actor, runtime });
+            let actor = GpuActor::new(state, supervisor.clone(), settings.supervisor.heartbeat_timeout()).start();
+            devices.push(Device { name, actor });
         }
-        let models = ModelRegistry::new(
-            settings.model.clone(),
-            devices.iter().map(|d| d.runtime.clone()).collect(),
-            transitions,
-        )
-        .map_err(|e| TopologyError::Device(format!("model file: {e}")))?;
+        let models =
+            ModelRegistry::new(settings.model.clone(), devices.iter().map(|d| d.actor.clone()).collect(), transitions)
+                .map_err(|e| TopologyError::Device(format!("model file: {e}")))?;
         let cameras: Arc<DashMap<String, RunningCamera>> = Arc::default();
+        let camera_supervisor = {
+            let (observer, cameras) = (metrics.clone(), cameras.clone());
+            Supervisor::spawn(
+                "cameras",
+                settings.supervisor.policy(),
+                Box::new(move |child: &str, error: &str| fail_camera(&cameras, child, error)),
+                Box::new(move |view: &ChildView| observer.observe_child(view)),
+                || {},
+            )
+        };
         let model: Arc<str> = model_name.into();
         let mut shards = Vec::new();
         for shard in 0..settings.connector.shards {
@@ -173,7 +166,8 @@ impl Pipeline {
             let _ = slot.set(ShardSlot::new(addr));
             shards.push(slot.get().expect("just set").clone());
         }
-        Ok(Self { settings, metrics, devices, shards, cameras, supervisor, models })
+        let camera_arbiter = Arbiter::new();
+        Ok(Self { settings, metrics, devices, shards, cameras, supervisor, camera_supervisor, camera_arbiter, models })
     }
 
     /// The supervised children: shards and inference threads, with restarts and last errors.
@@ -199,17 +193,24 @@ impl Pipeline {
     }
 
     /// Each device: whether its inference thread runs, its batch limit, its model and breaker.
-    pub fn devices(&self) -> Vec<DeviceView> {
-        self.devices
-            .iter()
-            .map(|d| DeviceView {
-                name: d.runtime.name.clone(),
-                alive: d.runtime.is_running(),
-                batch_limit: d.runtime.batch_limit(),
-                model_version: d.runtime.model_version(),
-                model_breaker: d.runtime.breaker.view(),
-            })
-            .collect()
+    pub async fn devices(&self) -> Vec<DeviceView> {
+        let mut views = Vec::with_capacity(self.devices.len());
+        for device in &self.devices {
+            if let Ok(view) = device.actor.send(GetDeviceView).await {
+                views.push(view);
+            }
+        }
+        views
+    }
+
+    /// The devices' names (`cpu`, `cuda:0`, ...).
+    pub fn device_names(&self) -> impl Iterator<Item = &str> {
+        self.devices.iter().map(|d| d.name.as_str())
+    }
+
+    /// The camera supervisor's children: one decode thread per running camera.
+    pub fn camera_children(&self) -> Vec<ChildView> {
+        self.camera_supervisor.children()
     }
 
     /// Starts a validated camera: attach to the least-loaded device, register on its shard, then
@@ -259,7 +260,13 @@ impl Pipeline {
             .await
             .map_err(|_| TopologyError::Stopped)?;
         let config = self.source_config(&spec, camera_id, mode, epoch_ms);
-        let actor = CameraActor::new(config, status.clone(), Box::new(intake), self.metrics.clone()).start();
+        let (stop, signal) = stop_signal();
+        let source =
+            Source::new(config, status.clone(), Arc::new(intake), self.metrics.clone(), Arc::new(SystemClock), signal);
+        let supervisor = self.camera_supervisor.clone();
+        let actor = CameraActor::start_in_arbiter(&self.camera_arbiter.handle(), move |_| {
+            CameraActor::new(source, stop, supervisor)
+        });
         self.cameras.insert(
             spec.id.clone(),
             RunningCamera { spec, geometry_version, status: status.clone(), actor, device, shard },
@@ -306,11 +313,13 @@ impl Pipeline {
             self.stop_camera(&spec.id).await;
         }
         self.supervisor.stop();
+        self.camera_supervisor.stop();
         for device in &self.devices {
-            device.runtime.queue.close();
-            let runtime = device.runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || runtime.join(std::time::Duration::from_secs(10))).await;
+            if let Ok(stopped) = device.actor.send(StopDevice).await {
+                let _ = tokio::task::spawn_blocking(move || stopped.wait(std::time::Duration::from_secs(10))).await;
+            }
         }
+        self.camera_arbiter.stop();
     }
 
     pub fn camera(&self, id: &str) -> Option<(CameraSpec, Arc<CameraStatus>)> {
@@ -353,6 +362,14 @@ impl Pipeline {
             clock_origin: std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms),
         }
     }
+}
+
+/// The camera supervisor's escalation: a decode thread that keeps crashing fails its camera
+/// (shown in its status, `CameraDown` fires) and stops it; the rest of the service runs on.
+fn fail_camera(cameras: &DashMap<String, RunningCamera>, child: &str, error: &str) {
+    let Some(camera) = child.strip_prefix("decode-").and_then(|id| cameras.get(id)) else { return };
+    camera.status.set_state(StreamState::Failed, Some(format!("decode thread crash-looping: {error}")));
+    camera.actor.do_send(StopCamera);
 }
 
 /// Starts a new instance of a shard on its own arbiter with the shard's cameras rebuilt, points

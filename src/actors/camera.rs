@@ -1,52 +1,54 @@
-//! CameraActor: one per camera. Owns the camera's stream (a decode thread, see `source`) and its
-//! live status; hands frames to its device without ever blocking a handler.
+//! CameraActor: one per camera, on the cameras' own arbiter. Owns the camera's stream: its decode
+//! thread (`source`) is a supervised child (`decode-ID`) of the camera supervisor, which restarts
+//! it after a panic and, when it crash-loops, marks the camera failed instead of stopping the
+//! process. The actor hands frames to its device without ever blocking a handler.
 
 pub mod source;
 
-use std::sync::Arc;
-
 use actix::{Actor, ActorContext, Context, Handler, Message};
 
-use crate::actors::status::{CameraStatus, StreamState};
-
-use crate::actors::gpu::batch::FrameSink;
-use crate::metrics::Metrics;
-use source::{SourceConfig, SourceHandle};
+use crate::actors::status::StreamState;
+use crate::supervision::{StopHandle, Supervisor};
+use source::Source;
 
 pub struct CameraActor {
-    config: SourceConfig,
-    status: Arc<CameraStatus>,
-    sink: Option<Box<dyn FrameSink>>,
-    metrics: Arc<Metrics>,
-    source: Option<SourceHandle>,
+    source: Source,
+    supervisor: Supervisor,
+    /// Dropped when the actor stops: the decode thread ends at once, whichever generation runs.
+    stop: Option<StopHandle>,
 }
 
 impl CameraActor {
-    pub fn new(
-        config: SourceConfig,
-        status: Arc<CameraStatus>,
-        sink: Box<dyn FrameSink>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self { config, status, sink: Some(sink), metrics, source: None }
+    /// `stop` must be the handle of the signal `source` was built with.
+    pub fn new(source: Source, stop: StopHandle, supervisor: Supervisor) -> Self {
+        Self { source, supervisor, stop: Some(stop) }
+    }
+
+    /// The camera's child in the camera supervisor.
+    pub fn child_name(camera_id: &str) -> String {
+        format!("decode-{camera_id}")
     }
 }
 
 impl Actor for CameraActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
-        if let Some(sink) = self.sink.take() {
-            self.source = Some(source::spawn(self.config.clone(), self.status.clone(), sink, self.metrics.clone()));
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let source = self.source.clone();
+        let name = Self::child_name(self.source.camera_id());
+        let reporter = self.supervisor.add(&name, None, move |_, reporter| source.start(reporter));
+        if let Err(error) = self.source.start(reporter) {
+            self.source.status().set_state(StreamState::Failed, Some(error));
+            ctx.stop();
         }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        // The decode thread notices within one read or push; joining here would block the arbiter.
-        if let Some(source) = self.source.take() {
-            source.stop();
-        }
-        self.status.set_state(StreamState::Stopped, None);
+        // Dropping the handle stops the decode thread within one read or push; joining here
+        // would block the arbiter.
+        drop(self.stop.take());
+        self.supervisor.remove(&Self::child_name(self.source.camera_id()));
+        self.source.status().set_state(StreamState::Stopped, None);
     }
 }
 

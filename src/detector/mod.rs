@@ -7,4 +7,4 @@ pub mod nms;
 pub mod yolox;
 
 pub use input::Letterbox;
-pub use model::{Detector, DetectorError};
+pub use model::{Detector, DetectorError, Model, ModelLoader};

@@ -46,6 +46,29 @@ impl From<tch::TchError> for DetectorError {
     }
 }
 
+/// What an inference thread runs: a batch of frames in the model layout in, detections per frame
+/// out. The TorchScript [`Detector`] in the service; a scripted stand-in in the concurrency tests,
+/// which need no model file.
+pub trait Model: Send + Sync {
+    fn detect(&self, frames: &[(&[u8], Letterbox)]) -> Result<Vec<Vec<Detection>>, DetectorError>;
+}
+
+/// Loads a model onto a device: at start, and again when a supervised inference thread is
+/// restarted (a failed call may have left the loaded one unusable).
+pub type ModelLoader =
+    std::sync::Arc<dyn Fn(&ModelSettings, Device) -> Result<Box<dyn Model>, DetectorError> + Send + Sync>;
+
+/// The loader of TorchScript files.
+pub fn torchscript_loader() -> ModelLoader {
+    std::sync::Arc::new(|settings, device| Ok(Box::new(Detector::load(settings, device)?)))
+}
+
+impl Model for Detector {
+    fn detect(&self, frames: &[(&[u8], Letterbox)]) -> Result<Vec<Vec<Detection>>, DetectorError> {
+        Detector::detect(self, frames)
+    }
+}
+
 pub struct Detector {
     module: CModule,
     device: Device,

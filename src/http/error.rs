@@ -53,6 +53,7 @@ impl From<ReloadError> for ApiError {
             ReloadError::BadPath(_) => ApiError::BadRequest(e.to_string()),
             ReloadError::Rejected(_) => ApiError::Unprocessable(e.to_string()),
             ReloadError::Busy => ApiError::Conflict(e.to_string()),
+            ReloadError::Stopped => ApiError::Unavailable(e.to_string()),
         }
     }
 }

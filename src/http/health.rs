@@ -21,7 +21,7 @@ async fn live() -> HttpResponse {
 async fn ready(service: web::Data<Service>) -> HttpResponse {
     let postgres = service.db.ping().await.map_err(|e| e.to_string());
     let redis = service.redis_ping().await.map_err(|e| e.to_string());
-    let devices = service.pipeline.devices();
+    let devices = service.pipeline.devices().await;
     // An open breaker only changes state at its next call; once its open period is over it no
     // longer holds readiness back (the pings and the next model call say whether all is well).
     let open_for = service.settings.breakers.open_for_ms as f64 / 1e3;

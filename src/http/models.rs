@@ -12,7 +12,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn list(service: web::Data<Service>) -> HttpResponse {
-    HttpResponse::Ok().json(vec![service.pipeline.models().view()])
+    HttpResponse::Ok().json(vec![service.pipeline.models().view().await])
 }
 
 /// The body of a reload; without `file`, the configured file is read again.
@@ -36,5 +36,6 @@ async fn reload(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid reload request: {e}")))?
     };
     let version = service.pipeline.models().reload(&name, request.file.as_deref()).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view() })))
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view().await })))
 }

@@ -1,5 +1,5 @@
 //! `/api/v1/system`: what an operator checks first when something is wrong — circuit breakers,
-//! connection pools, devices and their models, supervised children, event delivery.
+//! connection pools, devices and their models, the supervision tree, event delivery.
 
 use actix_web::{web, HttpResponse};
 
@@ -14,8 +14,12 @@ async fn system(service: web::Data<Service>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "breakers": service.breakers(),
         "pools": service.pools(),
-        "devices": service.pipeline.devices(),
-        "supervisor": { "children": service.pipeline.children(), "escalated": service.escalation() },
+        "devices": service.pipeline.devices().await,
+        "supervisor": {
+            "children": service.pipeline.children(),
+            "escalated": service.escalation(),
+            "cameras": { "children": service.pipeline.camera_children() },
+        },
         "cameras": cameras.len(),
         "camera_breakers": cameras,
         "events": service.delivery(),

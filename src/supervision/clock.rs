@@ -7,9 +7,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A source of monotonic time.
+use super::shutdown::StopSignal;
+
+/// A source of monotonic time, and the way threads wait on it.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;
+
+    /// Waits `duration`, or less if `stop` fires; true when stopped.
+    fn wait(&self, stop: &StopSignal, duration: Duration) -> bool;
 }
 
 /// The real monotonic clock.
@@ -19,6 +24,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn wait(&self, stop: &StopSignal, duration: Duration) -> bool {
+        stop.wait_timeout(duration)
     }
 }
 
@@ -58,6 +67,14 @@ impl Clock for ManualClock {
     fn now(&self) -> Instant {
         *self.lock()
     }
+
+    /// Time jumps: the wait is over at once, `duration` later.
+    fn wait(&self, stop: &StopSignal, duration: Duration) -> bool {
+        if !stop.is_stopped() {
+            self.advance(duration);
+        }
+        stop.is_stopped()
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +99,18 @@ mod tests {
         let start = shared.now();
         manual.advance(Duration::from_secs(10));
         assert_eq!(shared.now() - start, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_manual_wait_moves_time_instead_of_sleeping() {
+        let clock = ManualClock::new();
+        let (stop, signal) = crate::supervision::stop_signal();
+        let start = clock.now();
+        assert!(!clock.wait(&signal, Duration::from_secs(3600)));
+        assert_eq!(clock.now() - start, Duration::from_secs(3600));
+        drop(stop);
+        assert!(clock.wait(&signal, Duration::from_secs(1)), "a stopped wait says so");
+        assert_eq!(clock.now() - start, Duration::from_secs(3600), "and takes no time");
     }
 
     #[test]

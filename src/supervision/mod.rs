@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod clock;
 pub mod policy;
+pub mod shutdown;
 pub mod supervisor;
 
 pub use backoff::Backoff;
@@ -13,4 +14,5 @@ pub use breaker::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use policy::{ChildSlot, ChildState, ChildView, Decision, Generation, JitterSource, RestartPolicy, RestartTracker};
+pub use shutdown::{finish_group, stop_signal, FinishToken, Finished, StopHandle, StopSignal};
 pub use supervisor::{panic_message, Reporter, Supervisor};

@@ -43,6 +43,7 @@ enum Report {
     Failed { child: Arc<str>, generation: Generation, error: String },
     Heartbeat { child: Arc<str>, generation: Generation },
     Add { child: Arc<str>, heartbeat_timeout: Option<Duration>, factory: Box<dyn Factory> },
+    Remove { child: Arc<str> },
     Stop,
 }
 
@@ -116,6 +117,11 @@ impl SupervisorCore {
                 }
             }
             Report::Add { child, heartbeat_timeout, factory } => self.add(child, heartbeat_timeout, factory, now),
+            Report::Remove { child } => {
+                // Its instances' later reports find no child and are ignored.
+                self.children.remove(&child);
+                *self.views.lock() = self.children.values().map(|c| c.slot.view()).collect();
+            }
             Report::Stop => return false,
         }
         true
@@ -254,6 +260,11 @@ impl Supervisor {
         let child: Arc<str> = child.into();
         let _ = self.tx.send(Report::Add { child: child.clone(), heartbeat_timeout, factory: Box::new(factory) });
         Reporter { tx: self.tx.clone(), child, generation: Generation::default() }
+    }
+
+    /// Stops supervising a child (a removed camera); a running instance is its owner's to stop.
+    pub fn remove(&self, child: &str) {
+        let _ = self.tx.send(Report::Remove { child: child.into() });
     }
 
     /// Every child's state, by name.
@@ -395,6 +406,18 @@ mod tests {
             (view.state, view.restarts, view.last_error.as_deref()),
             (ChildState::Running, 1, Some("panicked: boom"))
         );
+    }
+
+    #[test]
+    fn a_removed_child_is_never_restarted_and_leaves_the_view() {
+        let mut h = harness(None);
+        let t0 = Instant::now();
+        h.reporter(0).failed("panicked: boom");
+        h.supervisor.remove("shard-0");
+        h.pump(t0);
+        h.pump(t0 + Duration::from_secs(5));
+        assert_eq!(h.started.lock().len(), 1, "restarted after removal");
+        assert!(h.supervisor.children().is_empty());
     }
 
     #[test]

@@ -7,9 +7,8 @@
 //! streams, and the media clock (epoch plus frame index / rate) for files.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -24,7 +23,7 @@ use crate::camera_spec::{RtspTransport, FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PR
 use crate::detector::Letterbox;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
-use crate::supervision::{panic_message, Backoff};
+use crate::supervision::{panic_message, Backoff, Clock, Reporter, StopSignal};
 
 /// Rate assumed for a stream whose container rate is missing or implausible.
 pub const FALLBACK_SOURCE_FPS: f64 = 30.0;
@@ -50,33 +49,69 @@ pub struct SourceConfig {
     pub clock_origin: SystemTime,
 }
 
-pub struct SourceHandle {
-    stop: Arc<AtomicBool>,
-    _thread: JoinHandle<()>,
+/// Everything a camera's decode thread is started from. The thread is a supervised child of the
+/// camera supervisor: a panic ends it and the supervisor's factory starts the next one from the
+/// same parts, continuing the stream where the last one stopped (`Position`).
+#[derive(Clone)]
+pub struct Source {
+    config: SourceConfig,
+    status: Arc<CameraStatus>,
+    sink: Arc<dyn FrameSink>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    /// Fired when the camera stops (its actor drops the handle).
+    stop: StopSignal,
+    position: Arc<parking_lot::Mutex<Position>>,
 }
 
-impl SourceHandle {
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+/// Where a camera's stream is, handed from one decode thread to the next.
+struct Position {
+    /// The next sampled-frame number, continuing across reconnects, loops and restarts.
+    seq: u64,
+    /// Files: the frame clock.
+    media: MediaClock,
+}
+
+impl Source {
+    pub fn new(
+        config: SourceConfig,
+        status: Arc<CameraStatus>,
+        sink: Arc<dyn FrameSink>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        stop: StopSignal,
+    ) -> Self {
+        let position = Position { seq: 0, media: MediaClock::new(config.clock_origin) };
+        Self { config, status, sink, metrics, clock, stop, position: Arc::new(parking_lot::Mutex::new(position)) }
+    }
+
+    pub fn camera_id(&self) -> &str {
+        &self.config.camera_id
+    }
+
+    pub fn status(&self) -> &Arc<CameraStatus> {
+        &self.status
+    }
+
+    /// Starts a decode thread of `reporter`'s generation.
+    pub fn start(&self, reporter: Reporter) -> Result<(), String> {
+        let source = self.clone();
+        std::thread::Builder::new()
+            .name(format!("decode-{}", self.config.camera_id))
+            .spawn(move || {
+                let position = std::mem::replace(&mut *source.position.lock(), Position::taken());
+                Streamer { source, reporter, seq: position.seq, media: position.media }.run()
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot start a decode thread: {e}"))
     }
 }
 
-pub fn spawn(
-    config: SourceConfig,
-    status: Arc<CameraStatus>,
-    sink: Box<dyn FrameSink>,
-    metrics: Arc<Metrics>,
-) -> SourceHandle {
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("decode-{}", config.camera_id))
-        .spawn(move || {
-            let media = MediaClock::new(config.clock_origin);
-            Streamer { config, status, sink, metrics, stop: thread_stop, seq: 0, media }.run()
-        })
-        .expect("spawning a decode thread");
-    SourceHandle { stop, _thread: thread }
+impl Position {
+    /// What the slot holds while a thread runs (it writes the real one back when it ends).
+    fn taken() -> Self {
+        Self { seq: 0, media: MediaClock::new(SystemTime::UNIX_EPOCH) }
+    }
 }
 
 enum RunEnd {
@@ -87,15 +122,20 @@ enum RunEnd {
 }
 
 struct Streamer {
-    config: SourceConfig,
-    status: Arc<CameraStatus>,
-    sink: Box<dyn FrameSink>,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    source: Source,
+    reporter: Reporter,
     /// Sampled-frame number, continuing across reconnects and loops.
     seq: u64,
     /// Files: the frame clock.
     media: MediaClock,
+}
+
+/// However the thread ends, the next one continues from here.
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        let media = std::mem::replace(&mut self.media, MediaClock::new(SystemTime::UNIX_EPOCH));
+        *self.source.position.lock() = Position { seq: self.seq, media };
+    }
 }
 
 /// The frame clock of a file: the camera's epoch plus media time (frame index / stream rate),
@@ -134,30 +174,40 @@ impl MediaClock {
 
 impl Streamer {
     fn run(mut self) {
-        let mut backoff = Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
+        let mut backoff = Backoff::new(self.source.config.reconnect_initial, self.source.config.reconnect_max);
         while !self.stopped() {
             // An open breaker lets no attempt through until its open period is over.
-            while !self.status.breaker.allow() {
+            while !self.source.status.breaker.allow() {
                 if self.stopped() {
                     return;
                 }
                 self.sleep(Duration::from_millis(200));
             }
-            self.status.set_state(StreamState::Connecting, None);
+            self.source.status.set_state(StreamState::Connecting, None);
             let seq_before = self.seq;
-            // A panic in FFmpeg glue or in our code becomes a failed attempt, not a dead camera.
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_once()))
-                .unwrap_or_else(|panic| Err(format!("decode panicked: {}", panic_message(&*panic))));
+            // A panic in FFmpeg glue or in our code ends this thread; the supervisor starts the
+            // next one after its backoff, from where this one stopped.
+            let result = match std::panic::catch_unwind(AssertUnwindSafe(|| self.run_once())) {
+                Ok(result) => result,
+                Err(panic) => {
+                    let error =
+                        sanitize(&format!("decode panicked: {}", panic_message(&*panic)), &self.source.config.url);
+                    self.source.status.breaker.record_failure();
+                    self.source.status.set_state(StreamState::BackingOff, Some(error.clone()));
+                    self.reporter.failed(error);
+                    return;
+                }
+            };
             if self.seq > seq_before {
                 backoff.reset();
-                self.status.breaker.record_success();
+                self.source.status.breaker.record_success();
             }
             match result {
                 Ok(RunEnd::Stopped) => return,
-                Ok(RunEnd::EndOfFile) if self.config.looping && self.seq > seq_before => continue,
-                Ok(RunEnd::EndOfFile) if self.config.is_file => {
+                Ok(RunEnd::EndOfFile) if self.source.config.looping && self.seq > seq_before => continue,
+                Ok(RunEnd::EndOfFile) if self.source.config.is_file => {
                     // The connector marks the camera ended once the last frame went through.
-                    self.sink.push(Queued::End, &|| self.stopped());
+                    self.source.sink.push(Queued::End, &|| self.stopped());
                     return;
                 }
                 // A live stream has no end: the camera or the network dropped it.
@@ -178,34 +228,27 @@ impl Streamer {
     /// Records a failed attempt and waits out the backoff; `true` when out of retries (the
     /// stream is then marked failed and ended).
     fn give_up_after(&self, error: String, backoff: &mut Backoff) -> bool {
-        self.status.breaker.record_failure();
-        let error = sanitize(&error, &self.config.url);
-        tracing::warn!(camera = %self.config.camera_id, %error, "stream failed");
-        if self.config.max_retries.is_some_and(|max| backoff.failures() >= max) {
-            self.status.set_state(StreamState::Failed, Some(error));
-            self.sink.push(Queued::End, &|| self.stopped());
+        self.source.status.breaker.record_failure();
+        let error = sanitize(&error, &self.source.config.url);
+        tracing::warn!(camera = %self.source.config.camera_id, %error, "stream failed");
+        if self.source.config.max_retries.is_some_and(|max| backoff.failures() >= max) {
+            self.source.status.set_state(StreamState::Failed, Some(error));
+            self.source.sink.push(Queued::End, &|| self.stopped());
             return true;
         }
-        self.status.set_state(StreamState::BackingOff, Some(error));
-        self.status.reconnects.inc();
+        self.source.status.set_state(StreamState::BackingOff, Some(error));
+        self.source.status.reconnects.inc();
         self.sleep(backoff.next_delay());
         false
     }
 
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        self.source.stop.is_stopped()
     }
 
-    /// Sleeps in short steps so a stop request is honoured quickly.
+    /// Waits on the camera's clock; a stop ends the wait at once.
     fn sleep(&self, duration: Duration) {
-        let until = Instant::now() + duration;
-        while !self.stopped() {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(50)));
-        }
+        self.source.clock.wait(&self.source.stop, duration);
     }
 
     fn run_once(&mut self) -> Result<RunEnd, String> {
@@ -213,31 +256,32 @@ impl Streamer {
         self.media.reopen();
         let last_activity = Arc::new(AtomicU64::new(0));
         let interrupt = {
-            let stop = self.stop.clone();
+            let stop = self.source.stop.clone();
             let last_activity = last_activity.clone();
-            let timeout_ms = self.config.read_timeout.as_millis() as u64;
+            let timeout_ms = self.source.config.read_timeout.as_millis() as u64;
             move || {
                 let idle = (opened.elapsed().as_millis() as u64).saturating_sub(last_activity.load(Ordering::Relaxed));
-                stop.load(Ordering::SeqCst) || idle > timeout_ms
+                stop.is_stopped() || idle > timeout_ms
             }
         };
         let mut options = ffmpeg::Dictionary::new();
         // Whatever the URL leads to (a playlist, a redirect), FFmpeg may not leave these protocols.
-        options.set("protocol_whitelist", if self.config.is_file { FILE_PROTOCOLS } else { NETWORK_PROTOCOLS });
-        if self.config.is_file {
+        options.set("protocol_whitelist", if self.source.config.is_file { FILE_PROTOCOLS } else { NETWORK_PROTOCOLS });
+        if self.source.config.is_file {
             // Video containers only: a playlist or concat script in the media directory could
             // name files outside it.
             options.set("format_whitelist", FILE_FORMATS);
         }
-        if !self.config.is_file && self.config.url.starts_with("rtsp") {
-            let transport = match self.config.rtsp_transport {
+        if !self.source.config.is_file && self.source.config.url.starts_with("rtsp") {
+            let transport = match self.source.config.rtsp_transport {
                 RtspTransport::Tcp => "tcp",
                 RtspTransport::Udp => "udp",
             };
             options.set("rtsp_transport", transport);
         }
-        let mut input = ffmpeg::format::input_with_interrupt_and_dictionary(&self.config.url, interrupt, options)
-            .map_err(|e| format!("cannot open stream: {e}"))?;
+        let mut input =
+            ffmpeg::format::input_with_interrupt_and_dictionary(&self.source.config.url, interrupt, options)
+                .map_err(|e| format!("cannot open stream: {e}"))?;
         let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or("no video stream")?;
         let stream_index = stream.index();
         let source_fps = plausible_rate(stream.avg_frame_rate())
@@ -247,8 +291,8 @@ impl Streamer {
             .and_then(|c| c.decoder().video())
             .map_err(|e| format!("cannot decode stream: {e}"))?;
 
-        let sampler = Sampler::new(source_fps, self.config.fps);
-        let pace = (self.config.is_file && self.config.realtime).then(Instant::now);
+        let sampler = Sampler::new(source_fps, self.source.config.fps);
+        let pace = (self.source.config.is_file && self.source.config.realtime).then(|| self.source.clock.now());
         let mut converter: Option<Converter> = None;
         let mut decoded = ffmpeg::frame::Video::empty();
         let mut packet = ffmpeg::Packet::empty();
@@ -258,7 +302,8 @@ impl Streamer {
         // only audio, or garbage) is as dead as a silent one. The limit is the read timeout, or
         // three frame intervals of a slow camera, and three times that before the first frame
         // (an RTSP camera may send its first key frame only seconds after connecting).
-        let stall_limit = self.config.read_timeout.max(Duration::from_secs_f64(3.0 / self.config.fps.max(0.001)));
+        let stall_limit =
+            self.source.config.read_timeout.max(Duration::from_secs_f64(3.0 / self.source.config.fps.max(0.001)));
         let mut last_frame: Option<Instant> = None;
         // Decoder time since the last kept frame: sampled-out frames cost the next kept one.
         let mut decode_time = Duration::ZERO;
@@ -266,7 +311,7 @@ impl Streamer {
             if self.stopped() {
                 return Ok(RunEnd::Stopped);
             }
-            if !self.config.is_file {
+            if !self.source.config.is_file {
                 let (since, limit) = match last_frame {
                     Some(at) => (at, stall_limit),
                     None => (opened, stall_limit * 3),
@@ -303,9 +348,9 @@ impl Streamer {
                 decode_time += started.elapsed();
                 got_frame = true;
                 last_frame = Some(Instant::now());
-                self.status.decoded.inc();
-                if self.status.state() != StreamState::Streaming {
-                    self.status.set_state(StreamState::Streaming, None);
+                self.source.status.decoded.inc();
+                if self.source.status.state() != StreamState::Streaming {
+                    self.source.status.set_state(StreamState::Streaming, None);
                 }
                 let index = frame_index;
                 frame_index += 1;
@@ -314,14 +359,14 @@ impl Streamer {
                 }
                 if let Some(start) = pace {
                     let due = start + Duration::from_secs_f64(index as f64 / source_fps);
-                    self.sleep(due.saturating_duration_since(Instant::now()));
+                    self.sleep(due.saturating_duration_since(self.source.clock.now()));
                 }
                 let captured = Instant::now();
                 let captured_at =
-                    if self.config.is_file { self.media.at(index, source_fps) } else { SystemTime::now() };
+                    if self.source.config.is_file { self.media.at(index, source_fps) } else { SystemTime::now() };
                 // Only the camera id: the URL (with its credentials) never goes into a trace.
                 let span = if crate::telemetry::sample_frame() {
-                    tracing::info_span!(parent: None, "frame", camera_id = %self.config.camera_id, frame_seq = self.seq)
+                    tracing::info_span!(parent: None, "frame", camera_id = %self.source.config.camera_id, frame_seq = self.seq)
                 } else {
                     tracing::Span::none()
                 };
@@ -330,13 +375,13 @@ impl Streamer {
                     crate::child_span!(&span, "decode", width = decoded.width(), height = decoded.height());
                 let conv = match &mut converter {
                     Some(c) if c.fits(&decoded) => c,
-                    slot => slot.insert(Converter::new(&decoded, self.config.input_size)?),
+                    slot => slot.insert(Converter::new(&decoded, self.source.config.input_size)?),
                 };
                 let (pixels, letterbox) = decode_span.in_scope(|| conv.convert(&decoded))?;
                 drop(decode_span);
-                self.metrics.stages.decode.record(std::mem::take(&mut decode_time) + convert_started.elapsed());
+                self.source.metrics.stages.decode.record(std::mem::take(&mut decode_time) + convert_started.elapsed());
                 let frame = Frame {
-                    camera_id: self.config.camera_id.clone(),
+                    camera_id: self.source.config.camera_id.clone(),
                     seq: self.seq,
                     captured_at,
                     captured,
@@ -345,10 +390,10 @@ impl Streamer {
                     span,
                 };
                 self.seq += 1;
-                match self.sink.push(Queued::Frame(frame), &|| self.stopped()) {
+                match self.source.sink.push(Queued::Frame(frame), &|| self.stopped()) {
                     PushOutcome::Queued | PushOutcome::Full => {}
                     PushOutcome::DroppedOldest | PushOutcome::Rejected => {
-                        self.status.dropped.inc();
+                        self.source.status.dropped.inc();
                     }
                     PushOutcome::Detached => return Ok(RunEnd::Stopped),
                 }

@@ -17,7 +17,7 @@ use crate::ids::CameraId;
 use crate::overflow::WhenFull;
 
 /// Where decoded frames go: the camera's queue on its device.
-pub trait FrameSink: Send {
+pub trait FrameSink: Send + Sync {
     /// Never blocks a live camera; a replay waits for room unless `cancelled()` turns true.
     fn push(&self, item: Queued, cancelled: &dyn Fn() -> bool) -> PushOutcome;
 }

@@ -18,9 +18,10 @@ use serde::Serialize;
 use sha2::Digest;
 
 use super::transitions::{ModelTransition, ModelTransitions};
-use super::worker::{set_up_thread, DeviceRuntime, LoadedModel};
+use super::worker::{set_up_thread, LoadedModel};
+use super::{GetDeviceView, GetValidationTarget, GpuActor, InstallModel, ValidationTarget};
 use crate::detector::config::ModelSettings;
-use crate::detector::{Detector, DetectorError};
+use crate::detector::{Detector, DetectorError, Model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -34,6 +35,8 @@ pub enum ReloadError {
     Rejected(String),
     #[error("another reload of this model is in progress")]
     Busy,
+    #[error("the pipeline is shutting down")]
+    Stopped,
 }
 
 /// One version of the model that was loaded at some point.
@@ -68,7 +71,7 @@ pub struct ModelRegistry {
     base: ModelSettings,
     /// Canonical directory reloads may read from: the configured model's directory.
     dir: PathBuf,
-    devices: Vec<Arc<DeviceRuntime>>,
+    devices: Vec<actix::Addr<GpuActor>>,
     versions: Mutex<Vec<ModelVersion>>,
     transitions: Arc<ModelTransitions>,
     reloading: tokio::sync::Mutex<()>,
@@ -78,7 +81,7 @@ impl ModelRegistry {
     /// The registry of the configured model, serving as version 1 on `devices`.
     pub fn new(
         base: ModelSettings,
-        devices: Vec<Arc<DeviceRuntime>>,
+        devices: Vec<actix::Addr<GpuActor>>,
         transitions: Arc<ModelTransitions>,
     ) -> std::io::Result<Self> {
         let file = base.path.canonicalize()?;
@@ -100,18 +103,16 @@ impl ModelRegistry {
         })
     }
 
-    pub fn view(&self) -> ModelView {
+    pub async fn view(&self) -> ModelView {
+        let mut devices = Vec::new();
+        for device in &self.devices {
+            if let Ok(d) = device.send(GetDeviceView).await {
+                devices.push(DeviceModelView { device: d.name, version: d.model_version, breaker: d.model_breaker });
+            }
+        }
         ModelView {
             name: self.name.clone(),
-            devices: self
-                .devices
-                .iter()
-                .map(|d| DeviceModelView {
-                    device: d.name.clone(),
-                    version: d.model_version(),
-                    breaker: d.breaker.view(),
-                })
-                .collect(),
+            devices,
             versions: self.versions.lock().clone(),
             history: self.transitions.history(),
         }
@@ -133,13 +134,18 @@ impl ModelRegistry {
                 .map_err(|e| ReloadError::BadPath(format!("the configured model file: {e}")))?,
         };
         let file_name = path.strip_prefix(&self.dir).unwrap_or(&path).display().to_string();
-        let from = self.devices.first().map(|d| d.model_version());
+        let mut from = None;
+        let mut targets = Vec::new();
+        for device in &self.devices {
+            from = from.or(device.send(GetDeviceView).await.ok().map(|d| d.model_version));
+            targets.push(device.send(GetValidationTarget).await.map_err(|_| ReloadError::Stopped)?);
+        }
         let version = self.versions.lock().last().map_or(1, |v| v.version + 1);
         let settings = ModelSettings { path: path.clone(), ..self.base.clone() };
-        let devices = self.devices.clone();
+        // Loading and a smoke inference take seconds: never on an actor's thread.
         let checked = tokio::task::spawn_blocking(move || -> Result<(String, Vec<LoadedModel>), String> {
             let sha256 = sha256_of(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let loaded = devices
+            let loaded = targets
                 .iter()
                 .map(|device| {
                     validate_on(device, &settings).map(|detector| LoadedModel {
@@ -161,7 +167,7 @@ impl ModelRegistry {
             }
         };
         for (device, model) in self.devices.iter().zip(loaded) {
-            device.install(model);
+            device.send(InstallModel(model)).await.map_err(|_| ReloadError::Stopped)?;
         }
         let entry = ModelVersion { version, file: file_name.clone(), sha256, loaded_at: chrono::Utc::now() };
         self.versions.lock().push(entry.clone());
@@ -189,15 +195,15 @@ fn resolve_in(dir: &Path, file: &str) -> Result<PathBuf, ReloadError> {
 
 /// Loads the model on a device (which checks its output shape on a grey frame) and runs it on a
 /// real frame the device saw, when it has seen one.
-fn validate_on(device: &DeviceRuntime, settings: &ModelSettings) -> Result<Detector, String> {
+fn validate_on(device: &ValidationTarget, settings: &ModelSettings) -> Result<Box<dyn Model>, String> {
     set_up_thread(device.device, 0);
     let detector = Detector::load(settings, device.device).map_err(|e| format!("{}: {e}", device.name))?;
-    if let Some((pixels, letterbox)) = device.sample_frame() {
+    if let Some((pixels, letterbox)) = &device.sample {
         detector
-            .smoke_test(&pixels, letterbox)
+            .smoke_test(pixels, *letterbox)
             .map_err(|e: DetectorError| format!("{}: smoke inference: {e}", device.name))?;
     }
-    Ok(detector)
+    Ok(Box::new(detector))
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {

@@ -1,7 +1,7 @@
 //! The inference threads of one device: take batches from the device queue, run the model, and
 //! send each frame's detections to its camera's connector shard in capture order.
 //!
-//! The device (`DeviceRuntime`) outlives its threads. A thread is one supervised instance: a panic
+//! The device's state (`DeviceState`, owned by its `GpuActor`) outlives its threads. A thread is one supervised instance: a panic
 //! in a model call ends it after it leaves its batch to be retried first by the next instance,
 //! which the supervisor starts after its backoff, with the model reloaded. A thread that stops
 //! reporting progress (stuck in a call) is replaced the same way; if it ever returns, it sees it
@@ -19,16 +19,17 @@ use actix::dev::SendError;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::batch::FrameQueue;
 use super::memory::BatchSizer;
 use super::transitions::ModelTransitions;
 use super::{CameraRoute, DeviceQueue};
 use crate::actors::messages::{Frame, FrameDetections, ToConnector};
-use crate::detector::{model::device_name, Detector, DetectorError, Letterbox};
+use crate::detector::{model::device_name, DetectorError, Letterbox, Model, ModelLoader};
 use crate::metrics::{DeviceLabels, Metrics};
 use crate::objects::Detection;
 use crate::overflow::WhenFull;
 use crate::settings::{FaultSettings, ModelSettings, Settings};
-use crate::supervision::{panic_message, CircuitBreaker, Reporter};
+use crate::supervision::{finish_group, panic_message, CircuitBreaker, FinishToken, Finished, Reporter};
 
 pub struct WorkerConfig {
     pub max_batch: usize,
@@ -64,7 +65,7 @@ impl WorkerConfig {
 pub struct LoadedModel {
     pub version: u32,
     pub settings: ModelSettings,
-    pub detector: Detector,
+    pub detector: Box<dyn Model>,
 }
 
 /// Shared, so a model call holds no lock: a thread stuck in a call cannot block a swap or its
@@ -98,17 +99,33 @@ fn reaches_rollback(failures: usize, window: usize, rate: f64) -> bool {
     failures as f64 >= rate * window as f64
 }
 
-/// One inference device and everything that survives its threads.
-pub struct DeviceRuntime {
+/// What a device is built from.
+pub struct DeviceParts {
+    pub device: tch::Device,
+    pub config: WorkerConfig,
+    /// The configured model, served as version 1.
+    pub model: ModelSettings,
+    pub loader: ModelLoader,
+    pub metrics: Arc<Metrics>,
+    /// Around the model: opens when its calls keep failing.
+    pub breaker: Arc<CircuitBreaker>,
+    pub transitions: Arc<ModelTransitions>,
+    pub faults: Arc<FaultInjector>,
+}
+
+/// The state of one inference device, owned by its `GpuActor` and shared only with the device's
+/// inference threads (which read it between batches and never wait on the actor): the frame
+/// queues, the model versions, the memory budget and batch sizing. It outlives the threads.
+pub struct DeviceState {
     pub name: String,
     pub device: tch::Device,
     pub queue: Arc<DeviceQueue>,
     config: WorkerConfig,
+    loader: ModelLoader,
     metrics: Arc<Metrics>,
     labels: DeviceLabels,
     /// The model, swapped between batches.
     models: Mutex<DeviceModels>,
-    /// Around the model: opens when its calls keep failing.
     pub breaker: Arc<CircuitBreaker>,
     transitions: Arc<ModelTransitions>,
     faults: Arc<FaultInjector>,
@@ -121,34 +138,32 @@ pub struct DeviceRuntime {
     running: AtomicBool,
     /// A recent real frame, for the smoke inference of a model reload.
     sample: Mutex<Option<(Bytes, Letterbox)>>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Cloned into every thread; `None` once the device is closed (no thread may start).
+    finish: Mutex<Option<FinishToken>>,
+    /// Says when every thread has ended.
+    finished: Mutex<Option<Finished>>,
 }
 
-impl DeviceRuntime {
-    /// Loads the model on `device`; starts no thread (the supervisor's factory does).
-    pub fn load(
-        settings: &Settings,
-        device: tch::Device,
-        queue: Arc<DeviceQueue>,
-        metrics: Arc<Metrics>,
-        breaker: Arc<CircuitBreaker>,
-        transitions: Arc<ModelTransitions>,
-        faults: Arc<FaultInjector>,
-    ) -> Result<Arc<Self>, DetectorError> {
-        let config = WorkerConfig::from_settings(settings);
+impl DeviceState {
+    /// Loads the configured model on the device; starts no thread (the actor starts the first,
+    /// the supervisor's factory the others).
+    pub fn load(parts: DeviceParts) -> Result<Arc<Self>, DetectorError> {
+        let DeviceParts { device, config, model, loader, metrics, breaker, transitions, faults } = parts;
         set_up_thread(device, config.cpu_threads);
-        let detector = Detector::load(&settings.model, device)?;
+        let detector = loader(&model, device)?;
         let name = device_name(device);
         let sizer = BatchSizer::new(config.max_batch, config.frame_bytes, config.grow_after);
+        let (finish, finished) = finish_group();
         Ok(Arc::new(Self {
             labels: DeviceLabels { device: name.clone() },
             name,
             device,
-            queue,
+            queue: FrameQueue::new(),
             config,
+            loader,
             metrics,
             models: Mutex::new(DeviceModels {
-                current: Arc::new(LoadedModel { version: 1, settings: settings.model.clone(), detector }),
+                current: Arc::new(LoadedModel { version: 1, settings: model, detector }),
                 previous: None,
                 outcomes: Outcomes::default(),
             }),
@@ -160,7 +175,8 @@ impl DeviceRuntime {
             live: AtomicU64::new(0),
             running: AtomicBool::new(false),
             sample: Mutex::new(None),
-            threads: Mutex::new(Vec::new()),
+            finish: Mutex::new(Some(finish)),
+            finished: Mutex::new(Some(finished)),
         }))
     }
 
@@ -192,15 +208,16 @@ impl DeviceRuntime {
         models.outcomes = Outcomes::default();
     }
 
-    /// The supervisor's factory: starts an inference thread of `generation`. The first instance
-    /// uses the model loaded by `load`; a later one reloads the serving version's file first, since
-    /// a failed call may have left the module unusable.
+    /// Starts an inference thread of `reporter`'s generation (the supervisor's factory for all
+    /// but the first). The first instance uses the model loaded by `load`; a later one reloads
+    /// the serving version's file first, since a failed call may have left the module unusable.
     pub fn start_thread(self: &Arc<Self>, reporter: Reporter) -> Result<(), String> {
         let generation = reporter.generation().0;
+        let finish = self.finish.lock().clone().ok_or("the device is stopped")?;
         if generation > 0 {
             let serving = self.models.lock().current.clone();
             set_up_thread(self.device, self.config.cpu_threads);
-            let detector = Detector::load(&serving.settings, self.device).map_err(|e| e.to_string())?;
+            let detector = (self.loader)(&serving.settings, self.device).map_err(|e| e.to_string())?;
             let reloaded =
                 Arc::new(LoadedModel { version: serving.version, settings: serving.settings.clone(), detector });
             let mut models = self.models.lock();
@@ -210,33 +227,30 @@ impl DeviceRuntime {
             }
         }
         self.live.store(generation, Ordering::SeqCst);
-        let runtime = self.clone();
-        let handle = std::thread::Builder::new()
+        let state = self.clone();
+        std::thread::Builder::new()
             .name(format!("infer-{}", self.name))
-            .spawn(move || runtime.run(reporter))
-            .map_err(|e| format!("cannot start inference thread: {e}"))?;
-        let mut threads = self.threads.lock();
-        threads.retain(|t| !t.is_finished());
-        threads.push(handle);
-        Ok(())
+            .spawn(move || {
+                let _finish = finish;
+                state.run(reporter)
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot start inference thread: {e}"))
     }
 
-    /// Waits for the device's threads (after `queue.close()`), at most `deadline`: libtorch
-    /// should not be mid-call while the process exits, but a thread stuck in a call (the reason it
-    /// was replaced) must not hold the exit up for ever.
-    pub fn join(&self, deadline: Duration) {
-        let until = Instant::now() + deadline;
-        let threads = std::mem::take(&mut *self.threads.lock());
-        for thread in threads {
-            while !thread.is_finished() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
-                tracing::error!(device = %self.name, "an inference thread is still in a model call; exiting without it");
-            }
+    /// Closes the device's queues (its threads end after their batch) and waits for its threads,
+    /// at most `deadline`: libtorch should not be mid-call while the process exits, but a thread
+    /// stuck in a call (the reason it was replaced) must not hold the exit up for ever. Returns
+    /// whether they all ended.
+    pub fn close_and_wait(&self, deadline: Duration) -> bool {
+        self.queue.close();
+        drop(self.finish.lock().take());
+        let Some(finished) = self.finished.lock().take() else { return true };
+        let ended = finished.wait(deadline);
+        if !ended {
+            tracing::error!(device = %self.name, "an inference thread is still in a model call; exiting without it");
         }
+        ended
     }
 
     fn is_live(&self, reporter: &Reporter) -> bool {
@@ -393,6 +407,13 @@ impl DeviceRuntime {
     /// connector is not a frozen device) and giving up if it was replaced; a live camera's result
     /// is dropped and counted instead.
     fn deliver(&self, route: &CameraRoute, mut message: ToConnector, must_arrive: bool, reporter: &Reporter) {
+        // A replaced thread back from a stuck call: its successor has served the frames behind
+        // these, so they would arrive late and out of order. End markers still go: only this
+        // thread holds them.
+        if !must_arrive && !self.is_live(reporter) {
+            route.status.dropped.inc();
+            return;
+        }
         let mut waiting_since = Instant::now();
         loop {
             match route.connector.try_send(message) {
@@ -489,7 +510,7 @@ enum Outcome {
 }
 
 /// Marks the device not running when its live thread ends, however it ends.
-struct RunningGuard(Arc<DeviceRuntime>, Reporter);
+struct RunningGuard(Arc<DeviceState>, Reporter);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
@@ -558,6 +579,9 @@ pub fn effective_threads(configured: usize) -> usize {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     }
 }
+
+#[cfg(test)]
+mod threads;
 
 #[cfg(test)]
 mod tests {
