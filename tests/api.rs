@@ -140,12 +140,25 @@ async fn cameras_persist_restart_and_never_show_their_password() {
         assert!(!text.contains("s3cretPa55"), "password leaked in: {text}");
     }
 
-    // A restarted service runs the stored cameras again.
+    // A restarted service runs the stored cameras again, each decode thread a supervised child.
     let svc = Service::start(&env).await;
     let cam: Value = client.get(svc.url("/api/v1/cameras/gate-1")).send().await.unwrap().json().await.unwrap();
     assert_eq!(cam["id"], "gate-1");
+    let decode_children = || async {
+        let system: Value = client.get(svc.url("/api/v1/system")).send().await.unwrap().json().await.unwrap();
+        let children = system["supervisor"]["cameras"]["children"].as_array().unwrap().clone();
+        children.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    common::eventually("the decode child", std::time::Duration::from_secs(10), || async {
+        (decode_children().await == ["decode-gate-1"]).then_some(())
+    })
+    .await;
     let r = client.delete(svc.url("/api/v1/cameras/gate-1")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 204);
+    common::eventually("no decode child", std::time::Duration::from_secs(10), || async {
+        decode_children().await.is_empty().then_some(())
+    })
+    .await;
     let r = client.get(svc.url("/api/v1/cameras/gate-1")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let rows = env.db().await.query_one("SELECT count(*) FROM cameras", &[]).await.unwrap();
