@@ -113,6 +113,13 @@ pub struct FaultSettings {
     /// Every model call from `inference_panic_at_batch` on panics (a crash loop).
     #[serde(default)]
     pub inference_panic_repeats: bool,
+    /// A camera's decode thread panics before it hands on the frame with this sequence number (0:
+    /// never), once per camera.
+    #[serde(default)]
+    pub decode_panic_at_frame: u64,
+    /// Every frame from `decode_panic_at_frame` on panics (a crash loop: the camera fails).
+    #[serde(default)]
+    pub decode_panic_repeats: bool,
     /// From this inference batch on (0: never), model calls with more than one frame fail with
     /// a device out-of-memory error, `oom_times` times.
     #[serde(default)]

@@ -360,6 +360,8 @@ impl Pipeline {
             reconnect_max: std::time::Duration::from_millis(cams.reconnect_max_ms),
             max_retries: (mode == CameraMode::Offline).then_some(0),
             clock_origin: std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms),
+            panic_at_frame: self.settings.faults.decode_panic_at_frame,
+            panic_repeats: self.settings.faults.decode_panic_repeats,
         }
     }
 }

@@ -47,8 +47,8 @@ impl Actor for CameraActor {
         // Dropping the handle stops the decode thread within one read or push; joining here
         // would block the arbiter.
         drop(self.stop.take());
-        self.supervisor.remove(&Self::child_name(self.source.camera_id()));
         self.source.status().set_state(StreamState::Stopped, None);
+        self.supervisor.remove(&Self::child_name(self.source.camera_id()));
     }
 }
 

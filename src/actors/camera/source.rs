@@ -47,6 +47,9 @@ pub struct SourceConfig {
     pub max_retries: Option<u32>,
     /// Files: the frame time of the first frame (the camera's epoch); see `MediaClock`.
     pub clock_origin: SystemTime,
+    /// `faults.decode_panic_at_frame` (0: never) and `decode_panic_repeats`.
+    pub panic_at_frame: u64,
+    pub panic_repeats: bool,
 }
 
 /// Everything a camera's decode thread is started from. The thread is a supervised child of the
@@ -62,6 +65,8 @@ pub struct Source {
     /// Fired when the camera stops (its actor drops the handle).
     stop: StopSignal,
     position: Arc<parking_lot::Mutex<Position>>,
+    /// The injected decode panic fired (once per camera unless it repeats).
+    panicked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where a camera's stream is, handed from one decode thread to the next.
@@ -82,7 +87,8 @@ impl Source {
         stop: StopSignal,
     ) -> Self {
         let position = Position { seq: 0, media: MediaClock::new(config.clock_origin) };
-        Self { config, status, sink, metrics, clock, stop, position: Arc::new(parking_lot::Mutex::new(position)) }
+        let position = Arc::new(parking_lot::Mutex::new(position));
+        Self { config, status, sink, metrics, clock, stop, position, panicked: Arc::default() }
     }
 
     pub fn camera_id(&self) -> &str {
@@ -246,6 +252,14 @@ impl Streamer {
         self.source.stop.is_stopped()
     }
 
+    /// `faults.decode_panic_at_frame`: panics before the frame of that number is handed on.
+    fn injected_fault(&self) {
+        let (at, repeats) = (self.source.config.panic_at_frame, self.source.config.panic_repeats);
+        if at > 0 && self.seq >= at && (repeats || !self.source.panicked.swap(true, Ordering::SeqCst)) {
+            panic!("injected fault: decode panic at frame {}", self.seq);
+        }
+    }
+
     /// Waits on the camera's clock; a stop ends the wait at once.
     fn sleep(&self, duration: Duration) {
         self.source.clock.wait(&self.source.stop, duration);
@@ -380,6 +394,7 @@ impl Streamer {
                 let (pixels, letterbox) = decode_span.in_scope(|| conv.convert(&decoded))?;
                 drop(decode_span);
                 self.source.metrics.stages.decode.record(std::mem::take(&mut decode_time) + convert_started.elapsed());
+                self.injected_fault();
                 let frame = Frame {
                     camera_id: self.source.config.camera_id.clone(),
                     seq: self.seq,
