@@ -1,5 +1,6 @@
 //! Criterion benches of the per-frame hot paths outside the model: output decode + NMS, tracking
-//! and line counting, tracking and the full scene analytics, letterbox layout, batch forming. `cargo bench --bench hot_paths`.
+//! and line counting, tracking and the full scene analytics, letterbox layout, batch forming.
+//! `cargo bench --bench hot_paths`.
 //! Whole-pipeline figures come from `its-analytics bench`.
 
 use std::hint::black_box;

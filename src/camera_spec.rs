@@ -150,12 +150,17 @@ impl CameraSpec {
                     match self.file_path() {
                         None => errors.push("url: a file:// URL needs an absolute path".into()),
                         Some(_) if policy.media_dir.is_none() => errors.push(
-                            "url: local files are not accepted (set cameras.media_dir to serve files from one directory)".into(),
+                            "url: local files are not accepted (set cameras.media_dir to serve files from one \
+                             directory)"
+                                .into(),
                         ),
                         // Judged on the path as written first, so nothing outside the media
                         // directory is even looked up (no probing for files); then on the real
                         // path, so symbolic links cannot lead out of it either.
-                        Some(path) if !policy.admits_written(&path) || path.components().any(|c| c == Component::ParentDir) => {
+                        Some(path)
+                            if !policy.admits_written(&path)
+                                || path.components().any(|c| c == Component::ParentDir) =>
+                        {
                             errors.push(OUTSIDE_MEDIA_DIR.into())
                         }
                         Some(path) => match path.canonicalize() {

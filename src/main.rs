@@ -203,13 +203,22 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 );
                 let l = &r.offline_latency;
                 println!(
-                    "offline latency frame p50 {:.1} / p99 {:.1} ms, event p50 {:.1} / p99 {:.1} ms ({} events; includes the wait in the full queue)",
+                    "offline latency frame p50 {:.1} / p99 {:.1} ms, event p50 {:.1} / p99 {:.1} ms ({} events; \
+                     includes the wait in the full queue)",
                     l.frame_ms_p50, l.frame_ms_p99, l.event_ms_p50, l.event_ms_p99, l.events
                 );
                 let l = &r.live.latency;
                 println!(
-                    "live            {} frames at {:.1} frames/s, {} dropped; capture->tracked p50 {:.1} / p99 {:.1} ms, capture->event p50 {:.1} / p99 {:.1} ms ({} events)",
-                    r.live.frames, r.live.source_fps, r.live.frames_dropped, l.frame_ms_p50, l.frame_ms_p99, l.event_ms_p50, l.event_ms_p99, l.events
+                    "live            {} frames at {:.1} frames/s, {} dropped; capture->tracked p50 {:.1} / p99 \
+                     {:.1} ms, capture->event p50 {:.1} / p99 {:.1} ms ({} events)",
+                    r.live.frames,
+                    r.live.source_fps,
+                    r.live.frames_dropped,
+                    l.frame_ms_p50,
+                    l.frame_ms_p99,
+                    l.event_ms_p50,
+                    l.event_ms_p99,
+                    l.events
                 );
             }
         }

@@ -276,7 +276,8 @@ impl Metrics {
         );
         r.register(
             MODEL_ACCURACY,
-            "Label-free recall proxy of the live model (0..1): over the tracks ended in the last 5 minutes, the share of frames with a detection of at least tracker.confident_score; absent while too few tracks ended",
+            "Label-free recall proxy of the live model (0..1): over the tracks ended in the last 5 minutes, the \
+             share of frames with a detection of at least tracker.confident_score; absent while too few tracks ended",
             m.model_accuracy.clone(),
         );
         m

@@ -202,7 +202,11 @@ async fn geometry_is_validated_and_versioned() {
 
     let lane = json!({
         "lines": [{"id": "l1", "a": [0, 150], "b": [320, 150]}],
-        "zones": [{"id": "lane-1", "polygon": [[0, 0], [160, 0], [160, 240], [0, 240]], "direction": [[80, 0], [80, 240]]}],
+        "zones": [{
+            "id": "lane-1",
+            "polygon": [[0, 0], [160, 0], [160, 240], [0, 240]],
+            "direction": [[80, 0], [80, 240]]
+        }],
         "calibration": {"points": [
             {"image": [0, 0], "ground": [0, 60]}, {"image": [320, 0], "ground": [7, 60]},
             {"image": [0, 240], "ground": [0, 0]}, {"image": [320, 240], "ground": [7, 0]}

@@ -574,7 +574,9 @@ fn grafana_dashboard_queries_parse_and_provisioning_points_at_prometheus() {
     let rules: Vec<Json> = queries
         .iter()
         .enumerate()
-        .map(|(i, (title, expr))| serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr, "labels": {"panel": title}}))
+        .map(|(i, (title, expr))| {
+            serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr, "labels": {"panel": title}})
+        })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -688,7 +690,8 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules:?}\n\
-             scrape_configs:\n  - job_name: its-analytics\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{target:?}]\n",
+             scrape_configs:\n  - job_name: its-analytics\n    metrics_path: /metrics\n    static_configs:\n      \
+             - targets: [{target:?}]\n",
             rules = rules.display().to_string(),
         );
         let config_file = dir.path().join("prometheus.yml");
@@ -859,6 +862,7 @@ fn alerts_and_dashboard_use_the_services_metric_names() {
     let unknown: Vec<&String> = used.iter().filter(|m| !registered.contains(m.as_str())).collect();
     assert!(
         unknown.is_empty(),
-        "alerts.yml or the dashboard use metrics src/metrics.rs does not register: {unknown:?} (registered: {registered:?})"
+        "alerts.yml or the dashboard use metrics src/metrics.rs does not register: {unknown:?} \
+         (registered: {registered:?})"
     );
 }

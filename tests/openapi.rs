@@ -180,7 +180,8 @@ fn every_route_is_documented_and_every_documented_operation_is_served() {
     let unserved: Vec<_> = documented.difference(&served).collect();
     assert!(
         undocumented.is_empty() && unserved.is_empty(),
-        "routes without documentation in src/http/openapi.json: {undocumented:?}\ndocumented but not served: {unserved:?}"
+        "routes without documentation in src/http/openapi.json: {undocumented:?}\n\
+         documented but not served: {unserved:?}"
     );
 }
 
@@ -231,7 +232,8 @@ fn schemathesis() -> String {
 /// The document is served open, secured operations refuse a missing token (401) and a role too
 /// low (403), the event stream (which schemathesis cannot read to its end) answers as documented,
 /// and schemathesis, with the admin token, finds no server error, no response the document does
-/// not describe, and no secured operation that lets a request without a valid token through. Bounded: at most 100 examples per operation, well under
+/// not describe, and no secured operation that lets a request without a valid token through.
+/// Bounded: at most 100 examples per operation, well under
 /// three minutes on two cores.
 #[tokio::test]
 async fn the_service_answers_as_documented() {
@@ -283,7 +285,10 @@ async fn the_service_answers_as_documented() {
         // `ignored_auth`: every secured operation also refuses a missing and a wrong token.
         .args([
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth",
+            concat!(
+                "not_a_server_error,status_code_conformance,content_type_conformance,",
+                "response_schema_conformance,ignored_auth"
+            ),
         ])
         .args(["--exclude-path", SSE_PATH])
         // One worker: CPython 3.11 (Debian 12's) can fail `ast.parse` with "AST constructor

@@ -152,7 +152,8 @@ async fn each_client_is_rate_limited_and_bodies_are_bounded_in_size_and_time() {
     // A body that never arrives in full is answered 408 once the request time is up.
     let mut slow = tokio::net::TcpStream::connect(svc.base.trim_start_matches("http://")).await.unwrap();
     let head = format!(
-        "POST /api/v1/cameras HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        "POST /api/v1/cameras HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
         common::ADMIN_TOKEN
     );
     tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes()).await.unwrap();

@@ -129,7 +129,8 @@ impl Geometry {
             for (side, value) in [("width", size.width), ("height", size.height)] {
                 if !(value.is_finite() && (0.0..=MAX_MIN_OBJECT_SIZE).contains(&value)) {
                     errors.push(format!(
-                        "min_object_size: {side} must be a number of pixels from 0 to {MAX_MIN_OBJECT_SIZE} (got {value})"
+                        "min_object_size: {side} must be a number of pixels from 0 to {MAX_MIN_OBJECT_SIZE} \
+                         (got {value})"
                     ));
                 }
             }
@@ -191,7 +192,8 @@ impl Geometry {
                             .fold(0.0, f64::max);
                         if span > MAX_ZONE_SPAN_M {
                             errors.push(format!(
-                                "{element}: polygon spans {span:.0} m on the road (at most {MAX_ZONE_SPAN_M:.0}); a vertex is too close to the horizon"
+                                "{element}: polygon spans {span:.0} m on the road (at most \
+                                 {MAX_ZONE_SPAN_M:.0}); a vertex is too close to the horizon"
                             ));
                         }
                     }

@@ -317,7 +317,8 @@ pub async fn authenticate<B: MessageBody>(
             match &rejection {
                 Rejection::Forbidden { .. } => tracing::info!(%peer, reason = %rejection, "request forbidden"),
                 _ => {
-                    tracing::debug!(%peer, method = %req.method(), path = req.path(), reason = %rejection, "request unauthenticated")
+                    let (method, path) = (req.method(), req.path());
+                    tracing::debug!(%peer, %method, path, reason = %rejection, "request unauthenticated")
                 }
             }
             let response = rejection.error_response();
@@ -576,7 +577,8 @@ mod tests {
     #[test]
     fn file_tokens_merge_with_inline_ones() {
         let file = TempFile::new(&format!(
-            "# scraper and CI\n[[tokens]]\nname = \"prometheus\"\nrole = \"viewer\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"ci\"\nrole = \"operator\"\nsha256 = \"{}\"\n",
+            "# scraper and CI\n[[tokens]]\nname = \"prometheus\"\nrole = \"viewer\"\nsha256 = \"{}\"\n\n\
+             [[tokens]]\nname = \"ci\"\nrole = \"operator\"\nsha256 = \"{}\"\n",
             sha256_hex("scrape"),
             sha256_hex("deploy")
         ));

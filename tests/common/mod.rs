@@ -498,7 +498,8 @@ pub async fn camera_with_password(clip: Vec<u8>, basic: String) -> (u16, std::sy
                     let _ = socket.write_all(reply.as_bytes()).await;
                     let _ = socket.write_all(&clip).await;
                 } else {
-                    let reply = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"cam\"\r\nContent-Length: 0\r\n\r\n";
+                    let reply = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"cam\"\r\n\
+                                 Content-Length: 0\r\n\r\n";
                     let _ = socket.write_all(reply.as_bytes()).await;
                 }
             });

@@ -380,7 +380,8 @@ impl Streamer {
                     if self.source.config.is_file { self.media.at(index, source_fps) } else { SystemTime::now() };
                 // Only the camera id: the URL (with its credentials) never goes into a trace.
                 let span = if crate::telemetry::sample_frame() {
-                    tracing::info_span!(parent: None, "frame", camera_id = %self.source.config.camera_id, frame_seq = self.seq)
+                    let camera_id = &self.source.config.camera_id;
+                    tracing::info_span!(parent: None, "frame", camera_id = %camera_id, frame_seq = self.seq)
                 } else {
                     tracing::Span::none()
                 };

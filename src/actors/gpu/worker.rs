@@ -1,8 +1,9 @@
 //! The inference threads of one device: take batches from the device queue, run the model, and
 //! send each frame's detections to its camera's connector shard in capture order.
 //!
-//! The device's state (`DeviceState`, owned by its `GpuActor`) outlives its threads. A thread is one supervised instance: a panic
-//! in a model call ends it after it leaves its batch to be retried first by the next instance,
+//! The device's state (`DeviceState`, owned by its `GpuActor`) outlives its threads. A thread is
+//! one supervised instance: a panic in a model call ends it after it leaves its batch to be
+//! retried first by the next instance,
 //! which the supervisor starts after its backoff, with the model reloaded. A thread that stops
 //! reporting progress (stuck in a call) is replaced the same way; if it ever returns, it sees it
 //! was replaced and discards its batch. Out-of-memory errors halve the batch and retry the same
@@ -267,7 +268,8 @@ impl DeviceState {
             let work = match self.leftover.lock().take() {
                 Some(mut leftover) => {
                     leftover.retried = true;
-                    tracing::info!(device = %self.name, frames = leftover.frames.len(), "retrying the batch of the failed instance");
+                    let frames = leftover.frames.len();
+                    tracing::info!(device = %self.name, frames, "retrying the batch of the failed instance");
                     leftover
                 }
                 None => {
@@ -311,7 +313,8 @@ impl DeviceState {
                 Ok(())
             }
             Err((Failed(error), frames)) if retried => {
-                tracing::error!(device = %self.name, %error, frames = frames.len(), "a retried batch failed again; its frames are dropped");
+                let (device, count) = (&self.name, frames.len());
+                tracing::error!(%device, %error, frames = count, "a retried batch failed again; frames dropped");
                 for (_, route) in &frames {
                     route.status.dropped.inc();
                 }
@@ -378,7 +381,8 @@ impl DeviceState {
                     let Some(halved) = halved else {
                         return Err((Failed(format!("out of memory on a single frame: {error}")), frames));
                     };
-                    tracing::warn!(device = %self.name, %error, tried = take, batch = halved, "device out of memory; retrying the same frames in smaller batches");
+                    let device = &self.name;
+                    tracing::warn!(%device, %error, tried = take, batch = halved, "device out of memory; smaller batches");
                 }
                 Outcome::Panicked(error) => {
                     self.record(true);
