@@ -382,7 +382,7 @@ impl DeviceState {
                         return Err((Failed(format!("out of memory on a single frame: {error}")), frames));
                     };
                     let device = &self.name;
-                    tracing::warn!(%device, %error, tried = take, batch = halved, "device out of memory; smaller batches");
+                    tracing::warn!(%device, %error, tried = take, batch = halved, "device out of memory; halved");
                 }
                 Outcome::Panicked(error) => {
                     self.record(true);
