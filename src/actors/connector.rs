@@ -10,7 +10,7 @@
 //! shard from its registration (fresh trackers, line counts continuing from the camera's status),
 //! takes over the shard's address (`ShardSlot`) and is handed what the old one kept, so frames
 //! queued behind the panic are analysed, not lost. A frozen instance (no heartbeat) cannot hand
-//! anything over: the new one starts after `HANDOVER_WAIT` without it.
+//! anything over: the new one starts after `ShardConfig::handover_wait` without it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::dev::SendError;
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, Handler, Message};
 use parking_lot::RwLock;
 
 use crate::actors::messages::{FrameDetections, ToConnector};
@@ -78,11 +78,16 @@ pub struct ShardConfig {
     pub analytics: AnalyticsConfig,
     pub sink: Arc<dyn EventSink>,
     pub metrics: Arc<Metrics>,
-    /// `faults.shard_panic_at_frame` (0: never).
+    /// `faults.shard_panic_at_frame` (0: never): the first instance to analyse that frame panics.
     pub panic_at_frame: u64,
+    /// Whether the injected panic has fired; shared by every shard of a pipeline, so it fires once.
+    pub panic_fired: Arc<AtomicBool>,
     /// The generation of the shard's live instance: an instance that is not it (a frozen one
     /// that came back) keeps what it is sent instead of analysing it beside its successor.
     pub live: Arc<AtomicU64>,
+    /// How long a restarted instance waits for its predecessor's backlog before it starts
+    /// without it (the predecessor is frozen): `HANDOVER_WAIT` in the service.
+    pub handover_wait: Duration,
 }
 
 /// A camera of a shard, as a new instance rebuilds it.
@@ -99,10 +104,6 @@ pub struct ShardSlot {
 }
 
 impl ShardSlot {
-    pub fn new(addr: Addr<ConnectorActor>) -> Arc<Self> {
-        Arc::new(Self { addr: RwLock::new(addr) })
-    }
-
     pub fn addr(&self) -> Addr<ConnectorActor> {
         self.addr.read().clone()
     }
@@ -114,14 +115,14 @@ impl ShardSlot {
     }
 
     /// Points the slot at a new instance; returns the old one.
-    pub fn replace(&self, addr: Addr<ConnectorActor>) -> Addr<ConnectorActor> {
+    fn replace(&self, addr: Addr<ConnectorActor>) -> Addr<ConnectorActor> {
         std::mem::replace(&mut *self.addr.write(), addr)
     }
 }
 
 /// How long a new instance waits for its predecessor's backlog before it starts without it (the
 /// predecessor is frozen).
-const HANDOVER_WAIT: Duration = Duration::from_secs(2);
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// How often an instance reports progress to its supervisor.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -144,13 +145,39 @@ pub struct ConnectorActor {
     awaiting_handover: bool,
 }
 
-/// The injected shard panic fires once per process.
-static SHARD_PANIC_FIRED: AtomicBool = AtomicBool::new(false);
+/// Starts a shard's first instance on its own arbiter; every sender reaches it through the slot.
+pub fn start_shard(config: ShardConfig, reporter: Reporter) -> Arc<ShardSlot> {
+    let addr = spawn_instance(config, reporter, Vec::new(), false);
+    Arc::new(ShardSlot { addr: RwLock::new(addr) })
+}
+
+/// Starts a new instance of a shard with its cameras rebuilt from `registrations`, points the
+/// slot at it and has the old instance hand over what it kept (the supervisor's factory).
+pub fn restart_shard(config: &ShardConfig, reporter: Reporter, registrations: Vec<Registration>, slot: &ShardSlot) {
+    let addr = spawn_instance(config.clone(), reporter, registrations, true);
+    let old = slot.replace(addr.clone());
+    // HandOver is queued behind everything the old instance was sent: its successor gets it all,
+    // in order. A frozen one never answers; the successor stops waiting (`handover_wait`).
+    old.do_send(HandOver { successor: addr });
+}
+
+/// An instance on its own arbiter (a frozen one then blocks nothing else), made the live one.
+fn spawn_instance(
+    config: ShardConfig,
+    reporter: Reporter,
+    registrations: Vec<Registration>,
+    awaiting_handover: bool,
+) -> Addr<ConnectorActor> {
+    config.live.store(reporter.generation().0, Ordering::SeqCst);
+    ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+        ConnectorActor::new(config, reporter, registrations, awaiting_handover)
+    })
+}
 
 impl ConnectorActor {
     /// An instance with `cameras` rebuilt; a restarted one (`awaiting_handover`) keeps messages
     /// until its predecessor's backlog arrives.
-    pub fn new(config: ShardConfig, reporter: Reporter, cameras: Vec<Registration>, awaiting_handover: bool) -> Self {
+    fn new(config: ShardConfig, reporter: Reporter, cameras: Vec<Registration>, awaiting_handover: bool) -> Self {
         let mut actor = Self {
             config,
             reporter,
@@ -167,7 +194,7 @@ impl ConnectorActor {
     fn on_frame(&mut self, frame: FrameDetections) {
         if self.config.panic_at_frame > 0
             && frame.seq == self.config.panic_at_frame
-            && !SHARD_PANIC_FIRED.swap(true, Ordering::SeqCst)
+            && !self.config.panic_fired.swap(true, Ordering::SeqCst)
         {
             panic!("injected fault: shard {} panics at frame {}", self.config.shard, frame.seq);
         }
@@ -356,7 +383,7 @@ impl Actor for ConnectorActor {
             }
         });
         if self.awaiting_handover {
-            ctx.run_later(HANDOVER_WAIT, |actor, _| {
+            ctx.run_later(self.config.handover_wait, |actor, _| {
                 if actor.awaiting_handover {
                     tracing::warn!(
                         shard = actor.config.shard,
@@ -422,11 +449,11 @@ impl Handler<ToConnector> for ConnectorActor {
     }
 }
 
-/// To a poisoned instance from the supervisor: give what you kept to `successor`, then stop.
+/// To a replaced instance from `restart_shard`: give what you kept to `successor`, then stop.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct HandOver {
-    pub successor: Addr<ConnectorActor>,
+struct HandOver {
+    successor: Addr<ConnectorActor>,
 }
 
 impl Handler<HandOver> for ConnectorActor {
@@ -437,7 +464,7 @@ impl Handler<HandOver> for ConnectorActor {
         msg.successor.do_send(Backlog(kept));
         ctx.stop();
         // This instance had its own arbiter thread.
-        actix::Arbiter::current().stop();
+        Arbiter::current().stop();
     }
 }
 
