@@ -493,6 +493,16 @@ impl Handler<Backlog> for ConnectorActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::OnceLock;
+    use std::time::{Instant, UNIX_EPOCH};
+
+    use crate::analytics::lines::LineSpec;
+    use crate::events::{Event, EventDetail};
+    use crate::objects::{BBox, Detection, ObjectClass};
+    use crate::sinks::MemorySink;
+    use crate::supervision::supervisor::Factory;
+    use crate::supervision::{BreakerConfig, ChildState, ChildView, Generation, RestartPolicy, Supervisor};
 
     #[test]
     fn shards_are_stable_and_spread() {
@@ -515,5 +525,331 @@ mod tests {
             let (before, after) = (shard_for(&id, 4), shard_for(&id, 5));
             assert!(after == before || after == 4, "{id} moved {before} -> {after}");
         }
+    }
+
+    /// The longest any test waits for an actor: a regression fails after it instead of hanging.
+    const WAIT: Duration = Duration::from_secs(5);
+    const CAMERA: &str = "cam-1";
+    /// A minute boundary, so the few seconds of frame time of a test close no minute.
+    const EPOCH_MS: u64 = 1_700_000_040_000;
+
+    /// Polls `done` until it holds; fails the test once `WAIT` has passed.
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// One counting line across the image at y = 300; moving down across it is `in`.
+    fn geometry() -> Geometry {
+        let line = LineSpec { id: "l1".into(), name: String::new(), a: [0.0, 300.0], b: [640.0, 300.0] };
+        Geometry { lines: vec![line], ..Geometry::default() }
+    }
+
+    fn registration(status: &Arc<CameraStatus>) -> Registration {
+        Registration { status: status.clone(), geometry: geometry(), geometry_version: 1 }
+    }
+
+    /// A car 80 px wide whose bottom edge, its ground point, is at `bottom`.
+    fn car(left: f32, bottom: f32) -> BBox {
+        BBox::new(left, bottom - 100.0, left + 80.0, bottom)
+    }
+
+    /// Car A drives down 10 px a frame and crosses the line between frames 5 and 6.
+    fn car_a(seq: u64) -> BBox {
+        car(100.0, 245.0 + 10.0 * seq as f32)
+    }
+
+    /// Car B appears at frame 8 and crosses the line between frames 12 and 13.
+    fn car_b(seq: u64) -> BBox {
+        let bottom = if seq <= 12 { 170.0 + 10.0 * seq as f32 } else { 180.0 + 10.0 * seq as f32 };
+        car(400.0, bottom)
+    }
+
+    fn frame(seq: u64, cars: &[BBox]) -> ToConnector {
+        ToConnector::Detections(FrameDetections {
+            camera_id: CAMERA.into(),
+            seq,
+            captured_at: UNIX_EPOCH + Duration::from_millis(EPOCH_MS + 100 * seq),
+            captured: Instant::now(),
+            detections: cars.iter().map(|&bbox| Detection { bbox, score: 0.9, class: ObjectClass::Car }).collect(),
+            span: tracing::Span::none(),
+        })
+    }
+
+    /// Line crossings the sink received, as (frame, direction), after checking each was emitted once.
+    fn crossings(sink: &MemorySink) -> Vec<(u64, &'static str)> {
+        let events: Vec<Event> = sink.take().into_iter().map(|(event, _)| event).collect();
+        let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids.len(), events.len(), "an event was emitted twice");
+        events
+            .iter()
+            .filter_map(|e| match &e.detail {
+                EventDetail::LineCrossing(crossing) => Some((e.frame_seq, crossing.direction.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What an instance holds, for the tests' eyes.
+    #[derive(Debug, PartialEq)]
+    struct Inside {
+        cameras: usize,
+        /// What it keeps instead of analysing, oldest first.
+        kept: Option<Vec<String>>,
+        awaiting_handover: bool,
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Peek(Sender<Inside>);
+
+    impl Handler<Peek> for ConnectorActor {
+        type Result = ();
+
+        fn handle(&mut self, Peek(reply): Peek, _ctx: &mut Self::Context) {
+            let describe = |kept: &Kept| match kept {
+                Kept::Data(ToConnector::Detections(frame)) => format!("frame {}", frame.seq),
+                Kept::Data(ToConnector::StreamEnded(_)) => "end".to_string(),
+                Kept::Add(_) => "add".to_string(),
+                Kept::Geometry(set) => format!("geometry {}", set.version),
+                Kept::Remove(_) => "remove".to_string(),
+            };
+            let _ = reply.send(Inside {
+                cameras: self.cameras.len(),
+                kept: self.kept.as_ref().map(|kept| kept.iter().map(describe).collect()),
+                awaiting_handover: self.awaiting_handover,
+            });
+        }
+    }
+
+    /// What `addr` holds once it has handled everything sent to it before.
+    fn peek(addr: &Addr<ConnectorActor>) -> Inside {
+        let (reply, answer) = channel();
+        addr.do_send(Peek(reply));
+        answer.recv_timeout(WAIT).expect("the instance answers")
+    }
+
+    /// Blocks the instance's thread until released (at most `WAIT`): a frozen instance.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Freeze(Receiver<()>);
+
+    impl Handler<Freeze> for ConnectorActor {
+        type Result = ();
+
+        fn handle(&mut self, Freeze(release): Freeze, _ctx: &mut Self::Context) {
+            let _ = release.recv_timeout(WAIT);
+        }
+    }
+
+    /// One shard of one camera, supervised, as `topology` builds it, in an actix system of the
+    /// test's own.
+    struct Fixture {
+        _system: actix::SystemRunner,
+        config: ShardConfig,
+        sink: Arc<MemorySink>,
+        status: Arc<CameraStatus>,
+        supervisor: Supervisor,
+    }
+
+    impl Fixture {
+        fn new(panic_at_frame: u64, mailbox: usize, handover_wait: Duration) -> Self {
+            let system = actix::System::new();
+            let metrics = Arc::new(Metrics::new());
+            let sink = Arc::new(MemorySink::default());
+            let config = ShardConfig {
+                shard: 0,
+                model: "test".into(),
+                mailbox,
+                tracker: TrackerConfig::default(),
+                analytics: AnalyticsConfig::default(),
+                sink: sink.clone(),
+                metrics: metrics.clone(),
+                panic_at_frame,
+                panic_fired: Arc::default(),
+                live: Arc::default(),
+                handover_wait,
+            };
+            let status = Arc::new(CameraStatus::new(CAMERA.into(), EPOCH_MS, 1, &metrics, &BreakerConfig::default()));
+            let policy = RestartPolicy {
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(10),
+                jitter: 0.0,
+                ..RestartPolicy::default()
+            };
+            let actix_system = actix::System::current();
+            let supervisor = Supervisor::spawn(
+                "test",
+                policy,
+                Box::new(|_, _| {}),
+                Box::new(|_| {}),
+                // Factories start arbiters, which belong to the test's actix system.
+                move || actix::System::set_current(actix_system),
+            );
+            Self { _system: system, config, sink, status, supervisor }
+        }
+
+        fn registration(&self) -> Registration {
+            registration(&self.status)
+        }
+
+        /// Starts the shard's first instance with its camera; `factory` starts every later one.
+        /// Returns the shard's slot and the first instance's reporter.
+        fn supervise(&self, factory: impl Factory + 'static) -> (Arc<ShardSlot>, Reporter) {
+            let reporter = self.supervisor.add("shard-0", None, factory);
+            let slot = start_shard(self.config.clone(), reporter.clone());
+            slot.addr().do_send(AddCamera(self.registration()));
+            (slot, reporter)
+        }
+
+        /// Supervises the shard with a factory that starts nothing: each later generation's
+        /// reporter comes out of the returned channel, for the test to start the instance with.
+        fn supervise_by_hand(&self) -> (Arc<ShardSlot>, Reporter, Receiver<Reporter>) {
+            let (restart, restarts) = channel();
+            let (slot, reporter) = self.supervise(move |_: Generation, reporter: Reporter| {
+                let _ = restart.send(reporter);
+                Ok(())
+            });
+            (slot, reporter, restarts)
+        }
+
+        fn child(&self) -> Option<ChildView> {
+            self.supervisor.children().into_iter().next()
+        }
+
+        fn processed(&self) -> u64 {
+            self.status.processed.get()
+        }
+    }
+
+    #[test]
+    fn a_panic_poisons_the_instance_which_keeps_what_follows_in_order_within_its_mailbox() {
+        let f = Fixture::new(3, 4, WAIT);
+        let (slot, _, restarts) = f.supervise_by_hand();
+        let poisoned = slot.addr();
+        // `do_send`: past the mailbox's capacity (4), which `try_send` would refuse.
+        for seq in 1..=3 {
+            poisoned.do_send(frame(seq, &[car_a(seq)]));
+        }
+        let next = restarts.recv_timeout(WAIT).expect("the poisoned instance reports its failure");
+        assert_eq!(next.generation(), Generation(1));
+        let error = f.child().and_then(|c| c.last_error).unwrap_or_default();
+        assert!(error.contains("panics at frame 3"), "{error}");
+
+        for seq in 4..=5 {
+            poisoned.do_send(frame(seq, &[car_a(seq)]));
+        }
+        poisoned.do_send(SetGeometry { camera_id: CAMERA.into(), geometry: geometry(), version: 2 });
+        for seq in 6..=8 {
+            poisoned.do_send(frame(seq, &[car_a(seq)]));
+        }
+        // Bounded by the mailbox (4): the oldest frames go, the geometry change stays.
+        let kept = ["geometry 2", "frame 6", "frame 7", "frame 8"].map(String::from).to_vec();
+        assert_eq!(peek(&poisoned), Inside { cameras: 0, kept: Some(kept), awaiting_handover: false });
+        assert_eq!(f.processed(), 2, "nothing after the panic is analysed");
+        assert_eq!(f.status.dropped.get(), 2);
+    }
+
+    #[test]
+    fn a_restarted_instance_analyses_its_predecessors_backlog_before_its_own_and_counts_on() {
+        // The successor never gives up on its predecessor's backlog within the test.
+        let f = Fixture::new(7, 64, 10 * WAIT);
+        let (slot, _, restarts) = f.supervise_by_hand();
+        let predecessor = slot.addr();
+        for seq in 1..=7 {
+            slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
+        }
+        let reporter = restarts.recv_timeout(WAIT).expect("the poisoned instance reports its failure");
+        // Kept by the predecessor: A past the line, B coming up to it.
+        for seq in 8..=12 {
+            slot.try_send(frame(seq, &[car_a(seq), car_b(seq)])).expect("room in the mailbox");
+        }
+        // Held until the successor has frames of its own, so that the order is put to the test.
+        let (release, frozen) = channel();
+        predecessor.do_send(Freeze(frozen));
+        restart_shard(&f.config, reporter, vec![f.registration()], &slot);
+        let successor = slot.addr();
+        assert!(successor != predecessor, "the slot points at the new instance");
+        for seq in 13..=16 {
+            slot.try_send(frame(seq, &[car_a(seq), car_b(seq)])).expect("room in the mailbox");
+        }
+        let own = (13..=16).map(|seq| format!("frame {seq}")).collect();
+        assert_eq!(peek(&successor), Inside { cameras: 1, kept: Some(own), awaiting_handover: true });
+        release.send(()).expect("the predecessor is frozen");
+
+        // Frames 1-6 before the panic, 8-16 after it; frame 7 panicked.
+        wait_for("every frame but the panicking one is analysed", || f.processed() == 15);
+        // A, counted before the panic, is not counted again by its new track; B crosses in frame 13,
+        // which only the predecessor's frames 8-12, analysed first, let its track see.
+        assert_eq!(crossings(&f.sink), vec![(6, "in"), (13, "in")]);
+        assert_eq!(f.status.counts()[0].in_, 2, "counts continue from the predecessor's");
+    }
+
+    #[test]
+    fn a_frozen_predecessor_is_left_behind_and_analyses_nothing_when_it_comes_back() {
+        let f = Fixture::new(0, 64, Duration::from_millis(100));
+        let (slot, first, restarts) = f.supervise_by_hand();
+        let frozen = slot.addr();
+        for seq in 1..=4 {
+            slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
+        }
+        wait_for("the first instance analyses its frames", || f.processed() == 4);
+        let (release, freeze) = channel();
+        frozen.do_send(Freeze(freeze));
+        // They wait in the frozen instance's mailbox; car A crosses the line in frame 6.
+        for seq in 5..=8 {
+            slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
+        }
+        // What the supervisor reports when an instance's heartbeats stop.
+        first.failed("no progress (frozen)");
+        let reporter = restarts.recv_timeout(WAIT).expect("the supervisor restarts the frozen shard");
+        restart_shard(&f.config, reporter, vec![f.registration()], &slot);
+        let successor = slot.addr();
+        for seq in 9..=12 {
+            slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
+        }
+        wait_for("the successor goes on without the frozen instance", || f.processed() == 8);
+
+        release.send(()).expect("the instance is frozen");
+        wait_for("the frozen instance hands over and stops", || !frozen.connected());
+        // Its late backlog reached the successor before this.
+        peek(&successor);
+        assert_eq!(f.processed(), 8, "frames 5-8 are analysed by neither instance");
+        assert_eq!(crossings(&f.sink), vec![], "A crossed in a frame that is lost");
+    }
+
+    #[test]
+    fn the_supervisor_restarts_a_panicked_shard_through_its_slot() {
+        let f = Fixture::new(3, 64, HANDOVER_WAIT);
+        // As topology's factory: the slot exists only once the first instance is started.
+        let slot_of_shard: Arc<OnceLock<Arc<ShardSlot>>> = Arc::default();
+        let factory = {
+            let (config, status, slot) = (f.config.clone(), f.status.clone(), slot_of_shard.clone());
+            move |_: Generation, reporter: Reporter| {
+                let slot = slot.get().ok_or("the shard has no slot yet")?;
+                restart_shard(&config, reporter, vec![registration(&status)], slot);
+                Ok(())
+            }
+        };
+        let (slot, _) = f.supervise(factory);
+        let _ = slot_of_shard.set(slot.clone());
+        let first = slot.addr();
+        for seq in 1..=3 {
+            slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
+        }
+        wait_for("the supervisor restarts the shard", || {
+            f.child().is_some_and(|c| c.generation == Generation(1) && c.state == ChildState::Running)
+        });
+        assert_eq!(f.config.live.load(Ordering::SeqCst), 1, "the new instance is the live one");
+        assert!(slot.addr() != first, "the slot points at the new instance");
+        for seq in 4..=8 {
+            slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
+        }
+        wait_for("frames sent through the slot after the restart are analysed", || f.processed() == 7);
+        wait_for("the old instance stops", || !first.connected());
+        assert_eq!(crossings(&f.sink), vec![(6, "in")]);
     }
 }
