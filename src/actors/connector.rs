@@ -673,7 +673,9 @@ mod tests {
                 live: Arc::default(),
                 handover_wait,
             };
-            let status = Arc::new(CameraStatus::new(CAMERA.into(), EPOCH_MS, 1, &metrics, &BreakerConfig::default()));
+            // The camera stream's breaker: there is no stream here.
+            let breaker = BreakerConfig { failure_threshold: 5, open_for: WAIT, half_open_successes: 1 };
+            let status = Arc::new(CameraStatus::new(CAMERA.into(), EPOCH_MS, 1, &metrics, &breaker));
             let policy = RestartPolicy {
                 initial_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(10),
