@@ -632,7 +632,8 @@ mod tests {
         answer.recv_timeout(WAIT).expect("the instance answers")
     }
 
-    /// Blocks the instance's thread until released (at most `WAIT`): a frozen instance.
+    /// Blocks the instance's thread until released: a frozen instance. At most twice `WAIT`, so
+    /// that a test fails on a wait of its own first.
     #[derive(Message)]
     #[rtype(result = "()")]
     struct Freeze(Receiver<()>);
@@ -641,7 +642,7 @@ mod tests {
         type Result = ();
 
         fn handle(&mut self, Freeze(release): Freeze, _ctx: &mut Self::Context) {
-            let _ = release.recv_timeout(WAIT);
+            let _ = release.recv_timeout(2 * WAIT);
         }
     }
 
@@ -765,10 +766,12 @@ mod tests {
             slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
         }
         let reporter = restarts.recv_timeout(WAIT).expect("the poisoned instance reports its failure");
-        // Kept by the predecessor: A past the line, B coming up to it.
+        // Kept by the poisoned predecessor: A past the line, B coming up to it.
         for seq in 8..=12 {
             slot.try_send(frame(seq, &[car_a(seq), car_b(seq)])).expect("room in the mailbox");
         }
+        let kept = (8..=12).map(|seq| format!("frame {seq}")).collect();
+        assert_eq!(peek(&predecessor).kept, Some(kept));
         // Held until the successor has frames of its own, so that the order is put to the test.
         let (release, frozen) = channel();
         predecessor.do_send(Freeze(frozen));
