@@ -11,7 +11,8 @@ use dashmap::DashMap;
 use crate::actors::camera::source::{Source, SourceConfig};
 use crate::actors::camera::{CameraActor, StopCamera};
 use crate::actors::connector::{
-    shard_for, AddCamera, ConnectorActor, HandOver, Registration, RemoveCamera, SetGeometry, ShardConfig, ShardSlot,
+    restart_shard, shard_for, start_shard, AddCamera, Registration, RemoveCamera, SetGeometry, ShardConfig, ShardSlot,
+    HANDOVER_WAIT,
 };
 use crate::actors::gpu::registry::ModelRegistry;
 use crate::actors::gpu::transitions::ModelTransitions;
@@ -61,6 +62,17 @@ struct RunningCamera {
     actor: Addr<CameraActor>,
     device: usize,
     shard: usize,
+}
+
+impl RunningCamera {
+    /// What a restarted shard rebuilds this camera from.
+    fn registration(&self) -> Registration {
+        Registration {
+            status: self.status.clone(),
+            geometry: self.spec.geometry.clone(),
+            geometry_version: self.geometry_version,
+        }
+    }
 }
 
 pub struct Pipeline {
@@ -138,6 +150,7 @@ impl Pipeline {
         };
         let model: Arc<str> = model_name.into();
         let mut shards = Vec::new();
+        let panic_fired = Arc::default();
         for shard in 0..settings.connector.shards {
             let config = ShardConfig {
                 shard,
@@ -148,22 +161,23 @@ impl Pipeline {
                 sink: sink.clone(),
                 metrics: metrics.clone(),
                 panic_at_frame: settings.faults.shard_panic_at_frame,
+                panic_fired: Arc::clone(&panic_fired),
                 live: Arc::default(),
+                handover_wait: HANDOVER_WAIT,
             };
             let slot: Arc<std::sync::OnceLock<Arc<ShardSlot>>> = Arc::default();
             let factory = {
                 let (config, cameras, slot) = (config.clone(), cameras.clone(), slot.clone());
                 move |_: Generation, reporter: Reporter| {
                     let slot = slot.get().ok_or("the shard has no slot yet")?;
-                    restart_shard(&config, reporter, &cameras, slot);
+                    let registrations =
+                        cameras.iter().filter(|c| c.shard == config.shard).map(|c| c.registration()).collect();
+                    restart_shard(&config, reporter, registrations, slot);
                     Ok(())
                 }
             };
             let reporter = supervisor.add(&format!("shard-{shard}"), heartbeat, factory);
-            let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                ConnectorActor::new(config, reporter, Vec::new(), false)
-            });
-            let _ = slot.set(ShardSlot::new(addr));
+            let _ = slot.set(start_shard(config, reporter));
             shards.push(slot.get().expect("just set").clone());
         }
         let camera_arbiter = Arbiter::new();
@@ -372,27 +386,4 @@ fn fail_camera(cameras: &DashMap<String, RunningCamera>, child: &str, error: &st
     let Some(camera) = child.strip_prefix("decode-").and_then(|id| cameras.get(id)) else { return };
     camera.status.set_state(StreamState::Failed, Some(format!("decode thread crash-looping: {error}")));
     camera.actor.do_send(StopCamera);
-}
-
-/// Starts a new instance of a shard on its own arbiter with the shard's cameras rebuilt, points
-/// the slot at it, and has the old instance hand over what it kept (see `actors::connector`).
-fn restart_shard(config: &ShardConfig, reporter: Reporter, cameras: &DashMap<String, RunningCamera>, slot: &ShardSlot) {
-    let registrations: Vec<Registration> = cameras
-        .iter()
-        .filter(|c| c.shard == config.shard)
-        .map(|c| Registration {
-            status: c.status.clone(),
-            geometry: c.spec.geometry.clone(),
-            geometry_version: c.geometry_version,
-        })
-        .collect();
-    let config = config.clone();
-    config.live.store(reporter.generation().0, std::sync::atomic::Ordering::SeqCst);
-    let addr = ConnectorActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-        ConnectorActor::new(config, reporter, registrations, true)
-    });
-    let old = slot.replace(addr.clone());
-    // HandOver is queued behind everything the old instance was sent: its successor gets it all,
-    // in order. A frozen one never answers; the successor stops waiting (`HANDOVER_WAIT`).
-    old.do_send(HandOver { successor: addr });
 }

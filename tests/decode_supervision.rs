@@ -75,7 +75,8 @@ fn start(panic_at_frame: u64, panic_repeats: bool, max_restarts: u32) -> Camera 
     );
     let (ended_tx, ended) = mpsc::sync_channel(8);
     let recorder = Arc::new(Recorder { seqs: Mutex::new(Vec::new()), ended: ended_tx });
-    let status = Arc::new(CameraStatus::new("cam".into(), 0, 1, &metrics, &BreakerConfig::default()));
+    let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
+    let status = Arc::new(CameraStatus::new("cam".into(), 0, 1, &metrics, &breaker));
     let config = SourceConfig {
         camera_id: "cam".into(),
         url: common::clip("highway_video02.avi").display().to_string(),

@@ -27,29 +27,6 @@ pub struct BreakerConfig {
     pub half_open_successes: u32,
 }
 
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 }
-    }
-}
-
-impl BreakerConfig {
-    /// Every problem at once. Empty means valid.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        if self.failure_threshold == 0 {
-            errors.push("failure_threshold must be at least 1".to_string());
-        }
-        if self.open_for.is_zero() {
-            errors.push("open_for must be greater than zero".to_string());
-        }
-        if self.half_open_successes == 0 {
-            errors.push("half_open_successes must be at least 1".to_string());
-        }
-        errors
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
@@ -177,14 +154,6 @@ impl CircuitBreaker {
     pub fn with_observer(mut self, observer: TransitionObserver) -> Self {
         self.observer = Some(observer);
         self
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn config(&self) -> &BreakerConfig {
-        &self.config
     }
 
     /// Whether to make a call now. Closed: yes. Open: no until `open_for` has passed, then the breaker
@@ -360,22 +329,12 @@ mod tests {
     /// A breaker that is open right now.
     fn opened(config: BreakerConfig) -> (CircuitBreaker, Arc<ManualClock>) {
         let (b, clock) = breaker(config);
-        for _ in 0..b.config().failure_threshold {
+        for _ in 0..b.config.failure_threshold {
             assert!(b.allow());
             let _ = b.record_failure();
         }
         assert_eq!(b.state(), OPEN);
         (b, clock)
-    }
-
-    #[test]
-    fn default_config_matches_the_design_and_validates() {
-        let c = BreakerConfig::default();
-        assert_eq!(c, config(5, 10, 1));
-        assert!(c.validate().is_empty());
-        let errors =
-            BreakerConfig { failure_threshold: 0, open_for: Duration::ZERO, half_open_successes: 0 }.validate();
-        assert_eq!(errors.len(), 3, "{errors:?}");
     }
 
     #[test]

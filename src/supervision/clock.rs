@@ -2,9 +2,8 @@
 //!
 //! Logic in `supervision` never calls `Instant::now()` itself: it asks a [`Clock`] (the breaker) or
 //! takes `now` as an argument (the restart policy). Production code uses [`SystemClock`]; tests use
-//! [`ManualClock`] and move time forward explicitly.
+//! `ManualClock` (test builds only) and move time forward explicitly.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::shutdown::StopSignal;
@@ -31,49 +30,61 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to. Share it as `Arc<ManualClock>`: the test keeps one handle to
-/// advance time, the code under test gets another as `Arc<dyn Clock>`.
-#[derive(Debug)]
-pub struct ManualClock {
-    // `Instant` has no public constructor besides `now()`, so the clock starts at the real time of
-    // creation and only ever moves by `advance`.
-    now: Mutex<Instant>,
-}
+#[cfg(test)]
+pub use manual::ManualClock;
 
-impl ManualClock {
-    pub fn new() -> Self {
-        Self { now: Mutex::new(Instant::now()) }
+#[cfg(test)]
+mod manual {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use super::Clock;
+    use crate::supervision::StopSignal;
+
+    /// A clock that only moves when told to, for tests. Share it as `Arc<ManualClock>`: the test keeps one
+    /// handle to advance time, the code under test gets another as `Arc<dyn Clock>`.
+    #[derive(Debug)]
+    pub struct ManualClock {
+        // `Instant` has no public constructor besides `now()`, so the clock starts at the real time of
+        // creation and only ever moves by `advance`.
+        now: Mutex<Instant>,
     }
 
-    /// Moves time forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.lock();
-        *now += by;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
-        // The guarded value is a plain `Instant`; a panic elsewhere cannot leave it half-written.
-        self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *self.lock()
-    }
-
-    /// Time jumps: the wait is over at once, `duration` later.
-    fn wait(&self, stop: &StopSignal, duration: Duration) -> bool {
-        if !stop.is_stopped() {
-            self.advance(duration);
+    impl ManualClock {
+        pub fn new() -> Self {
+            Self { now: Mutex::new(Instant::now()) }
         }
-        stop.is_stopped()
+
+        /// Moves time forward by `by`.
+        pub fn advance(&self, by: Duration) {
+            let mut now = self.lock();
+            *now += by;
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
+            // The guarded value is a plain `Instant`; a panic elsewhere cannot leave it half-written.
+            self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+    }
+
+    impl Default for ManualClock {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            *self.lock()
+        }
+
+        /// Time jumps: the wait is over at once, `duration` later.
+        fn wait(&self, stop: &StopSignal, duration: Duration) -> bool {
+            if !stop.is_stopped() {
+                self.advance(duration);
+            }
+            stop.is_stopped()
+        }
     }
 }
 
@@ -81,6 +92,7 @@ impl Clock for ManualClock {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn manual_clock_moves_only_when_advanced() {

@@ -9,10 +9,11 @@ pub mod shutdown;
 pub mod supervisor;
 
 pub use backoff::Backoff;
-pub use breaker::{
-    Admission, BreakerConfig, BreakerState, BreakerView, CircuitBreaker, Transition, TransitionObserver,
-};
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use policy::{ChildSlot, ChildState, ChildView, Decision, Generation, JitterSource, RestartPolicy, RestartTracker};
+pub use breaker::{BreakerConfig, BreakerState, BreakerView, CircuitBreaker, Transition};
+pub use clock::{Clock, SystemClock};
+pub use policy::{ChildState, ChildView, Generation, RestartPolicy};
 pub use shutdown::{finish_group, stop_signal, FinishToken, Finished, StopHandle, StopSignal};
 pub use supervisor::{panic_message, Reporter, Supervisor};
+
+#[cfg(test)]
+pub use clock::ManualClock;

@@ -34,6 +34,8 @@ pub struct RestartPolicy {
     pub jitter: f64,
 }
 
+/// For tests; the service's policy comes from `[supervisor]` in the settings.
+#[cfg(test)]
 impl Default for RestartPolicy {
     fn default() -> Self {
         Self {
@@ -73,7 +75,7 @@ impl RestartPolicy {
     /// `base` shortened by up to `jitter` of itself; `sample` is a uniform draw in `0..1` supplied by the
     /// caller. Out-of-range or NaN inputs are clamped rather than trusted, so a bad sample can never
     /// produce a delay above `base` or a panic.
-    pub fn jittered(&self, base: Duration, sample: f64) -> Duration {
+    fn jittered(&self, base: Duration, sample: f64) -> Duration {
         let jitter = clamp_unit(self.jitter);
         let sample = clamp_unit(sample);
         base.mul_f64(1.0 - jitter * sample)
@@ -101,7 +103,7 @@ pub enum Decision {
 
 /// Restart bookkeeping for one child: the backoff and the sliding restart window.
 #[derive(Debug, Clone)]
-pub struct RestartTracker {
+struct RestartTracker {
     policy: RestartPolicy,
     backoff: Backoff,
     /// Instants of the restarts granted within the last `within`, oldest first.
@@ -111,17 +113,13 @@ pub struct RestartTracker {
 }
 
 impl RestartTracker {
-    pub fn new(policy: RestartPolicy) -> Self {
+    fn new(policy: RestartPolicy) -> Self {
         let backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
         Self { policy, backoff, window: VecDeque::new(), healthy_since: None }
     }
 
-    pub fn policy(&self) -> &RestartPolicy {
-        &self.policy
-    }
-
     /// Records a failure at `now` and decides. `jitter_sample` is a uniform draw in `0..1`.
-    pub fn on_failure(&mut self, now: Instant, jitter_sample: f64) -> Decision {
+    fn on_failure(&mut self, now: Instant, jitter_sample: f64) -> Decision {
         // Whatever health the child had is over; the next spell starts from its next progress report.
         self.healthy_since = None;
         self.forget_old(now);
@@ -136,7 +134,7 @@ impl RestartTracker {
 
     /// Records progress at `now`. Returns true when this report completes a healthy spell of
     /// `healthy_after` and so resets the backoff (worth a log line). The restart window is untouched.
-    pub fn on_healthy(&mut self, now: Instant) -> bool {
+    fn on_healthy(&mut self, now: Instant) -> bool {
         let since = *self.healthy_since.get_or_insert(now);
         let sustained = now.saturating_duration_since(since) >= self.policy.healthy_after;
         if sustained && self.backoff.failures() > 0 {
@@ -144,16 +142,6 @@ impl RestartTracker {
             return true;
         }
         false
-    }
-
-    /// Consecutive failures since the backoff last reset.
-    pub fn consecutive_failures(&self) -> u32 {
-        self.backoff.failures()
-    }
-
-    /// Restarts granted within the window ending at `now`.
-    pub fn restarts_in_window(&self, now: Instant) -> u32 {
-        self.window.iter().filter(|&&t| self.in_window(t, now)).count() as u32
     }
 
     fn forget_old(&mut self, now: Instant) {
@@ -203,17 +191,6 @@ pub enum ChildState {
     Escalated,
 }
 
-impl ChildState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChildState::Running => "running",
-            ChildState::BackingOff => "backing_off",
-            ChildState::Failed => "failed",
-            ChildState::Escalated => "escalated",
-        }
-    }
-}
-
 /// Serializable snapshot of one child for `/api/v1/system`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChildView {
@@ -252,32 +229,12 @@ impl ChildSlot {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn generation(&self) -> Generation {
         self.generation
     }
 
-    pub fn state(&self) -> ChildState {
-        self.state
-    }
-
-    pub fn restarts(&self) -> u64 {
-        self.restarts
-    }
-
-    pub fn last_error(&self) -> Option<&str> {
-        self.last_error.as_deref()
-    }
-
-    pub fn tracker(&self) -> &RestartTracker {
-        &self.tracker
-    }
-
     /// Whether a report tagged `generation` comes from the live instance.
-    pub fn is_current(&self, generation: Generation) -> bool {
+    fn is_current(&self, generation: Generation) -> bool {
         generation == self.generation
     }
 
@@ -310,12 +267,6 @@ impl ChildSlot {
         self.state = ChildState::Running;
         self.last_progress = now;
         self.generation
-    }
-
-    /// The child will not be restarted by this supervisor.
-    pub fn mark_failed(&mut self, error: impl Into<String>) {
-        self.state = ChildState::Failed;
-        self.last_error = Some(error.into());
     }
 
     /// Progress from the child. Returns false (and changes nothing) for a stale generation or a child
@@ -395,6 +346,19 @@ mod tests {
         }
     }
 
+    /// What the tests read of a tracker; the supervisor only acts on its decisions.
+    impl RestartTracker {
+        /// Consecutive failures since the backoff last reset.
+        fn consecutive_failures(&self) -> u32 {
+            self.backoff.failures()
+        }
+
+        /// Restarts granted within the window ending at `now`.
+        fn restarts_in_window(&self, now: Instant) -> u32 {
+            self.window.iter().filter(|&&t| self.in_window(t, now)).count() as u32
+        }
+    }
+
     fn restart_after(decision: Decision) -> Duration {
         match decision {
             Decision::Restart { after, .. } => after,
@@ -403,19 +367,8 @@ mod tests {
     }
 
     #[test]
-    fn default_policy_matches_the_design_and_is_valid() {
-        let p = RestartPolicy::default();
-        assert_eq!(p.initial_backoff, ms(100));
-        assert_eq!(p.max_backoff, secs(30));
-        assert_eq!(p.healthy_after, secs(60));
-        assert_eq!(p.max_restarts, 5);
-        assert_eq!(p.within, secs(60));
-        assert_eq!(p.jitter, 0.2);
-        assert!(p.validate().is_empty());
-    }
-
-    #[test]
     fn validate_reports_every_problem_at_once() {
+        assert!(RestartPolicy::default().validate().is_empty());
         let p = RestartPolicy {
             initial_backoff: Duration::ZERO,
             max_backoff: Duration::ZERO,
@@ -582,27 +535,27 @@ mod tests {
 
         let d = slot.report_failure(g0, "decode thread panicked", t0 + secs(1), 0.0);
         assert_eq!(d, Some(Decision::Restart { after: ms(100), attempt: 1 }));
-        assert_eq!(slot.state(), ChildState::BackingOff);
+        assert_eq!(slot.view().state, ChildState::BackingOff);
         // The same instance's stop, reported after its panic: acted on once only.
         assert_eq!(slot.report_failure(g0, "stopped", t0 + secs(1), 0.0), None);
 
         let g1 = slot.restarted(t0 + secs(2));
         assert_eq!(g1, g0.next());
         assert!(!slot.is_current(g0));
-        assert_eq!(slot.state(), ChildState::Running);
-        assert_eq!(slot.restarts(), 1);
+        assert_eq!(slot.view().state, ChildState::Running);
+        assert_eq!(slot.view().restarts, 1);
 
         // A late report from the old instance neither fails the new one nor touches the tracker.
         assert_eq!(slot.report_failure(g0, "late", t0 + secs(3), 0.0), None);
         assert!(!slot.heartbeat(g0, t0 + secs(3)));
-        assert_eq!(slot.state(), ChildState::Running);
-        assert_eq!(slot.last_error(), Some("decode thread panicked"));
-        assert_eq!(slot.tracker().consecutive_failures(), 1);
+        assert_eq!(slot.view().state, ChildState::Running);
+        assert_eq!(slot.view().last_error.as_deref(), Some("decode thread panicked"));
+        assert_eq!(slot.tracker.consecutive_failures(), 1);
 
         assert!(slot.heartbeat(g1, t0 + secs(3)));
         let d = slot.report_failure(g1, "rtsp eof", t0 + secs(4), 0.0);
         assert_eq!(d, Some(Decision::Restart { after: ms(200), attempt: 2 }));
-        assert_eq!(slot.last_error(), Some("rtsp eof"));
+        assert_eq!(slot.view().last_error.as_deref(), Some("rtsp eof"));
     }
 
     #[test]
@@ -617,7 +570,7 @@ mod tests {
             slot.report_failure(g, "cuda context poisoned", t0 + secs(2), 0.0),
             Some(Decision::Escalate { restarts_in_window: 1 })
         );
-        assert_eq!(slot.state(), ChildState::Escalated);
+        assert_eq!(slot.view().state, ChildState::Escalated);
         assert!(!slot.is_frozen(t0 + secs(1000), secs(5)), "not running, so not frozen");
     }
 
@@ -654,18 +607,18 @@ mod tests {
         for s in 1..=61 {
             assert!(slot.heartbeat(g, t0 + secs(s)));
         }
-        assert_eq!(slot.tracker().consecutive_failures(), 0);
+        assert_eq!(slot.tracker.consecutive_failures(), 0);
     }
 
     #[test]
-    fn mark_failed_stops_accepting_reports() {
+    fn a_slot_that_is_not_running_takes_no_reports_until_restarted() {
         let t0 = Instant::now();
         let mut slot = ChildSlot::new("camera-1", plain_policy(), t0);
         let g = slot.generation();
-        slot.mark_failed("factory: invalid url");
-        assert_eq!(slot.state(), ChildState::Failed);
+        assert!(slot.report_failure(g, "eof", t0, 0.0).is_some());
         assert_eq!(slot.report_failure(g, "again", t0, 0.0), None);
-        assert!(!slot.heartbeat(g, t0));
+        assert!(!slot.heartbeat(g, t0), "a heartbeat does not revive a failed instance");
+        assert_eq!(slot.view().state, ChildState::BackingOff);
     }
 
     #[test]
@@ -688,9 +641,9 @@ mod tests {
         slot.restarted(t0 + secs(1));
         assert_eq!(serde_json::to_value(slot.view()).unwrap()["generation"], 1);
 
-        for state in [ChildState::Running, ChildState::BackingOff, ChildState::Failed, ChildState::Escalated] {
-            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
-        }
+        let states = [ChildState::Running, ChildState::BackingOff, ChildState::Failed, ChildState::Escalated];
+        let names = states.map(|state| serde_json::to_value(state).unwrap());
+        assert_eq!(names, ["running", "backing_off", "failed", "escalated"]);
     }
 
     #[test]

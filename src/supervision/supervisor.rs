@@ -84,7 +84,7 @@ struct Child {
 }
 
 /// The supervisor's decisions, without a thread: feed it reports and ticks with the time.
-pub struct SupervisorCore {
+struct SupervisorCore {
     name: String,
     policy: RestartPolicy,
     tx: Sender<Report>,

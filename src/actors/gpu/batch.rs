@@ -318,6 +318,21 @@ mod tests {
         batch.frames.iter().map(|(f, _)| (f.camera_id.to_string(), f.seq)).collect()
     }
 
+    /// Runs a test that blocks on the queue on a thread of its own, and fails it when it has not
+    /// returned within seconds: a regression fails instead of blocking for as long as it waits.
+    fn within_seconds(test: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            test();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(5)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("still blocked after 5 s"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the test panicked (see above)"),
+        }
+    }
+
     #[test]
     fn a_full_live_queue_drops_its_oldest_frame() {
         let mut intake = Intake::new();
@@ -417,13 +432,15 @@ mod tests {
 
     #[test]
     fn a_batch_stops_waiting_at_what_the_queues_can_hold() {
-        let queue = FrameQueue::<()>::new();
-        queue.attach("a".into(), 2, WhenFull::Wait, ());
-        queue.push("a", frame("a", 0), &|| false);
-        queue.push("a", frame("a", 1), &|| false);
-        // max_batch 8 can never fill from one queue of 2; an hour's max_wait must not be waited.
-        let batch = queue.next_batch(8, Duration::from_secs(3600), None, Duration::from_secs(3600)).unwrap();
-        assert_eq!(batch.frames.len(), 2);
+        within_seconds(|| {
+            let queue = FrameQueue::<()>::new();
+            queue.attach("a".into(), 2, WhenFull::Wait, ());
+            queue.push("a", frame("a", 0), &|| false);
+            queue.push("a", frame("a", 1), &|| false);
+            // max_batch 8 can never fill from one queue of 2; an hour's max_wait must not be waited.
+            let batch = queue.next_batch(8, Duration::from_secs(3600), None, Duration::from_secs(3600)).unwrap();
+            assert_eq!(batch.frames.len(), 2);
+        });
     }
 
     #[test]
@@ -441,23 +458,29 @@ mod tests {
 
     #[test]
     fn an_idle_queue_answers_with_an_empty_batch_so_its_reader_can_report_progress() {
-        let queue = FrameQueue::<()>::new();
-        queue.attach("a".into(), 2, WhenFull::Wait, ());
-        let batch = queue.next_batch(4, Duration::from_millis(1), None, Duration::from_millis(20)).expect("not closed");
-        assert!(batch.is_empty());
-        queue.close();
-        assert!(queue.next_batch(4, Duration::from_millis(1), None, Duration::from_millis(20)).is_none());
+        within_seconds(|| {
+            let queue = FrameQueue::<()>::new();
+            queue.attach("a".into(), 2, WhenFull::Wait, ());
+            let idle = Duration::from_millis(20);
+            let batch = queue.next_batch(4, Duration::from_millis(1), None, idle).expect("not closed");
+            assert!(batch.is_empty());
+            queue.close();
+            assert!(queue.next_batch(4, Duration::from_millis(1), None, idle).is_none());
+        });
     }
 
     #[test]
     fn a_closed_queue_drains_then_ends() {
-        let queue = FrameQueue::<()>::new();
-        queue.attach("a".into(), 8, WhenFull::Wait, ());
-        queue.push("a", frame("a", 0), &|| false);
-        queue.close();
-        let batch =
-            queue.next_batch(4, Duration::from_secs(5), None, Duration::from_secs(5)).expect("queued work drains");
-        assert_eq!(batch.frames.len(), 1);
-        assert!(queue.next_batch(4, Duration::from_secs(5), None, Duration::from_secs(5)).is_none());
+        within_seconds(|| {
+            let queue = FrameQueue::<()>::new();
+            queue.attach("a".into(), 8, WhenFull::Wait, ());
+            queue.push("a", frame("a", 0), &|| false);
+            queue.close();
+            // A closed queue waits for nothing: an hour's waits must not be waited.
+            let hour = Duration::from_secs(3600);
+            let batch = queue.next_batch(4, hour, None, hour).expect("queued work drains");
+            assert_eq!(batch.frames.len(), 1);
+            assert!(queue.next_batch(4, hour, None, hour).is_none());
+        });
     }
 }

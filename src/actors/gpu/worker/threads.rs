@@ -6,11 +6,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use actix::Actor;
 use bytes::Bytes;
 
 use super::*;
-use crate::actors::connector::{AddCamera, ConnectorActor, Registration, ShardConfig, ShardSlot};
+use crate::actors::connector::{start_shard, AddCamera, Registration, ShardConfig, HANDOVER_WAIT};
 use crate::actors::gpu::batch::{PushOutcome, Queued};
 use crate::actors::status::CameraStatus;
 use crate::detector::config::{ModelFamily, ModelSettings};
@@ -79,7 +78,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             Ok(Box::new(Scripted { calls: calls.clone(), behaviour: behaviour.clone() }) as Box<dyn Model>)
         })
     };
-    let breaker = BreakerConfig::default();
+    let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
     let state = DeviceState::load(DeviceParts {
         device: tch::Device::Cpu,
         config: WorkerConfig {
@@ -119,13 +118,15 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
         sink,
         metrics,
         panic_at_frame: 0,
+        panic_fired: Arc::default(),
+        handover_wait: HANDOVER_WAIT,
         live: Arc::default(),
     };
     let shard_reporter = supervisor.add("shard-0", None, |_, _| Ok(()));
-    let connector = ConnectorActor::new(shard, shard_reporter, Vec::new(), false).start();
+    let connector = start_shard(shard, shard_reporter);
     let registration = Registration { status: status.clone(), geometry: Default::default(), geometry_version: 1 };
-    connector.send(AddCamera(registration)).await.expect("the shard runs");
-    let route = CameraRoute { connector: ShardSlot::new(connector), status: status.clone(), when_full: WhenFull::Wait };
+    connector.addr().send(AddCamera(registration)).await.expect("the shard runs");
+    let route = CameraRoute { connector, status: status.clone(), when_full: WhenFull::Wait };
     state.queue.attach(CAMERA.into(), 64, WhenFull::Wait, route);
     Harness { state, status, calls, loads, supervisor, heartbeat_timeout }
 }
