@@ -318,7 +318,8 @@ impl ConnectorActor {
     /// predecessor's backlog.
     fn accept(&mut self, message: Kept) {
         if self.kept.is_none() && self.config.live.load(Ordering::SeqCst) != self.reporter.generation().0 {
-            tracing::warn!(shard = self.config.shard, generation = %self.reporter.generation(), "a replaced instance came back; it analyses nothing more");
+            let (shard, generation) = (self.config.shard, self.reporter.generation());
+            tracing::warn!(shard, %generation, "a replaced instance came back; it analyses nothing more");
             self.kept = Some(Vec::new());
         }
         let Some(kept) = &mut self.kept else {
@@ -354,7 +355,8 @@ impl ConnectorActor {
         }));
         if let Err(panic) = result {
             let error = format!("shard {} panicked: {}", self.config.shard, panic_message(&*panic));
-            tracing::error!(shard = self.config.shard, %error, "connector shard poisoned; its cameras are rebuilt by the next instance");
+            let shard = self.config.shard;
+            tracing::error!(shard, %error, "connector shard poisoned; the next instance rebuilds its cameras");
             self.cameras.clear();
             self.kept = Some(Vec::new());
             self.reporter.failed(error);

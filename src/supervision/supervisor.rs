@@ -134,11 +134,13 @@ impl SupervisorCore {
         let Some(decision) = c.slot.report_failure(generation, error.clone(), now, sample) else { return };
         match decision {
             Decision::Restart { after, attempt } => {
-                tracing::warn!(supervisor = %self.name, child = %child, %generation, %error, attempt, after_ms = after.as_millis() as u64, "child failed; restarting");
+                let (supervisor, after_ms) = (&self.name, after.as_millis() as u64);
+                tracing::warn!(%supervisor, %child, %generation, %error, attempt, after_ms, "child failed; restarting");
                 c.restart_at = Some(now + after);
             }
             Decision::Escalate { restarts_in_window } => {
-                tracing::error!(supervisor = %self.name, child = %child, %error, restarts_in_window, "child is crash-looping; escalating");
+                let supervisor = &self.name;
+                tracing::error!(%supervisor, %child, %error, restarts_in_window, "child is crash-looping; escalating");
                 *self.escalated.lock() = Some(format!("{child}: {error}"));
                 (self.escalate)(child, &error);
             }
