@@ -381,8 +381,10 @@ impl DeviceState {
                     let Some(halved) = halved else {
                         return Err((Failed(format!("out of memory on a single frame: {error}")), frames));
                     };
-                    let device = &self.name;
-                    tracing::warn!(%device, %error, tried = take, batch = halved, "device out of memory; halved");
+                    tracing::warn!(
+                        device = %self.name, %error, tried = take, batch = halved,
+                        "device out of memory; retrying the same frames in smaller batches"
+                    );
                 }
                 Outcome::Panicked(error) => {
                     self.record(true);
