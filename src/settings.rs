@@ -153,6 +153,10 @@ pub struct HttpSettings {
     /// A request must be received and answered within this time (else 408; a streamed response
     /// only has to start in it), and idle keep-alive connections are closed after it.
     pub request_timeout_ms: u64,
+    /// Frames of the live event stream (SSE) a client may fall behind. A frame that finds its
+    /// buffer full is refused (`WhenFull::Reject`) and the client disconnected there, rather than
+    /// sent a stream with a gap; it reconnects and catches up from `GET /api/v1/events`.
+    pub sse_buffer: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +310,9 @@ impl Settings {
         if !(100..=600_000).contains(&self.http.request_timeout_ms) {
             errors.push("http.request_timeout_ms must be in 100..=600000".into());
         }
+        if !(1..=1_048_576).contains(&self.http.sse_buffer) {
+            errors.push("http.sse_buffer must be in 1..=1048576".into());
+        }
         check_url(&mut errors, "redis.url", &self.redis.url, &["redis", "rediss"]);
         check_url(&mut errors, "postgres.url", &self.postgres.url, &["postgres", "postgresql"]);
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
@@ -435,8 +442,10 @@ mod tests {
         settings.batching.max_batch = 0;
         settings.redis.url = "http://x".into();
         settings.outbox.when_full = WhenFull::Wait;
+        settings.http.sse_buffer = 0;
         let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("http.sse_buffer")));
         assert!(errors.iter().any(|e| e.contains("outbox.when_full")));
         assert!(errors.iter().any(|e| e.contains("http.bind")));
         assert!(errors.iter().any(|e| e.contains("batching.max_batch")));
