@@ -11,7 +11,7 @@ use crate::analytics::geometry::Geometry;
 use crate::analytics::rollup::StoredAggregate;
 use crate::analytics::AggregateRow;
 use crate::camera_spec::CameraSpec;
-use crate::events::{Event, EventDetail};
+use crate::events::EventRecord;
 
 pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -192,8 +192,9 @@ impl Db {
             .collect())
     }
 
-    /// Inserts events; ids already present are skipped, so a replay writes nothing twice.
-    pub async fn insert_events(&self, events: &[Event]) -> Result<u64, DbError> {
+    /// Inserts events from their JSON (the `payload` column is that JSON, the other columns come
+    /// from its header); ids already present are skipped, so a replay writes nothing twice.
+    pub async fn insert_events(&self, events: &[EventRecord<'_>]) -> Result<u64, DbError> {
         let mut rows = EventColumns::default();
         for e in events {
             rows.push(e);
@@ -221,7 +222,8 @@ impl Db {
                 "INSERT INTO events (event_id, camera_id, type, ts, frame_seq, geometry_version, track_id, class, line_id,
                                      direction, zone_id, incident_id, payload)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::int4[],
-                                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[])
+                                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                                      $13::text[]::jsonb[])
                  ON CONFLICT (event_id) DO NOTHING",
                 &[ids, cameras, types, ts, seqs, versions, tracks, classes, lines, directions, zones, incidents, payloads],
             )
@@ -362,51 +364,41 @@ pub struct StoredEvent {
     pub payload: serde_json::Value,
 }
 
-/// Events as the columns of one UNNEST insert.
+/// Events as the columns of one UNNEST insert, borrowed from their JSON.
 #[derive(Default)]
-struct EventColumns {
-    ids: Vec<String>,
-    cameras: Vec<String>,
-    types: Vec<String>,
+struct EventColumns<'a> {
+    ids: Vec<&'a str>,
+    cameras: Vec<&'a str>,
+    types: Vec<&'a str>,
     ts: Vec<DateTime<Utc>>,
     seqs: Vec<i64>,
     versions: Vec<i32>,
     tracks: Vec<Option<i64>>,
-    classes: Vec<Option<String>>,
-    lines: Vec<Option<String>>,
-    directions: Vec<Option<String>>,
-    zones: Vec<Option<String>>,
-    incidents: Vec<Option<String>>,
-    payloads: Vec<serde_json::Value>,
+    classes: Vec<Option<&'static str>>,
+    lines: Vec<Option<&'a str>>,
+    directions: Vec<Option<&'static str>>,
+    zones: Vec<Option<&'a str>>,
+    incidents: Vec<Option<&'a str>>,
+    /// The JSON as text; PostgreSQL parses it into `jsonb`.
+    payloads: Vec<&'a str>,
 }
 
-impl EventColumns {
-    fn push(&mut self, e: &Event) {
-        self.ids.push(e.event_id.clone());
-        self.cameras.push(e.camera_id.to_string());
-        self.types.push(e.kind().to_string());
-        self.ts.push(e.ts);
-        self.seqs.push(e.frame_seq as i64);
-        self.versions.push(e.geometry_version as i32);
-        self.payloads.push(serde_json::to_value(e).expect("an event serialises"));
-        match &e.detail {
-            EventDetail::LineCrossing(c) => {
-                self.tracks.push(Some(c.track_id as i64));
-                self.classes.push(Some(c.class.as_str().to_string()));
-                self.lines.push(Some(c.line_id.clone()));
-                self.directions.push(Some(c.direction.as_str().to_string()));
-                self.zones.push(None);
-                self.incidents.push(None);
-            }
-            EventDetail::IncidentOpened(i) | EventDetail::IncidentUpdated(i) | EventDetail::IncidentClosed(i) => {
-                self.tracks.push(i.track_id.map(|t| t as i64));
-                self.classes.push(i.class.map(|c| c.as_str().to_string()));
-                self.lines.push(None);
-                self.directions.push(None);
-                self.zones.push(Some(i.zone_id.clone()));
-                self.incidents.push(Some(i.incident_id.clone()));
-            }
-        }
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, e: &'a EventRecord<'_>) {
+        let h = &e.header;
+        self.ids.push(&h.event_id);
+        self.cameras.push(&h.camera_id);
+        self.types.push(&h.kind);
+        self.ts.push(h.ts);
+        self.seqs.push(h.frame_seq as i64);
+        self.versions.push(h.geometry_version as i32);
+        self.tracks.push(h.track_id.map(|t| t as i64));
+        self.classes.push(h.class.map(|c| c.as_str()));
+        self.lines.push(h.line_id.as_deref());
+        self.directions.push(h.direction.map(|d| d.as_str()));
+        self.zones.push(h.zone_id.as_deref());
+        self.incidents.push(h.incident_id.as_deref());
+        self.payloads.push(e.json);
     }
 }
 

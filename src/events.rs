@@ -2,6 +2,7 @@
 //! the outbox, Redis and PostgreSQL carry, and identified deterministically so replays are
 //! idempotent. Definitions: `docs/ANALYTICS.md`, Events.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -39,10 +40,11 @@ impl Direction {
     }
 }
 
-/// A published analytics event. Serialised as the JSON that Redis and PostgreSQL carry: the
-/// common fields, `type`, then the fields of that type (see `docs/ANALYTICS.md`, Events). The
-/// durable outbox keeps this JSON and reads it back.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A published analytics event. Serialised once, when the publisher accepts it, as the JSON that
+/// the outbox, Redis and PostgreSQL carry: the common fields, `type`, then the fields of that type
+/// (see `docs/ANALYTICS.md`, Events). Nothing reads it back into an `Event`: the stores take the
+/// JSON and an [`EventHeader`] read from it.
+#[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// Deterministic from what produced it (camera, stream epoch, track or incident, frame), so
     /// a replay is idempotent.
@@ -58,7 +60,7 @@ pub struct Event {
     #[serde(skip)]
     pub captured: Option<Instant>,
     /// The `event` span of a traced frame, the parent of its `publish` span; else `Span::none()`.
-    #[serde(skip, default = "tracing::Span::none")]
+    #[serde(skip)]
     pub span: tracing::Span,
 }
 
@@ -74,7 +76,7 @@ impl Event {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventDetail {
     LineCrossing(LineCrossing),
@@ -83,7 +85,7 @@ pub enum EventDetail {
     IncidentClosed(IncidentEvent),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LineCrossing {
     pub track_id: u64,
     pub class: ObjectClass,
@@ -96,7 +98,7 @@ pub struct LineCrossing {
     pub speed_uncertainty_kmh: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct IncidentEvent {
     /// Stable over the incident's life.
     pub incident_id: String,
@@ -116,6 +118,47 @@ pub struct IncidentEvent {
 
 pub const LINE_CROSSING: &str = "line_crossing";
 
+/// An event as the stores take it: the JSON it was serialised to when it was accepted (the bytes
+/// the outbox keeps) and the fields the stores index, read from that JSON.
+#[derive(Debug)]
+pub struct EventRecord<'a> {
+    pub json: &'a str,
+    pub header: EventHeader<'a>,
+}
+
+impl<'a> EventRecord<'a> {
+    pub fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let json = std::str::from_utf8(json).map_err(<serde_json::Error as serde::de::Error>::custom)?;
+        Ok(Self { json, header: serde_json::from_str(json)? })
+    }
+}
+
+/// The fields of an event's JSON that the stores index (PostgreSQL's columns, the stream's fields
+/// and the channel), read without building the event: the fields of every type side by side, each
+/// absent where its type has none.
+#[derive(Debug, Deserialize)]
+pub struct EventHeader<'a> {
+    #[serde(borrow)]
+    pub event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub camera_id: Cow<'a, str>,
+    /// The `type` field.
+    #[serde(borrow, rename = "type")]
+    pub kind: Cow<'a, str>,
+    pub ts: chrono::DateTime<chrono::Utc>,
+    pub frame_seq: u64,
+    pub geometry_version: u32,
+    pub track_id: Option<u64>,
+    pub class: Option<ObjectClass>,
+    #[serde(borrow)]
+    pub line_id: Option<Cow<'a, str>>,
+    pub direction: Option<Direction>,
+    #[serde(borrow)]
+    pub zone_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub incident_id: Option<Cow<'a, str>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +170,58 @@ mod tests {
         assert_ne!(a, event_id("cam", 1, 1, 2, "l1", 4));
         assert_ne!(a, event_id("cam", 9, 1, 2, "l1", 3), "a restarted camera gets new ids");
         assert_ne!(a, event_id("cam", 1, 2, 2, "l1", 3), "another geometry version, another event");
+    }
+
+    fn event(detail: EventDetail) -> Event {
+        Event {
+            event_id: "e-1".into(),
+            camera_id: "cam-1".into(),
+            ts: "2026-01-02T03:04:05.678Z".parse().unwrap(),
+            frame_seq: 42,
+            geometry_version: 3,
+            detail,
+            captured: None,
+            span: tracing::Span::none(),
+        }
+    }
+
+    #[test]
+    fn the_header_read_from_the_json_is_the_event_s() {
+        let crossing = event(EventDetail::LineCrossing(LineCrossing {
+            track_id: 7,
+            class: ObjectClass::Truck,
+            line_id: "north \"1\"".into(),
+            direction: Direction::Out,
+            speed_kmh: Some(51.5),
+            speed_uncertainty_kmh: None,
+        }));
+        let json = serde_json::to_vec(&crossing).unwrap();
+        let record = EventRecord::parse(&json).unwrap();
+        assert_eq!(record.json.as_bytes(), json.as_slice());
+        let h = &record.header;
+        assert_eq!((h.event_id.as_ref(), h.camera_id.as_ref(), h.kind.as_ref()), ("e-1", "cam-1", LINE_CROSSING));
+        assert_eq!((h.ts, h.frame_seq, h.geometry_version), (crossing.ts, 42, 3));
+        assert_eq!((h.track_id, h.class, h.direction), (Some(7), Some(ObjectClass::Truck), Some(Direction::Out)));
+        assert_eq!(h.line_id.as_deref(), Some("north \"1\""), "an escaped string is read too");
+        assert_eq!((h.zone_id.as_deref(), h.incident_id.as_deref()), (None, None));
+
+        let incident = event(EventDetail::IncidentOpened(IncidentEvent {
+            incident_id: "i-9".into(),
+            incident_type: "stopped_vehicle".into(),
+            zone_id: "lane-2".into(),
+            track_id: None,
+            class: Some(ObjectClass::Car),
+            started_at: crossing.ts,
+            duration_s: 15.0,
+            speed_kmh: None,
+            density_per_km: None,
+        }));
+        let json = serde_json::to_vec(&incident).unwrap();
+        let h = EventRecord::parse(&json).unwrap().header;
+        assert_eq!(h.kind, incident.kind());
+        assert_eq!((h.track_id, h.class, h.direction), (None, Some(ObjectClass::Car), None));
+        assert_eq!((h.zone_id.as_deref(), h.incident_id.as_deref(), h.line_id), (Some("lane-2"), Some("i-9"), None));
+        assert!(EventRecord::parse(b"{\"event_id\": 1}").is_err());
+        assert!(EventRecord::parse(b"\xff").is_err());
     }
 }

@@ -10,7 +10,8 @@ use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
 use crate::settings::Settings;
-use crate::sinks::publisher::{Publisher, RedisPool};
+use crate::sinks::publisher::Publisher;
+use crate::sinks::stores::{RedisPool, RedisPostgres, StreamOptions};
 use crate::topology::{CameraMode, Pipeline, TopologyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,17 +72,17 @@ impl Service {
             max_events: settings.outbox.max_events,
             when_full: settings.outbox.when_full,
         })?;
+        let stores = RedisPostgres {
+            redis: redis.clone(),
+            keys: RedisKeys::new(&settings.redis.key_prefix),
+            stream: StreamOptions { max_len: settings.redis.stream_max_len, dedup_ttl_s: settings.redis.dedup_ttl_s },
+            db: db.clone(),
+        };
         let publisher = Arc::new(Publisher::spawn(
-            redis.clone(),
-            RedisKeys::new(&settings.redis.key_prefix),
-            crate::sinks::publisher::StreamOptions {
-                max_len: settings.redis.stream_max_len,
-                dedup_ttl_s: settings.redis.dedup_ttl_s,
-            },
-            db.clone(),
-            metrics.clone(),
-            65_536,
+            stores,
+            &settings.publisher,
             settings.breakers.config(),
+            metrics.clone(),
             Arc::new(outbox),
         ));
         let escalation = Arc::new(tokio::sync::Notify::new());

@@ -47,6 +47,8 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
     /// The durable store every event passes through before delivery.
     pub outbox: OutboxSettings,
+    /// The publisher's in-memory queues and batches around the outbox.
+    pub publisher: PublisherSettings,
     /// Faults injected on purpose, for the fault tests; all off by default.
     #[serde(default)]
     pub faults: FaultSettings,
@@ -97,6 +99,28 @@ pub struct OutboxSettings {
     /// When full: `reject` new events (counted in its_events_dropped_total) or `drop_oldest`
     /// undelivered ones (counted too).
     pub when_full: WhenFull,
+}
+
+/// The publisher's queues (`sinks::publisher`). Each refuses a new item when full
+/// (`WhenFull::Reject`): `Wait` would hold up a connector or the commit of events behind an
+/// outage, and an item already queued is not dropped for a newer one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherSettings {
+    /// Items the connectors handed over (events, minute-row batches, camera states, system events)
+    /// and the outbox has not committed yet. When full, an event or a minute-row batch is refused
+    /// and counted in its_events_dropped_total, a state is refused silently (a newer one follows).
+    /// Committed events wait for delivery in memory up to the same number; beyond it they are
+    /// read back from the outbox (during an outage), losing only their latency sample and trace.
+    pub intake_capacity: usize,
+    /// Events committed to the outbox in one transaction (one fsync) and delivered to Redis and
+    /// PostgreSQL in one call each.
+    pub batch_size: usize,
+    /// Items waiting for one store apart from the events, per store: minute-row batches for
+    /// PostgreSQL; camera states and system events for Redis. When one is full, a minute-row
+    /// batch is refused and counted in its_events_dropped_total, a state or system event is not
+    /// counted (a newer state follows; a system event is also in the log and the metrics).
+    pub row_queue_capacity: usize,
 }
 
 /// Faults made on purpose so the fault tests can prove recovery; each fires once unless said
@@ -160,6 +184,10 @@ pub struct HttpSettings {
     /// A request must be received and answered within this time (else 408; a streamed response
     /// only has to start in it), and idle keep-alive connections are closed after it.
     pub request_timeout_ms: u64,
+    /// Frames of the live event stream (SSE) a client may fall behind. A frame that finds its
+    /// buffer full is refused (`WhenFull::Reject`) and the client disconnected there, rather than
+    /// sent a stream with a gap; it reconnects and catches up from `GET /api/v1/events`.
+    pub sse_buffer: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +341,9 @@ impl Settings {
         if !(100..=600_000).contains(&self.http.request_timeout_ms) {
             errors.push("http.request_timeout_ms must be in 100..=600000".into());
         }
+        if !(1..=1_048_576).contains(&self.http.sse_buffer) {
+            errors.push("http.sse_buffer must be in 1..=1048576".into());
+        }
         check_url(&mut errors, "redis.url", &self.redis.url, &["redis", "rediss"]);
         check_url(&mut errors, "postgres.url", &self.postgres.url, &["postgres", "postgresql"]);
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
@@ -392,6 +423,15 @@ impl Settings {
         if self.outbox.path.as_os_str().is_empty() {
             errors.push("outbox.path must name a file".into());
         }
+        if !(1..=16_777_216).contains(&self.publisher.intake_capacity) {
+            errors.push("publisher.intake_capacity must be in 1..=16777216".into());
+        }
+        if !(1..=4096).contains(&self.publisher.batch_size) {
+            errors.push("publisher.batch_size must be in 1..=4096".into());
+        }
+        if !(1..=16_777_216).contains(&self.publisher.row_queue_capacity) {
+            errors.push("publisher.row_queue_capacity must be in 1..=16777216".into());
+        }
         if self.batching.frame_memory_mb == 0 || self.batching.grow_after_batches == 0 {
             errors.push("batching.frame_memory_mb and batching.grow_after_batches must be at least 1".into());
         }
@@ -442,8 +482,15 @@ mod tests {
         settings.batching.max_batch = 0;
         settings.redis.url = "http://x".into();
         settings.outbox.when_full = WhenFull::Wait;
+        settings.publisher.intake_capacity = 0;
+        settings.publisher.batch_size = 5000;
+        settings.publisher.row_queue_capacity = 0;
+        settings.http.sse_buffer = 0;
         let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 8, "{errors:?}");
+        for key in ["intake_capacity", "batch_size", "row_queue_capacity", "http.sse_buffer"] {
+            assert!(errors.iter().any(|e| e.contains(key)), "{key}: {errors:?}");
+        }
         assert!(errors.iter().any(|e| e.contains("outbox.when_full")));
         assert!(errors.iter().any(|e| e.contains("http.bind")));
         assert!(errors.iter().any(|e| e.contains("batching.max_batch")));

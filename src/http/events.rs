@@ -119,8 +119,8 @@ struct StreamQuery {
 
 /// Live events as `text/event-stream`: `id` = event id, `event` = type, `data` = the event JSON.
 /// Each client gets its own Redis subscription and a bounded buffer: a client that falls
-/// `SSE_BUFFER` frames behind is disconnected (the pipeline never waits for it), and so is every
-/// client when Redis goes away; `GET /api/v1/events` fills the gap after reconnecting.
+/// `http.sse_buffer` frames behind is disconnected (the pipeline never waits for it), and so is
+/// every client when Redis goes away; `GET /api/v1/events` fills the gap after reconnecting.
 async fn stream(service: web::Data<Service>, query: web::Query<StreamQuery>) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let mut problems = Vec::new();
@@ -135,7 +135,7 @@ async fn stream(service: web::Data<Service>, query: web::Query<StreamQuery>) -> 
         Some(id) => pubsub.subscribe(service.keys.camera_channel(id)).await.map_err(unavailable)?,
         None => pubsub.psubscribe(service.keys.all_cameras_pattern()).await.map_err(unavailable)?,
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SSE_BUFFER);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(service.settings.http.sse_buffer);
     let _ = tx.try_send(Bytes::from_static(b": connected\n\n"));
     actix_web::rt::spawn(forward(pubsub.into_on_message(), query.kind, tx));
     let body = futures::stream::unfold(rx, |mut rx| async move {
@@ -148,11 +148,9 @@ async fn stream(service: web::Data<Service>, query: web::Query<StreamQuery>) -> 
         .streaming(body))
 }
 
-/// Frames a client may fall behind before it is disconnected.
-const SSE_BUFFER: usize = 1024;
-
 /// Moves one subscription's messages into a client's buffer, with keep-alives, until the client
-/// goes away, falls too far behind, or Redis ends the subscription.
+/// goes away, falls too far behind (its buffer refuses a frame: the stream ends rather than skip
+/// one), or Redis ends the subscription.
 async fn forward(
     mut messages: impl futures::Stream<Item = bb8_redis::redis::Msg> + Unpin,
     kind: Option<String>,

@@ -1,8 +1,10 @@
 //! Where events go. Connectors hand events to an `EventSink`, which must never block them; the
-//! service's sink (`publisher`) commits them to the durable `outbox` before delivering them.
+//! service's sink (`publisher`) commits them to the durable `outbox` before delivering them to the
+//! `stores` (Redis and PostgreSQL).
 
 pub mod outbox;
 pub mod publisher;
+pub mod stores;
 
 use parking_lot::Mutex;
 

@@ -63,8 +63,11 @@ pub struct Entry {
 
 /// What one `append` did. The backlog grows by `appended - dropped_oldest`: with `DropOldest`, an
 /// entry of the same call may itself be dropped again when the call holds more than `max_events`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
+    /// The sequence number of each entry of the call, in its order; `None` where it was skipped
+    /// (a duplicate) or refused.
+    pub seqs: Vec<Option<u64>>,
     pub appended: usize,
     /// Already pending under the same key: skipped.
     pub duplicates: usize,
@@ -81,6 +84,8 @@ pub struct Outbox {
     writer: Mutex<()>,
     /// Entries pending, as of the last commit.
     backlog: AtomicU64,
+    /// The newest entry removed to make room (`DropOldest`) by this process, 0 if none.
+    dropped_through: AtomicU64,
 }
 
 /// Shared in an `Arc` and called from blocking tasks.
@@ -103,7 +108,8 @@ impl Outbox {
             .set_cache_size(CACHE_BYTES)
             .create(&config.path)
             .map_err(|err| OutboxError::Store(format!("open {}: {err}", config.path.display())))?;
-        let outbox = Self { db, config, writer: Mutex::new(()), backlog: AtomicU64::new(0) };
+        let outbox =
+            Self { db, config, writer: Mutex::new(()), backlog: AtomicU64::new(0), dropped_through: AtomicU64::new(0) };
         // Creates the tables on first use, so readers can rely on them, and counts the backlog.
         outbox.write("open", |txn| {
             txn.open_table(BY_KEY).map_err(store("open", "key table"))?;
@@ -131,30 +137,39 @@ impl Outbox {
                 Some(seq) => seq.value(),
                 None => 1,
             };
+            let mut dropped_through = 0;
             for (key, payload) in batch {
                 if by_key.get(key.as_str()).map_err(store("append", "key lookup"))?.is_some() {
                     outcome.duplicates += 1;
+                    outcome.seqs.push(None);
                     continue;
                 }
                 if entries.len().map_err(store("append", "count"))? >= self.config.max_events {
                     if self.config.when_full != WhenFull::DropOldest {
                         outcome.rejected += 1;
+                        outcome.seqs.push(None);
                         continue;
                     }
-                    if let Some((_, oldest)) = entries.pop_first().map_err(store("append", "drop oldest"))? {
+                    if let Some((seq, oldest)) = entries.pop_first().map_err(store("append", "drop oldest"))? {
                         by_key.remove(oldest.value().0).map_err(store("append", "drop oldest key"))?;
                         outcome.dropped_oldest += 1;
+                        dropped_through = seq.value();
                     }
                 }
                 entries
                     .insert(next_seq, (key.as_str(), payload.as_slice()))
                     .map_err(store("append", "insert entry"))?;
                 by_key.insert(key.as_str(), next_seq).map_err(store("append", "insert key"))?;
+                outcome.seqs.push(Some(next_seq));
                 next_seq += 1;
                 outcome.appended += 1;
             }
             meta.insert(NEXT_SEQ, next_seq).map_err(store("append", "write next seq"))?;
-            Ok(outcome)
+            Ok((outcome, dropped_through))
+        })
+        .map(|(outcome, dropped_through)| {
+            self.dropped_through.fetch_max(dropped_through, Ordering::AcqRel);
+            outcome
         })
     }
 
@@ -193,6 +208,13 @@ impl Outbox {
     /// Entries pending now (kept in memory, exact after each commit).
     pub fn backlog(&self) -> u64 {
         self.backlog.load(Ordering::Acquire)
+    }
+
+    /// The newest entry this process removed to make room (`DropOldest`), 0 if none. The oldest
+    /// go first, so no entry up to it is pending: a copy of one held elsewhere is not to be
+    /// delivered.
+    pub fn dropped_through(&self) -> u64 {
+        self.dropped_through.load(Ordering::Acquire)
     }
 
     /// Runs `body` in one write transaction whose commit returns only once it is on disk, then
@@ -284,6 +306,7 @@ mod tests {
         let outbox = Outbox::open(config(&dir, 100, WhenFull::Reject)).unwrap();
         let outcome = outbox.append(&batch(&["a", "b", "a"])).unwrap();
         assert_eq!((outcome.appended, outcome.duplicates), (2, 1));
+        assert_eq!(outcome.seqs, [Some(1), Some(2), None]);
         let outcome = outbox.append(&batch(&["b", "c"])).unwrap();
         assert_eq!((outcome.appended, outcome.duplicates), (1, 1));
         assert_eq!(keys(&all_pending(&outbox)), ["a", "b", "c"]);
@@ -300,8 +323,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(config(&dir, 3, WhenFull::Reject)).unwrap();
         let outcome = outbox.append(&batch(&["1", "2", "3", "4", "5"])).unwrap();
-        let expected = AppendOutcome { appended: 3, rejected: 2, ..Default::default() };
+        let seqs = vec![Some(1), Some(2), Some(3), None, None];
+        let expected = AppendOutcome { seqs, appended: 3, rejected: 2, ..Default::default() };
         assert_eq!(outcome, expected);
+        assert_eq!(outbox.dropped_through(), 0);
         assert_eq!(keys(&all_pending(&outbox)), ["1", "2", "3"]);
         assert_eq!(outbox.backlog(), 3);
     }
@@ -311,14 +336,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(config(&dir, 3, WhenFull::DropOldest)).unwrap();
         let outcome = outbox.append(&batch(&["1", "2", "3", "4", "5"])).unwrap();
-        let expected = AppendOutcome { appended: 5, dropped_oldest: 2, ..Default::default() };
+        let seqs = (1..=5).map(Some).collect();
+        let expected = AppendOutcome { seqs, appended: 5, dropped_oldest: 2, ..Default::default() };
         assert_eq!(outcome, expected);
         assert_eq!(keys(&all_pending(&outbox)), ["3", "4", "5"]);
+        assert_eq!(outbox.dropped_through(), 2);
 
         let outcome = outbox.append(&batch(&["6", "7"])).unwrap();
-        let expected = AppendOutcome { appended: 2, dropped_oldest: 2, ..Default::default() };
+        let expected =
+            AppendOutcome { seqs: vec![Some(6), Some(7)], appended: 2, dropped_oldest: 2, ..Default::default() };
         assert_eq!(outcome, expected);
         assert_eq!(keys(&all_pending(&outbox)), ["5", "6", "7"]);
+        assert_eq!(outbox.dropped_through(), 4);
         assert_eq!(outbox.backlog(), 3);
         // A dropped key is no longer pending, so it may come back.
         assert_eq!(outbox.append(&batch(&["3"])).unwrap().duplicates, 0);

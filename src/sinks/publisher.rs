@@ -2,18 +2,26 @@
 //! anything) and PostgreSQL (idempotent on `event_id`), through the durable outbox; also the
 //! per-minute aggregates (PostgreSQL) and each camera's latest state (a Redis hash).
 //!
+//! An event is serialised once, when the intake takes it: that JSON is what the outbox keeps, what
+//! Redis publishes and what PostgreSQL stores (the other columns are read from the JSON's header).
+//!
 //! Four tasks:
-//! - intake: commits each batch of events to the outbox (`outbox`, one fsync per batch) and passes
-//!   minute rows and states on, so an outage never holds up the commit of events;
-//! - delivery: takes what the outbox holds, oldest first (after a crash, what the last process left),
-//!   delivers it to Redis once and then to PostgreSQL once, each retried with backoff until it
-//!   succeeds, and acknowledges it, which removes it from the outbox (while either store is down,
-//!   events wait in the outbox for both);
+//! - intake: commits each batch of events to the outbox (`outbox`, one fsync per batch) and hands
+//!   the committed batch to the delivery in memory, with what only this process knows of each
+//!   event (its capture instant and trace span); passes minute rows and states on, so an outage
+//!   never holds up the commit of events;
+//! - delivery: delivers the committed events in outbox order to Redis once and then to
+//!   PostgreSQL once, each retried with backoff until it succeeds, and acknowledges them, which
+//!   removes them from the outbox (while either store is down, events wait in the outbox for
+//!   both). What memory does not hold it reads back from the outbox: what the last process left
+//!   (delivered first) and batches committed while the hand-over was full;
 //! - PostgreSQL rows: upserts minute rows (retried);
 //! - Redis rows: caches states (best effort) and publishes system events (retried).
 //!
-//! The two row queues are bounded (`capacity` each): when one is full a minute-row batch is dropped
-//! and counted in `its_events_dropped_total`; a state is dropped silently, a newer one follows.
+//! Every queue is bounded (`[publisher]` settings) and refuses a new item when full
+//! (`WhenFull::Reject`): a refused event or minute-row batch is counted in
+//! `its_events_dropped_total`, a state is dropped silently (a newer one follows). A committed
+//! batch the hand-over refuses is not lost: it is in the outbox.
 //!
 //! An event is "acknowledged" once the outbox has committed it: from then on a crash does not
 //! lose it. The outbox's size limit and its policy when full are `[outbox]` settings; events it
@@ -22,22 +30,19 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
-use super::outbox::{Entry, Outbox};
+use super::outbox::{Outbox, OutboxError};
+use super::stores::{StoreError, Stores};
 use super::EventSink;
 use crate::analytics::{AggregateRow, StateSnapshot};
-use crate::db::Db;
-use crate::events::Event;
+use crate::events::{Event, EventRecord};
+use crate::ids::CameraId;
 use crate::metrics::Metrics;
-use crate::redis_keys::RedisKeys;
+use crate::settings::PublisherSettings;
 use crate::supervision::{Backoff, BreakerConfig, BreakerView, CircuitBreaker};
-
-pub type RedisPool = bb8::Pool<bb8_redis::RedisConnectionManager>;
-
-const BATCH: usize = 256;
 
 enum Outgoing {
     /// Boxed: an event is several times the size of the other items.
@@ -45,20 +50,8 @@ enum Outgoing {
     Aggregates(Vec<AggregateRow>),
     State(StateSnapshot),
     /// The camera was removed: drop its cached state, after any state queued before.
-    ForgetState(crate::ids::CameraId),
+    ForgetState(CameraId),
     System(serde_json::Value),
-}
-
-/// The dependencies the publisher writes to, each behind a circuit breaker: while one is open
-/// nothing is tried against it and what is waiting for it stays queued, in order.
-struct Sinks {
-    redis: RedisPool,
-    keys: RedisKeys,
-    stream: StreamOptions,
-    db: Db,
-    metrics: Arc<Metrics>,
-    redis_breaker: Arc<CircuitBreaker>,
-    postgres_breaker: Arc<CircuitBreaker>,
 }
 
 /// Counts shared by the publisher and its tasks.
@@ -128,7 +121,7 @@ enum RowItem {
     Aggregates(Vec<AggregateRow>),
     /// The newest state of a camera (`None`: remove it), standing for `superseding` items.
     State {
-        camera_id: crate::ids::CameraId,
+        camera_id: CameraId,
         state: Option<StateSnapshot>,
         superseding: u64,
     },
@@ -170,38 +163,60 @@ impl RowQueues {
     }
 }
 
-/// What only this process knows of the events it accepted (the outbox keeps their JSON): the
-/// capture instant for `analytics_latency_seconds` and the trace span, by event id.
-type LiveEvents = Arc<parking_lot::Mutex<HashMap<String, (Option<std::time::Instant>, tracing::Span)>>>;
+/// An event committed to the outbox, on its way to the stores.
+struct Committed {
+    seq: u64,
+    /// The event's JSON as the intake serialised it.
+    json: Vec<u8>,
+    /// `None` when read back from the outbox: only the process that accepted it knows these.
+    live: Option<Live>,
+}
 
-/// Events whose capture instant and span are kept at most.
-const LIVE_EVENTS_LIMIT: usize = 100_000;
+/// What the outbox does not keep of an event: the capture instant of its frame, for
+/// `analytics_latency_seconds`, and its trace span, the parent of its `publish` span.
+struct Live {
+    captured: Option<Instant>,
+    span: tracing::Span,
+}
+
+/// Committed batches on their way from the intake to the delivery, in outbox order. Bounded: a
+/// batch that finds it full stays in the outbox only, and the delivery, told so, reads it back.
+struct HandOver {
+    batches: mpsc::Sender<Vec<Committed>>,
+    refused: Arc<Notify>,
+}
+
+impl HandOver {
+    fn send(&self, batch: Vec<Committed>) {
+        if !batch.is_empty() && self.batches.try_send(batch).is_err() {
+            self.refused.notify_one();
+        }
+    }
+}
 
 impl Publisher {
     /// Starts the intake, delivery and rows tasks on the current runtime. Events the outbox
     /// holds from an earlier run are delivered first.
-    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
-        redis: RedisPool,
-        keys: RedisKeys,
-        stream: StreamOptions,
-        db: Db,
-        metrics: Arc<Metrics>,
-        capacity: usize,
+        stores: impl Stores,
+        settings: &PublisherSettings,
         breaker: BreakerConfig,
+        metrics: Arc<Metrics>,
         outbox: Arc<Outbox>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<Outgoing>(capacity);
-        let (postgres_tx, postgres_rx) = mpsc::channel::<RowItem>(capacity);
-        let (redis_tx, redis_rx) = mpsc::channel::<RowItem>(capacity);
+        let (tx, rx) = mpsc::channel::<Outgoing>(settings.intake_capacity);
+        let (postgres_tx, postgres_rx) = mpsc::channel::<RowItem>(settings.row_queue_capacity);
+        let (redis_tx, redis_rx) = mpsc::channel::<RowItem>(settings.row_queue_capacity);
         let rows = RowQueues { postgres: postgres_tx, redis: redis_tx };
+        // Memory for as many committed events as the intake holds.
+        let (batches_tx, batches_rx) = mpsc::channel(settings.intake_capacity.div_ceil(settings.batch_size));
+        let refused = Arc::new(Notify::new());
+        let hand_over = HandOver { batches: batches_tx, refused: refused.clone() };
         let progress = Arc::new(Progress::default());
         let redis_breaker = metrics.breaker("redis", &breaker);
         let postgres_breaker = metrics.breaker("postgres", &breaker);
         let breakers = [redis_breaker.clone(), postgres_breaker.clone()];
-        let sinks =
-            Arc::new(Sinks { redis, keys, stream, db, metrics: metrics.clone(), redis_breaker, postgres_breaker });
-        let committed = Arc::new(Notify::new());
+        let sinks = Arc::new(Sinks { stores, metrics: metrics.clone(), redis_breaker, postgres_breaker });
         let left = outbox.backlog();
         if left > 0 {
             tracing::warn!(
@@ -209,17 +224,27 @@ impl Publisher {
                 "the outbox holds events the last run did not deliver; delivering them first"
             );
         }
-        let live = LiveEvents::default();
         tokio::spawn(intake(
             rx,
             rows,
             outbox.clone(),
-            committed.clone(),
-            live.clone(),
+            hand_over,
+            settings.batch_size,
             metrics.clone(),
             progress.clone(),
         ));
-        tokio::spawn(deliver_from_outbox(sinks.clone(), outbox.clone(), committed, live, progress.clone()));
+        let delivery = Delivery {
+            sinks: sinks.clone(),
+            outbox: outbox.clone(),
+            batches: batches_rx,
+            refused,
+            batch_size: settings.batch_size,
+            progress: progress.clone(),
+            delivered_through: 0,
+            held: None,
+            behind: true,
+        };
+        tokio::spawn(delivery.run());
         tokio::spawn(write_rows(sinks.clone(), postgres_rx, progress.clone()));
         tokio::spawn(write_rows(sinks, redis_rx, progress.clone()));
         Self { tx, breakers, metrics, outbox, progress, replayed: left }
@@ -270,19 +295,21 @@ impl Publisher {
     }
 }
 
-/// Commits events to the outbox, a batch per transaction, and passes rows and states on.
+/// Commits events to the outbox, a batch per transaction, hands them to the delivery, and passes
+/// rows and states on.
 async fn intake(
     mut rx: mpsc::Receiver<Outgoing>,
     rows: RowQueues,
     outbox: Arc<Outbox>,
-    committed: Arc<Notify>,
-    live: LiveEvents,
+    hand_over: HandOver,
+    batch_size: usize,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
 ) {
-    let mut received = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut received, BATCH).await > 0 {
+    let mut received = Vec::with_capacity(batch_size);
+    while rx.recv_many(&mut received, batch_size).await > 0 {
         let mut entries = Vec::new();
+        let mut lives = Vec::new();
         let mut events = 0u64;
         // Per camera, the newest state to cache and how many it supersedes.
         let mut states: HashMap<_, (Option<StateSnapshot>, u64)> = HashMap::new();
@@ -292,15 +319,9 @@ async fn intake(
                     events += 1;
                     match serde_json::to_vec(&*event) {
                         Ok(json) => {
-                            let mut live = live.lock();
-                            // Bounded: past it (a long outage, events refused by a full outbox),
-                            // the oldest ones just lose their latency sample and trace.
-                            if live.len() >= LIVE_EVENTS_LIMIT {
-                                live.clear();
-                            }
-                            live.insert(event.event_id.clone(), (event.captured, event.span.clone()));
-                            drop(live);
-                            entries.push((event.event_id.clone(), json));
+                            let Event { event_id, captured, span, .. } = *event;
+                            entries.push((event_id, json));
+                            lives.push(Live { captured, span });
                         }
                         Err(error) => tracing::error!(%error, "event not serialisable; dropped"),
                     }
@@ -321,18 +342,23 @@ async fn intake(
             rows.send(RowItem::State { camera_id, state, superseding }, &metrics, &progress);
         }
         if !entries.is_empty() {
-            append(&outbox, entries, &metrics).await;
-            committed.notify_one();
+            hand_over.send(commit(&outbox, entries, lives, &metrics).await);
         }
         progress.items_done.fetch_add(events, Ordering::SeqCst);
     }
 }
 
-/// Appends to the outbox (a disk error is retried: the events are still in memory) and counts
-/// what a full outbox refused or dropped.
-async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, metrics: &Metrics) {
+/// Appends `(event id, JSON)` entries to the outbox (a disk error is retried: the events are
+/// still in memory), counts what a full outbox refused or dropped, and returns what it committed.
+async fn commit(
+    outbox: &Arc<Outbox>,
+    entries: Vec<(String, Vec<u8>)>,
+    lives: Vec<Live>,
+    metrics: &Metrics,
+) -> Vec<Committed> {
     let entries = Arc::new(entries);
-    let outcome = until_outbox(outbox, "append", move |store| store.append(&entries)).await;
+    let appending = entries.clone();
+    let outcome = until_outbox(outbox, "append", move |store| store.append(&appending)).await;
     let lost = outcome.rejected + outcome.dropped_oldest;
     if lost > 0 {
         metrics.events_dropped.inc_by(lost as u64);
@@ -342,6 +368,9 @@ async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, metrics: 
             "outbox full; events lost"
         );
     }
+    let entries = Arc::try_unwrap(entries).unwrap_or_else(|shared| (*shared).clone());
+    let appended = entries.into_iter().zip(lives).zip(outcome.seqs);
+    appended.filter_map(|(((_, json), live), seq)| Some(Committed { seq: seq?, json, live: Some(live) })).collect()
 }
 
 /// Runs an outbox call until it succeeds, with backoff: the outbox is local, so an error is a
@@ -349,7 +378,7 @@ async fn append(outbox: &Arc<Outbox>, entries: Vec<(String, Vec<u8>)>, metrics: 
 async fn until_outbox<T: Send + 'static>(
     outbox: &Arc<Outbox>,
     what: &str,
-    call: impl Fn(&Outbox) -> Result<T, super::outbox::OutboxError> + Clone + Send + 'static,
+    call: impl Fn(&Outbox) -> Result<T, OutboxError> + Clone + Send + 'static,
 ) -> T {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
@@ -364,7 +393,7 @@ async fn until_outbox<T: Send + 'static>(
 /// Runs an outbox call (it may wait for an fsync) on the blocking pool.
 async fn on_outbox<T: Send + 'static>(
     outbox: &Arc<Outbox>,
-    call: impl FnOnce(&Outbox) -> Result<T, super::outbox::OutboxError> + Send + 'static,
+    call: impl FnOnce(&Outbox) -> Result<T, OutboxError> + Send + 'static,
 ) -> Result<T, String> {
     let store = outbox.clone();
     match tokio::task::spawn_blocking(move || call(&store)).await {
@@ -373,61 +402,122 @@ async fn on_outbox<T: Send + 'static>(
     }
 }
 
-/// Delivers what the outbox holds, oldest first, and acknowledges it.
-async fn deliver_from_outbox(
-    sinks: Arc<Sinks>,
+/// The delivery task: takes committed events in outbox order, delivers them and acknowledges
+/// them.
+struct Delivery<S> {
+    sinks: Arc<Sinks<S>>,
     outbox: Arc<Outbox>,
-    committed: Arc<Notify>,
-    live: LiveEvents,
+    batches: mpsc::Receiver<Vec<Committed>>,
+    /// Signalled when the hand-over refused a batch.
+    refused: Arc<Notify>,
+    batch_size: usize,
     progress: Arc<Progress>,
-) {
-    loop {
-        let pending = until_outbox(&outbox, "read", |store| store.pending(0, BATCH)).await;
-        if pending.is_empty() {
-            committed.notified().await;
-            continue;
+    /// Every entry up to this sequence number is delivered, or no longer in the outbox.
+    delivered_through: u64,
+    /// A batch from memory that waits for older entries only the outbox has.
+    held: Option<Vec<Committed>>,
+    /// The outbox may hold entries memory does not: what the last process left, or batches the
+    /// hand-over refused. Cleared once a read of the outbox finds nothing more.
+    behind: bool,
+}
+
+impl<S: Stores> Delivery<S> {
+    async fn run(mut self) {
+        while let Some(batch) = self.next_batch().await {
+            self.deliver(batch).await;
         }
-        let (seqs, mut events) = decode(pending);
-        {
-            let mut live = live.lock();
-            for event in &mut events {
-                if let Some((captured, span)) = live.remove(&event.event_id) {
-                    (event.captured, event.span) = (captured, span);
+    }
+
+    /// The next committed events in outbox order: from memory when nothing older is waiting in
+    /// the outbox, else from the outbox. `None` once the intake has stopped.
+    async fn next_batch(&mut self) -> Option<Vec<Committed>> {
+        loop {
+            self.delivered_through = self.delivered_through.max(self.outbox.dropped_through());
+            let through = self.delivered_through;
+            // Sequence numbers have no gaps: a batch that starts right after what was delivered
+            // has nothing older waiting.
+            let in_memory = self
+                .held
+                .take()
+                .or_else(|| self.batches.try_recv().ok())
+                .map(|mut batch| {
+                    batch.retain(|committed| committed.seq > through);
+                    batch
+                })
+                .filter(|batch| !batch.is_empty());
+            match in_memory {
+                Some(batch) if batch[0].seq == through + 1 => return Some(batch),
+                None if !self.behind => {
+                    tokio::select! {
+                        batch = self.batches.recv() => self.held = Some(batch?),
+                        () = self.refused.notified() => self.behind = true,
+                    }
+                }
+                in_memory => {
+                    let before = in_memory.as_ref().map_or(u64::MAX, |batch| batch[0].seq);
+                    let older = self.read_outbox(before).await;
+                    if !older.is_empty() {
+                        self.held = in_memory;
+                        return Some(older);
+                    }
+                    match in_memory {
+                        Some(batch) => return Some(batch),
+                        None => self.behind = false,
+                    }
                 }
             }
         }
-        if !events.is_empty() {
+    }
+
+    /// Up to a batch of what the outbox holds after what was delivered and before `before`.
+    async fn read_outbox(&self, before: u64) -> Vec<Committed> {
+        let (after, limit) = (self.delivered_through, self.batch_size);
+        let entries = until_outbox(&self.outbox, "read", move |store| store.pending(after, limit)).await;
+        let older = entries.into_iter().take_while(|entry| entry.seq < before);
+        older.map(|entry| Committed { seq: entry.seq, json: entry.payload, live: None }).collect()
+    }
+
+    /// Delivers a batch to Redis once and then to PostgreSQL once, and acknowledges it. An entry
+    /// that does not read as an event is logged and acknowledged, so it cannot block the ones
+    /// behind it.
+    async fn deliver(&mut self, batch: Vec<Committed>) {
+        let records: Vec<EventRecord> = batch
+            .iter()
+            .filter_map(|committed| match EventRecord::parse(&committed.json) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::error!(%error, seq = committed.seq, "outbox entry unreadable; skipped");
+                    None
+                }
+            })
+            .collect();
+        if !records.is_empty() {
+            let lives = || batch.iter().filter_map(|committed| committed.live.as_ref());
             // A traced event's `publish` span lasts until both stores have it.
             let publishing: Vec<_> =
-                events.iter().map(|e| crate::child_span!(&e.span, "publish", batch = events.len())).collect();
-            sinks.deliver(&events).await;
+                lives().map(|live| crate::child_span!(&live.span, "publish", batch = records.len())).collect();
+            self.sinks.publish_events(&records).await;
+            for live in lives() {
+                if let Some(captured) = live.captured {
+                    let exemplar = crate::metrics::TraceLabels::of(&live.span);
+                    self.sinks.metrics.analytics_latency.observe(captured.elapsed().as_secs_f64(), exemplar, None);
+                }
+            }
+            self.sinks.insert_events(&records).await;
             drop(publishing);
         }
+        // Counted before the acknowledgement empties the outbox, which `drain` waits for.
+        self.progress.delivered.fetch_add(records.len() as u64, Ordering::SeqCst);
         // Should acknowledging fail for a while, the events stay and are delivered again later,
         // harmlessly: both stores take an event once.
-        let seqs = Arc::new(seqs);
-        until_outbox(&outbox, "acknowledgement", move |store| store.ack(&seqs)).await;
-        progress.delivered.fetch_add(events.len() as u64, Ordering::SeqCst);
+        let seqs: Arc<Vec<u64>> = Arc::new(batch.iter().map(|committed| committed.seq).collect());
+        self.delivered_through = self.delivered_through.max(*seqs.last().unwrap_or(&0));
+        until_outbox(&self.outbox, "acknowledgement", move |store| store.ack(&seqs)).await;
     }
-}
-
-/// The events of outbox entries, with every entry's sequence number (an unreadable entry is
-/// acknowledged and logged, so it cannot block the ones behind it).
-fn decode(entries: Vec<Entry>) -> (Vec<u64>, Vec<Event>) {
-    let mut seqs = Vec::with_capacity(entries.len());
-    let mut events = Vec::with_capacity(entries.len());
-    for entry in entries {
-        seqs.push(entry.seq);
-        match serde_json::from_slice::<Event>(&entry.payload) {
-            Ok(event) => events.push(event),
-            Err(error) => tracing::error!(%error, event_id = %entry.key, "outbox entry unreadable; skipped"),
-        }
-    }
-    (seqs, events)
 }
 
 /// Upserts minute rows and caches states, in order.
-async fn write_rows(sinks: Arc<Sinks>, mut rx: mpsc::Receiver<RowItem>, progress: Arc<Progress>) {
+async fn write_rows<S: Stores>(sinks: Arc<Sinks<S>>, mut rx: mpsc::Receiver<RowItem>, progress: Arc<Progress>) {
     while let Some(item) = rx.recv().await {
         let items = match item {
             RowItem::Aggregates(rows) => {
@@ -450,13 +540,22 @@ async fn write_rows(sinks: Arc<Sinks>, mut rx: mpsc::Receiver<RowItem>, progress
 /// How often a call held back by an open breaker looks again.
 const BREAKER_POLL: Duration = Duration::from_millis(200);
 
-impl Sinks {
+/// The stores, each behind a circuit breaker: while one is open nothing is tried against it and
+/// what is waiting for it stays queued, in order.
+struct Sinks<S> {
+    stores: S,
+    metrics: Arc<Metrics>,
+    redis_breaker: Arc<CircuitBreaker>,
+    postgres_breaker: Arc<CircuitBreaker>,
+}
+
+impl<S: Stores> Sinks<S> {
     /// Runs `call` until it succeeds: through `breaker` (never while it is open), with backoff
-    /// between failures. `Err(false)` from `call` is a permanent failure: given up.
+    /// between failures. A request the store rejects is given up.
     async fn until_done<F, Fut>(&self, breaker: &CircuitBreaker, what: &str, mut call: F)
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), (String, bool)>>,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
@@ -469,14 +568,14 @@ impl Sinks {
                     breaker.record_success();
                     return;
                 }
-                Err((error, false)) => {
+                Err(StoreError::Rejected(error)) => {
                     // The server answered: it is up, only this call was refused.
                     breaker.record_success();
                     self.metrics.sink_failures.inc();
                     tracing::error!(%error, "{what} rejected; dropped");
                     return;
                 }
-                Err((error, true)) => {
+                Err(StoreError::Unavailable(error)) => {
                     breaker.record_failure();
                     self.metrics.sink_failures.inc();
                     tracing::warn!(%error, "{what} failed; retrying");
@@ -486,39 +585,21 @@ impl Sinks {
         }
     }
 
-    async fn deliver(&self, batch: &[Event]) {
-        self.until_done(&self.redis_breaker, "redis publish", || async {
-            publish_redis(batch, &self.redis, &self.keys, self.stream).await.map_err(|e| (e, true))
-        })
-        .await;
-        for event in batch {
-            if let Some(captured) = event.captured {
-                let exemplar = crate::metrics::TraceLabels::of(&event.span);
-                self.metrics.analytics_latency.observe(captured.elapsed().as_secs_f64(), exemplar, None);
-            }
-        }
-        // Connection trouble is retried; a batch the server refuses (a defect) is logged and
-        // dropped, so it cannot hold up every event behind it.
-        self.until_done(&self.postgres_breaker, "postgres event insert", || async {
-            self.db.insert_events(batch).await.map(|_| ()).map_err(|e| {
-                let transient = e.is_transient();
-                (e.to_string(), transient)
-            })
-        })
-        .await;
-        self.metrics.events_published.inc_by(batch.len() as u64);
+    async fn publish_events(&self, events: &[EventRecord<'_>]) {
+        self.until_done(&self.redis_breaker, "redis publish", || self.stores.publish_events(events)).await;
+    }
+
+    /// Connection trouble is retried; a batch the server refuses (a defect) is logged and
+    /// dropped, so it cannot hold up every event behind it.
+    async fn insert_events(&self, events: &[EventRecord<'_>]) {
+        self.until_done(&self.postgres_breaker, "postgres event insert", || self.stores.insert_events(events)).await;
+        self.metrics.events_published.inc_by(events.len() as u64);
     }
 
     /// Retries while PostgreSQL is unreachable; rows the server rejects are logged and dropped,
     /// so one bad row cannot stop the delivery of everything behind it.
     async fn store_aggregates(&self, rows: &[AggregateRow]) {
-        self.until_done(&self.postgres_breaker, "storing aggregate rows", || async {
-            self.db.upsert_aggregates(rows).await.map_err(|e| {
-                let transient = e.is_transient();
-                (e.to_string(), transient)
-            })
-        })
-        .await;
+        self.until_done(&self.postgres_breaker, "storing aggregate rows", || self.stores.upsert_aggregates(rows)).await;
     }
 
     /// Caches a camera's state in its hash (best effort: one try, none while Redis's breaker is
@@ -526,8 +607,8 @@ impl Sinks {
     /// retried until done, since nothing would replace it).
     async fn cache_state(&self, camera_id: &str, state: Option<&StateSnapshot>) {
         if state.is_none() {
-            self.until_done(&self.redis_breaker, "removing a camera's cached state", || async {
-                write_state(camera_id, None, &self.redis, &self.keys).await.map_err(|e| (e, true))
+            self.until_done(&self.redis_breaker, "removing a camera's cached state", || {
+                self.stores.write_state(camera_id, None)
             })
             .await;
             return;
@@ -535,7 +616,7 @@ impl Sinks {
         if !self.redis_breaker.allow() {
             return;
         }
-        match write_state(camera_id, state, &self.redis, &self.keys).await {
+        match self.stores.write_state(camera_id, state).await {
             Ok(()) => {
                 self.redis_breaker.record_success();
             }
@@ -546,98 +627,11 @@ impl Sinks {
             }
         }
     }
-}
 
-impl Sinks {
-    /// Adds a system event to `{prefix}:system` (stream, capped at 10,000, and channel), retried
-    /// through the Redis breaker: rare, and an operator's record of what changed.
+    /// Adds a system event to `{prefix}:system` (stream and channel), retried through the Redis
+    /// breaker: rare, and an operator's record of what changed.
     async fn publish_system(&self, event: &serde_json::Value) {
-        let key = self.keys.system_stream();
         let json = event.to_string();
-        self.until_done(&self.redis_breaker, "publishing a system event", || async {
-            let mut conn = self.redis.get().await.map_err(|e| (e.to_string(), true))?;
-            let mut pipe = bb8_redis::redis::pipe();
-            pipe.cmd("XADD").arg(&key).arg("MAXLEN").arg("~").arg(10_000).arg("*").arg("data").arg(&json).ignore();
-            pipe.cmd("PUBLISH").arg(&key).arg(&json).ignore();
-            pipe.query_async::<()>(&mut *conn).await.map_err(|e| (e.to_string(), true))
-        })
-        .await;
+        self.until_done(&self.redis_breaker, "publishing a system event", || self.stores.publish_system(&json)).await;
     }
-}
-
-/// Writes a camera's state into its hash, or removes the hash (`None`).
-async fn write_state(
-    camera_id: &str,
-    state: Option<&StateSnapshot>,
-    redis: &RedisPool,
-    keys: &RedisKeys,
-) -> Result<(), String> {
-    let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-    let key = keys.camera_state(camera_id);
-    let command = match state {
-        Some(state) => {
-            let mut hset = bb8_redis::redis::cmd("HSET");
-            hset.arg(key)
-                .arg("state")
-                .arg(state.state.to_string())
-                .arg("updated_at")
-                .arg(chrono::Utc::now().to_rfc3339());
-            hset
-        }
-        None => {
-            let mut del = bb8_redis::redis::cmd("DEL");
-            del.arg(key);
-            del
-        }
-    };
-    command.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string())
-}
-
-/// Adds each event of a batch to the stream and its camera's channel unless its marker
-/// (`{prefix}:seen:{event_id}`) says it was added within the marker's lifetime, atomically: a
-/// batch retried after a lost reply, or an event emitted again by a replay, lands once.
-/// KEYS[1]: the stream. ARGV: stream length cap, marker lifetime (s), marker prefix, then per
-/// event its id, camera id, type, channel and JSON.
-const PUBLISH_ONCE: &str = r#"
-local added = 0
-for i = 4, #ARGV, 5 do
-  if redis.call('SET', ARGV[3] .. ARGV[i], '1', 'NX', 'EX', ARGV[2]) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-      'event_id', ARGV[i], 'camera_id', ARGV[i + 1], 'type', ARGV[i + 2], 'data', ARGV[i + 4])
-    redis.call('PUBLISH', ARGV[i + 3], ARGV[i + 4])
-    added = added + 1
-  end
-end
-return added
-"#;
-
-/// How the events stream is kept: its approximate length cap and how long an event id is
-/// remembered against duplicates.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamOptions {
-    pub max_len: u64,
-    pub dedup_ttl_s: u64,
-}
-
-async fn publish_redis(
-    batch: &[Event],
-    redis: &RedisPool,
-    keys: &RedisKeys,
-    stream: StreamOptions,
-) -> Result<(), String> {
-    let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-    // Hashed once (for EVALSHA), not per batch.
-    static SCRIPT: std::sync::LazyLock<bb8_redis::redis::Script> =
-        std::sync::LazyLock::new(|| bb8_redis::redis::Script::new(PUBLISH_ONCE));
-    let mut call = SCRIPT.key(keys.events_stream());
-    call.arg(stream.max_len).arg(stream.dedup_ttl_s).arg(keys.event_seen_prefix());
-    for event in batch {
-        let json = serde_json::to_string(event).map_err(|e| e.to_string())?;
-        call.arg(&event.event_id)
-            .arg(&*event.camera_id)
-            .arg(event.kind())
-            .arg(keys.camera_channel(&event.camera_id))
-            .arg(json);
-    }
-    call.invoke_async::<u64>(&mut *conn).await.map(|_| ()).map_err(|e| e.to_string())
 }
