@@ -81,7 +81,8 @@ impl Db {
         conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
         let result = async {
             conn.batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                "CREATE TABLE IF NOT EXISTS schema_migrations
+                     (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
             )
             .await?;
             for (version, sql) in MIGRATIONS {
@@ -219,13 +220,16 @@ impl Db {
             .get()
             .await?
             .execute(
-                "INSERT INTO events (event_id, camera_id, type, ts, frame_seq, geometry_version, track_id, class, line_id,
-                                     direction, zone_id, incident_id, payload)
+                "INSERT INTO events (event_id, camera_id, type, ts, frame_seq, geometry_version, track_id, class,
+                                     line_id, direction, zone_id, incident_id, payload)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::int4[],
                                       $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                                       $13::text[]::jsonb[])
                  ON CONFLICT (event_id) DO NOTHING",
-                &[ids, cameras, types, ts, seqs, versions, tracks, classes, lines, directions, zones, incidents, payloads],
+                &[
+                    ids, cameras, types, ts, seqs, versions, tracks, classes, lines, directions, zones, incidents,
+                    payloads,
+                ],
             )
             .await?;
         Ok(n)
@@ -262,8 +266,10 @@ impl Db {
             .get()
             .await?
             .execute(
-                "INSERT INTO analytics_1m (camera_id, interval_start, geometry_version, element_id, stream_epoch_ms, element_kind, measures)
-                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::int8[], $6::text[], $7::jsonb[])
+                "INSERT INTO analytics_1m (camera_id, interval_start, geometry_version, element_id, stream_epoch_ms,
+                                           element_kind, measures)
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::int8[], $6::text[],
+                                      $7::jsonb[])
                  ON CONFLICT (camera_id, interval_start, geometry_version, element_id, stream_epoch_ms)
                  DO UPDATE SET element_kind = EXCLUDED.element_kind, measures = EXCLUDED.measures",
                 &[&cameras, &starts, &versions, &elements, &epochs, &kinds, &measures],
@@ -420,7 +426,8 @@ async fn add_geometry_version(
         .await?
         .get(0);
     tx.execute(
-        "UPDATE cameras SET geometry_version = $2, spec = jsonb_set(spec, '{geometry}', $3), updated_at = now() WHERE id = $1",
+        "UPDATE cameras SET geometry_version = $2, spec = jsonb_set(spec, '{geometry}', $3), updated_at = now()
+         WHERE id = $1",
         &[&id, &version, &json],
     )
     .await?;

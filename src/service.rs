@@ -138,7 +138,8 @@ impl Service {
         let Some((registered_ms, version)) = self.db.insert_camera(&spec).await? else {
             return Err(ServiceError::Duplicate(spec.id));
         };
-        tracing::info!(camera = %spec.id, url = %crate::camera_spec::redact_url(&spec.url), geometry_version = version, "camera registered");
+        let url = crate::camera_spec::redact_url(&spec.url);
+        tracing::info!(camera = %spec.id, %url, geometry_version = version, "camera registered");
         match self.pipeline.start_camera(spec.clone(), CameraMode::Live, registered_ms, version).await {
             Ok(status) => Ok(status),
             Err(e) => {

@@ -160,7 +160,9 @@ async fn forward(
     loop {
         let frame = tokio::select! {
             message = messages.next() => match message {
-                Some(message) => message.get_payload::<String>().ok().and_then(|json| sse_frame(&json, kind.as_deref())),
+                Some(message) => {
+                    message.get_payload::<String>().ok().and_then(|json| sse_frame(&json, kind.as_deref()))
+                }
                 None => return,
             },
             _ = keepalive.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),

@@ -64,6 +64,15 @@ struct Progress {
     /// once committed to the outbox).
     items_accepted: AtomicU64,
     items_done: AtomicU64,
+    /// Wakes `drain` whenever items are handled or events acknowledged (no polling).
+    changed: Notify,
+}
+
+impl Progress {
+    fn handled(&self, items: u64) {
+        self.items_done.fetch_add(items, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
 }
 
 pub struct Publisher {
@@ -159,7 +168,7 @@ impl RowQueues {
                 1
             }
         };
-        progress.items_done.fetch_add(items, Ordering::SeqCst);
+        progress.handled(items);
     }
 }
 
@@ -284,13 +293,17 @@ impl Publisher {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let p = &self.progress;
+            // Registered before the check, so a change between the check and the wait wakes it.
+            let changed = p.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let handled = p.items_done.load(Ordering::SeqCst) >= p.items_accepted.load(Ordering::SeqCst);
             let backlog = self.outbox.backlog();
             if (handled && backlog == 0) || tokio::time::Instant::now() >= deadline {
                 let (accepted, delivered) = self.counts();
                 return (accepted, delivered, backlog);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout_at(deadline, changed).await;
         }
     }
 }
@@ -344,7 +357,7 @@ async fn intake(
         if !entries.is_empty() {
             hand_over.send(commit(&outbox, entries, lives, &metrics).await);
         }
-        progress.items_done.fetch_add(events, Ordering::SeqCst);
+        progress.handled(events);
     }
 }
 
@@ -513,6 +526,7 @@ impl<S: Stores> Delivery<S> {
         let seqs: Arc<Vec<u64>> = Arc::new(batch.iter().map(|committed| committed.seq).collect());
         self.delivered_through = self.delivered_through.max(*seqs.last().unwrap_or(&0));
         until_outbox(&self.outbox, "acknowledgement", move |store| store.ack(&seqs)).await;
+        self.progress.changed.notify_waiters();
     }
 }
 
@@ -533,7 +547,7 @@ async fn write_rows<S: Stores>(sinks: Arc<Sinks<S>>, mut rx: mpsc::Receiver<RowI
                 1
             }
         };
-        progress.items_done.fetch_add(items, Ordering::SeqCst);
+        progress.handled(items);
     }
 }
 
