@@ -383,7 +383,7 @@ impl Pipeline {
 /// The camera supervisor's escalation: a decode thread that keeps crashing fails its camera
 /// (shown in its status, `CameraDown` fires) and stops it; the rest of the service runs on.
 fn fail_camera(cameras: &DashMap<String, RunningCamera>, child: &str, error: &str) {
-    let Some(camera) = child.strip_prefix("decode-").and_then(|id| cameras.get(id)) else { return };
+    let Some(camera) = CameraActor::camera_of(child).and_then(|id| cameras.get(id)) else { return };
     camera.status.set_state(StreamState::Failed, Some(format!("decode thread crash-looping: {error}")));
     camera.actor.do_send(StopCamera);
 }

@@ -11,6 +11,9 @@ use crate::actors::status::StreamState;
 use crate::supervision::{StopHandle, Supervisor};
 use source::Source;
 
+/// The prefix of a decode thread's child name.
+const DECODE_CHILD: &str = "decode-";
+
 pub struct CameraActor {
     source: Source,
     supervisor: Supervisor,
@@ -26,7 +29,12 @@ impl CameraActor {
 
     /// The camera's child in the camera supervisor.
     pub fn child_name(camera_id: &str) -> String {
-        format!("decode-{camera_id}")
+        format!("{DECODE_CHILD}{camera_id}")
+    }
+
+    /// The camera whose decode thread `child` is (the inverse of `child_name`).
+    pub fn camera_of(child: &str) -> Option<&str> {
+        child.strip_prefix(DECODE_CHILD)
     }
 }
 

@@ -106,7 +106,7 @@ impl Source {
             .name(format!("decode-{}", self.config.camera_id))
             .spawn(move || {
                 let position = std::mem::replace(&mut *source.position.lock(), Position::taken());
-                Streamer { source, reporter, seq: position.seq, media: position.media }.run()
+                Streamer { source, reporter, position }.run()
             })
             .map(drop)
             .map_err(|e| format!("cannot start a decode thread: {e}"))
@@ -130,17 +130,14 @@ enum RunEnd {
 struct Streamer {
     source: Source,
     reporter: Reporter,
-    /// Sampled-frame number, continuing across reconnects and loops.
-    seq: u64,
-    /// Files: the frame clock.
-    media: MediaClock,
+    /// Taken from the camera's slot at start, written back when the thread ends.
+    position: Position,
 }
 
 /// However the thread ends, the next one continues from here.
 impl Drop for Streamer {
     fn drop(&mut self) {
-        let media = std::mem::replace(&mut self.media, MediaClock::new(SystemTime::UNIX_EPOCH));
-        *self.source.position.lock() = Position { seq: self.seq, media };
+        *self.source.position.lock() = std::mem::replace(&mut self.position, Position::taken());
     }
 }
 
@@ -190,7 +187,7 @@ impl Streamer {
                 self.sleep(Duration::from_millis(200));
             }
             self.source.status.set_state(StreamState::Connecting, None);
-            let seq_before = self.seq;
+            let seq_before = self.position.seq;
             // A panic in FFmpeg glue or in our code ends this thread; the supervisor starts the
             // next one after its backoff, from where this one stopped.
             let result = match std::panic::catch_unwind(AssertUnwindSafe(|| self.run_once())) {
@@ -204,13 +201,13 @@ impl Streamer {
                     return;
                 }
             };
-            if self.seq > seq_before {
+            if self.position.seq > seq_before {
                 backoff.reset();
                 self.source.status.breaker.record_success();
             }
             match result {
                 Ok(RunEnd::Stopped) => return,
-                Ok(RunEnd::EndOfFile) if self.source.config.looping && self.seq > seq_before => continue,
+                Ok(RunEnd::EndOfFile) if self.source.config.looping && self.position.seq > seq_before => continue,
                 Ok(RunEnd::EndOfFile) if self.source.config.is_file => {
                     // The connector marks the camera ended once the last frame went through.
                     self.source.sink.push(Queued::End, &|| self.stopped());
@@ -255,8 +252,8 @@ impl Streamer {
     /// `faults.decode_panic_at_frame`: panics before the frame of that number is handed on.
     fn injected_fault(&self) {
         let (at, repeats) = (self.source.config.panic_at_frame, self.source.config.panic_repeats);
-        if at > 0 && self.seq >= at && (repeats || !self.source.panicked.swap(true, Ordering::SeqCst)) {
-            panic!("injected fault: decode panic at frame {}", self.seq);
+        if at > 0 && self.position.seq >= at && (repeats || !self.source.panicked.swap(true, Ordering::SeqCst)) {
+            panic!("injected fault: decode panic at frame {}", self.position.seq);
         }
     }
 
@@ -267,7 +264,7 @@ impl Streamer {
 
     fn run_once(&mut self) -> Result<RunEnd, String> {
         let opened = Instant::now();
-        self.media.reopen();
+        self.position.media.reopen();
         let last_activity = Arc::new(AtomicU64::new(0));
         let interrupt = {
             let stop = self.source.stop.clone();
@@ -376,12 +373,15 @@ impl Streamer {
                     self.sleep(due.saturating_duration_since(self.source.clock.now()));
                 }
                 let captured = Instant::now();
-                let captured_at =
-                    if self.source.config.is_file { self.media.at(index, source_fps) } else { SystemTime::now() };
+                let captured_at = if self.source.config.is_file {
+                    self.position.media.at(index, source_fps)
+                } else {
+                    SystemTime::now()
+                };
                 // Only the camera id: the URL (with its credentials) never goes into a trace.
                 let span = if crate::telemetry::sample_frame() {
                     let camera_id = &self.source.config.camera_id;
-                    tracing::info_span!(parent: None, "frame", camera_id = %camera_id, frame_seq = self.seq)
+                    tracing::info_span!(parent: None, "frame", camera_id = %camera_id, frame_seq = self.position.seq)
                 } else {
                     tracing::Span::none()
                 };
@@ -398,14 +398,14 @@ impl Streamer {
                 self.injected_fault();
                 let frame = Frame {
                     camera_id: self.source.config.camera_id.clone(),
-                    seq: self.seq,
+                    seq: self.position.seq,
                     captured_at,
                     captured,
                     pixels,
                     letterbox,
                     span,
                 };
-                self.seq += 1;
+                self.position.seq += 1;
                 match self.source.sink.push(Queued::Frame(frame), &|| self.stopped()) {
                     PushOutcome::Queued | PushOutcome::Full => {}
                     PushOutcome::DroppedOldest | PushOutcome::Rejected => {
@@ -415,7 +415,7 @@ impl Streamer {
                 }
             }
             if at_eof && !got_frame {
-                self.media.ended(frame_index, source_fps);
+                self.position.media.ended(frame_index, source_fps);
                 return Ok(RunEnd::EndOfFile);
             }
         }
