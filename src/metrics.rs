@@ -50,6 +50,12 @@ pub struct PoolLabels {
     pub kind: String,
 }
 
+/// Why a camera moved between nodes: `join`, `node_lost`, `drain`, `rebalance`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MoveLabels {
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BreakerLabels {
     pub breaker: String,
@@ -93,6 +99,11 @@ pub const OUT_OF_MEMORY: &str = "its_device_out_of_memory";
 pub const BATCH_LIMIT: &str = "its_device_batch_limit";
 pub const MODEL_VERSION: &str = "its_model_version";
 pub const MODEL_TRANSITIONS: &str = "its_model_transitions";
+pub const DEVICE_BUSY: &str = "its_device_busy_seconds";
+pub const CLUSTER_NODES: &str = "its_cluster_nodes";
+pub const NODE_CAMERAS: &str = "its_node_cameras";
+pub const NODE_CAPACITY: &str = "its_node_capacity_fps";
+pub const CAMERA_MOVES: &str = "its_camera_moves";
 /// Names the product brief uses.
 pub const DEVICE_MEMORY: &str = "gpu_memory_utilization_percent";
 pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
@@ -156,6 +167,17 @@ pub struct Metrics {
     /// The version of the model serving.
     pub model_version: Family<ModelLabels, Gauge>,
     pub model_transitions: Family<ModelTransitionLabels, Counter>,
+    /// Seconds each device spent in model calls: its rate is the device's busy share (0..1), what
+    /// the HorizontalPodAutoscaler scales on.
+    pub device_busy: Family<DeviceLabels, Counter<f64, AtomicU64>>,
+    /// Live nodes of the cluster as this node sees them.
+    pub cluster_nodes: Gauge,
+    /// Cameras this node analyses (holds the lease of).
+    pub node_cameras: Gauge,
+    /// Frames/s this node advertises it can analyse (its rendezvous weight).
+    pub node_capacity: Gauge<f64, AtomicU64>,
+    /// Cameras this node started or stopped because ownership moved, per reason.
+    pub camera_moves: Family<MoveLabels, Counter>,
     pub stages: Stages,
 }
 
@@ -190,6 +212,11 @@ impl Metrics {
             batch_limit: Family::default(),
             model_version: Family::default(),
             model_transitions: Family::default(),
+            device_busy: Family::default(),
+            cluster_nodes: Gauge::default(),
+            node_cameras: Gauge::default(),
+            node_capacity: Gauge::default(),
+            camera_moves: Family::default(),
             stages: Stages::default(),
         };
         let r = &mut m.registry;
@@ -268,6 +295,20 @@ impl Metrics {
             MODEL_TRANSITIONS,
             "Model registry transitions: activated, rejected, rolled_back",
             m.model_transitions.clone(),
+        );
+        r.register(
+            DEVICE_BUSY,
+            "Seconds the device spent in model calls; its rate is the busy share (0..1)",
+            m.device_busy.clone(),
+        );
+        r.register(CLUSTER_NODES, "Live nodes of the cluster, as this node sees them", m.cluster_nodes.clone());
+        r.register(NODE_CAMERAS, "Cameras this node analyses (holds the lease of)", m.node_cameras.clone());
+        r.register(NODE_CAPACITY, "Frames/s this node advertises (its rendezvous weight)", m.node_capacity.clone());
+        r.register(
+            CAMERA_MOVES,
+            "Cameras this node started or stopped because ownership moved, per reason (join, node_lost, drain, \
+             rebalance)",
+            m.camera_moves.clone(),
         );
         r.register(
             DEVICE_MEMORY,

@@ -362,7 +362,9 @@ impl DeviceState {
             let outcome = self.call_model(&frames[..take]);
             drop(spans);
             self.metrics.stages.inference.record(started.elapsed());
-            self.metrics.inference_latency.get_or_create(&self.labels).observe(started.elapsed().as_secs_f64());
+            let busy = started.elapsed().as_secs_f64();
+            self.metrics.inference_latency.get_or_create(&self.labels).observe(busy);
+            self.metrics.device_busy.get_or_create(&self.labels).inc_by(busy);
             match outcome {
                 Outcome::Detections(per_frame) => {
                     self.metrics.batch_size.get_or_create(&self.labels).observe(take as f64);
