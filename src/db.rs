@@ -15,7 +15,14 @@ use crate::events::EventRecord;
 
 pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("db/0001_init.sql")), (2, include_str!("db/0002_analytics.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("db/0001_init.sql")),
+    (2, include_str!("db/0002_analytics.sql")),
+    (3, include_str!("db/0003_cluster.sql")),
+];
+/// The channel every change to the set of cameras is announced on (`NOTIFY`), so owners act at
+/// once; a lost notification heals at the next heartbeat, which compares `cluster_revision`.
+pub const CHANGES_CHANNEL: &str = "its_cluster_changes";
 /// Serialises migrations across processes starting together.
 const MIGRATION_LOCK: i64 = 0x17_5a_11_7c;
 
@@ -102,6 +109,11 @@ impl Db {
         result
     }
 
+    /// The pool, for the cluster's membership and lease statements.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn pool_view(&self) -> crate::pools::PoolView {
         crate::pools::PoolView::new("postgres", self.pool.config().max_size, self.pool.state())
     }
@@ -163,7 +175,29 @@ impl Db {
     }
 
     pub async fn delete_camera(&self, id: &str) -> Result<bool, DbError> {
-        Ok(self.pool.get().await?.execute("DELETE FROM cameras WHERE id = $1", &[&id]).await? == 1)
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let deleted = tx.execute("DELETE FROM cameras WHERE id = $1", &[&id]).await? == 1;
+        if deleted {
+            announce_change(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Bumps the revision of the set of cameras and notifies the nodes (at commit).
+    pub async fn announce_change(&self) -> Result<(), DbError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        announce_change(&tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The revision of the set of cameras: it moves with every registration, removal and
+    /// geometry change.
+    pub async fn cameras_revision(&self) -> Result<i64, DbError> {
+        Ok(self.pool.get().await?.query_one("SELECT cameras FROM cluster_revision", &[]).await?.get(0))
     }
 
     /// The stored cameras with when each was registered (ms since the Unix epoch) and their
@@ -191,6 +225,29 @@ impl Db {
                     .map_err(|e| DbError::Corrupt { id, message: e.to_string() })
             })
             .collect())
+    }
+
+    /// One stored camera, if registered.
+    pub async fn camera(&self, id: &str) -> Result<Option<StoredCamera>, DbError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "SELECT spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version FROM cameras WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        row.map(|row| {
+            serde_json::from_value(row.get(0))
+                .map(|spec| StoredCamera {
+                    spec,
+                    registered_ms: row.get::<_, i64>(1) as u64,
+                    geometry_version: row.get::<_, i32>(2) as u32,
+                })
+                .map_err(|e| DbError::Corrupt { id: id.to_string(), message: e.to_string() })
+        })
+        .transpose()
     }
 
     /// Inserts events from their JSON (the `payload` column is that JSON, the other columns come
@@ -431,7 +488,14 @@ async fn add_geometry_version(
         &[&id, &version, &json],
     )
     .await?;
+    announce_change(tx).await?;
     Ok(version as u32)
+}
+
+async fn announce_change(tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {
+    tx.execute("UPDATE cluster_revision SET cameras = cameras + 1", &[]).await?;
+    tx.execute("SELECT pg_notify($1, 'cameras')", &[&CHANGES_CHANNEL]).await?;
+    Ok(())
 }
 
 async fn create_database(config: &tokio_postgres::Config) -> Result<(), DbError> {

@@ -8,6 +8,7 @@ pub mod actors;
 pub mod analytics;
 pub mod analyze;
 pub mod camera_spec;
+pub mod cluster;
 pub mod db;
 pub mod detector;
 pub mod device_memory;

@@ -50,6 +50,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hand this node's cameras to the other nodes and wait until they hold them (the
+    /// Kubernetes `preStop` hook): marks `node.id` as draining in PostgreSQL; the running node
+    /// stops its cameras and gives their leases up. Exits 0 when no lease is left to this node.
+    Drain,
     /// Make a bearer token for the control API. Prints the token (shown once: only its SHA-256 is
     /// kept) and, unless --append names the tokens file to add it to, its `[[tokens]]` entry.
     Token {
@@ -106,7 +110,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A node id in use by a live node is a configuration mistake, like a bad setting.
+            let id_taken = e
+                .chain()
+                .any(|cause| matches!(cause.downcast_ref(), Some(its_analytics::cluster::ClusterError::IdTaken(_))));
+            std::process::ExitCode::from(if id_taken { 2 } else { 1 })
         }
     }
 }
@@ -131,6 +139,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
         }
         Command::Token { name, role, append } => make_token(&name, role, append.as_deref())?,
+        Command::Drain => its_analytics::cluster::drain_node(&settings).await?,
         Command::Analyze { video, geometry, lines, fps, json } => {
             let mut geometry = match geometry {
                 Some(path) => analyze::read_geometry(&path)?,

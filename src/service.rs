@@ -6,13 +6,14 @@ use std::sync::Arc;
 use crate::actors::status::CameraStatus;
 use crate::analytics::geometry::Geometry;
 use crate::camera_spec::{CameraSpec, SourcePolicy};
+use crate::cluster::{Cluster, ClusterError};
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::redis_keys::RedisKeys;
 use crate::settings::Settings;
 use crate::sinks::publisher::Publisher;
 use crate::sinks::stores::{RedisPool, RedisPostgres, StreamOptions};
-use crate::topology::{CameraMode, Pipeline, TopologyError};
+use crate::topology::{Pipeline, TopologyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -29,11 +30,24 @@ pub enum ServiceError {
     Topology(#[from] TopologyError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// Where a registered camera runs, as seen from the node asked.
+pub enum CameraRuntime {
+    /// On this node.
+    Local(Arc<CameraStatus>),
+    /// On another node (`None` while it moves or before its owner has started it).
+    Remote { owner: Option<String> },
 }
 
 pub struct Service {
     pub settings: Settings,
-    pub pipeline: Pipeline,
+    pub pipeline: Arc<Pipeline>,
+    pub cluster: Arc<Cluster>,
+    /// Forwards a camera's status request to the node that analyses it.
+    pub peers: reqwest::Client,
     pub db: Db,
     pub redis: RedisPool,
     pub metrics: Arc<Metrics>,
@@ -50,7 +64,8 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Service {
     /// Connects to PostgreSQL (migrating) and Redis, loads the model, starts the pipeline and
-    /// every camera stored in PostgreSQL. Must run inside an actix system.
+    /// joins the cluster, which starts this node's share of the stored cameras. Must run inside
+    /// an actix system.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
         let sources = settings.cameras.source_policy().map_err(anyhow::Error::msg)?;
         let metrics = Arc::new(Metrics::new());
@@ -97,71 +112,62 @@ impl Service {
                 escalation.notify_one();
             })
         };
-        let pipeline = Pipeline::start(settings.clone(), metrics.clone(), publisher.clone(), escalate)?;
-        let keys = RedisKeys::new(&settings.redis.key_prefix);
-        let service = Arc::new(Self { settings, pipeline, db, redis, metrics, keys, sources, publisher, escalation });
-        // A stored camera that no longer reads or validates (a file that went away) is reported,
-        // not fatal: the others still start.
-        for stored in service.db.cameras().await? {
-            let camera = match stored {
-                Ok(camera) => camera,
-                Err(error) => {
-                    tracing::error!(%error, "stored camera not started");
-                    continue;
-                }
-            };
-            let id = camera.spec.id.clone();
-            let errors = camera.spec.validate(&service.sources);
-            if !errors.is_empty() {
-                tracing::error!(camera = %id, errors = ?errors, "stored camera not started");
-                // Down, for the CameraDown alert: it is registered and analyses nothing.
-                service.metrics.camera_up.get_or_create(&service.metrics.camera(&id)).set(0);
-                continue;
-            }
-            service
-                .pipeline
-                .start_camera(camera.spec, CameraMode::Live, camera.registered_ms, camera.geometry_version)
+        let pipeline = Arc::new(Pipeline::start(settings.clone(), metrics.clone(), publisher.clone(), escalate)?);
+        let cluster =
+            Cluster::join(&settings, db.clone(), pipeline.clone(), sources.clone(), metrics.clone(), publisher.clone())
                 .await?;
-            tracing::info!(camera = %id, "camera restored");
-        }
-        Ok(service)
+        let keys = RedisKeys::new(&settings.redis.key_prefix);
+        let peers = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(settings.http.request_timeout_ms / 2))
+            .build()?;
+        Ok(Arc::new(Self {
+            settings,
+            pipeline,
+            cluster,
+            peers,
+            db,
+            redis,
+            metrics,
+            keys,
+            sources,
+            publisher,
+            escalation,
+        }))
     }
 
-    pub async fn register_camera(&self, spec: CameraSpec) -> Result<Arc<CameraStatus>, ServiceError> {
+    /// Where a camera runs now: here, or which node holds its lease.
+    pub async fn runtime(&self, id: &str) -> Result<CameraRuntime, ServiceError> {
+        if let Some((_, status)) = self.pipeline.camera(id) {
+            return Ok(CameraRuntime::Local(status));
+        }
+        Ok(CameraRuntime::Remote { owner: self.cluster.owner_of(id).await? })
+    }
+
+    /// Stores a camera; its owner (this node or another, told through PostgreSQL) starts it.
+    pub async fn register_camera(&self, spec: CameraSpec) -> Result<CameraRuntime, ServiceError> {
         let errors = spec.validate(&self.sources);
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
-        if self.pipeline.camera(&spec.id).is_some() {
-            return Err(ServiceError::Duplicate(spec.id));
-        }
-        let Some((registered_ms, version)) = self.db.insert_camera(&spec).await? else {
+        let Some((_, version)) = self.db.insert_camera(&spec).await? else {
             return Err(ServiceError::Duplicate(spec.id));
         };
         let url = crate::camera_spec::redact_url(&spec.url);
         tracing::info!(camera = %spec.id, %url, geometry_version = version, "camera registered");
-        match self.pipeline.start_camera(spec.clone(), CameraMode::Live, registered_ms, version).await {
-            Ok(status) => Ok(status),
-            Err(e) => {
-                // Keep PostgreSQL and the running set in agreement.
-                let _ = self.db.delete_camera(&spec.id).await;
-                Err(e.into())
-            }
-        }
+        // This node may be the owner: start it before answering.
+        self.cluster.reconcile().await?;
+        self.runtime(&spec.id).await
     }
 
-    /// Validates and stores a new geometry version and hands it to the running camera.
+    /// Validates and stores a new geometry version; the camera's owner applies it.
     pub async fn set_geometry(&self, id: &str, geometry: Geometry) -> Result<u32, ServiceError> {
         let errors = geometry.validate();
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
-        if self.pipeline.camera(id).is_none() {
-            return Err(ServiceError::NotFound(id.to_string()));
-        }
         let version =
             self.db.set_geometry(id, &geometry).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-        self.pipeline.set_geometry(id, geometry, version).await?;
+        self.cluster.reconcile().await?;
         tracing::info!(camera = %id, geometry_version = version, "geometry replaced");
         Ok(version)
     }
@@ -183,25 +189,23 @@ impl Service {
         Ok(Some(state))
     }
 
+    /// Removes a camera; its owner stops it (at once when that is this node).
     pub async fn remove_camera(&self, id: &str) -> Result<(), ServiceError> {
-        let stopped = self.pipeline.stop_camera(id).await;
-        let deleted = self.db.delete_camera(id).await?;
-        // Queued behind the camera's final state, so nothing re-creates the entry.
-        self.publisher.forget_state(id);
-        if stopped || deleted {
-            // A camera that never started (invalid when restored) has series too.
-            self.metrics.remove_camera(id);
-            tracing::info!(camera = %id, "camera removed");
-            Ok(())
-        } else {
-            Err(ServiceError::NotFound(id.to_string()))
+        if !self.db.delete_camera(id).await? {
+            return Err(ServiceError::NotFound(id.to_string()));
         }
+        self.cluster.reconcile().await?;
+        // A camera that never started (invalid when restored) has series too.
+        self.metrics.remove_camera(id);
+        tracing::info!(camera = %id, "camera removed");
+        Ok(())
     }
 
-    /// Orderly stop: cameras and inference threads first (no new frames, no model call left
-    /// running), then the events already emitted are delivered before the process exits.
-    /// Cameras stay registered and resume at the next start.
+    /// Orderly stop: the cameras are handed to other nodes (or, alone, stopped), then the
+    /// inference threads end (no model call left running), then the events already emitted are
+    /// delivered before the process leaves the cluster and exits. Cameras stay registered.
     pub async fn shutdown(&self) {
+        self.cluster.drain().await;
         self.pipeline.shutdown().await;
         let (accepted, delivered, left) = self.publisher.drain(DRAIN_TIMEOUT).await;
         if left > 0 {
@@ -214,16 +218,21 @@ impl Service {
         } else {
             tracing::info!(accepted, delivered, "shutdown: every event delivered");
         }
+        self.cluster.leave().await;
     }
 
-    /// Resolves when a supervised child crash-looped (the supervisor escalated).
+    /// Resolves when a supervised child crash-looped (the supervisor escalated) or another
+    /// process claimed this node's id.
     pub async fn escalated(&self) {
-        self.escalation.notified().await;
+        tokio::select! {
+            _ = self.escalation.notified() => {}
+            _ = self.cluster.superseded() => {}
+        }
     }
 
-    /// Why the supervisor escalated, if it did.
+    /// Why the process stops on its own, if it does.
     pub fn escalation(&self) -> Option<String> {
-        self.pipeline.escalated()
+        self.pipeline.escalated().or_else(|| self.cluster.superseded_reason())
     }
 
     /// What `/api/v1/system` says about event delivery.

@@ -49,9 +49,81 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     /// The publisher's in-memory queues and batches around the outbox.
     pub publisher: PublisherSettings,
+    /// This node's identity and capacity in the cluster.
+    pub node: NodeSettings,
+    /// Membership, leases and hand-over timing.
+    pub cluster: ClusterSettings,
     /// Faults injected on purpose, for the fault tests; all off by default.
     #[serde(default)]
     pub faults: FaultSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Stable id; empty: the host name up to its first dot (`NodeSettings::resolved_id`).
+    pub id: String,
+    /// Frames/s the node can analyse: its rendezvous weight and budget.
+    pub capacity_fps: f64,
+    /// The URL other nodes reach this node's API at; empty: `http://` + `http.bind`.
+    pub advertise_url: String,
+}
+
+impl NodeSettings {
+    /// The configured id, or the host name up to its first dot.
+    pub fn resolved_id(&self) -> String {
+        if !self.id.is_empty() {
+            return self.id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        host.trim().split('.').next().unwrap_or_default().to_string()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub heartbeat_ms: u64,
+    pub ttl_ms: u64,
+    pub settle_ms: u64,
+    pub drain_timeout_ms: u64,
+}
+
+impl ClusterSettings {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    /// How long after its last successful renewal a node stops its cameras: two heartbeats
+    /// before its leases can expire.
+    pub fn stop_after(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.saturating_sub(2 * self.heartbeat_ms))
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            errors.push("cluster.heartbeat_ms must be in 100..=60000".into());
+        }
+        if self.ttl_ms < 3 * self.heartbeat_ms || self.ttl_ms > 600_000 {
+            errors.push(format!(
+                "cluster.ttl_ms ({}) must be at least 3 heartbeats (3 x cluster.heartbeat_ms = {}) and at most 600000",
+                self.ttl_ms,
+                3 * self.heartbeat_ms
+            ));
+        }
+        if self.settle_ms > 600_000 {
+            errors.push("cluster.settle_ms must be at most 600000".into());
+        }
+        if !(1_000..=600_000).contains(&self.drain_timeout_ms) {
+            errors.push("cluster.drain_timeout_ms must be in 1000..=600000".into());
+        }
+        errors
+    }
 }
 
 /// How supervisors restart their children (`supervision::RestartPolicy`).
@@ -447,6 +519,17 @@ impl Settings {
         if !(100..=3_600_000).contains(&self.breakers.open_for_ms) {
             errors.push("breakers.open_for_ms must be in 100..=3600000".into());
         }
+        let node_id = self.node.resolved_id();
+        if !crate::ids::is_valid_id(&node_id) {
+            errors.push(format!("node.id {node_id:?} (or the host name) must be 1-64 characters of A-Z a-z 0-9 _ -"));
+        }
+        if !(self.node.capacity_fps > 0.0 && self.node.capacity_fps <= 1_000_000.0) {
+            errors.push("node.capacity_fps must be in (0, 1000000]: a node that can analyse nothing is no node".into());
+        }
+        if !self.node.advertise_url.is_empty() {
+            check_url(&mut errors, "node.advertise_url", &self.node.advertise_url, &["http", "https"]);
+        }
+        errors.extend(self.cluster.validate());
         if errors.is_empty() {
             Ok(())
         } else {
@@ -495,6 +578,20 @@ mod tests {
         assert!(errors.iter().any(|e| e.contains("http.bind")));
         assert!(errors.iter().any(|e| e.contains("batching.max_batch")));
         assert!(errors.iter().any(|e| e.contains("redis.url")));
+    }
+
+    #[test]
+    fn cluster_mistakes_are_reported_together() {
+        let mut settings = Settings::load(None).unwrap();
+        settings.node.id = "node.one".into();
+        settings.node.capacity_fps = 0.0;
+        settings.cluster.heartbeat_ms = 2_000;
+        settings.cluster.ttl_ms = 1_000;
+        let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for key in ["node.id", "node.capacity_fps", "cluster.ttl_ms"] {
+            assert!(errors.iter().any(|e| e.contains(key)), "{key}: {errors:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The crate's modules depend on each other one way only:
-//! `http -> service -> topology -> actors -> sinks -> db -> settings -> analytics -> detector ->
+//! `http -> service -> cluster -> topology -> actors -> sinks -> db -> settings -> analytics -> detector ->
 //! events -> ids`, with the foundation (supervision, telemetry, metrics, ...) below what uses it.
 //!
 //! Read from the source text: every `crate::a::b` and `super::x` path outside `#[cfg(test)]`
@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["sinks"],
     &["actors"],
     &["topology"],
+    &["cluster"],
     &["service", "analyze"],
     &["evaluate"],
     &["http"],

@@ -81,7 +81,7 @@ pub fn required_role(method: &Method, path: &str, open: OpenEndpoints) -> Access
             }
         }
         ["api", "v1", "openapi.json"] if read => Access::Open,
-        ["api", "v1", "system" | "models", ..] => at_least(Role::Admin),
+        ["api", "v1", "system" | "models" | "cluster", ..] => at_least(Role::Admin),
         ["api", "v1", "cameras"] if method == Method::POST => at_least(Role::Operator),
         ["api", "v1", "cameras", _id] if method == Method::DELETE => at_least(Role::Operator),
         ["api", "v1", "cameras", _id, "geometry"] if method == Method::PUT => at_least(Role::Operator),

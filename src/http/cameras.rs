@@ -1,16 +1,22 @@
 //! `/api/v1/cameras`: register, list, inspect, remove cameras; live counts and state; geometry.
+//!
+//! Any node answers: a camera analysed by another node is answered by that node (the request is
+//! forwarded once, with its credentials, to the owner's advertised URL), or, when the owner does
+//! not answer, from PostgreSQL with its owner and without its live status.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use crate::actors::status::CameraStatus;
 use crate::actors::status::StatusView;
 use crate::analytics::geometry::Geometry;
 use crate::analytics::lines::LineCount;
 use crate::camera_spec::CameraSpec;
 use crate::ids::is_valid_id;
-use crate::service::Service;
+use crate::service::{CameraRuntime, Service};
+
+/// Set on a request one node forwards to another, which answers it itself (no second hop).
+pub const FORWARDED_BY: &str = "x-its-forwarded-by";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/cameras", web::post().to(register))
@@ -23,17 +29,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/cameras/{id}/state", web::get().to(state));
 }
 
-/// A camera as the API shows it: its registration without the URL's password, and its status.
+/// A camera as the API shows it: its registration without the URL's password, the node that
+/// analyses it, and its status when that node answers.
 #[derive(Serialize)]
 struct CameraView {
     #[serde(flatten)]
     spec: CameraSpec,
-    status: StatusView,
+    /// The node holding the camera's lease; null while it moves between nodes.
+    owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusView>,
 }
 
 impl CameraView {
-    fn new(spec: &CameraSpec, status: &CameraStatus) -> Self {
-        Self { spec: spec.redacted(), status: status.view() }
+    fn new(service: &Service, spec: &CameraSpec, runtime: &CameraRuntime) -> Self {
+        let (owner, status) = match runtime {
+            CameraRuntime::Local(status) => (Some(service.cluster.node_id().to_string()), Some(status.view())),
+            CameraRuntime::Remote { owner } => (owner.clone(), None),
+        };
+        Self { spec: spec.redacted(), owner, status }
     }
 }
 
@@ -46,20 +60,36 @@ struct CountsView {
 
 async fn register(service: web::Data<Service>, body: web::Json<CameraSpec>) -> Result<HttpResponse, ApiError> {
     let spec = body.into_inner();
-    let status = service.register_camera(spec.clone()).await?;
+    let runtime = service.register_camera(spec.clone()).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/cameras/{}", spec.id)))
-        .json(CameraView::new(&spec, &status)))
+        .json(CameraView::new(&service, &spec, &runtime)))
 }
 
-async fn list(service: web::Data<Service>) -> HttpResponse {
-    let cameras: Vec<CameraView> = service.pipeline.cameras().iter().map(|(s, st)| CameraView::new(s, st)).collect();
-    HttpResponse::Ok().json(serde_json::json!({ "cameras": cameras }))
+/// Every registered camera with its owner; the status of those analysed here.
+async fn list(service: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    let owners = service.cluster.owners().await.map_err(crate::service::ServiceError::from)?;
+    let mut cameras = Vec::new();
+    for stored in service.db.cameras().await.map_err(crate::service::ServiceError::from)? {
+        let Ok(stored) = stored else { continue };
+        let runtime = match service.pipeline.camera(&stored.spec.id) {
+            Some((_, status)) => CameraRuntime::Local(status),
+            None => CameraRuntime::Remote { owner: owners.get(&stored.spec.id).cloned() },
+        };
+        cameras.push(CameraView::new(&service, &stored.spec, &runtime));
+    }
+    cameras.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "cameras": cameras })))
 }
 
-async fn get(service: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let (spec, status) = find(&service, &id)?;
-    Ok(HttpResponse::Ok().json(CameraView::new(&spec, &status)))
+async fn get(service: web::Data<Service>, id: web::Path<String>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let (spec, runtime) = find(&service, &id).await?;
+    if let CameraRuntime::Remote { owner: Some(owner) } = &runtime {
+        if let Some(answer) = forward(&service, &req, owner).await {
+            return Ok(answer);
+        }
+    }
+    Ok(HttpResponse::Ok().json(CameraView::new(&service, &spec, &runtime)))
 }
 
 async fn remove(service: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -68,14 +98,61 @@ async fn remove(service: web::Data<Service>, id: web::Path<String>) -> Result<Ht
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn counts(service: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let (spec, status) = find(&service, &id)?;
-    Ok(HttpResponse::Ok().json(CountsView { camera_id: spec.id, status: status.view(), lines: status.counts() }))
+async fn counts(
+    service: web::Data<Service>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (spec, runtime) = find(&service, &id).await?;
+    match runtime {
+        CameraRuntime::Local(status) => Ok(HttpResponse::Ok().json(CountsView {
+            camera_id: spec.id,
+            status: status.view(),
+            lines: status.counts(),
+        })),
+        CameraRuntime::Remote { owner: Some(owner) } => match forward(&service, &req, &owner).await {
+            Some(answer) => Ok(answer),
+            None => Err(ApiError::Unavailable(format!("camera {id} runs on node {owner}, which did not answer"))),
+        },
+        CameraRuntime::Remote { owner: None } => {
+            Err(ApiError::Unavailable(format!("camera {id} is moving between nodes; ask again in a few seconds")))
+        }
+    }
 }
 
-fn find(service: &Service, id: &str) -> Result<(CameraSpec, std::sync::Arc<CameraStatus>), ApiError> {
+/// The registered camera and where it runs; 404 when it is not registered.
+async fn find(service: &Service, id: &str) -> Result<(CameraSpec, CameraRuntime), ApiError> {
     check_id(id)?;
-    service.pipeline.camera(id).ok_or_else(|| ApiError::NotFound(format!("camera {id} not found")))
+    if let Some((spec, status)) = service.pipeline.camera(id) {
+        return Ok((spec, CameraRuntime::Local(status)));
+    }
+    let stored = service.db.camera(id).await.map_err(crate::service::ServiceError::from)?;
+    let stored = stored.ok_or_else(|| ApiError::NotFound(format!("camera {id} not found")))?;
+    Ok((stored.spec, service.runtime(id).await?))
+}
+
+/// The owner's answer to the same request, once: `None` when this request was forwarded
+/// already, the owner is this node, or it did not answer.
+async fn forward(service: &Service, req: &HttpRequest, owner: &str) -> Option<HttpResponse> {
+    if req.headers().contains_key(FORWARDED_BY) || owner == service.cluster.node_id() {
+        return None;
+    }
+    let base = service.cluster.url_of(owner).await.ok().flatten()?;
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or_else(|| req.path());
+    let mut request = service.peers.get(format!("{base}{path}")).header(FORWARDED_BY, service.cluster.node_id());
+    if let Some(auth) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        request = request.header(reqwest::header::AUTHORIZATION, auth.as_bytes());
+    }
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!(node = owner, error = %error.without_url(), "camera owner did not answer");
+            return None;
+        }
+    };
+    let status = actix_web::http::StatusCode::from_u16(answer.status().as_u16()).ok()?;
+    let body = answer.bytes().await.ok()?;
+    Some(HttpResponse::build(status).content_type("application/json").body(body))
 }
 
 /// A path id that is no valid camera id names no camera: 404 before it reaches PostgreSQL, which
@@ -124,8 +201,8 @@ async fn get_geometry(
     let version = match query.version {
         Some(v) => v,
         None => {
-            let (_, status) = find(&service, &id)?;
-            status.geometry_version.load(std::sync::atomic::Ordering::SeqCst)
+            let stored = service.db.camera(&id).await.map_err(crate::service::ServiceError::from)?;
+            stored.ok_or_else(|| ApiError::NotFound(format!("camera {id} not found")))?.geometry_version
         }
     };
     let (geometry, created_at) =
@@ -145,7 +222,7 @@ async fn get_geometry(
 
 /// The camera's latest state as cached in Redis by its connector.
 async fn state(service: web::Data<Service>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    find(&service, &id)?;
+    find(&service, &id).await?;
     match service.live_state(&id).await? {
         Some(state) => Ok(HttpResponse::Ok().json(state)),
         None => Err(ApiError::NotFound(format!("camera {id} has no state yet (no frame analysed)"))),

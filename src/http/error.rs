@@ -42,6 +42,12 @@ impl From<ServiceError> for ApiError {
                 })
             }
             ServiceError::Topology(_) => ApiError::Internal(e.to_string()),
+            ServiceError::Cluster(crate::cluster::ClusterError::Db(db)) => ServiceError::Db(db).into(),
+            ServiceError::Cluster(crate::cluster::ClusterError::Timeout(_)) => {
+                tracing::warn!(error = %e, "coordination store unavailable");
+                ApiError::Unavailable("coordination store unavailable".into())
+            }
+            ServiceError::Cluster(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

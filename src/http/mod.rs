@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod auth;
 pub mod caller;
 pub mod cameras;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -47,6 +48,7 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
                     .configure(analytics::routes)
                     .configure(events::routes)
                     .configure(system::routes)
+                    .configure(cluster::routes)
                     .configure(models::routes),
             )
             .default_service(web::to(|| async {

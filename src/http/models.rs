@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::service::Service;
+use crate::service::{Service, ServiceError};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/models", web::get().to(list)).route("/models/{name}/reload", web::post().to(reload));
@@ -36,6 +36,8 @@ async fn reload(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid reload request: {e}")))?
     };
     let version = service.pipeline.models().reload(&name, request.file.as_deref()).await?;
+    // Validated and serving here: every other node reloads the same file within a heartbeat.
+    service.cluster.request_model_reload(&name, request.file.as_deref()).await.map_err(ServiceError::from)?;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view().await })))
 }
