@@ -1,7 +1,9 @@
 //! Deployment artefacts, checked with the tools that consume them and against the service itself:
 //!
 //! - `docker-compose.yml` renders (`docker-compose config`) and configures the service only through
-//!   settings it loads; the demo tokens are the SHA-256 of the documented demo tokens;
+//!   settings it loads; three nodes (and an opt-in GPU one) share the database and Redis, each with
+//!   its own id, address, outbox volume and host port; the demo tokens are the SHA-256 of the
+//!   documented demo tokens;
 //! - `deploy/prometheus`: `promtool check rules`, `promtool test rules` (every alert fires and stays
 //!   quiet on synthetic series), `promtool check config`; every alert has a severity, a summary, a
 //!   description and a runbook link to its section of docs/OPERATIONS.md;
@@ -47,6 +49,9 @@ const ALERTS: [&str; 11] = [
     "SupervisedChildRestarting",
     "ModelRolledBack",
 ];
+
+/// The service's nodes in docker-compose.yml (the GPU node, its-analytics-gpu, is opt-in).
+const NODES: [&str; 3] = ["its-analytics-1", "its-analytics-2", "its-analytics-3"];
 
 /// Kinds kubernetes-validate has no schema for, which it reports as a warning (exit status 0).
 /// Anything else without a schema (a typo in an apiVersion, say) would pass silently too, so the
@@ -179,8 +184,7 @@ fn compose_file_is_valid_and_uses_known_settings() {
     let rendered: Yaml =
         serde_norway::from_str(&String::from_utf8_lossy(&out.stdout)).expect("docker-compose config prints YAML");
 
-    for service in [
-        "its-analytics",
+    for service in NODES.iter().chain(&[
         "its-analytics-gpu",
         "redis",
         "postgres",
@@ -190,34 +194,76 @@ fn compose_file_is_valid_and_uses_known_settings() {
         "rtsp-camera",
         "camera-feed",
         "register-demo",
-    ] {
+    ]) {
         assert!(!rendered["services"][service].is_null(), "docker-compose.yml lacks the service {service}");
     }
 
-    // Every ITS__ variable of the two service variants must load as a valid setting.
+    // Every ITS__ variable of the nodes must load as a valid setting; each node has an id, an
+    // address, an outbox and a host port of its own, and they share the database and Redis.
     let mut loaded = HashMap::new();
-    for service in ["its-analytics", "its-analytics-gpu"] {
+    let mut outboxes = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for service in NODES.iter().copied().chain(["its-analytics-gpu"]) {
         let vars = compose_its_variables(&rendered, service);
         assert!(vars.len() >= 4, "expected ITS__ settings on {service}: {vars:?}");
-        let settings = Settings::load_with_env(None, Some(vars.clone()))
+        let settings = Settings::load_with_env(None, Some(loadable_variables(vars.clone())))
             .unwrap_or_else(|e| panic!("the compose file's settings of {service} do not load: {e}"));
         assert_eq!(settings.redis.url, "redis://redis:6379", "{service}");
+        assert_eq!(settings.redis.key_prefix, "its", "{service}: one cluster, one key prefix");
+        assert_eq!(vars["ITS__POSTGRES__URL"], "postgres://postgres@postgres:5432/its", "{service}: one database");
         assert_eq!(settings.http.bind, "0.0.0.0:8080", "{service}");
+        assert_eq!(vars.get("ITS__NODE__ID").map(String::as_str), Some(service), "{service}: ITS__NODE__ID");
+        assert_eq!(
+            vars.get("ITS__NODE__ADVERTISE_URL").cloned(),
+            Some(format!("http://{service}:8080")),
+            "{service}: ITS__NODE__ADVERTISE_URL (its name on the compose network, the port it binds)"
+        );
         // The tokens file the service is told about is the one mounted into it.
         let tokens = &vars["ITS__AUTH__TOKENS_FILE"];
         let targets = compose_mount_targets(&rendered, service);
         assert!(targets.contains(tokens), "{service}: ITS__AUTH__TOKENS_FILE={tokens} is not mounted ({targets:?})");
+        // The outbox's folder is a volume of its own (one process per outbox file).
+        let outbox = Path::new(&vars["ITS__OUTBOX__PATH"]);
+        let volume = rendered["services"][service]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Yaml::as_str)
+            .find(|v| v.split(':').nth(1).is_some_and(|target| outbox.starts_with(target)))
+            .unwrap_or_else(|| panic!("{service}: the outbox {outbox:?} is on no volume"));
+        let source = volume.split(':').next().unwrap().to_string();
+        assert!(!rendered["volumes"][source.as_str()].is_null(), "{service}: the outbox is not on a named volume");
+        assert!(outboxes.insert(source.clone()), "{service}: outbox volume {source} is another node's too");
+        for port in rendered["services"][service]["ports"].as_sequence().expect("ports") {
+            assert_eq!(port["target"].as_i64(), Some(8080), "{service}: {port:?}");
+            let published = scalar(&port["published"]).expect("a published port");
+            assert!(host_ports.insert(published.clone()), "{service}: host port {published} is taken");
+        }
         loaded.insert(service, vars);
     }
-    assert_eq!(loaded["its-analytics"]["ITS__TRACING__OTLP_ENDPOINT"], "http://jaeger:4318");
+    let node_ports: Vec<String> =
+        NODES.iter().map(|n| scalar(&rendered["services"][n]["ports"][0]["published"]).unwrap()).collect();
+    assert_eq!(node_ports, ["8081", "8082", "8083"], "the nodes' ports on the host");
+    assert_eq!(loaded["its-analytics-1"]["ITS__TRACING__OTLP_ENDPOINT"], "http://jaeger:4318");
     assert_eq!(loaded["its-analytics-gpu"]["ITS__DEVICE__KIND"], "cuda");
 
-    // The GPU variant is opt-in and reserves an NVIDIA device; the CPU one is always on.
+    // The compose Prometheus scrapes every node.
+    let prometheus_config = read(&root.join("deploy/prometheus/prometheus.yml"));
+    for node in NODES {
+        assert!(prometheus_config.contains(&format!("\"{node}:8080\"")), "prometheus.yml does not scrape {node}");
+    }
+    // The demo camera is registered through a node.
+    let api = scalar(&rendered["services"]["register-demo"]["environment"]["ITS_API"]).unwrap_or_default();
+    assert!(NODES.iter().any(|n| api == format!("http://{n}:8080")), "register-demo's ITS_API {api}");
+
+    // The GPU node is opt-in and reserves an NVIDIA device; the CPU ones are always on.
     let gpu = &rendered["services"]["its-analytics-gpu"];
     let profiles: Vec<&str> =
         gpu["profiles"].as_sequence().map(|p| p.iter().filter_map(Yaml::as_str).collect()).unwrap_or_default();
     assert_eq!(profiles, ["gpu"], "its-analytics-gpu must be in the profile gpu only");
-    assert!(rendered["services"]["its-analytics"]["profiles"].is_null(), "its-analytics must run without a profile");
+    for node in NODES {
+        assert!(rendered["services"][node]["profiles"].is_null(), "{node} must run without a profile");
+    }
     let device = &gpu["deploy"]["resources"]["reservations"]["devices"][0];
     assert_eq!(device["driver"].as_str(), Some("nvidia"), "GPU reservation: {device:?}");
     assert_eq!(
