@@ -51,7 +51,7 @@ COPY --from=build /src/models/yolox_nano.torchscript.pt /app/models/yolox_nano.t
 COPY configs/default.toml /etc/its-analytics/default.toml
 WORKDIR /app
 # The durable outbox (events committed before delivery) lives on a volume: the one place the
-# process writes (logs go to stderr), so a read-only root filesystem works (deploy/k8s/deployment.yaml).
+# process writes (logs go to stderr), so a read-only root filesystem works (deploy/k8s/statefulset.yaml).
 RUN mkdir -p /var/lib/its-analytics && chown 10001:10001 /var/lib/its-analytics
 VOLUME /var/lib/its-analytics
 USER 10001:10001

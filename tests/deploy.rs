@@ -1,14 +1,19 @@
 //! Deployment artefacts, checked with the tools that consume them and against the service itself:
 //!
 //! - `docker-compose.yml` renders (`docker-compose config`) and configures the service only through
-//!   settings it loads; the demo tokens are the SHA-256 of the documented demo tokens;
+//!   settings it loads; three nodes (and an opt-in GPU one) share the database and Redis, each with
+//!   its own id, address, outbox volume and host port; the demo tokens are the SHA-256 of the
+//!   documented demo tokens;
 //! - `deploy/prometheus`: `promtool check rules`, `promtool test rules` (every alert fires and stays
 //!   quiet on synthetic series), `promtool check config`; every alert has a severity, a summary, a
 //!   description and a runbook link to its section of docs/OPERATIONS.md;
 //! - `deploy/k8s`: `kubernetes-validate --strict` (offline, schemas shipped in the package; the
-//!   Prometheus Operator's kinds have no schema there and are checked here instead), the
-//!   PrometheusRule carries exactly the groups of alerts.yml, the ConfigMap and the Deployment's
-//!   variables load as settings;
+//!   Prometheus Operator's kinds have no schema there and are checked here instead); the manifests
+//!   as kustomization.yaml renders them hang together (selectors, ports, volumes and claims, the
+//!   outbox on the pod's claim, the grace period around the preStop drain, the HPA's metrics made
+//!   by prometheus-adapter's rules from series the service exports); the PrometheusRule carries
+//!   exactly the groups of alerts.yml; the ConfigMap and the StatefulSet's variables load as
+//!   settings;
 //! - `deploy/grafana`: the dashboard is JSON and every query parses as PromQL;
 //! - a real Prometheus scrapes the real service, finds the series, and evaluates every alert rule
 //!   on them without error; every metric the rules and the dashboard use is one the service registers.
@@ -44,6 +49,9 @@ const ALERTS: [&str; 11] = [
     "SupervisedChildRestarting",
     "ModelRolledBack",
 ];
+
+/// The service's nodes in docker-compose.yml (the GPU node, its-analytics-gpu, is opt-in).
+const NODES: [&str; 3] = ["its-analytics-1", "its-analytics-2", "its-analytics-3"];
 
 /// Kinds kubernetes-validate has no schema for, which it reports as a warning (exit status 0).
 /// Anything else without a schema (a typo in an apiVersion, say) would pass silently too, so the
@@ -176,8 +184,7 @@ fn compose_file_is_valid_and_uses_known_settings() {
     let rendered: Yaml =
         serde_norway::from_str(&String::from_utf8_lossy(&out.stdout)).expect("docker-compose config prints YAML");
 
-    for service in [
-        "its-analytics",
+    for service in NODES.iter().chain(&[
         "its-analytics-gpu",
         "redis",
         "postgres",
@@ -187,34 +194,76 @@ fn compose_file_is_valid_and_uses_known_settings() {
         "rtsp-camera",
         "camera-feed",
         "register-demo",
-    ] {
+    ]) {
         assert!(!rendered["services"][service].is_null(), "docker-compose.yml lacks the service {service}");
     }
 
-    // Every ITS__ variable of the two service variants must load as a valid setting.
+    // Every ITS__ variable of the nodes must load as a valid setting; each node has an id, an
+    // address, an outbox and a host port of its own, and they share the database and Redis.
     let mut loaded = HashMap::new();
-    for service in ["its-analytics", "its-analytics-gpu"] {
+    let mut outboxes = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for service in NODES.iter().copied().chain(["its-analytics-gpu"]) {
         let vars = compose_its_variables(&rendered, service);
         assert!(vars.len() >= 4, "expected ITS__ settings on {service}: {vars:?}");
-        let settings = Settings::load_with_env(None, Some(vars.clone()))
+        let settings = Settings::load_with_env(None, Some(loadable_variables(vars.clone())))
             .unwrap_or_else(|e| panic!("the compose file's settings of {service} do not load: {e}"));
         assert_eq!(settings.redis.url, "redis://redis:6379", "{service}");
+        assert_eq!(settings.redis.key_prefix, "its", "{service}: one cluster, one key prefix");
+        assert_eq!(vars["ITS__POSTGRES__URL"], "postgres://postgres@postgres:5432/its", "{service}: one database");
         assert_eq!(settings.http.bind, "0.0.0.0:8080", "{service}");
+        assert_eq!(vars.get("ITS__NODE__ID").map(String::as_str), Some(service), "{service}: ITS__NODE__ID");
+        assert_eq!(
+            vars.get("ITS__NODE__ADVERTISE_URL").cloned(),
+            Some(format!("http://{service}:8080")),
+            "{service}: ITS__NODE__ADVERTISE_URL (its name on the compose network, the port it binds)"
+        );
         // The tokens file the service is told about is the one mounted into it.
         let tokens = &vars["ITS__AUTH__TOKENS_FILE"];
         let targets = compose_mount_targets(&rendered, service);
         assert!(targets.contains(tokens), "{service}: ITS__AUTH__TOKENS_FILE={tokens} is not mounted ({targets:?})");
+        // The outbox's folder is a volume of its own (one process per outbox file).
+        let outbox = Path::new(&vars["ITS__OUTBOX__PATH"]);
+        let volume = rendered["services"][service]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Yaml::as_str)
+            .find(|v| v.split(':').nth(1).is_some_and(|target| outbox.starts_with(target)))
+            .unwrap_or_else(|| panic!("{service}: the outbox {outbox:?} is on no volume"));
+        let source = volume.split(':').next().unwrap().to_string();
+        assert!(!rendered["volumes"][source.as_str()].is_null(), "{service}: the outbox is not on a named volume");
+        assert!(outboxes.insert(source.clone()), "{service}: outbox volume {source} is another node's too");
+        for port in rendered["services"][service]["ports"].as_sequence().expect("ports") {
+            assert_eq!(port["target"].as_i64(), Some(8080), "{service}: {port:?}");
+            let published = scalar(&port["published"]).expect("a published port");
+            assert!(host_ports.insert(published.clone()), "{service}: host port {published} is taken");
+        }
         loaded.insert(service, vars);
     }
-    assert_eq!(loaded["its-analytics"]["ITS__TRACING__OTLP_ENDPOINT"], "http://jaeger:4318");
+    let node_ports: Vec<String> =
+        NODES.iter().map(|n| scalar(&rendered["services"][n]["ports"][0]["published"]).unwrap()).collect();
+    assert_eq!(node_ports, ["8081", "8082", "8083"], "the nodes' ports on the host");
+    assert_eq!(loaded["its-analytics-1"]["ITS__TRACING__OTLP_ENDPOINT"], "http://jaeger:4318");
     assert_eq!(loaded["its-analytics-gpu"]["ITS__DEVICE__KIND"], "cuda");
 
-    // The GPU variant is opt-in and reserves an NVIDIA device; the CPU one is always on.
+    // The compose Prometheus scrapes every node.
+    let prometheus_config = read(&root.join("deploy/prometheus/prometheus.yml"));
+    for node in NODES {
+        assert!(prometheus_config.contains(&format!("\"{node}:8080\"")), "prometheus.yml does not scrape {node}");
+    }
+    // The demo camera is registered through a node.
+    let api = scalar(&rendered["services"]["register-demo"]["environment"]["ITS_API"]).unwrap_or_default();
+    assert!(NODES.iter().any(|n| api == format!("http://{n}:8080")), "register-demo's ITS_API {api}");
+
+    // The GPU node is opt-in and reserves an NVIDIA device; the CPU ones are always on.
     let gpu = &rendered["services"]["its-analytics-gpu"];
     let profiles: Vec<&str> =
         gpu["profiles"].as_sequence().map(|p| p.iter().filter_map(Yaml::as_str).collect()).unwrap_or_default();
     assert_eq!(profiles, ["gpu"], "its-analytics-gpu must be in the profile gpu only");
-    assert!(rendered["services"]["its-analytics"]["profiles"].is_null(), "its-analytics must run without a profile");
+    for node in NODES {
+        assert!(rendered["services"][node]["profiles"].is_null(), "{node} must run without a profile");
+    }
     let device = &gpu["deploy"]["resources"]["reservations"]["devices"][0];
     assert_eq!(device["driver"].as_str(), Some("nvidia"), "GPU reservation: {device:?}");
     assert_eq!(
@@ -347,37 +396,110 @@ fn k8s_files() -> Vec<PathBuf> {
     files
 }
 
-/// Every Kubernetes object of deploy/k8s, by `kind/name`.
-fn k8s_objects() -> BTreeMap<String, Yaml> {
-    let mut objects = BTreeMap::new();
-    for file in k8s_files() {
-        for doc in yaml_documents(&file) {
-            let kind = doc["kind"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{}: an object without kind", file.display()))
-                .to_string();
-            let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
-            objects.insert(format!("{kind}/{name}"), doc);
+fn kustomization() -> Yaml {
+    yaml(&k8s_dir().join("kustomization.yaml"))
+}
+
+/// What `kubectl kustomize deploy/k8s` makes of the manifests, as far as kustomization.yaml uses
+/// kustomize: every document of the `resources` files, in order, with the kustomization's
+/// `namespace` (when it sets one) and `images` applied.
+fn kustomize_render() -> Vec<Yaml> {
+    let kustomization = kustomization();
+    let namespace = kustomization["namespace"].as_str().map(str::to_string);
+    let images = kustomization["images"].as_sequence().cloned().unwrap_or_default();
+    let mut objects = Vec::new();
+    for resource in kustomization["resources"].as_sequence().expect("kustomization.yaml resources") {
+        let file = resource.as_str().expect("a resource is a file name");
+        for mut doc in yaml_documents(&k8s_dir().join(file)) {
+            let namespaced = doc["kind"] != "Namespace";
+            if let (Some(ns), Some(meta), true) = (&namespace, doc["metadata"].as_mapping_mut(), namespaced) {
+                meta.insert("namespace".into(), ns.as_str().into());
+            }
+            let containers = doc["spec"]["template"]["spec"]["containers"].as_sequence_mut();
+            for container in containers.into_iter().flatten() {
+                let image = container["image"].as_str().unwrap_or_default().to_string();
+                let name = image.split(':').next().unwrap_or_default();
+                if let Some(rule) = images.iter().find(|i| i["name"].as_str() == Some(name)) {
+                    let new_name = rule["newName"].as_str().unwrap_or(name);
+                    let tag = rule["newTag"].as_str().map(str::to_string).unwrap_or_else(|| {
+                        image.split_once(':').map(|(_, tag)| tag.to_string()).unwrap_or("latest".into())
+                    });
+                    container["image"] = format!("{new_name}:{tag}").into();
+                }
+            }
+            objects.push(doc);
         }
     }
     objects
+}
+
+/// Every object of the rendered manifests, by `kind/name`.
+fn k8s_objects() -> BTreeMap<String, Yaml> {
+    let mut objects = BTreeMap::new();
+    for doc in kustomize_render() {
+        let kind = doc["kind"].as_str().expect("an object without kind").to_string();
+        let name = doc["metadata"]["name"].as_str().expect("an object without name").to_string();
+        let key = format!("{kind}/{name}");
+        assert!(objects.insert(key.clone(), doc).is_none(), "{key} appears twice in the rendered manifests");
+    }
+    objects
+}
+
+/// The sections of the cluster's settings, which another branch adds to `Settings`.
+const CLUSTER_SECTIONS: [&str; 2] = ["node", "cluster"];
+
+/// Whether the service's settings have a section `name`. Until they have the cluster's sections,
+/// the tests below cannot load those keys and leave them out of what they load (saying so on
+/// stderr); once the settings know a section, its keys are loaded and checked like every other.
+fn settings_know(section: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("probe.toml");
+    std::fs::write(&file, format!("[{section}]\n")).unwrap();
+    match Settings::load_with_env(Some(&file), Some(HashMap::new())) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains(&format!("unknown field `{section}`")),
+    }
+}
+
+/// `vars` less the variables of cluster sections the settings do not have yet.
+fn loadable_variables(mut vars: HashMap<String, String>) -> HashMap<String, String> {
+    for section in CLUSTER_SECTIONS.into_iter().filter(|s| !settings_know(s)) {
+        let prefix = format!("ITS__{}__", section.to_uppercase());
+        let left_out: Vec<String> = vars.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        if !left_out.is_empty() {
+            eprintln!("the settings have no [{section}] section yet: not loaded {left_out:?}");
+        }
+        vars.retain(|k, _| !k.starts_with(&prefix));
+    }
+    vars
+}
+
+/// `config` less the tables of cluster sections the settings do not have yet.
+fn loadable_config(mut config: toml::Table) -> toml::Table {
+    for section in CLUSTER_SECTIONS.into_iter().filter(|s| !settings_know(s)) {
+        if let Some(table) = config.remove(section) {
+            eprintln!("the settings have no [{section}] section yet: not loaded [{section}] {table}");
+        }
+    }
+    config
 }
 
 #[test]
 fn kubernetes_manifests_validate() {
     let program = std::env::var("ITS_KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
     let files: Vec<String> = k8s_files().iter().map(|p| p.display().to_string()).collect();
-    assert!(files.len() >= 9, "expected the manifests in deploy/k8s: {files:?}");
+    assert!(files.len() >= 12, "expected the manifests in deploy/k8s: {files:?}");
     let install = "PyPI package kubernetes-validate (pip install kubernetes-validate), or set ITS_KUBERNETES_VALIDATE";
 
     let expected_passed: BTreeSet<&str> = [
         "namespace/its-analytics",
         "configmap/its-analytics-config",
+        "configmap/its-analytics-adapter-rules",
         "secret/its-analytics-tokens",
         "secret/its-analytics-connections",
-        "persistentvolumeclaim/its-analytics-outbox",
-        "deployment/its-analytics",
+        "statefulset/its-analytics",
         "service/its-analytics",
+        "service/its-analytics-nodes",
         "poddisruptionbudget/its-analytics",
         "horizontalpodautoscaler/its-analytics",
     ]
@@ -411,58 +533,423 @@ fn kubernetes_manifests_validate() {
         assert_eq!(passed, expected_passed, "{what}: validated resources differ:\n{stdout}");
     }
 
-    // What the schemas cannot tell.
+    // What the schemas cannot tell about the pods (how the manifests fit together is
+    // kubernetes_manifests_hang_together's).
     let objects = k8s_objects();
-    let deployment = &objects["Deployment/its-analytics"];
-    let pod = &deployment["spec"]["template"]["spec"];
+    let pod = &objects["StatefulSet/its-analytics"]["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(str_at(container, &["livenessProbe", "httpGet", "path"]), "/health/live");
+    assert_eq!(str_at(container, &["startupProbe", "httpGet", "path"]), "/health/live");
     assert_eq!(str_at(container, &["readinessProbe", "httpGet", "path"]), "/health/ready");
     assert_eq!(scalar(&container["resources"]["limits"]["nvidia.com/gpu"]).as_deref(), Some("1"), "one GPU per pod");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
-    let template_labels = &deployment["spec"]["template"]["metadata"]["labels"];
-    for selector in [
-        &deployment["spec"]["selector"]["matchLabels"],
-        &objects["Service/its-analytics"]["spec"]["selector"],
-        &objects["PodDisruptionBudget/its-analytics"]["spec"]["selector"]["matchLabels"],
-    ] {
-        for (k, v) in selector.as_mapping().expect("a selector") {
-            assert_eq!(&template_labels[k.as_str().unwrap()], v, "selector {selector:?} does not select the pods");
+}
+
+/// A label selector (`matchLabels` or a Service's `selector`) as pairs; never empty.
+fn selector_pairs(selector: &Yaml, what: &str) -> Vec<(String, Yaml)> {
+    let map = selector.as_mapping().unwrap_or_else(|| panic!("{what}: no selector"));
+    assert!(!map.is_empty(), "{what}: an empty selector selects everything");
+    map.iter().map(|(k, v)| (k.as_str().expect("label names are strings").to_string(), v.clone())).collect()
+}
+
+/// Whether `selector` selects objects with `labels`.
+fn selects(selector: &Yaml, labels: &Yaml, what: &str) -> bool {
+    selector_pairs(selector, what).iter().all(|(k, v)| &labels[k.as_str()] == v)
+}
+
+/// A container's `$(NAME)` references resolved against the variables before it (the kubelet
+/// leaves a reference to a later or unknown variable as it is, silently, so the test refuses it).
+fn expand_references(value: &str, earlier: &HashMap<String, String>, what: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("$(") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find(')').map(|e| start + e).unwrap_or_else(|| panic!("{what}: unclosed $("));
+        let name = &rest[start + 2..end];
+        let value =
+            earlier.get(name).unwrap_or_else(|| panic!("{what}: $({name}) is not a variable defined before it"));
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The container's variables as the kubelet gives them to the process of pod `pod_name`: literal
+/// values with `$(NAME)` expanded, the pod's name for `fieldRef: metadata.name`, Secret keys from
+/// the rendered Secrets.
+fn container_environment(
+    container: &Yaml,
+    objects: &BTreeMap<String, Yaml>,
+    pod_name: &str,
+) -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    for var in container["env"].as_sequence().expect("env") {
+        let name = var["name"].as_str().expect("a variable's name").to_string();
+        let value = if let Some(v) = scalar(&var["value"]) {
+            expand_references(&v, &vars, &name)
+        } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            assert_eq!(field, "metadata.name", "{name}: only the pod's name is used from the downward API");
+            pod_name.to_string()
+        } else {
+            let secret = &var["valueFrom"]["secretKeyRef"];
+            let secret_name = secret["name"].as_str().unwrap_or_else(|| panic!("{name}: no value"));
+            let object = objects
+                .get(&format!("Secret/{secret_name}"))
+                .unwrap_or_else(|| panic!("{name}: Secret {secret_name} is not in the manifests"));
+            let key = secret["key"].as_str().expect("a secretKeyRef key");
+            object["stringData"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: Secret {secret_name} has no key {key}"))
+                .to_string()
+        };
+        assert!(vars.insert(name.clone(), value).is_none(), "{name} is set twice");
+    }
+    vars
+}
+
+/// A rule of prometheus-adapter's configuration, as far as this test reads it.
+struct AdapterRule {
+    /// The metric the custom metrics API serves (`name.as`).
+    serves: String,
+    /// The series the rule reads from Prometheus (`seriesQuery`'s metric name).
+    series: String,
+    metrics_query: String,
+    resources: Yaml,
+}
+
+fn adapter_rules(objects: &BTreeMap<String, Yaml>) -> Vec<AdapterRule> {
+    let config_map = &objects["ConfigMap/its-analytics-adapter-rules"];
+    let text = config_map["data"]["config.yaml"].as_str().expect("the adapter's ConfigMap has config.yaml");
+    let config: Yaml = serde_norway::from_str(text).expect("the adapter's config.yaml is YAML");
+    let rules = config["rules"].as_sequence().expect("the adapter's config has rules");
+    rules
+        .iter()
+        .map(|rule| {
+            let query = rule["seriesQuery"].as_str().expect("a rule's seriesQuery");
+            let series = query.split('{').next().unwrap().trim().to_string();
+            assert!(
+                !series.is_empty() && series.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "seriesQuery {query:?}: name the series (`name{{...}}`), so this test can check it exists"
+            );
+            // `matches` must select exactly that series (a regex anchored on its name).
+            let matches = rule["name"]["matches"].as_str().unwrap_or_default();
+            assert_eq!(matches, format!("^{series}$"), "rule on {series}: name.matches");
+            let serves = rule["name"]["as"].as_str().unwrap_or_default().to_string();
+            assert!(!serves.is_empty(), "rule on {series}: name.as names the metric served");
+            AdapterRule {
+                serves,
+                series,
+                metrics_query: rule["metricsQuery"].as_str().expect("a rule's metricsQuery").to_string(),
+                resources: rule["resources"].clone(),
+            }
+        })
+        .collect()
+}
+
+/// The series names of the service's `/metrics` (its own registry, in process), with their types:
+/// counters as `NAME_total`, histograms as `_bucket`, `_sum`, `_count`. A family with labels is
+/// exposed (its `# TYPE` line too) from its first series on, so the device families get the series
+/// an inference worker gives them for its device (src/actors/gpu/worker.rs).
+fn exposed_series() -> BTreeMap<String, String> {
+    let metrics = its_analytics::metrics::Metrics::new();
+    let device = its_analytics::metrics::DeviceLabels { device: "cuda:0".into() };
+    metrics.device_busy.get_or_create(&device).inc_by(0.25);
+    metrics.queue_depth.get_or_create(&device).set(3);
+    metrics.device_memory.get_or_create(&device).set(50.0);
+    let text = metrics.encode();
+    let mut series = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let (family, kind) = rest.split_once(' ').expect("# TYPE NAME TYPE");
+        let names = match kind {
+            "counter" => vec![format!("{family}_total")],
+            "histogram" => ["_bucket", "_sum", "_count"].iter().map(|s| format!("{family}{s}")).collect(),
+            _ => vec![family.to_string()],
+        };
+        for name in names {
+            series.insert(name, kind.to_string());
         }
     }
-    // The ServiceMonitor selects the Service and scrapes its named port.
-    let monitor = &objects["ServiceMonitor/its-analytics"];
-    let service = &objects["Service/its-analytics"];
-    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_mapping().expect("ServiceMonitor selector") {
-        assert_eq!(
-            &service["metadata"]["labels"][k.as_str().unwrap()],
-            v,
-            "the ServiceMonitor does not select the Service"
-        );
-    }
-    assert_eq!(monitor["spec"]["endpoints"][0]["port"], service["spec"]["ports"][0]["name"]);
-    assert_eq!(monitor["spec"]["endpoints"][0]["path"].as_str(), Some("/metrics"));
-    // The HPA scales the Deployment on queue depth and GPU utilisation.
-    let hpa = &objects["HorizontalPodAutoscaler/its-analytics"];
-    assert_eq!(str_at(hpa, &["spec", "scaleTargetRef", "name"]), "its-analytics");
-    let metrics: BTreeSet<&str> = hpa["spec"]["metrics"]
-        .as_sequence()
-        .expect("HPA metrics")
-        .iter()
-        .filter_map(|m| m["pods"]["metric"]["name"].as_str())
-        .collect();
-    assert_eq!(metrics, ["DCGM_FI_DEV_GPU_UTIL", "its_device_queue_depth"].into_iter().collect());
-    // kustomization.yaml applies every manifest but the HPA (see deployment.yaml).
-    let kustomization = &objects["Kustomization/"];
-    let listed: BTreeSet<&str> =
-        kustomization["resources"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
+    assert!(series.len() > 10, "no # TYPE lines in the service's /metrics:\n{text}");
+    series
+}
+
+/// The manifests fit together as `kubectl apply -k deploy/k8s` sends them: what selects what, what
+/// names what, and what the HPA needs from prometheus-adapter and the service.
+#[test]
+fn kubernetes_manifests_hang_together() {
+    // kustomization.yaml applies every manifest of the folder.
+    let listed: BTreeSet<String> =
+        kustomization()["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
     let on_disk: BTreeSet<String> = k8s_files()
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .filter(|n| n != "kustomization.yaml" && n != "hpa.yaml")
+        .filter(|n| n != "kustomization.yaml")
         .collect();
-    assert_eq!(listed, on_disk.iter().map(String::as_str).collect(), "kustomization.yaml resources");
+    assert_eq!(listed, on_disk, "kustomization.yaml resources and the files of deploy/k8s differ");
+
+    let objects = k8s_objects();
+    let of_kind = |kind: &str| -> Vec<&Yaml> { objects.values().filter(|o| o["kind"] == kind).collect() };
+    let namespace_of = |o: &Yaml| o["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+
+    // One StatefulSet; its selector selects its own pods.
+    let sets = of_kind("StatefulSet");
+    assert_eq!(sets.len(), 1, "one StatefulSet");
+    let set = sets[0];
+    let set_name = str_at(set, &["metadata", "name"]);
+    let namespace = namespace_of(set);
+    assert!(objects.contains_key(&format!("Namespace/{namespace}")), "the manifests do not create {namespace}");
+    let template = &set["spec"]["template"];
+    let pod_labels = &template["metadata"]["labels"];
+    assert!(
+        selects(&set["spec"]["selector"]["matchLabels"], pod_labels, "StatefulSet"),
+        "the StatefulSet's selector does not select its pod template's labels {pod_labels:?}"
+    );
+    assert_eq!(str_at(set, &["spec", "podManagementPolicy"]), "Parallel");
+    assert_eq!(str_at(set, &["spec", "updateStrategy", "type"]), "RollingUpdate");
+    let pod = &template["spec"];
+    let containers = pod["containers"].as_sequence().expect("containers");
+    let container = &containers[0];
+    let container_ports: Vec<(String, i64)> = containers
+        .iter()
+        .flat_map(|c| c["ports"].as_sequence().cloned().unwrap_or_default())
+        .map(|p| (p["name"].as_str().unwrap_or_default().to_string(), p["containerPort"].as_i64().unwrap()))
+        .collect();
+
+    // Every Service selects the pods, in their namespace, and targets a container port.
+    let services = of_kind("Service");
+    for service in &services {
+        let name = str_at(service, &["metadata", "name"]);
+        assert_eq!(namespace_of(service), namespace, "Service {name}: namespace");
+        assert!(
+            selects(&service["spec"]["selector"], pod_labels, name),
+            "Service {name}: its selector does not select the StatefulSet's pods {pod_labels:?}"
+        );
+        for port in service["spec"]["ports"].as_sequence().expect("a Service's ports") {
+            let target = &port["targetPort"];
+            let found = match target {
+                Yaml::String(named) => container_ports.iter().any(|(n, _)| n == named),
+                Yaml::Number(n) => container_ports.iter().any(|(_, p)| Some(*p) == n.as_i64()),
+                _ => container_ports.iter().any(|(_, p)| Some(*p) == port["port"].as_i64()),
+            };
+            assert!(found, "Service {name}: targetPort {target:?} is no container port {container_ports:?}");
+        }
+    }
+
+    // serviceName names a headless Service of the set that publishes pods before they are Ready.
+    let headless_name = str_at(set, &["spec", "serviceName"]);
+    let headless = services
+        .iter()
+        .find(|s| s["metadata"]["name"] == headless_name)
+        .unwrap_or_else(|| panic!("the StatefulSet's serviceName {headless_name} is not a Service of the manifests"));
+    assert_eq!(headless["spec"]["clusterIP"].as_str(), Some("None"), "{headless_name} must be headless");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"].as_bool(), Some(true), "{headless_name}");
+
+    // The PodDisruptionBudget covers the pods, one at a time.
+    let pdb = &objects[&format!("PodDisruptionBudget/{set_name}")];
+    assert_eq!(namespace_of(pdb), namespace);
+    assert!(
+        selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels, "PodDisruptionBudget"),
+        "the PodDisruptionBudget does not select the StatefulSet's pods"
+    );
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_i64(), Some(1), "PodDisruptionBudget maxUnavailable");
+
+    // The ServiceMonitor selects exactly the API Service (once per pod; job its-analytics, which
+    // the alert rules use) and scrapes /metrics on a port of it.
+    let monitor = &objects["ServiceMonitor/its-analytics"];
+    let watched: Vec<&str> = monitor["spec"]["namespaceSelector"]["matchNames"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(watched.contains(&namespace.as_str()), "the ServiceMonitor does not watch {namespace}");
+    let monitored: Vec<&str> = services
+        .iter()
+        .filter(|s| selects(&monitor["spec"]["selector"]["matchLabels"], &s["metadata"]["labels"], "ServiceMonitor"))
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(monitored, ["its-analytics"], "the Services the ServiceMonitor selects");
+    let api = &objects["Service/its-analytics"];
+    for endpoint in monitor["spec"]["endpoints"].as_sequence().expect("ServiceMonitor endpoints") {
+        assert!(
+            api["spec"]["ports"].as_sequence().unwrap().iter().any(|p| p["name"] == endpoint["port"]),
+            "ServiceMonitor endpoint port {:?} is not a port of Service its-analytics",
+            endpoint["port"]
+        );
+        assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    }
+
+    // Volumes: every mount names a volume or a claim template, each exactly once; ConfigMaps and
+    // Secrets named are in the manifests.
+    let volumes: Vec<&Yaml> = pod["volumes"].as_sequence().map(|v| v.iter().collect()).unwrap_or_default();
+    let templates: Vec<&Yaml> =
+        set["spec"]["volumeClaimTemplates"].as_sequence().map(|v| v.iter().collect()).unwrap_or_default();
+    let volume_names: Vec<&str> = volumes.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let claim_names: Vec<&str> = templates.iter().map(|t| t["metadata"]["name"].as_str().unwrap()).collect();
+    let all_names: Vec<&str> = volume_names.iter().chain(&claim_names).copied().collect();
+    assert_eq!(all_names.len(), all_names.iter().collect::<BTreeSet<_>>().len(), "volume names twice: {all_names:?}");
+    let mut mounted = BTreeSet::new();
+    for c in containers {
+        for mount in c["volumeMounts"].as_sequence().cloned().unwrap_or_default() {
+            let name = mount["name"].as_str().unwrap().to_string();
+            assert!(all_names.contains(&name.as_str()), "volumeMount {name} names no volume or claim {all_names:?}");
+            mounted.insert(name);
+        }
+    }
+    for name in &all_names {
+        assert!(mounted.contains(*name), "volume {name} is mounted nowhere");
+    }
+    for volume in &volumes {
+        if let Some(name) = volume["configMap"]["name"].as_str() {
+            assert!(objects.contains_key(&format!("ConfigMap/{name}")), "volume of ConfigMap {name}, not in the set");
+        }
+        if let Some(name) = volume["secret"]["secretName"].as_str() {
+            assert!(objects.contains_key(&format!("Secret/{name}")), "volume of Secret {name}, not in the set");
+        }
+    }
+
+    // The outbox: the configured path lies on the pod's own claim, which one pod writes.
+    let config_text = objects["ConfigMap/its-analytics-config"]["data"]["config.toml"].as_str().unwrap();
+    let config: toml::Table = toml::from_str(config_text).expect("config.toml is TOML");
+    let env = container_environment(container, &objects, &format!("{set_name}-0"));
+    let outbox = env
+        .get("ITS__OUTBOX__PATH")
+        .cloned()
+        .or_else(|| config.get("outbox").and_then(|o| o.get("path")).and_then(|p| p.as_str()).map(str::to_string))
+        .expect("the ConfigMap (or ITS__OUTBOX__PATH) sets outbox.path");
+    let outbox_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(&outbox).starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("outbox.path {outbox} is under no volume mount"));
+    let claim = outbox_mount["name"].as_str().unwrap();
+    let template = templates
+        .iter()
+        .find(|t| t["metadata"]["name"].as_str() == Some(claim))
+        .unwrap_or_else(|| panic!("outbox.path {outbox} is on volume {claim}, not on a volumeClaimTemplate"));
+    let modes: Vec<&str> =
+        template["spec"]["accessModes"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
+    assert_eq!(modes, ["ReadWriteOnce"], "the outbox claim: one writer");
+    assert_ne!(outbox_mount["readOnly"].as_bool(), Some(true), "the outbox mount is read-only");
+
+    // The node's identity: its pod name, and a URL on the headless Service's DNS name.
+    let node_id = env.get("ITS__NODE__ID").expect("ITS__NODE__ID");
+    assert_eq!(node_id, &format!("{set_name}-0"), "ITS__NODE__ID must be the pod's name (fieldRef metadata.name)");
+    let http_port = container_ports.iter().find(|(n, _)| n == "http").expect("a container port named http").1;
+    assert_eq!(
+        env.get("ITS__NODE__ADVERTISE_URL").map(String::as_str),
+        Some(format!("http://{set_name}-0.{headless_name}.{namespace}.svc.cluster.local:{http_port}").as_str()),
+        "ITS__NODE__ADVERTISE_URL"
+    );
+
+    // Stopping: preStop drains with the configuration `serve` has, and the grace period covers
+    // the drain and the outbox's delivery after SIGTERM.
+    let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(Yaml::as_str).collect();
+    let pre_stop: Vec<&str> = container["lifecycle"]["preStop"]["exec"]["command"]
+        .as_sequence()
+        .expect("a preStop exec hook")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(pre_stop[..2], ["its-analytics", "drain"], "preStop");
+    assert_eq!(args[0], "serve");
+    assert_eq!(pre_stop[2..], args[1..], "preStop drain and serve must read the same configuration");
+    let drain_timeout_ms = env
+        .get("ITS__CLUSTER__DRAIN_TIMEOUT_MS")
+        .map(|v| v.parse::<i64>().expect("ITS__CLUSTER__DRAIN_TIMEOUT_MS"))
+        .or_else(|| config.get("cluster").and_then(|c| c.get("drain_timeout_ms")).and_then(|v| v.as_integer()))
+        .expect("configmap.yaml sets cluster.drain_timeout_ms, the preStop hook's limit");
+    const OUTBOX_DRAIN_S: i64 = 15;
+    let grace = pod["terminationGracePeriodSeconds"].as_i64().expect("terminationGracePeriodSeconds");
+    assert!(
+        grace * 1000 > drain_timeout_ms + OUTBOX_DRAIN_S * 1000,
+        "terminationGracePeriodSeconds {grace} does not cover cluster.drain_timeout_ms {drain_timeout_ms} + \
+         {OUTBOX_DRAIN_S} s of outbox delivery"
+    );
+
+    // kustomization.yaml's images: rule applies to the container (or it silently does nothing).
+    let image_rules = kustomization()["images"].as_sequence().cloned().unwrap_or_default();
+    for rule in &image_rules {
+        let name = rule["newName"].as_str().or(rule["name"].as_str()).unwrap();
+        assert!(
+            container["image"].as_str().unwrap().starts_with(&format!("{name}:")),
+            "kustomization.yaml images: {rule:?} does not apply to the container's image {:?}",
+            container["image"]
+        );
+    }
+
+    // The HPA scales the StatefulSet, slowly down.
+    let hpa = &objects[&format!("HorizontalPodAutoscaler/{set_name}")];
+    assert_eq!(namespace_of(hpa), namespace);
+    let target = &hpa["spec"]["scaleTargetRef"];
+    assert_eq!(
+        (target["apiVersion"].as_str(), target["kind"].as_str(), target["name"].as_str()),
+        (Some("apps/v1"), Some("StatefulSet"), Some(set_name)),
+        "the HPA's scaleTargetRef"
+    );
+    assert!(hpa["spec"]["minReplicas"].as_i64().unwrap() >= 2, "a lost node needs a survivor: minReplicas >= 2");
+    let up = hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"].as_i64().unwrap_or(0);
+    let down = hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"].as_i64().expect("scaleDown window");
+    assert!(down >= 300 && down > up, "scale-down must be slower than scale-up: windows {down} s and {up} s");
+
+    // Every metric the HPA asks for is served by an adapter rule, every series a rule reads is on
+    // the service's /metrics, counters through a rate and gauges as they are, per pod.
+    let asked: Vec<&str> = hpa["spec"]["metrics"]
+        .as_sequence()
+        .expect("HPA metrics")
+        .iter()
+        .map(|m| {
+            assert_eq!(m["type"].as_str(), Some("Pods"), "HPA metrics are per pod: {m:?}");
+            m["pods"]["metric"]["name"].as_str().expect("a Pods metric's name")
+        })
+        .collect();
+    assert!(asked.contains(&"its_device_busy_ratio"), "the HPA scales on device busy time: {asked:?}");
+    let rules = adapter_rules(&objects);
+    let exposed = exposed_series();
+    for metric in &asked {
+        assert!(
+            rules.iter().any(|r| r.serves == *metric),
+            "the HPA asks for {metric}, which no prometheus-adapter rule serves ({:?})",
+            rules.iter().map(|r| &r.serves).collect::<Vec<_>>()
+        );
+    }
+    for rule in &rules {
+        let kind = exposed.get(&rule.series).unwrap_or_else(|| {
+            panic!(
+                "the adapter's rule for {} reads {}, which the service does not export (its series: {:?})",
+                rule.serves,
+                rule.series,
+                exposed.keys().collect::<Vec<_>>()
+            )
+        });
+        let rated =
+            ["rate(", "irate(", "increase("].iter().any(|f| rule.metrics_query.contains(&format!("{f}<<.Series>>")));
+        assert_eq!(
+            rated,
+            kind == "counter",
+            "{}: {} is a {kind}; a counter is read through rate(), a gauge as it is: {}",
+            rule.serves,
+            rule.series,
+            rule.metrics_query
+        );
+        for part in ["<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"] {
+            assert!(rule.metrics_query.contains(part), "{}: metricsQuery without {part}", rule.serves);
+        }
+        for label in ["namespace", "pod"] {
+            assert_eq!(
+                rule.resources["overrides"][label]["resource"].as_str(),
+                Some(label),
+                "{}: the label {label} must map to the {label} resource (the Operator's target labels)",
+                rule.serves
+            );
+        }
+    }
+    let adapter = &objects["ConfigMap/its-analytics-adapter-rules"];
+    assert_ne!(namespace_of(adapter), namespace, "the adapter's rules belong in the adapter's namespace");
 }
 
 #[test]
@@ -483,8 +970,8 @@ fn prometheus_rule_carries_the_alert_rules_of_alerts_yml() {
 fn kubernetes_config_and_environment_load_as_settings() {
     let objects = k8s_objects();
     let config_map = &objects["ConfigMap/its-analytics-config"];
-    let deployment = &objects["Deployment/its-analytics"];
-    let pod = &deployment["spec"]["template"]["spec"];
+    let set = &objects["StatefulSet/its-analytics"];
+    let pod = &set["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
 
     // `serve --config <the ConfigMap's mount>/config.toml`
@@ -523,30 +1010,20 @@ fn kubernetes_config_and_environment_load_as_settings() {
         "Secret {secret_name} has no {key}"
     );
 
-    // The Deployment's ITS__ variables, secret ones with the placeholders of secret.yaml.
-    let mut vars = HashMap::new();
-    for var in container["env"].as_sequence().expect("env") {
-        let name = var["name"].as_str().unwrap();
-        if !name.starts_with("ITS__") {
-            continue;
-        }
-        let value = if let Some(v) = scalar(&var["value"]) {
-            v
-        } else {
-            let secret = &var["valueFrom"]["secretKeyRef"];
-            let object = &objects[&format!("Secret/{}", secret["name"].as_str().expect("a secretKeyRef"))];
-            object["stringData"][secret["key"].as_str().unwrap()].as_str().expect("the Secret's key").to_string()
-        };
-        vars.insert(name.to_string(), value);
-    }
+    // The pod's ITS__ variables as pod its-analytics-0 gets them, secret ones with the
+    // placeholders of secret.yaml.
+    let mut vars = container_environment(container, &objects, "its-analytics-0");
+    vars.retain(|name, _| name.starts_with("ITS__"));
     assert!(vars.contains_key("ITS__POSTGRES__URL") && vars.contains_key("ITS__REDIS__URL"), "{vars:?}");
+    assert!(vars.contains_key("ITS__NODE__ID") && vars.contains_key("ITS__NODE__ADVERTISE_URL"), "{vars:?}");
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(config_key);
-    std::fs::write(&file, config_text).unwrap();
-    let settings = Settings::load_with_env(Some(&file), Some(vars))
-        .unwrap_or_else(|e| panic!("the ConfigMap's config.toml with the Deployment's variables does not load: {e}"));
+    std::fs::write(&file, toml::to_string(&loadable_config(config)).unwrap()).unwrap();
+    let settings = Settings::load_with_env(Some(&file), Some(loadable_variables(vars)))
+        .unwrap_or_else(|e| panic!("the ConfigMap's config.toml with the StatefulSet's variables does not load: {e}"));
     assert_eq!(settings.http.bind, "0.0.0.0:8080");
+    assert_eq!(settings.outbox.path, Path::new("/var/lib/its-analytics/outbox.redb"));
 }
 
 /// Every PromQL query of the dashboard, with Grafana's variables replaced.
