@@ -171,6 +171,47 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     assert!(moved.iter().all(|c| after_join[*c] == "node-d"), "a camera moved between old nodes: {after_join:?}");
     assert_eq!(moved.len(), per_node(&after_join, "node-d"));
     assert!(moved.len() < cameras.len() / 2, "{} moved", moved.len());
+
+    // A geometry change through a node that does not analyse the camera: the owner applies it
+    // within 2 s.
+    let (camera, owner) = after_join.iter().find(|(_, o)| *o != "node-d").unwrap();
+    let geometry = json!({ "lines": [{ "id": "y120", "a": [0, 120], "b": [320, 120] }] });
+    let put = client.put(d.url(&format!("/api/v1/cameras/{camera}/geometry"))).json(&geometry).send().await.unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let owner_svc = all.iter().find(|(n, _)| n == owner).unwrap().1;
+    let changed = Instant::now();
+    common::eventually("the owner to apply the new geometry", Duration::from_secs(2), || async {
+        let c: Value =
+            client.get(owner_svc.url(&format!("/api/v1/cameras/{camera}"))).send().await.ok()?.json().await.ok()?;
+        (c["status"]["geometry_version"] == 2).then_some(())
+    })
+    .await;
+    eprintln!("geometry applied by the owner {} ms after the change", changed.elapsed().as_millis());
+
+    // A model reload through one node reaches every node.
+    let r = client.post(d.url("/api/v1/models/yolox_nano/reload")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    for (name, svc) in &alive {
+        common::eventually("the reload on every node", Duration::from_secs(30), || async {
+            let models: Value = client.get(svc.url("/api/v1/models")).send().await.ok()?.json().await.ok()?;
+            (models[0]["versions"].as_array()?.len() == 2).then_some(())
+        })
+        .await;
+        eprintln!("{name} serves the reloaded model");
+    }
+
+    // `its-analytics drain` (the preStop hook) empties node-d while it runs on.
+    let out = std::process::Command::new(common::binary())
+        .arg("drain")
+        .env("ITS__NODE__ID", "node-d")
+        .env("ITS__POSTGRES__URL", &env.postgres_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let drained = each_analysed_once(&client, &alive, &cameras, Duration::from_secs(30)).await;
+    assert_eq!(drained, after_kill, "node-d's cameras go back where rendezvous puts them without it");
+    let page = client.get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(common::metric(&page, "its_node_cameras"), Some(0.0));
 }
 
 #[tokio::test]
