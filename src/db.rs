@@ -214,17 +214,35 @@ impl Db {
                 &[],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let id: String = row.get(0);
-                let registered_ms = row.get::<_, i64>(2) as u64;
-                let geometry_version = row.get::<_, i32>(3) as u32;
-                serde_json::from_value(row.get(1))
-                    .map(|spec| StoredCamera { spec, registered_ms, geometry_version })
-                    .map_err(|e| DbError::Corrupt { id, message: e.to_string() })
-            })
-            .collect())
+        Ok(rows.iter().map(stored_camera).collect())
+    }
+
+    /// Every camera's id, registration time (ms) and geometry version: what tells a node which
+    /// registrations it must (re-)read.
+    pub async fn camera_versions(&self) -> Result<Vec<(String, u64, u32)>, DbError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query("SELECT id, (extract(epoch FROM created_at) * 1000)::int8, geometry_version FROM cameras", &[])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get::<_, i32>(2) as u32)).collect())
+    }
+
+    /// The stored cameras of these ids (those still registered), each read on its own as in
+    /// `cameras`.
+    pub async fn cameras_by_id(&self, ids: &[String]) -> Result<Vec<Result<StoredCamera, DbError>>, DbError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT id, spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version
+                 FROM cameras WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        Ok(rows.iter().map(stored_camera).collect())
     }
 
     /// One stored camera, if registered.
@@ -463,6 +481,16 @@ impl<'a> EventColumns<'a> {
         self.incidents.push(h.incident_id.as_deref());
         self.payloads.push(e.json);
     }
+}
+
+/// A row of (id, spec, registered ms, geometry version) as a camera, or why it is none.
+fn stored_camera(row: &tokio_postgres::Row) -> Result<StoredCamera, DbError> {
+    let id: String = row.get(0);
+    let registered_ms = row.get::<_, i64>(2) as u64;
+    let geometry_version = row.get::<_, i32>(3) as u32;
+    serde_json::from_value(row.get(1))
+        .map(|spec| StoredCamera { spec, registered_ms, geometry_version })
+        .map_err(|e| DbError::Corrupt { id, message: e.to_string() })
 }
 
 /// Appends `geometry` as the camera's next version (numbering continues across re-registration)

@@ -57,6 +57,8 @@ struct Round {
     /// `cluster_revision.cameras` the camera list below was read at.
     revision: Option<i64>,
     cameras: HashMap<String, StoredCamera>,
+    /// Registrations that do not validate here (registration time, geometry version).
+    rejected: HashMap<String, (u64, u32)>,
     /// The last model reload request applied.
     reloads_seen: i64,
 }
@@ -93,6 +95,8 @@ pub struct Cluster {
     /// Forgets a removed camera's cached state.
     publisher: Arc<Publisher>,
     round: tokio::sync::Mutex<Round>,
+    /// Rounds begun so far (under the `round` lock).
+    rounds_started: std::sync::atomic::AtomicU64,
     /// When the last successful renewal started.
     renewed_at: parking_lot::Mutex<Option<Instant>>,
     draining: AtomicBool,
@@ -142,6 +146,7 @@ impl Cluster {
             metrics,
             publisher,
             round: tokio::sync::Mutex::new(Round { reloads_seen, ..Default::default() }),
+            rounds_started: Default::default(),
             renewed_at: parking_lot::Mutex::new(None),
             draining: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -172,9 +177,18 @@ impl Cluster {
         self.is_superseded.load(Ordering::SeqCst).then(|| format!("node id {:?} claimed by another process", self.id))
     }
 
-    /// One round now (after a change made through this node), waiting for a round in progress.
+    /// A round that starts after this call, waiting for the one in progress: the caller's
+    /// change (committed before the call) is then applied. Callers waiting together share one
+    /// round (many registrations at once cost a few rounds, not one each).
     pub async fn reconcile(&self) -> Result<(), ClusterError> {
+        let called_at = self.rounds_started.load(Ordering::SeqCst);
         let mut round = self.round.lock().await;
+        if self.rounds_started.load(Ordering::SeqCst) > called_at {
+            // A round started after this call began (another caller's) and, as this caller now
+            // holds the lock, has finished.
+            return Ok(());
+        }
+        self.rounds_started.fetch_add(1, Ordering::SeqCst);
         let limit = self.settings.ttl();
         match tokio::time::timeout(limit, self.run_round(&mut round)).await {
             Ok(result) => result,
@@ -313,7 +327,7 @@ impl Cluster {
         }
         let revision = self.db.cameras_revision().await?;
         if round.revision != Some(revision) {
-            round.cameras = self.load_cameras().await?;
+            self.load_cameras(round).await?;
             round.revision = Some(revision);
         }
         let nodes = self.store.nodes().await?;
@@ -418,27 +432,42 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stored cameras that validate; the others are reported once per change and left down.
-    async fn load_cameras(&self) -> Result<HashMap<String, StoredCamera>, ClusterError> {
-        let mut cameras = HashMap::new();
-        for stored in self.db.cameras().await? {
-            let camera = match stored {
-                Ok(camera) => camera,
-                Err(error) => {
-                    tracing::error!(%error, "stored camera not started");
+    /// Brings `round.cameras` up to date: drops what was removed, reads what is new or changed
+    /// (only those), keeps the ones that validate. The others are reported once per change and
+    /// left down.
+    async fn load_cameras(&self, round: &mut Round) -> Result<(), ClusterError> {
+        let versions: HashMap<String, (u64, u32)> =
+            self.db.camera_versions().await?.into_iter().map(|(id, at, version)| (id, (at, version))).collect();
+        let current = |id: &String, c: &StoredCamera| versions.get(id) == Some(&(c.registered_ms, c.geometry_version));
+        round.cameras.retain(|id, c| current(id, c));
+        round.rejected.retain(|id, seen| versions.get(id) == Some(seen));
+        let stale: Vec<String> = versions
+            .keys()
+            .filter(|id| !round.cameras.contains_key(*id) && !round.rejected.contains_key(*id))
+            .cloned()
+            .collect();
+        for ids in stale.chunks(1_000) {
+            for stored in self.db.cameras_by_id(ids).await? {
+                let camera = match stored {
+                    Ok(camera) => camera,
+                    Err(error) => {
+                        tracing::error!(%error, "stored camera not started");
+                        continue;
+                    }
+                };
+                let id = camera.spec.id.clone();
+                let errors = camera.spec.validate(&self.sources);
+                if errors.is_empty() {
+                    round.cameras.insert(id, camera);
                     continue;
                 }
-            };
-            let errors = camera.spec.validate(&self.sources);
-            if !errors.is_empty() {
-                tracing::error!(camera = %camera.spec.id, errors = ?errors, "stored camera not started");
+                tracing::error!(camera = %id, errors = ?errors, "stored camera not started");
                 // Down, for the CameraDown alert: it is registered and analyses nothing.
-                self.metrics.camera_up.get_or_create(&self.metrics.camera(&camera.spec.id)).set(0);
-                continue;
+                self.metrics.camera_up.get_or_create(&self.metrics.camera(&id)).set(0);
+                round.rejected.insert(id, (camera.registered_ms, camera.geometry_version));
             }
-            cameras.insert(camera.spec.id.clone(), camera);
         }
-        Ok(cameras)
+        Ok(())
     }
 
     async fn apply_model_reloads(&self, round: &mut Round) -> Result<(), ClusterError> {
