@@ -52,7 +52,8 @@ impl Service {
     /// Connects to PostgreSQL (migrating) and Redis, loads the model, starts the pipeline and
     /// every camera stored in PostgreSQL. Must run inside an actix system.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
-        let sources = settings.cameras.source_policy().map_err(anyhow::Error::msg)?;
+        let sources =
+            settings.cameras.source_policy().map_err(anyhow::Error::msg)?.with_simulator(settings.simulator.enabled);
         let metrics = Arc::new(Metrics::new());
         let db = Db::connect(
             &settings.postgres.url,
