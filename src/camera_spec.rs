@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::analytics::geometry::Geometry;
+use crate::detector::simulated::{SimulatedCamera, SCHEME as SIMULATED_SCHEME};
 use crate::ids::is_valid_id;
 
 /// The network protocols FFmpeg may use underneath an accepted network URL (an HLS playlist or
@@ -20,8 +21,9 @@ pub const FILE_FORMATS: &str = "avi,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts
 pub const FILE_PROTOCOLS: &str = "file";
 
 /// Which camera URLs the service accepts: `cameras.allowed_schemes` for network cameras, and
-/// local files only under `cameras.media_dir`. Everything else (`concat:`, `subfile:`, `pipe:`,
-/// `data:`, `exec:`, files elsewhere) is refused at the edge.
+/// local files only under `cameras.media_dir`, or, while the simulator runs, only simulated
+/// cameras (`sim://`). Everything else (`concat:`, `subfile:`, `pipe:`, `data:`, `exec:`, files
+/// elsewhere) is refused at the edge.
 #[derive(Debug, Clone)]
 pub struct SourcePolicy {
     /// Lower-case network schemes, a subset of rtsp, rtsps, http, https.
@@ -29,6 +31,9 @@ pub struct SourcePolicy {
     /// The directory file cameras must lie under, as configured (made absolute) and as its real
     /// path; `None` refuses every local file.
     pub media_dir: Option<MediaDir>,
+    /// `simulator.enabled`: `sim://` cameras only (the synthetic detector sees nothing in video);
+    /// otherwise no `sim://` camera.
+    pub simulated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +58,13 @@ impl SourcePolicy {
     /// For the command line (`analyze`), where the operator names a local file directly.
     pub fn any_local_file() -> Self {
         let root = MediaDir { configured: PathBuf::from("/"), canonical: PathBuf::from("/") };
-        Self { network_schemes: Self::NETWORK_SCHEMES.map(str::to_string).to_vec(), media_dir: Some(root) }
+        let network_schemes = Self::NETWORK_SCHEMES.map(str::to_string).to_vec();
+        Self { network_schemes, media_dir: Some(root), simulated: false }
+    }
+
+    /// This policy while the simulator runs (`enabled`) or not.
+    pub fn with_simulator(self, enabled: bool) -> Self {
+        Self { simulated: enabled, ..self }
     }
 
     /// Whether `path`, as written, lies under the media directory as configured or as its real
@@ -123,6 +134,8 @@ pub struct CameraSpec {
 pub enum SourceKind {
     Network,
     File,
+    /// `sim://NAME?crossings_per_min=R`: synthetic vehicles, no video (`detector::simulated`).
+    Simulated,
 }
 
 impl CameraSpec {
@@ -140,6 +153,22 @@ impl CameraSpec {
         }
         match self.source_kind() {
             Ok(kind) => {
+                match kind {
+                    SourceKind::Simulated if !policy.simulated => {
+                        errors.push("url: sim:// cameras run only while simulator.enabled is true".into())
+                    }
+                    SourceKind::Simulated => {
+                        if let Some(Err(e)) = SimulatedCamera::from_url(&self.url) {
+                            errors.push(e);
+                        }
+                    }
+                    _ if policy.simulated => errors.push(
+                        "url: only sim:// cameras run while simulator.enabled is true (the synthetic detector sees \
+                         nothing in video)"
+                            .into(),
+                    ),
+                    _ => {}
+                }
                 if kind == SourceKind::Network {
                     let scheme = self.url.split(':').next().unwrap_or_default().to_ascii_lowercase();
                     if !policy.network_schemes.contains(&scheme) {
@@ -202,8 +231,10 @@ impl CameraSpec {
             "rtsp" | "rtsps" | "http" | "https" if url.host_str().is_some() => Ok(SourceKind::Network),
             "rtsp" | "rtsps" | "http" | "https" => Err("url needs a host".into()),
             "file" => Ok(SourceKind::File),
+            SIMULATED_SCHEME => Ok(SourceKind::Simulated),
             other => Err(format!(
-                "url scheme {other:?} is not supported (use rtsp, rtsps, http, https, or file under cameras.media_dir)"
+                "url scheme {other:?} is not supported (use rtsp, rtsps, http, https, file under cameras.media_dir, \
+                 or sim with simulator.enabled)"
             )),
         }
     }
@@ -332,6 +363,7 @@ mod tests {
         let policy = SourcePolicy {
             network_schemes: vec!["rtsp".into()],
             media_dir: Some(MediaDir::new(media.path()).unwrap()),
+            simulated: false,
         };
         let url = |p: &Path| format!("file://{}", p.display());
         assert!(spec(&url(&media.path().join("clip.avi"))).validate(&policy).is_empty());
@@ -378,6 +410,21 @@ mod tests {
         let mut s = spec("rtsp://cam.example/live");
         s.name = "gate\u{0}1".into();
         assert_eq!(s.validate(&open_policy()).len(), 1);
+    }
+
+    #[test]
+    fn simulated_cameras_only_while_the_simulator_runs() {
+        let sim = "sim://gate-1?crossings_per_min=60";
+        assert_eq!(spec(sim).source_kind(), Ok(SourceKind::Simulated));
+        let errors = spec(sim).validate(&open_policy());
+        assert_eq!(errors, vec!["url: sim:// cameras run only while simulator.enabled is true".to_string()]);
+        let simulating = open_policy().with_simulator(true);
+        assert!(spec(sim).validate(&simulating).is_empty());
+        assert!(spec("rtsp://cam.example/live").validate(&simulating)[0].contains("only sim://"));
+        assert!(spec("sim://gate-1?crossings_per_min=0").validate(&simulating)[0].contains("crossings_per_min"));
+        let mut s = spec(sim);
+        s.replay = Some(ReplayOptions::default());
+        assert_eq!(s.validate(&simulating), vec!["replay applies to file:// URLs only".to_string()]);
     }
 
     #[test]

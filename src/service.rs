@@ -67,7 +67,8 @@ impl Service {
     /// joins the cluster, which starts this node's share of the stored cameras. Must run inside
     /// an actix system.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
-        let sources = settings.cameras.source_policy().map_err(anyhow::Error::msg)?;
+        let sources =
+            settings.cameras.source_policy().map_err(anyhow::Error::msg)?.with_simulator(settings.simulator.enabled);
         let metrics = Arc::new(Metrics::new());
         let db = Db::connect(
             &settings.postgres.url,

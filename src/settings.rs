@@ -15,6 +15,7 @@ use crate::analytics::config::AnalyticsConfig;
 use crate::analytics::tracker::TrackerConfig;
 use crate::camera_spec::{MediaDir, SourcePolicy};
 pub use crate::detector::config::{DeviceKind, ModelFamily, ModelSettings};
+pub use crate::detector::simulated::SimulatorSettings;
 use crate::overflow::WhenFull;
 use crate::telemetry::TracingConfig;
 
@@ -56,6 +57,9 @@ pub struct Settings {
     /// Faults injected on purpose, for the fault tests; all off by default.
     #[serde(default)]
     pub faults: FaultSettings,
+    /// Synthetic cameras and detector for load tests (`docs/PERFORMANCE.md`); off by default.
+    #[serde(default)]
+    pub simulator: SimulatorSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,7 +355,7 @@ impl CameraDefaults {
             "" => None,
             dir => Some(MediaDir::new(Path::new(dir)).map_err(|e| format!("cameras.media_dir {dir:?}: {e}"))?),
         };
-        Ok(SourcePolicy { network_schemes: self.allowed_schemes.clone(), media_dir })
+        Ok(SourcePolicy { network_schemes: self.allowed_schemes.clone(), media_dir, simulated: false })
     }
 }
 
@@ -477,6 +481,7 @@ impl Settings {
             errors.push("connector.mailbox must be at least 16".into());
         }
         errors.extend(self.tracker.validate());
+        errors.extend(self.simulator.validate(self.tracker.new_track_thresh));
         errors.extend(self.analytics.validate());
         errors.extend(self.auth.validate());
         errors.extend(self.rate_limit.validate());

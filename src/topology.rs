@@ -22,6 +22,7 @@ use crate::actors::status::{CameraStatus, StreamState};
 use crate::analytics::geometry::Geometry;
 use crate::camera_spec::{CameraSpec, SourceKind};
 use crate::detector::model::{check_model_file, device_name, select_devices, torchscript_loader};
+use crate::detector::simulated;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
 use crate::overflow::WhenFull;
@@ -100,7 +101,11 @@ impl Pipeline {
         sink: Arc<dyn EventSink>,
         escalate: EscalationHook,
     ) -> Result<Self, TopologyError> {
-        check_model_file(&settings.model.path).map_err(TopologyError::Device)?;
+        // The simulator's synthetic detector reads no model file.
+        let simulated = settings.simulator.enabled;
+        if !simulated {
+            check_model_file(&settings.model.path).map_err(TopologyError::Device)?;
+        }
         let system = actix::System::current();
         let observer = metrics.clone();
         let supervisor = Supervisor::spawn(
@@ -112,11 +117,11 @@ impl Pipeline {
             move || actix::System::set_current(system),
         );
         let heartbeat = Some(settings.supervisor.heartbeat_timeout());
-        let model_name = settings.model.name();
+        let model_name = if simulated { simulated::MODEL_NAME.to_string() } else { settings.model.name() };
         let transitions = ModelTransitions::new(model_name.clone(), metrics.clone(), sink.clone());
         let faults = Arc::new(FaultInjector::new(settings.faults.clone()));
         let breaker = settings.breakers.config();
-        let loader = torchscript_loader();
+        let loader = if simulated { simulated::loader() } else { torchscript_loader() };
         let mut devices = Vec::new();
         for device in select_devices(settings.device.kind).map_err(TopologyError::Device)? {
             let name = device_name(device);
@@ -134,9 +139,13 @@ impl Pipeline {
             let actor = GpuActor::new(state, supervisor.clone(), settings.supervisor.heartbeat_timeout()).start();
             devices.push(Device { name, actor });
         }
-        let models =
-            ModelRegistry::new(settings.model.clone(), devices.iter().map(|d| d.actor.clone()).collect(), transitions)
-                .map_err(|e| TopologyError::Device(format!("model file: {e}")))?;
+        let device_actors = devices.iter().map(|d| d.actor.clone()).collect();
+        let models = if simulated {
+            ModelRegistry::simulated(settings.model.clone(), device_actors, transitions)
+        } else {
+            ModelRegistry::new(settings.model.clone(), device_actors, transitions)
+                .map_err(|e| TopologyError::Device(format!("model file: {e}")))?
+        };
         let cameras: Arc<DashMap<String, RunningCamera>> = Arc::default();
         let camera_supervisor = {
             let (observer, cameras) = (metrics.clone(), cameras.clone());

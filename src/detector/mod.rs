@@ -1,9 +1,11 @@
-//! Object detection: the model's input layout, the TorchScript model, and the output decoders.
+//! Object detection: the model's input layout, the TorchScript model, the output decoders, and the
+//! simulator's synthetic detector.
 
 pub mod config;
 pub mod input;
 pub mod model;
 pub mod nms;
+pub mod simulated;
 pub mod yolox;
 
 pub use input::Letterbox;

@@ -1,10 +1,13 @@
 //! The camera's decode thread: open the stream, decode, sample to the camera's rate, letterbox
 //! straight into the model layout and hand frames to the device; reconnect with capped backoff.
+//! A simulated camera (`sim://`) runs the same thread without a stream (`synthetic`).
 //!
 //! Timestamps from the container are not trusted (some files carry broken ones, e.g. a frame rate
 //! of 214748359/3579125): sampling counts frames against the stream's nominal rate, pacing of
 //! replayed files follows the same count. A frame's time is the wall clock at decode for live
 //! streams, and the media clock (epoch plus frame index / rate) for files.
+
+mod synthetic;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,7 @@ use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
 use crate::actors::messages::Frame;
 use crate::actors::status::{CameraStatus, StreamState};
 use crate::camera_spec::{RtspTransport, FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
+use crate::detector::simulated::SimulatedCamera;
 use crate::detector::Letterbox;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
@@ -262,7 +266,33 @@ impl Streamer {
         self.source.clock.wait(&self.source.stop, duration);
     }
 
+    /// Hands a frame to the device; `Some` when the device no longer takes this camera.
+    fn hand_on(&self, frame: Frame) -> Option<RunEnd> {
+        match self.source.sink.push(Queued::Frame(frame), &|| self.stopped()) {
+            PushOutcome::Queued | PushOutcome::Full => None,
+            PushOutcome::DroppedOldest | PushOutcome::Rejected => {
+                self.source.status.dropped.inc();
+                None
+            }
+            PushOutcome::Detached => Some(RunEnd::Stopped),
+        }
+    }
+
+    /// The `frame` root span of the next frame when it is sampled for tracing.
+    fn frame_span(&self) -> tracing::Span {
+        if crate::telemetry::sample_frame() {
+            // Only the camera id: the URL (with its credentials) never goes into a trace.
+            let camera_id = &self.source.config.camera_id;
+            tracing::info_span!(parent: None, "frame", camera_id = %camera_id, frame_seq = self.position.seq)
+        } else {
+            tracing::Span::none()
+        }
+    }
+
     fn run_once(&mut self) -> Result<RunEnd, String> {
+        if let Some(camera) = SimulatedCamera::from_url(&self.source.config.url) {
+            return self.run_simulated(camera?);
+        }
         let opened = Instant::now();
         self.position.media.reopen();
         let last_activity = Arc::new(AtomicU64::new(0));
@@ -378,13 +408,7 @@ impl Streamer {
                 } else {
                     SystemTime::now()
                 };
-                // Only the camera id: the URL (with its credentials) never goes into a trace.
-                let span = if crate::telemetry::sample_frame() {
-                    let camera_id = &self.source.config.camera_id;
-                    tracing::info_span!(parent: None, "frame", camera_id = %camera_id, frame_seq = self.position.seq)
-                } else {
-                    tracing::Span::none()
-                };
+                let span = self.frame_span();
                 let convert_started = Instant::now();
                 let decode_span =
                     crate::child_span!(&span, "decode", width = decoded.width(), height = decoded.height());
@@ -406,12 +430,8 @@ impl Streamer {
                     span,
                 };
                 self.position.seq += 1;
-                match self.source.sink.push(Queued::Frame(frame), &|| self.stopped()) {
-                    PushOutcome::Queued | PushOutcome::Full => {}
-                    PushOutcome::DroppedOldest | PushOutcome::Rejected => {
-                        self.source.status.dropped.inc();
-                    }
-                    PushOutcome::Detached => return Ok(RunEnd::Stopped),
+                if let Some(end) = self.hand_on(frame) {
+                    return Ok(end);
                 }
             }
             if at_eof && !got_frame {

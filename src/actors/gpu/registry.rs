@@ -68,6 +68,8 @@ pub struct DeviceModelView {
 
 pub struct ModelRegistry {
     name: String,
+    /// The simulator's synthetic detector serves: there is no file to reload.
+    simulated: bool,
     base: ModelSettings,
     /// Canonical directory reloads may read from: the configured model's directory.
     dir: PathBuf,
@@ -94,6 +96,7 @@ impl ModelRegistry {
         };
         Ok(Self {
             name: base.name(),
+            simulated: false,
             base,
             dir,
             devices,
@@ -101,6 +104,28 @@ impl ModelRegistry {
             transitions,
             reloading: Default::default(),
         })
+    }
+
+    /// The registry while the simulator runs: version 1 is the synthetic detector, which has no
+    /// file (`file` and `sha256` say so) and cannot be reloaded.
+    pub fn simulated(
+        base: ModelSettings,
+        devices: Vec<actix::Addr<GpuActor>>,
+        transitions: Arc<ModelTransitions>,
+    ) -> Self {
+        let name = crate::detector::simulated::MODEL_NAME;
+        let first =
+            ModelVersion { version: 1, file: name.into(), sha256: String::new(), loaded_at: chrono::Utc::now() };
+        Self {
+            name: name.into(),
+            simulated: true,
+            base,
+            dir: PathBuf::new(),
+            devices,
+            versions: Mutex::new(vec![first]),
+            transitions,
+            reloading: Default::default(),
+        }
     }
 
     pub async fn view(&self) -> ModelView {
@@ -123,6 +148,9 @@ impl ModelRegistry {
     pub async fn reload(&self, name: &str, file: Option<&str>) -> Result<ModelVersion, ReloadError> {
         if name != self.name {
             return Err(ReloadError::NotFound(name.to_string()));
+        }
+        if self.simulated {
+            return Err(ReloadError::BadPath("simulator.enabled: the synthetic detector has no file to reload".into()));
         }
         let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
         let path = match file {
