@@ -293,7 +293,8 @@ async fn main() {
         o.cameras as f64 * o.rate / 60.0
     );
     println!(
-        "CPU per node                     min {:.3} / mean {:.3} / max {:.3} cores ({:.0} cameras each); all nodes {:.2} \
+        "CPU per node                     min {:.3} / mean {:.3} / max {:.3} cores ({:.0} cameras each); \
+         all nodes {:.2} \
          cores = {:.3} cores per 1,000 cameras",
         cpu.iter().cloned().fold(f64::MAX, f64::min),
         total_cpu / cpu.len() as f64,

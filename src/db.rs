@@ -252,7 +252,8 @@ impl Db {
             .get()
             .await?
             .query_opt(
-                "SELECT spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version FROM cameras WHERE id = $1",
+                "SELECT spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version
+                 FROM cameras WHERE id = $1",
                 &[&id],
             )
             .await?;

@@ -35,6 +35,12 @@ impl RedisKeys {
         format!("{}:system", self.prefix)
     }
 
+    /// Hash of node id -> when (Redis clock, ms) it last reached PostgreSQL: the cluster's
+    /// witness of whether a PostgreSQL outage is everyone's or one node's.
+    pub fn cluster_witness(&self) -> String {
+        format!("{}:cluster:postgres_ok", self.prefix)
+    }
+
     /// Hash of a camera's latest state (field `state`: JSON; `updated_at`: RFC 3339).
     pub fn camera_state(&self, camera_id: &str) -> String {
         format!("{}:state:{camera_id}", self.prefix)

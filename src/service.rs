@@ -114,9 +114,16 @@ impl Service {
             })
         };
         let pipeline = Arc::new(Pipeline::start(settings.clone(), metrics.clone(), publisher.clone(), escalate)?);
-        let cluster =
-            Cluster::join(&settings, db.clone(), pipeline.clone(), sources.clone(), metrics.clone(), publisher.clone())
-                .await?;
+        let cluster = Cluster::join(
+            &settings,
+            db.clone(),
+            pipeline.clone(),
+            sources.clone(),
+            metrics.clone(),
+            publisher.clone(),
+            redis.clone(),
+        )
+        .await?;
         let keys = RedisKeys::new(&settings.redis.key_prefix);
         let peers = reqwest::Client::builder()
             .timeout(std::time::Duration::from_millis(settings.http.request_timeout_ms / 2))

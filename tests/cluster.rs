@@ -250,7 +250,8 @@ async fn a_drained_node_hands_a_file_camera_over_and_every_event_is_stored_once(
     let db = env.db().await;
     let row = db
         .query_one(
-            "SELECT count(*), count(DISTINCT event_id) FROM events WHERE camera_id = 'overpass' AND type = 'line_crossing'",
+            "SELECT count(*), count(DISTINCT event_id) FROM events
+             WHERE camera_id = 'overpass' AND type = 'line_crossing'",
             &[],
         )
         .await
@@ -320,7 +321,7 @@ fn logged_at(log: &str, camera: &str, needle: &str) -> Option<chrono::DateTime<c
     log.lines()
         .filter(|l| l.contains(needle) && l.contains(&format!("camera={camera}")))
         .filter_map(|l| chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok())
-        .last()
+        .next_back()
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 
 pub mod rendezvous;
 pub mod store;
+pub mod witness;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,11 +23,14 @@ use serde::Serialize;
 use crate::camera_spec::SourcePolicy;
 use crate::db::{Db, DbError, StoredCamera};
 use crate::metrics::{Metrics, MoveLabels};
+use crate::redis_keys::RedisKeys;
 use crate::settings::{ClusterSettings, Settings};
 use crate::sinks::publisher::Publisher;
+use crate::sinks::stores::RedisPool;
 use crate::topology::{CameraMode, Pipeline};
 use rendezvous::{Candidate, Demand};
 use store::{Claim, ClusterStore, NodeRow};
+use witness::Witness;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -94,6 +98,12 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     /// Forgets a removed camera's cached state.
     publisher: Arc<Publisher>,
+    /// Tells a PostgreSQL outage of every node from this node being cut off.
+    witness: Witness,
+    /// Since when every round has reached PostgreSQL (`None` after a failed one).
+    in_contact_since: parking_lot::Mutex<Option<Instant>>,
+    /// The current outage of every node's PostgreSQL has been logged.
+    outage_logged: AtomicBool,
     round: tokio::sync::Mutex<Round>,
     /// Rounds begun so far (under the `round` lock).
     rounds_started: std::sync::atomic::AtomicU64,
@@ -117,6 +127,7 @@ impl Cluster {
         sources: SourcePolicy,
         metrics: Arc<Metrics>,
         publisher: Arc<Publisher>,
+        redis: RedisPool,
     ) -> Result<Arc<Self>, ClusterError> {
         let id = settings.node.resolved_id();
         let advertise_url = match settings.node.advertise_url.as_str() {
@@ -132,6 +143,7 @@ impl Cluster {
         }
         metrics.node_capacity.set(settings.node.capacity_fps);
         let reloads_seen = store.last_model_reload().await?;
+        let witness = Witness::new(redis, &RedisKeys::new(&settings.redis.key_prefix), &id, settings.cluster.ttl());
         let cluster = Arc::new(Self {
             id,
             incarnation,
@@ -145,6 +157,9 @@ impl Cluster {
             sources,
             metrics,
             publisher,
+            witness,
+            in_contact_since: parking_lot::Mutex::new(None),
+            outage_logged: AtomicBool::new(false),
             round: tokio::sync::Mutex::new(Round { reloads_seen, ..Default::default() }),
             rounds_started: Default::default(),
             renewed_at: parking_lot::Mutex::new(None),
@@ -231,6 +246,7 @@ impl Cluster {
     /// The node leaves for good (after its outbox is delivered): a restart under its id starts
     /// at once.
     pub async fn leave(&self) {
+        self.witness.forget().await;
         if let Err(error) = self.store.leave(&self.id, &self.incarnation).await {
             tracing::warn!(%error, "could not record leaving the cluster");
         }
@@ -310,6 +326,11 @@ impl Cluster {
         let draining = self.draining.load(Ordering::SeqCst);
         let leases = self.store.renew(&self.id).await?;
         *self.renewed_at.lock() = Some(started);
+        let in_contact_for = self.in_contact_since.lock().get_or_insert(started).elapsed();
+        let witness = self.witness.clone();
+        actix::spawn(async move {
+            let _ = witness.reached_postgres().await;
+        });
         // A camera the watchdog stopped, or whose lease is gone: no longer held.
         let mut lost = Vec::new();
         round.held.retain(|id, held| {
@@ -384,7 +405,10 @@ impl Cluster {
         // Take what is ours and not running.
         let wanted: Vec<String> =
             round.cameras.keys().filter(|id| mine(id) && !round.held.contains_key(*id)).cloned().collect();
-        for acquired in self.store.acquire(&self.id, &wanted).await? {
+        // Another node's expired leases are taken only after a TTL in contact with PostgreSQL:
+        // after an outage of every node, their owners renew them first.
+        let take_expired = in_contact_for >= self.settings.ttl();
+        for acquired in self.store.acquire(&self.id, &wanted, take_expired).await? {
             let Some(camera) = round.cameras.get(&acquired.camera_id) else { continue };
             let spec = camera.spec.clone();
             match self
@@ -534,6 +558,7 @@ async fn heartbeat_loop(cluster: Arc<Cluster>) {
         }
         match cluster.reconcile().await {
             Ok(()) => {
+                cluster.outage_logged.store(false, Ordering::SeqCst);
                 if let Some(since) = failing_since.take() {
                     tracing::info!(after_ms = since.elapsed().as_millis() as u64, "coordination store reachable again");
                 }
@@ -543,6 +568,7 @@ async fn heartbeat_loop(cluster: Arc<Cluster>) {
                 return;
             }
             Err(error) => {
+                *cluster.in_contact_since.lock() = None;
                 if failing_since.is_none() {
                     tracing::warn!(%error, "heartbeat failed; cameras stop if it keeps failing");
                     failing_since = Some(Instant::now());
@@ -552,16 +578,34 @@ async fn heartbeat_loop(cluster: Arc<Cluster>) {
     }
 }
 
-/// Stops every camera once the leases may be about to expire: `cluster.stop_after()` after the
-/// last renewal that succeeded. Runs apart from the heartbeat, which may hang on an unreachable
-/// store.
+/// Stops every camera once the leases may be about to expire, `cluster.stop_after()` after the
+/// last renewal that succeeded, unless the witness in Redis says no other node reaches
+/// PostgreSQL either (then nobody can take a lease over, and the cameras run through the outage).
+/// Runs apart from the heartbeat, which may hang on an unreachable store.
 async fn lease_watchdog(cluster: Arc<Cluster>) {
     let period = (cluster.settings.heartbeat() / 4).max(Duration::from_millis(25));
     loop {
         tokio::time::sleep(period).await;
         let Some(renewed) = *cluster.renewed_at.lock() else { continue };
-        if renewed.elapsed() > cluster.settings.stop_after() && !cluster.pipeline.cameras().is_empty() {
-            cluster.stop_all("leases could not be renewed in time (coordination store unreachable)").await;
+        if renewed.elapsed() <= cluster.settings.stop_after() || cluster.pipeline.cameras().is_empty() {
+            continue;
+        }
+        let asked = tokio::time::timeout(cluster.settings.heartbeat(), cluster.witness.others_with_postgres()).await;
+        match asked {
+            Ok(Ok(0)) => {
+                if !cluster.outage_logged.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        "PostgreSQL unreachable from every node (Redis witness): cameras keep running, no lease can \
+                         move until it is back"
+                    );
+                }
+            }
+            Ok(Ok(_)) => {
+                cluster.stop_all("leases could not be renewed in time (another node reaches PostgreSQL)").await;
+            }
+            Ok(Err(_)) | Err(_) => {
+                cluster.stop_all("leases could not be renewed in time (coordination store unreachable)").await;
+            }
         }
     }
 }

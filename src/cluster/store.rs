@@ -217,9 +217,10 @@ impl ClusterStore {
         Ok(rows.iter().map(|r| (r.get(0), Lease { token: r.get(1) })).collect())
     }
 
-    /// Takes the leases of `cameras` that are free, expired, or already `node`'s (a restart
-    /// under the same id), each with a new fencing token, and logs each acquisition.
-    pub async fn acquire(&self, node: &str, cameras: &[String]) -> Result<Vec<Acquired>, DbError> {
+    /// Takes the leases of `cameras` that are free, already `node`'s (a restart under the same
+    /// id), or, with `take_expired`, expired, each with a new fencing token, and logs each
+    /// acquisition.
+    pub async fn acquire(&self, node: &str, cameras: &[String], take_expired: bool) -> Result<Vec<Acquired>, DbError> {
         if cameras.is_empty() {
             return Ok(Vec::new());
         }
@@ -238,7 +239,7 @@ impl ClusterStore {
                      ON CONFLICT (camera_id) DO UPDATE
                          SET node_id = EXCLUDED.node_id, token = EXCLUDED.token,
                              acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
-                         WHERE l.expires_at < now() OR l.node_id = EXCLUDED.node_id
+                         WHERE (l.expires_at < now() AND $4) OR l.node_id = EXCLUDED.node_id
                      RETURNING camera_id, token
                  ), closed AS (
                      UPDATE camera_lease_log SET released_at = now()
@@ -251,7 +252,7 @@ impl ClusterStore {
                  )
                  SELECT t.camera_id, t.token, COALESCE(p.expired AND p.node_id <> $1, false)
                  FROM taken t LEFT JOIN previous p USING (camera_id)",
-                &[&node, &cameras, &(self.ttl_ms as f64)],
+                &[&node, &cameras, &(self.ttl_ms as f64), &take_expired],
             )
             .await?;
         Ok(rows.iter().map(|r| Acquired { camera_id: r.get(0), token: r.get(1), from_lost_node: r.get(2) }).collect())
