@@ -204,69 +204,53 @@ impl Db {
     /// current geometry version. A row that no longer reads as a camera comes back as its error,
     /// so one bad row cannot stop the others.
     pub async fn cameras(&self) -> Result<Vec<Result<StoredCamera, DbError>>, DbError> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                "SELECT id, spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version
-                 FROM cameras ORDER BY created_at, id",
-                &[],
-            )
-            .await?;
-        Ok(rows.iter().map(stored_camera).collect())
+        self.select_cameras(None).await
     }
 
-    /// Every camera's id, registration time (ms) and geometry version: what tells a node which
-    /// registrations it must (re-)read.
-    pub async fn camera_versions(&self) -> Result<Vec<(String, u64, u32)>, DbError> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query("SELECT id, (extract(epoch FROM created_at) * 1000)::int8, geometry_version FROM cameras", &[])
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get::<_, i32>(2) as u32)).collect())
-    }
-
-    /// The stored cameras of these ids (those still registered), each read on its own as in
-    /// `cameras`.
+    /// As `cameras`, only those of these ids (the ones still registered).
     pub async fn cameras_by_id(&self, ids: &[String]) -> Result<Vec<Result<StoredCamera, DbError>>, DbError> {
+        self.select_cameras(Some(ids)).await
+    }
+
+    /// One stored camera, if registered.
+    pub async fn camera(&self, id: &str) -> Result<Option<StoredCamera>, DbError> {
+        self.select_cameras(Some(&[id.to_string()])).await?.into_iter().next().transpose()
+    }
+
+    async fn select_cameras(&self, ids: Option<&[String]>) -> Result<Vec<Result<StoredCamera, DbError>>, DbError> {
         let rows = self
             .pool
             .get()
             .await?
             .query(
-                "SELECT id, spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version
-                 FROM cameras WHERE id = ANY($1)",
+                "SELECT id, spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version FROM cameras
+                 WHERE $1::text[] IS NULL OR id = ANY($1) ORDER BY created_at, id",
                 &[&ids],
             )
             .await?;
         Ok(rows.iter().map(stored_camera).collect())
     }
 
-    /// One stored camera, if registered.
-    pub async fn camera(&self, id: &str) -> Result<Option<StoredCamera>, DbError> {
-        let row = self
+    /// How many cameras are registered, and the newest change to one.
+    pub async fn cameras_summary(&self) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
+        let row = self.pool.get().await?.query_one("SELECT count(*), max(updated_at) FROM cameras", &[]).await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// The id, registration time (ms) and geometry version of every camera changed after
+    /// `since` (all with `None`): what tells a node which registrations it must (re-)read.
+    pub async fn camera_versions(&self, since: Option<DateTime<Utc>>) -> Result<Vec<(String, u64, u32)>, DbError> {
+        let rows = self
             .pool
             .get()
             .await?
-            .query_opt(
-                "SELECT spec, (extract(epoch FROM created_at) * 1000)::int8, geometry_version
-                 FROM cameras WHERE id = $1",
-                &[&id],
+            .query(
+                "SELECT id, (extract(epoch FROM created_at) * 1000)::int8, geometry_version FROM cameras
+                 WHERE $1::timestamptz IS NULL OR updated_at > $1",
+                &[&since],
             )
             .await?;
-        row.map(|row| {
-            serde_json::from_value(row.get(0))
-                .map(|spec| StoredCamera {
-                    spec,
-                    registered_ms: row.get::<_, i64>(1) as u64,
-                    geometry_version: row.get::<_, i32>(2) as u32,
-                })
-                .map_err(|e| DbError::Corrupt { id: id.to_string(), message: e.to_string() })
-        })
-        .transpose()
+        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get::<_, i32>(2) as u32)).collect())
     }
 
     /// Inserts events from their JSON (the `payload` column is that JSON, the other columns come

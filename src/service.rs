@@ -163,8 +163,16 @@ impl Service {
         let url = crate::camera_spec::redact_url(&spec.url);
         tracing::info!(camera = %spec.id, %url, geometry_version = version, "camera registered");
         // This node may be the owner: start it before answering.
-        self.cluster.reconcile().await?;
-        self.runtime(&spec.id).await
+        self.apply_now().await;
+        Ok(self.runtime(&spec.id).await.unwrap_or(CameraRuntime::Remote { owner: None }))
+    }
+
+    /// Applies a change just stored, when this node owns what it changed. The change is durable
+    /// already: if the round fails, the owner applies it at its next heartbeat.
+    async fn apply_now(&self) {
+        if let Err(error) = self.cluster.reconcile().await {
+            tracing::warn!(%error, "change stored; its owner applies it at its next heartbeat");
+        }
     }
 
     /// Validates and stores a new geometry version; the camera's owner applies it.
@@ -175,7 +183,7 @@ impl Service {
         }
         let version =
             self.db.set_geometry(id, &geometry).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
-        self.cluster.reconcile().await?;
+        self.apply_now().await;
         tracing::info!(camera = %id, geometry_version = version, "geometry replaced");
         Ok(version)
     }
@@ -202,7 +210,7 @@ impl Service {
         if !self.db.delete_camera(id).await? {
             return Err(ServiceError::NotFound(id.to_string()));
         }
-        self.cluster.reconcile().await?;
+        self.apply_now().await;
         // A camera that never started (invalid when restored) has series too.
         self.metrics.remove_camera(id);
         tracing::info!(camera = %id, "camera removed");

@@ -238,6 +238,15 @@ async fn a_drained_node_hands_a_file_camera_over_and_every_event_is_stored_once(
     assert!(status.success(), "{log}");
     assert!(log.contains("camera handed over: stopped"), "{log}");
     assert!(log.contains("drain: cameras handed over"), "{log}");
+    // The hand-over gap: stopped on the draining node to started on its successor (one clock).
+    let stopped = logged_at(&log, "overpass", "camera handed over: stopped").unwrap();
+    let started = common::eventually("the successor's start in its log", Duration::from_secs(10), || async {
+        logged_at(&successor.log_text(), "overpass", "camera lease acquired: started")
+    })
+    .await;
+    let gap = (started - stopped).num_milliseconds();
+    eprintln!("drain hand-over: stopped -> started on the next owner in {gap} ms");
+    assert!((0..3_000).contains(&gap), "hand-over took {gap} ms");
     let counts = common::counts_when_ended(&client, &successor, "overpass").await;
     assert_eq!(counts["lines"][0]["in"], 27, "the single-node count of this clip is 27: {counts}");
     let total = 27;

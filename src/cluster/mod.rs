@@ -63,6 +63,8 @@ struct Round {
     cameras: HashMap<String, StoredCamera>,
     /// Registrations that do not validate here (registration time, geometry version).
     rejected: HashMap<String, (u64, u32)>,
+    /// The newest `updated_at` among the cameras read.
+    newest_change: Option<chrono::DateTime<chrono::Utc>>,
     /// The last model reload request applied.
     reloads_seen: i64,
 }
@@ -460,17 +462,39 @@ impl Cluster {
     /// (only those), keeps the ones that validate. The others are reported once per change and
     /// left down.
     async fn load_cameras(&self, round: &mut Round) -> Result<(), ClusterError> {
-        let versions: HashMap<String, (u64, u32)> =
-            self.db.camera_versions().await?.into_iter().map(|(id, at, version)| (id, (at, version))).collect();
-        let current = |id: &String, c: &StoredCamera| versions.get(id) == Some(&(c.registered_ms, c.geometry_version));
-        round.cameras.retain(|id, c| current(id, c));
-        round.rejected.retain(|id, seen| versions.get(id) == Some(seen));
+        // Only rows changed since the last read (with a margin for transactions that committed
+        // late); all of them when some were removed (the count tells) or on the first read.
+        let (count, newest) = self.db.cameras_summary().await?;
+        let since = round.newest_change.map(|t| t - chrono::Duration::seconds(5));
+        let changed = self.db.camera_versions(since).await?;
+        self.read_changed(round, &changed).await?;
+        if (round.cameras.len() + round.rejected.len()) as i64 != count {
+            let all = self.db.camera_versions(None).await?;
+            let present: HashMap<&String, (u64, u32)> = all.iter().map(|(id, at, v)| (id, (*at, *v))).collect();
+            round.cameras.retain(|id, c| present.get(id) == Some(&(c.registered_ms, c.geometry_version)));
+            round.rejected.retain(|id, seen| present.get(id) == Some(seen));
+            self.read_changed(round, &all).await?;
+        }
+        round.newest_change = newest;
+        Ok(())
+    }
+
+    /// Reads the registrations among `versions` (id, registration ms, geometry version) that
+    /// are new or changed; keeps the ones that validate, reports the others once per change.
+    async fn read_changed(&self, round: &mut Round, versions: &[(String, u64, u32)]) -> Result<(), ClusterError> {
         let stale: Vec<String> = versions
-            .keys()
-            .filter(|id| !round.cameras.contains_key(*id) && !round.rejected.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|(id, at, version)| {
+                let known = round.cameras.get(id).map(|c| (c.registered_ms, c.geometry_version));
+                known.or_else(|| round.rejected.get(id).copied()) != Some((*at, *version))
+            })
+            .map(|(id, _, _)| id.clone())
             .collect();
         for ids in stale.chunks(1_000) {
+            for id in ids {
+                round.cameras.remove(id);
+                round.rejected.remove(id);
+            }
             for stored in self.db.cameras_by_id(ids).await? {
                 let camera = match stored {
                     Ok(camera) => camera,
@@ -551,11 +575,19 @@ pub async fn drain_node(settings: &Settings) -> Result<(), ClusterError> {
 /// A round every heartbeat, or at once when a change is announced.
 async fn heartbeat_loop(cluster: Arc<Cluster>) {
     let mut failing_since: Option<Instant> = None;
+    // Announcements come in bursts (a thousand registrations): at most one round per quarter
+    // heartbeat, each seeing all that changed meanwhile.
+    let min_gap = cluster.settings.heartbeat() / 4;
+    let mut last_round = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cluster.settings.heartbeat()) => {}
             _ = cluster.wake.notified() => {}
         }
+        if let Some(wait) = min_gap.checked_sub(last_round.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        last_round = Instant::now();
         match cluster.reconcile().await {
             Ok(()) => {
                 cluster.outage_logged.store(false, Ordering::SeqCst);
