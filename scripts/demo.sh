@@ -52,6 +52,7 @@ The API wants a bearer token; the demo's admin token is in .local/demo-token:
   live events:  curl -N -H "\$AUTH" $API/api/v1/events/stream
   cameras:      curl -s -H "\$AUTH" $API/api/v1/cameras
   system:       curl -s -H "\$AUTH" $API/api/v1/system
+  cluster:      curl -s -H "\$AUTH" $API/api/v1/cluster
   API document: curl -s $API/api/v1/openapi.json
   metrics:      curl -s $API/metrics
   events:       redis-cli -u \$ITS__REDIS__URL XREVRANGE its:events + - COUNT 5
