@@ -325,7 +325,7 @@ async fn sigkill_loses_nothing_the_outbox_acknowledged_and_the_camera_resumes() 
     })
     .await;
     let log = svc.stop();
-    assert!(log.contains("camera restored"), "{log}");
+    assert!(log.contains("camera lease acquired: started"), "{log}");
     let resumed: i64 =
         db.query_one("SELECT count(*) FROM events WHERE geometry_version = 2", &[]).await.unwrap().get(0);
     assert_eq!(resumed as u64, emitted, "the resumed camera's crossings, each once");
