@@ -73,6 +73,25 @@ async fn leases(client: &reqwest::Client, svc: &Service) -> BTreeMap<String, Str
     owners
 }
 
+/// The lease holders once settled: every one of `cameras` held, `node` among the holders, and
+/// the same two heartbeats later (old owners give cameras up one round after another).
+async fn settled_leases(
+    client: &reqwest::Client,
+    svc: &Service,
+    cameras: usize,
+    node: &str,
+) -> BTreeMap<String, String> {
+    common::eventually(&format!("{node} to take its share"), Duration::from_secs(60), || async {
+        let owners = leases(client, svc).await;
+        if owners.len() != cameras || !owners.values().any(|o| o == node) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (leases(client, svc).await == owners).then_some(owners)
+    })
+    .await
+}
+
 /// Waits until `n` nodes are live and have been for the settle time (they take cameras).
 async fn settled(client: &reqwest::Client, svc: &Service, n: usize) {
     common::eventually("the nodes to settle", Duration::from_secs(60), || async {
@@ -159,11 +178,7 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     settled(&client, &d, 3).await;
     let mut all: Vec<(&str, &Service)> = alive.clone();
     all.push(("node-d", &d));
-    let expected = common::eventually("node-d to take its share", Duration::from_secs(30), || async {
-        let owners = leases(&client, &d).await;
-        (owners.values().filter(|o| *o == "node-d").count() > 0).then_some(owners)
-    })
-    .await;
+    let expected = settled_leases(&client, &d, cameras.len(), "node-d").await;
     let after_join = each_analysed_once(&client, &all, &cameras, Duration::from_secs(30)).await;
     assert_eq!(after_join, expected);
     let moved: Vec<&String> = cameras.iter().filter(|c| after_join[*c] != after_kill[*c]).collect();
@@ -384,11 +399,7 @@ async fn a_node_cut_off_from_the_stores_stops_before_its_cameras_move() {
         for relay in &cut {
             relay.cut.store(false, Ordering::SeqCst);
         }
-        let back = common::eventually("node-p to take cameras again", Duration::from_secs(60), || async {
-            let owners = leases(&client, &q).await;
-            (owners.values().any(|o| o == "node-p")).then_some(owners)
-        })
-        .await;
+        let back = settled_leases(&client, &q, cameras.len(), "node-p").await;
         owners = each_analysed_once(&client, &both, &cameras, Duration::from_secs(30)).await;
         assert_eq!(owners, back);
     }
