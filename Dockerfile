@@ -1,6 +1,7 @@
 # Multi-stage build of its-analytics: the same steps as scripts/setup.sh (Debian FFmpeg 5.1 dev
-# packages and libclang; a venv with torch==2.13.0, the libtorch tch 0.26 links; YOLOX-Nano
-# converted to TorchScript with a real batch dimension; a locked release build), in containers.
+# packages and libclang; a venv with torch==2.13.0, the libtorch tch 0.26 links, and
+# onnxruntime==1.32.0, the CPU backend's library; YOLOX-Nano converted with a real batch
+# dimension; a locked release build), in containers.
 #
 #   docker build -t its-analytics .
 #
@@ -16,15 +17,16 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     && rm -rf /var/lib/apt/lists/*
 # libtorch from PyPI, at the path the binary's rpath will name in the runtime image too.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir torch==2.13.0 onnx numpy pillow \
+    && /opt/venv/bin/pip install --no-cache-dir torch==2.13.0 onnxruntime==1.32.0 onnx numpy pillow \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps onnx2torch torchvision==0.28.0
 WORKDIR /src
 COPY scripts/convert_model.py scripts/
-RUN mkdir -p models \
-    && curl -fsSL -o models/yolox_nano.onnx \
+RUN mkdir -p models/upstream \
+    && curl -fsSL -o models/upstream/yolox_nano.onnx \
        https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx \
-    && echo "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14  models/yolox_nano.onnx" | sha256sum -c - \
-    && /opt/venv/bin/python scripts/convert_model.py models/yolox_nano.onnx models/yolox_nano.torchscript.pt
+    && echo "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14  models/upstream/yolox_nano.onnx" \
+       | sha256sum -c - \
+    && /opt/venv/bin/python scripts/convert_model.py models/upstream/yolox_nano.onnx models
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
 COPY configs configs
@@ -42,11 +44,16 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     && groupadd --system --gid 10001 its \
     && useradd --system --uid 10001 --gid its --no-create-home its \
     && mkdir -p /etc/its-analytics/config /etc/its-analytics/secrets /media
-# Only the libraries of torch (and the CUDA libraries they load), not the Python venv's rest.
+# Only the libraries of torch (and the CUDA libraries they load) and of ONNX Runtime, at the paths
+# the binary names (rpath; the default model.onnxruntime_library), not the Python venv's rest.
 COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
 COPY --from=build /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
+COPY --from=build /opt/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0 \
+     /opt/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0
 COPY --from=build /src/target/release/its-analytics /usr/local/bin/its-analytics
-COPY --from=build /src/models/yolox_nano.torchscript.pt /app/models/yolox_nano.torchscript.pt
+# ONNX for CPU nodes (the default), TorchScript fp32 and bf16 for CUDA nodes (ITS__MODEL__PATH).
+COPY --from=build /src/models/yolox_nano.onnx /src/models/yolox_nano.torchscript.pt /src/models/yolox_nano.bf16.pt \
+     /app/models/
 # The defaults (compiled into the binary too), as a starting point for `--config`.
 COPY configs/default.toml /etc/its-analytics/default.toml
 WORKDIR /app
@@ -56,7 +63,7 @@ RUN mkdir -p /var/lib/its-analytics && chown 10001:10001 /var/lib/its-analytics
 VOLUME /var/lib/its-analytics
 USER 10001:10001
 ENV ITS__HTTP__BIND=0.0.0.0:8080 \
-    ITS__MODEL__PATH=/app/models/yolox_nano.torchscript.pt \
+    ITS__MODEL__PATH=/app/models/yolox_nano.onnx \
     ITS__CAMERAS__MEDIA_DIR=/media \
     ITS__OUTBOX__PATH=/var/lib/its-analytics/outbox.redb
 EXPOSE 8080

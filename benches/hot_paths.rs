@@ -56,9 +56,9 @@ fn bench(c: &mut Criterion) {
     });
 
     let bgr = vec![128u8; 416 * 312 * 3];
-    let mut planar = Vec::new();
-    c.bench_function("letterbox_320x240_to_416_planar", |b| {
-        b.iter(|| letterbox.write_planar(black_box(&bgr), 416 * 3, &mut planar))
+    let mut pixels = Vec::new();
+    c.bench_function("letterbox_320x240_to_416_interleaved", |b| {
+        b.iter(|| letterbox.write_interleaved(black_box(&bgr), 416 * 3, &mut pixels))
     });
 
     let frames: Vec<Vec<Detection>> = (0..200).map(detections).collect();

@@ -1,23 +1,38 @@
 #!/usr/bin/env python3
-"""Convert YOLOX-Nano (ONNX, batch 1 baked in) into a TorchScript module with a real batch dimension.
+"""Convert YOLOX-Nano (ONNX, batch 1 and 416x416 baked in) into the model files the service runs.
 
-The ONNX export flattens its three per-stride head maps with Reshape nodes whose target shape has
-batch size 1 written into it; a plain trace would silently fold a batch of N into one image's rows.
-So we cut the graph before those reshapes (the heads `[N, 85, H, W]` become the outputs), convert
-that with onnx2torch, and do flatten / concat / permute in a small wrapper that keeps N.
+Every file takes the same input: `frames`, uint8 `[N, H, W, 3]`, letterboxed BGR pixels in the
+order the decoder's swscale writes them (interleaved, no planar copy), and gives `[N, anchors, 85]`.
+N, H and W are free (H and W multiples of 32), so one file serves every batch and input size.
 
-Usage: convert_model.py SRC.onnx DST.pt
-Checks before saving: the batch-1 output equals the original graph's layout, and a batch of 4
-equals four single-image runs.
+  yolox_nano.onnx            ONNX Runtime, the CPU backend: fp32
+  yolox_nano.torchscript.pt  libtorch, the CUDA backend (and CPU): fp32, channels-last
+  yolox_nano.bf16.pt         libtorch: bfloat16 weights (CPUs with AMX / AVX512-BF16, CUDA)
+  yolox_nano.reference.pt    libtorch: the model exactly as served before the ONNX Runtime
+                             backend (contiguous fp32), kept for `bench` and the equivalence test
+
+The upstream ONNX flattens its three per-stride head maps with Reshape nodes whose target shape has
+batch size 1 written into it, so the graph is cut before those reshapes (the heads `[N, 85, H, W]`
+become its outputs) and flatten / concat / transpose are added again in a form that keeps N.
+
+Usage: convert_model.py SRC.onnx OUT_DIR
+Checks before saving: each file equals the original graph on one image, and a batch of 4 equals
+four single-image runs, at 416 and at 320 pixels.
 """
+import os
 import sys
 
+import numpy as np
 import onnx
 import onnx.utils
+import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper
 from onnx2torch import convert
 
 INPUT = 416
+TOLERANCE = 1e-3  # fp32 files against the original graph (scores and pixel coordinates)
+BF16_TOLERANCE = 8.0  # bf16 keeps ~3 significant digits: box coordinates move by a few pixels
 
 
 def head_outputs(model: onnx.ModelProto) -> list[str]:
@@ -28,41 +43,123 @@ def head_outputs(model: onnx.ModelProto) -> list[str]:
     return [n.input[0] for n in reshapes]
 
 
+def batched_onnx(heads: onnx.ModelProto) -> onnx.ModelProto:
+    """The heads graph with a uint8 NHWC input and the batch-keeping flatten / concat / transpose."""
+    graph = heads.graph
+    (images,) = [i for i in graph.input if i.name == "images"]
+    channels = images.type.tensor_type.shape.dim[1].dim_value
+    graph.input.remove(images)
+    graph.input.append(helper.make_tensor_value_info("frames", TensorProto.UINT8, ["N", "H", "W", channels]))
+    head_names = [o.name for o in graph.output]
+    rows = heads.graph.output[0].type.tensor_type.shape.dim[1].dim_value  # 85
+    del graph.output[:]
+    del graph.value_info[:]  # shapes inferred at batch 1 would pin N
+    graph.initializer.append(helper.make_tensor("its_flat_shape", TensorProto.INT64, [3], [0, rows, -1]))
+    prologue = [
+        helper.make_node("Transpose", ["frames"], ["its_frames_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["its_frames_nchw"], ["images"], to=TensorProto.FLOAT),
+    ]
+    flat = [f"its_flat_{i}" for i in range(len(head_names))]
+    epilogue = [helper.make_node("Reshape", [h, "its_flat_shape"], [f]) for h, f in zip(head_names, flat)]
+    epilogue += [
+        helper.make_node("Concat", flat, ["its_rows_by_anchor"], axis=2),
+        helper.make_node("Transpose", ["its_rows_by_anchor"], ["output"], perm=[0, 2, 1]),
+    ]
+    nodes = prologue + list(graph.node) + epilogue
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.output.append(helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", "A", rows]))
+    onnx.checker.check_model(heads)
+    return heads
+
+
 class BatchedYolox(torch.nn.Module):
-    def __init__(self, heads: torch.nn.Module):
+    """uint8 NHWC frames in; the heads in `dtype` and `memory_format`; float32 rows out."""
+
+    def __init__(self, heads: torch.nn.Module, dtype: torch.dtype, channels_last: bool):
         super().__init__()
         self.heads = heads
+        self.dtype = dtype
+        self.channels_last = channels_last
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        images = frames.permute(0, 3, 1, 2)  # a view: NCHW indices over channels-last memory
+        images = images.to(self.dtype) if self.channels_last else images.contiguous().to(self.dtype)
         maps = self.heads(images)
         flat = [m.flatten(2) for m in maps]  # [N, 85, H*W] each
-        return torch.cat(flat, dim=2).permute(0, 2, 1).contiguous()  # [N, 3549, 85]
+        return torch.cat(flat, dim=2).permute(0, 2, 1).float().contiguous()  # [N, anchors, 85]
+
+
+def torchscript(heads_path: str, dtype: torch.dtype, channels_last: bool) -> torch.jit.ScriptModule:
+    heads = convert(onnx.load(heads_path)).eval().to(dtype)
+    if channels_last:
+        heads = heads.to(memory_format=torch.channels_last)
+    model = BatchedYolox(heads, dtype, channels_last).eval()
+    example = torch.randint(0, 256, (2, INPUT, INPUT, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        return torch.jit.freeze(torch.jit.trace(model, example).eval())
+
+
+def original_output(session: ort.InferenceSession, frame: np.ndarray) -> np.ndarray:
+    """The upstream graph on one uint8 HWC frame (416x416 only: its reshapes are fixed)."""
+    images = frame.transpose(2, 0, 1)[None].astype(np.float32)
+    return session.run(None, {"images": images})[0]
+
+
+def check(name: str, run, original: ort.InferenceSession, tolerance: float) -> str:
+    """Batch-4 vs singles at 416 and 320, and batch-1 vs the original graph at 416."""
+    rng = np.random.default_rng(0)
+    notes = []
+    for side in (INPUT, 320):
+        batch = rng.integers(0, 256, (4, side, side, 3), dtype=np.uint8)
+        together = run(batch)
+        singles = np.concatenate([run(batch[i : i + 1]) for i in range(4)])
+        anchors = sum((side // s) ** 2 for s in (8, 16, 32))
+        diff = float(np.abs(together - singles).max())
+        if together.shape != (4, anchors, 85) or diff > tolerance:
+            raise SystemExit(f"{name}: batch check at {side} failed: shape {together.shape}, max diff {diff}")
+        notes.append(f"batch-4 vs singles at {side}: {diff:.1e}")
+    frame = rng.integers(0, 256, (INPUT, INPUT, 3), dtype=np.uint8)
+    ref_diff = float(np.abs(original_output(original, frame) - run(frame[None])).max())
+    if ref_diff > tolerance:
+        raise SystemExit(f"{name}: differs from the original graph by {ref_diff}")
+    notes.append(f"vs original graph: {ref_diff:.1e}")
+    return ", ".join(notes)
 
 
 def main() -> None:
-    src, dst = sys.argv[1], sys.argv[2]
+    src, out_dir = sys.argv[1], sys.argv[2]
+    os.makedirs(out_dir, exist_ok=True)
     full = onnx.load(src)
-    heads_path = dst + ".heads.onnx"
+    heads_path = os.path.join(out_dir, "yolox_nano.heads.onnx")
     onnx.utils.extract_model(src, heads_path, ["images"], head_outputs(full))
-    heads = convert(onnx.load(heads_path)).eval()
-    model = BatchedYolox(heads).eval()
+    original = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
 
-    torch.manual_seed(0)
-    example = torch.rand(2, 3, INPUT, INPUT) * 255.0
-    with torch.no_grad():
-        traced = torch.jit.freeze(torch.jit.trace(model, example).eval())
-        batch = torch.rand(4, 3, INPUT, INPUT) * 255.0
-        together = traced(batch)
-        singles = torch.cat([traced(batch[i : i + 1]) for i in range(4)])
-        diff = (together - singles).abs().max().item()
-        if together.shape != (4, 3549, 85) or diff > 1e-3:
-            raise SystemExit(f"batch check failed: shape {tuple(together.shape)}, max diff {diff}")
-        reference = convert(full).eval()(batch[:1])
-        ref_diff = (reference - traced(batch[:1])).abs().max().item()
-        if ref_diff > 1e-3:
-            raise SystemExit(f"converted model differs from the ONNX graph by {ref_diff}")
-    traced.save(dst)
-    print(f"saved {dst}: batch-4 vs singles max diff {diff:.2e}, vs original graph {ref_diff:.2e}")
+    # Written under a temporary name and renamed last: its presence means the conversion finished.
+    onnx_path = os.path.join(out_dir, "yolox_nano.onnx")
+    onnx.save(batched_onnx(onnx.load(heads_path)), onnx_path + ".partial")
+    session = ort.InferenceSession(onnx_path + ".partial", providers=["CPUExecutionProvider"])
+    onnx_notes = check("onnx", lambda f: session.run(None, {"frames": f})[0], original, TOLERANCE)
+
+    variants = [
+        ("yolox_nano.torchscript.pt", torch.float32, True, TOLERANCE),
+        ("yolox_nano.bf16.pt", torch.bfloat16, True, BF16_TOLERANCE),
+        ("yolox_nano.reference.pt", torch.float32, False, TOLERANCE),
+    ]
+    for file, dtype, channels_last, tolerance in variants:
+        module = torchscript(heads_path, dtype, channels_last)
+
+        def run(frames: np.ndarray, module=module) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(np.ascontiguousarray(frames))).numpy()
+
+        notes = check(file, run, original, tolerance)
+        path = os.path.join(out_dir, file)
+        module.save(path)
+        print(f"saved {path}: {notes}")
+    os.remove(heads_path)
+    os.replace(onnx_path + ".partial", onnx_path)
+    print(f"saved {onnx_path}: {onnx_notes}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use crate::analytics::measures::{IntervalMeasures, MeasuresView};
 use crate::analytics::rollup::{roll_up, ElementSeries, Interval};
 use crate::analytics::{AggregateRow, ElementKind};
 use crate::camera_spec::{CameraSpec, ReplayOptions};
+use crate::detector::config::ModelSettings;
 use crate::detector::Detector;
 use crate::events::{Event, EventDetail};
 use crate::metrics::Metrics;
@@ -193,6 +194,9 @@ pub async fn analyze(
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub video: String,
+    /// The model file and the backend that ran it.
+    pub model: String,
+    pub backend: String,
     pub device: String,
     pub threads: usize,
     /// Largest batch the pipeline can form for one offline camera (and the model-only batch).
@@ -208,12 +212,22 @@ pub struct BenchReport {
     pub model_only_fps_after: f64,
     /// pipeline / model-only: 1.0 means the pipeline costs nothing beyond the model.
     pub ratio: f64,
+    /// The model as served before the ONNX Runtime backend, timed alike in the same run.
+    pub reference: Option<ReferenceRun>,
     /// Mean milliseconds per kept frame (decode), per batch (inference), per frame (tracking).
     pub stage_ms: StageTimes,
     /// Offline latencies include the wait in the full queue (backpressure by design).
     pub offline_latency: Latency,
     /// The clip played at its own rate as a live camera: the latency an operator sees.
     pub live: LiveRun,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReferenceRun {
+    pub model: String,
+    pub model_only_fps: f64,
+    /// model_only_fps of the configured model / this one.
+    pub speedup: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -262,16 +276,35 @@ impl Latency {
 }
 
 /// Runs the whole pipeline on a clip offline (throughput) and live at the clip's own rate
-/// (latency), and in the same process the model alone with the same batch size and threads.
-pub async fn bench(settings: &Settings, video: &Path, geometry: Geometry) -> anyhow::Result<BenchReport> {
+/// (latency), and in the same process the model alone with the same batch size and threads, and
+/// the `reference` model alone (same input, same device, same threads) when one is given.
+pub async fn bench(
+    settings: &Settings,
+    video: &Path,
+    geometry: Geometry,
+    reference: Option<&Path>,
+) -> anyhow::Result<BenchReport> {
     let batch_size = settings.batching.max_batch.min(settings.batching.queue_per_camera).max(1);
-    // This machine's speed drifts between runs; the model alone is measured before and after the
-    // pipeline and averaged, so a drift does not land on one side of the ratio only.
-    let (before, device) = model_only_on_thread(settings, batch_size)?;
+    let reference_model = reference.map(|path| ModelSettings { path: path.to_path_buf(), ..settings.model.clone() });
+    // This machine's speed drifts between runs; each model alone is measured before and after the
+    // pipeline and averaged, so a drift does not land on one side of a ratio only.
+    let reference_before = match &reference_model {
+        Some(model) => Some(model_only_on_thread(settings, model, batch_size)?.0),
+        None => None,
+    };
+    let (before, device) = model_only_on_thread(settings, &settings.model, batch_size)?;
     // `analyze` returns once its inference thread has ended, so it cannot slow the next timing.
     let run = analyze(settings, video, geometry.clone(), None, CameraMode::Offline).await?;
-    let (after, _) = model_only_on_thread(settings, batch_size)?;
+    let (after, _) = model_only_on_thread(settings, &settings.model, batch_size)?;
     let model_only_fps = (before + after) / 2.0;
+    let reference = match (&reference_model, reference_before) {
+        (Some(model), Some(first)) => {
+            let fps = (first + model_only_on_thread(settings, model, batch_size)?.0) / 2.0;
+            let model = model.path.display().to_string();
+            Some(ReferenceRun { model, model_only_fps: fps, speedup: model_only_fps / fps })
+        }
+        _ => None,
+    };
     let live = analyze(settings, video, geometry, None, CameraMode::Live).await?;
 
     let stages = &run.metrics.stages;
@@ -282,8 +315,10 @@ pub async fn bench(settings: &Settings, video: &Path, geometry: Geometry) -> any
     let mean_batch = frames as f64 / batches.max(1) as f64;
     Ok(BenchReport {
         video: run.report.video.clone(),
+        model: settings.model.path.display().to_string(),
+        backend: settings.model.backend().as_str().to_string(),
         device,
-        threads: crate::actors::gpu::worker::effective_threads(settings.device.cpu_threads),
+        threads: settings.device.cpu_threads_per_worker(),
         batch_size,
         mean_batch,
         frames,
@@ -292,6 +327,7 @@ pub async fn bench(settings: &Settings, video: &Path, geometry: Geometry) -> any
         model_only_fps_before: before,
         model_only_fps_after: after,
         ratio: run.report.fps / model_only_fps,
+        reference,
         stage_ms: StageTimes {
             decode_per_frame: decode_ms,
             inference_per_batch: inference_ms,
@@ -310,9 +346,13 @@ pub async fn bench(settings: &Settings, video: &Path, geometry: Geometry) -> any
 
 /// The model-only run on a thread of its own, set up like an inference thread (libtorch's
 /// thread count is per thread).
-fn model_only_on_thread(settings: &Settings, batch_size: usize) -> anyhow::Result<(f64, String)> {
-    let settings = settings.clone();
-    std::thread::spawn(move || model_only(&settings, batch_size, MODEL_ONLY_FRAMES))
+fn model_only_on_thread(
+    settings: &Settings,
+    model: &ModelSettings,
+    batch_size: usize,
+) -> anyhow::Result<(f64, String)> {
+    let (settings, model) = (settings.clone(), model.clone());
+    std::thread::spawn(move || model_only(&settings, &model, batch_size, MODEL_ONLY_FRAMES))
         .join()
         .map_err(|_| anyhow::anyhow!("model-only run panicked"))?
 }
@@ -320,22 +360,25 @@ fn model_only_on_thread(settings: &Settings, batch_size: usize) -> anyhow::Resul
 /// Frames the model alone is timed on, per measurement.
 const MODEL_ONLY_FRAMES: usize = 600;
 
-/// Frames per second of the model alone: one input tensor prepared once on the device, forward
-/// passes only, no decode, no NMS, no copies back.
-fn model_only(settings: &Settings, batch_size: usize, frames: usize) -> anyhow::Result<(f64, String)> {
-    let device = crate::detector::model::select_devices(settings.device.kind).map_err(anyhow::Error::msg)?[0];
-    crate::actors::gpu::worker::set_up_thread(device, settings.device.cpu_threads);
-    let detector = Detector::load(&settings.model, device)?;
-    let grey = vec![crate::detector::input::PAD_VALUE; 3 * (settings.model.input_size as usize).pow(2)];
-    let input = detector.input_tensor(&vec![grey.as_slice(); batch_size])?;
-    let _warm_up = detector.forward_tensor(&input)?;
+/// Frames per second of the model alone: one batch of frames in the model layout prepared once,
+/// then model calls only (input in, raw output back on the CPU), no decode, no NMS.
+fn model_only(
+    settings: &Settings,
+    model: &ModelSettings,
+    batch_size: usize,
+    frames: usize,
+) -> anyhow::Result<(f64, String)> {
+    let devices = crate::detector::model::select_devices(settings.device.kind, model.backend());
+    let device = devices.map_err(anyhow::Error::msg)?[0];
+    crate::actors::gpu::worker::set_up_thread(device, settings.device.cpu_threads_per_worker());
+    let detector = Detector::load(model, device)?;
+    let grey = vec![crate::detector::input::PAD_VALUE; 3 * (model.input_size as usize).pow(2)];
+    let batch = vec![grey.as_slice(); batch_size];
+    detector.forward(&batch)?; // warm-up
     let calls = frames.div_ceil(batch_size).max(1);
     let started = Instant::now();
     for _ in 0..calls {
-        let out = detector.forward_tensor(&input)?;
-        if device != tch::Device::Cpu {
-            out.sum(tch::Kind::Float).double_value(&[]); // wait for the device
-        }
+        detector.forward(&batch)?;
     }
     let seconds = started.elapsed().max(Duration::from_nanos(1)).as_secs_f64();
     Ok(((calls * batch_size) as f64 / seconds, crate::detector::model::device_name(device)))

@@ -47,6 +47,10 @@ enum Command {
         video: PathBuf,
         #[arg(long = "line", default_value = "0,150,320,150")]
         lines: Vec<String>,
+        /// A model timed alone beside the configured one, same input, device and threads ("none":
+        /// skip). Default: the model as served before the ONNX Runtime backend.
+        #[arg(long, default_value = "models/yolox_nano.reference.pt")]
+        reference: String,
         #[arg(long)]
         json: bool,
     },
@@ -185,13 +189,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 print!("{}", report.table());
             }
         }
-        Command::Bench { video, lines, json } => {
+        Command::Bench { video, lines, reference, json } => {
             let geometry = Geometry { lines: parse_lines(&lines)?, ..Default::default() };
-            let r = analyze::bench(&settings, &video, geometry).await?;
+            let reference = (reference != "none").then(|| PathBuf::from(reference));
+            if let Some(path) = reference.as_deref().filter(|p| !p.is_file()) {
+                anyhow::bail!(
+                    "--reference {}: no such file (scripts/setup.sh writes it; \"none\" skips it)",
+                    path.display()
+                );
+            }
+            let r = analyze::bench(&settings, &video, geometry, reference.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!("clip            {}", r.video);
+                println!("model           {} ({})", r.model, r.backend);
                 println!(
                     "device          {} ({} threads), batch {} (mean {:.2})",
                     r.device, r.threads, r.batch_size, r.mean_batch
@@ -203,6 +215,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     r.model_only_fps, r.model_only_fps_before, r.model_only_fps_after
                 );
                 println!("ratio           {:.3}", r.ratio);
+                if let Some(reference) = &r.reference {
+                    println!(
+                        "reference       {:.1} frames/s model only ({}): {:.2}x",
+                        reference.model_only_fps, reference.model, reference.speedup
+                    );
+                }
                 println!(
                     "stages (ms)     decode {:.2}/frame, inference {:.2}/batch ({:.2}/frame), tracking {:.3}/frame",
                     r.stage_ms.decode_per_frame,

@@ -296,11 +296,27 @@ pub struct PostgresSettings {
 #[serde(deny_unknown_fields)]
 pub struct DeviceSettings {
     pub kind: DeviceKind,
-    /// libtorch intra-op threads on the CPU device; 0 = number of cores.
+    /// Intra-op threads of each CPU inference worker (ONNX Runtime or libtorch); 0 = number of cores.
     pub cpu_threads: usize,
+    /// Inference workers on the CPU, each a device of its own (`cpu:0`, `cpu:1`, ...) with its
+    /// thread, queue and batches; cameras are spread over them. Workers x threads should not pass
+    /// the cores.
+    pub cpu_workers: usize,
     /// The CPU device's memory budget in MiB (the process' resident memory counts against it);
     /// the batch is sized to what is left. 0 = no budget. CUDA devices use their free memory.
     pub cpu_memory_budget_mb: u64,
+}
+
+impl DeviceSettings {
+    /// Threads of one CPU inference worker: as configured, else the cores shared by the workers.
+    pub fn cpu_threads_per_worker(&self) -> usize {
+        if self.cpu_threads > 0 {
+            self.cpu_threads
+        } else {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            (cores / self.cpu_workers.max(1)).max(1)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -514,6 +530,16 @@ impl Settings {
         }
         if !(self.model.rollback_failure_rate > 0.0 && self.model.rollback_failure_rate <= 1.0) {
             errors.push("model.rollback_failure_rate must be in (0, 1]".into());
+        }
+        if !(1..=64).contains(&self.device.cpu_workers) {
+            errors.push("device.cpu_workers must be in 1..=64".into());
+        }
+        if self.model.backend() == crate::detector::config::Backend::OnnxRuntime
+            && self.device.kind == DeviceKind::Cuda
+            && !self.simulator.enabled
+        {
+            errors
+                .push("device.kind = \"cuda\" needs a TorchScript model.path (.pt): ONNX models run on the CPU".into());
         }
         if !(1..=10_000).contains(&self.model.rollback_window) {
             errors.push("model.rollback_window must be in 1..=10000".into());

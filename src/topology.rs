@@ -21,7 +21,7 @@ use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, DeviceView, Ge
 use crate::actors::status::{CameraStatus, StreamState};
 use crate::analytics::geometry::Geometry;
 use crate::camera_spec::{CameraSpec, SourceKind};
-use crate::detector::model::{check_model_file, device_name, select_devices, torchscript_loader};
+use crate::detector::model::{check_model_file, file_loader, inference_devices};
 use crate::detector::simulated;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
@@ -121,12 +121,14 @@ impl Pipeline {
         let transitions = ModelTransitions::new(model_name.clone(), metrics.clone(), sink.clone());
         let faults = Arc::new(FaultInjector::new(settings.faults.clone()));
         let breaker = settings.breakers.config();
-        let loader = if simulated { simulated::loader() } else { torchscript_loader() };
+        let loader = if simulated { simulated::loader() } else { file_loader() };
         let mut devices = Vec::new();
-        for device in select_devices(settings.device.kind).map_err(TopologyError::Device)? {
-            let name = device_name(device);
+        let named = inference_devices(settings.device.kind, settings.model.backend(), settings.device.cpu_workers)
+            .map_err(TopologyError::Device)?;
+        for (device, name) in named {
             let state = DeviceState::load(DeviceParts {
                 device,
+                name: name.clone(),
                 config: WorkerConfig::from_settings(&settings),
                 model: settings.model.clone(),
                 loader: loader.clone(),

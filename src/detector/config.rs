@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// The ONNX Runtime library found at build time (`build.rs`): the `onnxruntime` wheel's.
+pub const DEFAULT_ONNXRUNTIME_LIBRARY: &str = env!("ITS_ONNXRUNTIME_LIB");
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelFamily {
@@ -15,7 +18,9 @@ pub enum ModelFamily {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
-    /// TorchScript file made by `scripts/convert_model.py`; relative paths are from the working directory.
+    /// Model file made by `scripts/convert_model.py`; relative paths are from the working directory.
+    /// Its extension picks the backend: `.onnx` runs on ONNX Runtime (CPU devices), others are
+    /// TorchScript and run on libtorch (CPU or CUDA).
     pub path: PathBuf,
     pub family: ModelFamily,
     /// Square network input side in pixels.
@@ -28,9 +33,24 @@ pub struct ModelSettings {
     /// share of its batches fail, judged over `rollback_window` batches.
     pub rollback_failure_rate: f64,
     pub rollback_window: u32,
+    /// The ONNX Runtime shared library; empty: the one found at build time.
+    pub onnxruntime_library: PathBuf,
 }
 
 impl ModelSettings {
+    /// The ONNX Runtime library to load: the configured one, else the one found at build time.
+    pub fn onnxruntime_library(&self) -> PathBuf {
+        if self.onnxruntime_library.as_os_str().is_empty() {
+            PathBuf::from(DEFAULT_ONNXRUNTIME_LIBRARY)
+        } else {
+            self.onnxruntime_library.clone()
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        Backend::of(&self.path)
+    }
+
     /// The model's name in metrics and the API: its file name without extensions.
     pub fn name(&self) -> String {
         let file = self.path.file_name().and_then(|f| f.to_str()).unwrap_or("model");
@@ -45,4 +65,28 @@ pub enum DeviceKind {
     Auto,
     Cpu,
     Cuda,
+}
+
+/// What runs a model file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    OnnxRuntime,
+    TorchScript,
+}
+
+impl Backend {
+    /// `.onnx` files run on ONNX Runtime, everything else on libtorch.
+    pub fn of(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("onnx") => Backend::OnnxRuntime,
+            _ => Backend::TorchScript,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::OnnxRuntime => "onnxruntime",
+            Backend::TorchScript => "torchscript",
+        }
+    }
 }

@@ -1,7 +1,8 @@
-//! The model's input layout: letterboxed, BGR, channel-planar (CHW) bytes, raw 0..255.
+//! The model's input layout: letterboxed, BGR, interleaved (HWC) bytes, raw 0..255 — what swscale
+//! writes, so a frame reaches the model with row copies and no planar shuffle.
 //!
 //! Frames are kept as `u8` until they reach the inference thread (a quarter of the memory of
-//! `f32`); the conversion to float happens on the device in one tensor operation.
+//! `f32`); the model files take `u8` and widen it themselves (`scripts/convert_model.py`).
 
 /// Grey that YOLOX was trained to see in padding.
 pub const PAD_VALUE: u8 = 114;
@@ -33,24 +34,15 @@ impl Letterbox {
         3 * (self.input_size as usize).pow(2)
     }
 
-    /// Copies a packed BGR24 image of `scaled_size()` (rows `stride` bytes apart) into CHW
-    /// planes of the input square, padding the rest.
-    pub fn write_planar(&self, bgr: &[u8], stride: usize, out: &mut Vec<u8>) {
+    /// Copies a packed BGR24 image of `scaled_size()` (rows `stride` bytes apart) into the top
+    /// left of the input square, row by row, padding the rest.
+    pub fn write_interleaved(&self, bgr: &[u8], stride: usize, out: &mut Vec<u8>) {
         let (w, h) = self.scaled_size();
-        let (w, h, side) = (w as usize, h as usize, self.input_size as usize);
-        let plane = side * side;
+        let (row_bytes, side_bytes) = (3 * w as usize, 3 * self.input_size as usize);
         out.clear();
-        out.resize(3 * plane, PAD_VALUE);
-        let (b_plane, rest) = out.split_at_mut(plane);
-        let (g_plane, r_plane) = rest.split_at_mut(plane);
-        for y in 0..h {
-            let row = &bgr[y * stride..y * stride + 3 * w];
-            let dst = y * side;
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                b_plane[dst + x] = px[0];
-                g_plane[dst + x] = px[1];
-                r_plane[dst + x] = px[2];
-            }
+        out.resize(side_bytes * self.input_size as usize, PAD_VALUE);
+        for (y, dst) in out.chunks_exact_mut(side_bytes).take(h as usize).enumerate() {
+            dst[..row_bytes].copy_from_slice(&bgr[y * stride..y * stride + row_bytes]);
         }
     }
 }
@@ -69,18 +61,18 @@ mod tests {
     }
 
     #[test]
-    fn planar_copy_places_pixels_top_left_and_pads() {
+    fn interleaved_copy_places_pixels_top_left_and_pads() {
         let lb = Letterbox::new(2, 1, 4); // scaled to 4x2
         let stride = 4 * 3 + 4; // padded rows, as swscale may give
         let mut bgr = vec![0u8; stride * 2];
         bgr[0..3].copy_from_slice(&[1, 2, 3]); // (0,0)
         bgr[stride + 9..stride + 12].copy_from_slice(&[7, 8, 9]); // (3,1)
+        bgr[stride + 12] = 99; // row padding, not a pixel
         let mut out = Vec::new();
-        lb.write_planar(&bgr, stride, &mut out);
+        lb.write_interleaved(&bgr, stride, &mut out);
         assert_eq!(out.len(), 48);
-        assert_eq!((out[0], out[16], out[32]), (1, 2, 3));
-        assert_eq!((out[4 + 3], out[16 + 4 + 3], out[32 + 4 + 3]), (7, 8, 9));
-        assert_eq!(out[2 * 4], PAD_VALUE, "row 2 is padding");
-        assert_eq!(out[15], PAD_VALUE);
+        assert_eq!(&out[0..3], &[1, 2, 3]);
+        assert_eq!(&out[12 + 9..12 + 12], &[7, 8, 9], "pixel (3,1)");
+        assert!(out[24..].iter().all(|&b| b == PAD_VALUE), "rows 2 and 3 are padding");
     }
 }

@@ -1,11 +1,14 @@
-//! Object detection: the model's input layout, the TorchScript model, the output decoders, and the
-//! simulator's synthetic detector.
+//! Object detection: the model's input layout, the model and its two backends (ONNX Runtime for
+//! the CPU, libtorch for CUDA), the output decoders, and the simulator's synthetic detector.
 
 pub mod config;
+pub mod error;
 pub mod input;
 pub mod model;
 pub mod nms;
+pub mod onnx;
 pub mod simulated;
+pub mod torchscript;
 pub mod yolox;
 
 pub use input::Letterbox;

@@ -1,50 +1,20 @@
-//! The detection model: a TorchScript module on one device, plus its output decoder.
+//! The detection model: a model file on one device, run by the backend its file calls for, plus
+//! the output decoder.
 //!
 //! A `Detector` is owned by one inference thread (libtorch modules are not `Sync`); it turns a
-//! batch of frames in the model layout into detections per frame.
+//! batch of frames in the model layout into detections per frame. `.onnx` files run on ONNX
+//! Runtime (CPU devices), other files are TorchScript and run on libtorch (CPU or CUDA).
 
 use std::path::Path;
 
-use tch::{CModule, Device, Kind, Tensor};
+use tch::Device;
 
-use super::config::{DeviceKind, ModelFamily, ModelSettings};
+use super::config::{Backend, DeviceKind, ModelFamily, ModelSettings};
+pub use super::error::DetectorError;
+use super::onnx::OnnxModel;
+use super::torchscript::TorchScript;
 use super::{nms, yolox, Letterbox};
 use crate::objects::Detection;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DetectorError {
-    #[error("cannot load model {path}: {message}")]
-    Load { path: String, message: String },
-    #[error("model output has shape {got:?}, expected [N, {rows}, >= 6]")]
-    Shape { got: Vec<i64>, rows: usize },
-    #[error("frame {index} has {got} bytes, expected {expected}")]
-    Input { index: usize, got: usize, expected: usize },
-    #[error("inference failed: {0}")]
-    Inference(String),
-    /// The device ran out of memory for this batch; a smaller one may fit.
-    #[error("device out of memory: {0}")]
-    OutOfMemory(String),
-}
-
-impl DetectorError {
-    /// Whether a libtorch message reports exhausted device memory (CUDA's "out of memory", the
-    /// CPU allocator's "DefaultCPUAllocator: can't allocate memory").
-    pub fn is_out_of_memory(message: &str) -> bool {
-        let lower = message.to_ascii_lowercase();
-        lower.contains("out of memory") || lower.contains("can't allocate memory")
-    }
-}
-
-impl From<tch::TchError> for DetectorError {
-    fn from(e: tch::TchError) -> Self {
-        let message = e.to_string();
-        if DetectorError::is_out_of_memory(&message) {
-            DetectorError::OutOfMemory(message)
-        } else {
-            DetectorError::Inference(message)
-        }
-    }
-}
 
 /// What an inference thread runs: a batch of frames in the model layout in, detections per frame
 /// out. The TorchScript [`Detector`] in the service; a scripted stand-in in the concurrency tests,
@@ -58,9 +28,14 @@ pub trait Model: Send + Sync {
 pub type ModelLoader =
     std::sync::Arc<dyn Fn(&ModelSettings, Device) -> Result<Box<dyn Model>, DetectorError> + Send + Sync>;
 
-/// The loader of TorchScript files.
-pub fn torchscript_loader() -> ModelLoader {
+/// The loader of model files (either backend).
+pub fn file_loader() -> ModelLoader {
     std::sync::Arc::new(|settings, device| Ok(Box::new(Detector::load(settings, device)?)))
+}
+
+enum Runner {
+    Onnx(OnnxModel),
+    Torch(TorchScript),
 }
 
 impl Model for Detector {
@@ -70,7 +45,7 @@ impl Model for Detector {
 }
 
 pub struct Detector {
-    module: CModule,
+    runner: Runner,
     device: Device,
     family: ModelFamily,
     input_size: u32,
@@ -82,16 +57,27 @@ pub struct Detector {
 impl Detector {
     /// Loads the module onto `device` and validates it with a smoke inference: a model whose
     /// output does not have the family's layout is rejected here, not at the first real frame.
+    /// On the CPU, ONNX Runtime gets `threads` intra-op threads (libtorch's count is set per
+    /// thread by the caller, `set_up_thread`).
     pub fn load(settings: &ModelSettings, device: Device) -> Result<Self, DetectorError> {
-        // The profiling graph executor re-specialises the frozen graph and ran YOLOX-Nano at
-        // 32 frames/s on 2 CPU threads where the plain executor runs it at 40 (Python: 42);
-        // a frozen convolutional graph gains nothing from profiling. Process-wide, set once.
-        static EXECUTOR: std::sync::Once = std::sync::Once::new();
-        EXECUTOR.call_once(|| tch::jit::set_profiling_mode(false));
-        let module = CModule::load_on_device(&settings.path, device)
-            .map_err(|e| DetectorError::Load { path: settings.path.display().to_string(), message: e.to_string() })?;
+        let runner = match (Backend::of(&settings.path), device) {
+            (Backend::OnnxRuntime, Device::Cpu) => {
+                let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
+                Runner::Onnx(OnnxModel::load(&settings.path, &settings.onnxruntime_library(), threads)?)
+            }
+            (Backend::OnnxRuntime, _) => {
+                return Err(DetectorError::Load {
+                    path: settings.path.display().to_string(),
+                    message: format!(
+                        "ONNX models run on the CPU only; {} needs a TorchScript file",
+                        device_name(device)
+                    ),
+                })
+            }
+            (Backend::TorchScript, _) => Runner::Torch(TorchScript::load(&settings.path, device)?),
+        };
         let detector = Detector {
-            module,
+            runner,
             device,
             family: settings.family,
             input_size: settings.input_size,
@@ -108,28 +94,20 @@ impl Detector {
         self.device
     }
 
+    pub fn backend(&self) -> Backend {
+        match self.runner {
+            Runner::Onnx(_) => Backend::OnnxRuntime,
+            Runner::Torch(_) => Backend::TorchScript,
+        }
+    }
+
     pub fn input_size(&self) -> u32 {
         self.input_size
     }
 
     /// Runs the model on frames in the model layout and returns the raw output `[N, rows, row_len]`
-    /// on the CPU, shape-checked.
+    /// on the CPU, shape-checked: what `bench` measures as "model-only".
     pub fn forward(&self, frames: &[&[u8]]) -> Result<(Vec<f32>, usize), DetectorError> {
-        let input = self.input_tensor(frames)?;
-        let output = self.forward_tensor(&input)?;
-        let size = output.size();
-        if size.len() != 3 || size[0] != frames.len() as i64 || size[1] != self.rows as i64 || size[2] < 6 {
-            return Err(DetectorError::Shape { got: size, rows: self.rows });
-        }
-        let row_len = size[2] as usize;
-        let flat = output.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1);
-        let values = Vec::<f32>::try_from(&flat)?;
-        Ok((values, row_len))
-    }
-
-    /// The frames as one `[N, 3, S, S]` float tensor on the device (bytes cross to the device as
-    /// `u8`, a quarter of the traffic, and are widened there).
-    pub fn input_tensor(&self, frames: &[&[u8]]) -> Result<Tensor, DetectorError> {
         let side = self.input_size as usize;
         let expected = 3 * side * side;
         let mut bytes = Vec::with_capacity(expected * frames.len());
@@ -139,17 +117,15 @@ impl Detector {
             }
             bytes.extend_from_slice(frame);
         }
-        let side = side as i64;
-        Ok(Tensor::from_slice(&bytes)
-            .view([frames.len() as i64, 3, side, side])
-            .to_device(self.device)
-            .to_kind(Kind::Float))
-    }
-
-    /// The model alone, without autograd: what `bench` measures as "model-only".
-    pub fn forward_tensor(&self, input: &Tensor) -> Result<Tensor, DetectorError> {
-        let output = tch::no_grad(|| self.module.forward_ts(&[input]))?;
-        Ok(output)
+        let shape = [frames.len() as i64, side as i64, side as i64, 3];
+        let (values, size) = match &self.runner {
+            Runner::Onnx(model) => model.forward(&bytes, shape)?,
+            Runner::Torch(model) => model.forward(&bytes, shape)?,
+        };
+        if size.len() != 3 || size[0] != frames.len() as i64 || size[1] != self.rows as i64 || size[2] < 6 {
+            return Err(DetectorError::Shape { got: size, rows: self.rows });
+        }
+        Ok((values, size[2] as usize))
     }
 
     /// Detections of one real frame, as a reloaded model's smoke test: it must run and give
@@ -185,15 +161,32 @@ impl Detector {
     }
 }
 
-/// The inference devices for a device setting: each CUDA device libtorch sees, else the CPU.
-pub fn select_devices(kind: DeviceKind) -> Result<Vec<Device>, String> {
+/// The inference devices for a device setting: each CUDA device libtorch sees, else the CPU. An
+/// ONNX model runs on the CPU, so with it "auto" means the CPU.
+pub fn select_devices(kind: DeviceKind, backend: Backend) -> Result<Vec<Device>, String> {
     let cuda = tch::Cuda::device_count() as usize;
-    match kind {
-        DeviceKind::Cpu => Ok(vec![Device::Cpu]),
-        DeviceKind::Cuda if cuda == 0 => Err("device.kind = \"cuda\" but libtorch sees no CUDA device".into()),
-        DeviceKind::Cuda | DeviceKind::Auto if cuda > 0 => Ok((0..cuda).map(Device::Cuda).collect()),
-        DeviceKind::Auto | DeviceKind::Cuda => Ok(vec![Device::Cpu]),
+    match (kind, backend) {
+        (DeviceKind::Cpu, _) | (DeviceKind::Auto, Backend::OnnxRuntime) => Ok(vec![Device::Cpu]),
+        (DeviceKind::Cuda, Backend::OnnxRuntime) => {
+            Err("device.kind = \"cuda\" needs a TorchScript model.path: ONNX models run on the CPU".into())
+        }
+        (DeviceKind::Cuda, _) if cuda == 0 => Err("device.kind = \"cuda\" but libtorch sees no CUDA device".into()),
+        (DeviceKind::Cuda | DeviceKind::Auto, _) if cuda > 0 => Ok((0..cuda).map(Device::Cuda).collect()),
+        (DeviceKind::Auto | DeviceKind::Cuda, _) => Ok(vec![Device::Cpu]),
     }
+}
+
+/// The inference devices with their names: the CPU as `workers` devices of its own (`cpu` for
+/// one, `cpu:0`, `cpu:1`, ... for more), each with its inference thread, batches and queue.
+pub fn inference_devices(kind: DeviceKind, backend: Backend, workers: usize) -> Result<Vec<(Device, String)>, String> {
+    let mut named = Vec::new();
+    for device in select_devices(kind, backend)? {
+        match device {
+            Device::Cpu if workers > 1 => named.extend((0..workers).map(|i| (device, format!("cpu:{i}")))),
+            _ => named.push((device, device_name(device))),
+        }
+    }
+    Ok(named)
 }
 
 /// Whether a model file exists where the settings say; a clear hint beats libtorch's message.

@@ -475,7 +475,7 @@ struct Converter {
     letterbox: Letterbox,
     format: Pixel,
     bgr: ffmpeg::frame::Video,
-    planar: Vec<u8>,
+    pixels: Vec<u8>,
 }
 
 impl Converter {
@@ -492,7 +492,7 @@ impl Converter {
             scaling::Flags::BILINEAR,
         )
         .map_err(|e| format!("cannot scale {}x{} {:?}: {e}", frame.width(), frame.height(), frame.format()))?;
-        Ok(Self { scaler, letterbox, format: frame.format(), bgr: ffmpeg::frame::Video::empty(), planar: Vec::new() })
+        Ok(Self { scaler, letterbox, format: frame.format(), bgr: ffmpeg::frame::Video::empty(), pixels: Vec::new() })
     }
 
     fn fits(&self, frame: &ffmpeg::frame::Video) -> bool {
@@ -503,8 +503,8 @@ impl Converter {
 
     fn convert(&mut self, frame: &ffmpeg::frame::Video) -> Result<(Bytes, Letterbox), String> {
         self.scaler.run(frame, &mut self.bgr).map_err(|e| format!("scaling failed: {e}"))?;
-        self.letterbox.write_planar(self.bgr.data(0), self.bgr.stride(0), &mut self.planar);
-        Ok((Bytes::from(std::mem::take(&mut self.planar)), self.letterbox))
+        self.letterbox.write_interleaved(self.bgr.data(0), self.bgr.stride(0), &mut self.pixels);
+        Ok((Bytes::from(std::mem::take(&mut self.pixels)), self.letterbox))
     }
 }
 

@@ -25,7 +25,7 @@ use super::memory::BatchSizer;
 use super::transitions::ModelTransitions;
 use super::{CameraRoute, DeviceQueue};
 use crate::actors::messages::{Frame, FrameDetections, ToConnector};
-use crate::detector::{model::device_name, DetectorError, Letterbox, Model, ModelLoader};
+use crate::detector::{DetectorError, Letterbox, Model, ModelLoader};
 use crate::metrics::{DeviceLabels, Metrics};
 use crate::objects::Detection;
 use crate::overflow::WhenFull;
@@ -51,7 +51,7 @@ impl WorkerConfig {
             max_batch: settings.batching.max_batch,
             max_wait: settings.batching.max_wait(),
             frame_deadline: settings.batching.frame_deadline(),
-            cpu_threads: settings.device.cpu_threads,
+            cpu_threads: settings.device.cpu_threads_per_worker(),
             cpu_memory_budget: (settings.device.cpu_memory_budget_mb > 0)
                 .then(|| settings.device.cpu_memory_budget_mb * MIB),
             frame_bytes: settings.batching.frame_memory_mb * MIB,
@@ -103,6 +103,8 @@ fn reaches_rollback(failures: usize, window: usize, rate: f64) -> bool {
 /// What a device is built from.
 pub struct DeviceParts {
     pub device: tch::Device,
+    /// `cpu`, `cpu:1`, `cuda:0`: what metrics, logs and the API call it.
+    pub name: String,
     pub config: WorkerConfig,
     /// The configured model, served as version 1.
     pub model: ModelSettings,
@@ -149,10 +151,9 @@ impl DeviceState {
     /// Loads the configured model on the device; starts no thread (the actor starts the first,
     /// the supervisor's factory the others).
     pub fn load(parts: DeviceParts) -> Result<Arc<Self>, DetectorError> {
-        let DeviceParts { device, config, model, loader, metrics, breaker, transitions, faults } = parts;
+        let DeviceParts { device, name, config, model, loader, metrics, breaker, transitions, faults } = parts;
         set_up_thread(device, config.cpu_threads);
         let detector = loader(&model, device)?;
-        let name = device_name(device);
         let sizer = BatchSizer::new(config.max_batch, config.frame_bytes, config.grow_after);
         let (finish, finished) = finish_group();
         Ok(Arc::new(Self {

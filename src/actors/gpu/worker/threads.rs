@@ -81,6 +81,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
     let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
     let state = DeviceState::load(DeviceParts {
         device: tch::Device::Cpu,
+        name: "cpu".into(),
         config: WorkerConfig {
             max_batch,
             max_wait: Duration::from_millis(1),
@@ -98,6 +99,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             input_size: 8,
             score_threshold: 0.3,
             nms_iou: 0.5,
+            onnxruntime_library: Default::default(),
             rollback_failure_rate: 1.0,
             rollback_window: 8,
         },
