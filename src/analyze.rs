@@ -3,6 +3,11 @@
 //! Both start the same pipeline as `serve` (device actor and inference thread, connector shard,
 //! camera actor with its decode thread) with the camera in offline mode: frames are never dropped,
 //! so a run is repeatable, and events go to memory instead of Redis and PostgreSQL.
+//! `bench --cameras` (`cameras`) runs many live cameras at once, `bench --decode` (`decode`)
+//! measures decoding alone.
+
+pub mod cameras;
+pub mod decode;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,7 +138,7 @@ pub async fn analyze(
         fps: Some(fps.unwrap_or(120.0)),
         geometry,
         rtsp_transport: None,
-        replay: (mode == CameraMode::Live).then_some(ReplayOptions { looping: false, realtime: true }),
+        replay: (mode == CameraMode::Live).then_some(ReplayOptions { looping: false, ..ReplayOptions::default() }),
     };
     let errors = spec.validate(&crate::camera_spec::SourcePolicy::any_local_file());
     anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
@@ -239,7 +244,7 @@ pub struct StageTimes {
 }
 
 /// Milliseconds from frame capture to the frame tracked and counted, and to each event emitted.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Latency {
     pub frame_ms_p50: f64,
     pub frame_ms_p99: f64,

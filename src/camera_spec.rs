@@ -98,11 +98,19 @@ pub struct ReplayOptions {
     /// Play at the file's own frame rate like a live camera (frames may then be dropped when the
     /// device is saturated). `false`: as fast as the device takes frames, none dropped.
     pub realtime: bool,
+    /// Frames of the file skipped (decoded, not analysed) before the first one analysed, on the
+    /// first opening only: `bench --cameras` starts each camera at its own point of one clip.
+    /// Not part of the API (never read from or written to JSON); at most `MAX_START_FRAME`.
+    #[serde(skip)]
+    pub start_frame: u64,
 }
+
+/// Largest `ReplayOptions::start_frame`: ten minutes at 120 frames/s.
+pub const MAX_START_FRAME: u64 = 72_000;
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        Self { looping: false, realtime: true }
+        Self { looping: false, realtime: true, start_frame: 0 }
     }
 }
 
@@ -200,6 +208,9 @@ impl CameraSpec {
                     }
                     if self.rtsp_transport.is_some() {
                         errors.push("rtsp_transport applies to rtsp:// and rtsps:// URLs only".into());
+                    }
+                    if self.replay.is_some_and(|r| r.start_frame > MAX_START_FRAME) {
+                        errors.push(format!("replay start frame must be at most {MAX_START_FRAME}"));
                     }
                 } else {
                     if self.replay.is_some() {
@@ -403,6 +414,21 @@ mod tests {
         let mut s = spec("http://cam.example/live");
         s.rtsp_transport = Some(RtspTransport::Udp);
         assert_eq!(s.validate(&open_policy()).len(), 1);
+    }
+
+    #[test]
+    fn a_replay_start_frame_is_bounded_and_never_json() {
+        let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/video/overpass_video03.avi");
+        let mut s = spec(url::Url::from_file_path(clip.canonicalize().unwrap()).unwrap().as_str());
+        let policy = SourcePolicy::any_local_file();
+        s.replay = Some(ReplayOptions { looping: true, realtime: true, start_frame: MAX_START_FRAME });
+        assert!(s.validate(&policy).is_empty(), "{:?}", s.validate(&policy));
+        s.replay = Some(ReplayOptions { start_frame: MAX_START_FRAME + 1, ..ReplayOptions::default() });
+        assert_eq!(s.validate(&policy), vec![format!("replay start frame must be at most {MAX_START_FRAME}")]);
+        let json = serde_json::to_value(s.replay.unwrap()).unwrap();
+        assert!(json.get("start_frame").is_none(), "{json}");
+        let parsed: Result<ReplayOptions, _> = serde_json::from_str(r#"{"start_frame": 5}"#);
+        assert!(parsed.is_err(), "the API does not take a start frame");
     }
 
     #[test]

@@ -41,7 +41,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Pipeline frames/s against the model alone, per-stage times and latency on one clip.
+    /// Pipeline frames/s against the model alone, per-stage times and latency on one clip;
+    /// with --cameras, many live cameras at once; with --decode, decoding alone.
     Bench {
         #[arg(default_value = "../shared/assets/video/overpass_video03.avi")]
         video: PathBuf,
@@ -53,6 +54,35 @@ enum Command {
         reference: String,
         #[arg(long)]
         json: bool,
+        /// N live cameras (the clip looped in real time, each from its own start frame), or `max`:
+        /// the most cameras without a drop and with capture-to-event p99 under 100 ms, per --fps.
+        #[arg(long, conflicts_with = "decode")]
+        cameras: Option<String>,
+        /// Frames/s analysed per camera; with `--cameras max` a list, e.g. 5,10,15.
+        #[arg(long, value_delimiter = ',', default_value = "10", requires = "cameras")]
+        fps: Vec<f64>,
+        /// Measured seconds per trial, after a warm-up (default 30; 20 with `--cameras max`).
+        #[arg(long = "duration-s", requires = "cameras")]
+        duration_s: Option<f64>,
+        /// Warm-up seconds before each trial's window.
+        #[arg(long = "warm-up-s", default_value = "5", requires = "cameras")]
+        warm_up_s: f64,
+        /// Camera URL instead of the clip (`rtsp://...`, `file://...`); a file loops.
+        #[arg(long, requires = "cameras")]
+        source: Option<String>,
+        /// With `--cameras max`: the largest N tried.
+        #[arg(long = "max-cameras", default_value = "256", requires = "cameras")]
+        max_cameras: usize,
+        /// Decode cost: native, 720p and 1080p H.264 copies, FFmpeg decode threads 1, 2 and
+        /// auto, and hardware decoding where there is one.
+        #[arg(long)]
+        decode: bool,
+        /// With --decode: where the H.264 copies are made (once).
+        #[arg(long = "media-dir", default_value = "target/bench-media", requires = "decode")]
+        media_dir: PathBuf,
+        /// With --decode: frames decoded per measurement.
+        #[arg(long, default_value = "600", requires = "decode")]
+        frames: usize,
     },
     /// Hand this node's cameras to the other nodes and wait until they hold them (the
     /// Kubernetes `preStop` hook): marks `node.id` as draining in PostgreSQL; the running node
@@ -189,7 +219,58 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 print!("{}", report.table());
             }
         }
-        Command::Bench { video, lines, reference, json } => {
+        Command::Bench { video, json, decode: true, media_dir, frames, .. } => {
+            let report = analyze::decode::run(&settings, &video, &media_dir, frames)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+        }
+        Command::Bench {
+            video,
+            lines,
+            json,
+            cameras: Some(cameras),
+            fps,
+            duration_s,
+            warm_up_s,
+            source,
+            max_cameras,
+            ..
+        } => {
+            let geometry = Geometry { lines: parse_lines(&lines)?, ..Default::default() };
+            let max = cameras == "max";
+            let options = analyze::cameras::TrialOptions {
+                cameras: if max {
+                    1
+                } else {
+                    cameras.parse().map_err(|_| anyhow::anyhow!("--cameras: a number or max"))?
+                },
+                fps: fps.first().copied().unwrap_or(10.0),
+                duration: seconds("--duration-s", duration_s.unwrap_or(if max { 20.0 } else { 30.0 }))?,
+                warm_up: seconds("--warm-up-s", warm_up_s)?,
+                source: source.unwrap_or_else(|| video.display().to_string()),
+                geometry,
+            };
+            if max {
+                let r = analyze::cameras::max_cameras(&settings, &fps, &options, max_cameras).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", cameras_table(&r));
+                }
+            } else {
+                anyhow::ensure!(fps.len() == 1, "--fps: one rate unless --cameras max");
+                let r = analyze::cameras::trial(&settings, &options).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", trial_text(&r));
+                }
+            }
+        }
+        Command::Bench { video, lines, reference, json, .. } => {
             let geometry = Geometry { lines: parse_lines(&lines)?, ..Default::default() };
             let reference = (reference != "none").then(|| PathBuf::from(reference));
             if let Some(path) = reference.as_deref().filter(|p| !p.is_file()) {
@@ -251,6 +332,79 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(value.is_finite() && (0.0..=3600.0).contains(&value), "{flag}: seconds in 0..=3600");
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
+fn trial_text(r: &analyze::cameras::TrialReport) -> String {
+    let l = &r.latency;
+    let verdict = if r.passed() { "pass".to_string() } else { format!("FAIL: {}", r.failures.join(", ")) };
+    format!(
+        "cameras         {} at {} frames/s\n\
+         analysed        {} frames in {:.1} s: {:.1} frames/s ({:.2} per camera), {} dropped\n\
+         latency         capture->tracked p50 {:.1} / p99 {:.1} ms, capture->event p50 {:.1} / p99 {:.1} ms \
+         ({} events)\n\
+         cpu             {:.2} cores, {:.3} per camera\n\
+         memory          {:.0} MiB before the cameras, {:.0} MiB after: {:.1} MiB per camera\n\
+         verdict         {verdict} (judged on the {} p99, limit {} ms)\n",
+        r.cameras,
+        r.fps,
+        r.frames,
+        r.seconds,
+        r.frames_per_s,
+        r.frames_per_s_per_camera,
+        r.frames_dropped,
+        l.frame_ms_p50,
+        l.frame_ms_p99,
+        l.event_ms_p50,
+        l.event_ms_p99,
+        l.events,
+        r.cpu_cores,
+        r.cpu_per_camera,
+        r.rss_mib_before,
+        r.rss_mib_after,
+        r.rss_mib_per_camera,
+        r.judged_on,
+        analyze::cameras::LATENCY_LIMIT_MS,
+    )
+}
+
+fn cameras_table(r: &analyze::cameras::MaxReport) -> String {
+    let mut out = format!(
+        "{} on {}: most live cameras with no frame dropped and p99 under {} ms ({} s trials)\n\
+         rate  max N  frames/s  frame p99  event p99 (events)  judged on  CPU/camera  MiB/camera\n",
+        r.source, r.device, r.latency_limit_ms, r.trial_seconds
+    );
+    for rate in &r.rates {
+        match &rate.at_max {
+            Some(t) => {
+                out += &format!(
+                    "{:>4}  {:>5}  {:>8.1}  {:>9.1}  {:>9.1} ({:>5})  {:>9}  {:>10.3}  {:>10.1}
+",
+                    rate.fps,
+                    rate.max_cameras,
+                    t.frames_per_s,
+                    t.latency.frame_ms_p99,
+                    t.latency.event_ms_p99,
+                    t.latency.events,
+                    t.judged_on,
+                    t.cpu_per_camera,
+                    t.rss_mib_per_camera
+                )
+            }
+            None => {
+                out += &format!(
+                    "{:>4}  {:>5}  (not even one camera passes)
+",
+                    rate.fps, 0
+                )
+            }
+        }
+    }
+    out
 }
 
 fn parse_lines(texts: &[String]) -> anyhow::Result<Vec<its_analytics::analytics::lines::LineSpec>> {

@@ -521,6 +521,14 @@ impl LatencySamples {
         }
     }
 
+    /// The samples so far, milliseconds, sorted; the store starts empty again (`bench --cameras`
+    /// leaves its warm-up out this way).
+    pub fn take_sorted(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = std::mem::take(&mut *self.samples.lock()).into_iter().map(f64::from).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
     /// Sorted samples, milliseconds.
     pub fn sorted(&self) -> Vec<f64> {
         let mut v: Vec<f64> = self.samples.lock().iter().map(|&x| x as f64).collect();

@@ -348,6 +348,9 @@ impl BatchingSettings {
     }
 }
 
+/// Most FFmpeg decode threads one camera may use (`cameras.decode_threads`).
+pub const MAX_DECODE_THREADS: u32 = 16;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraDefaults {
@@ -362,6 +365,60 @@ pub struct CameraDefaults {
     pub allowed_schemes: Vec<String>,
     /// File cameras (`file://`) only under this directory; empty refuses every local file.
     pub media_dir: String,
+    /// FFmpeg's decode threads per camera: 1 (one core per camera, the default), up to 16, or 0
+    /// for FFmpeg's own choice (one per core).
+    pub decode_threads: u32,
+    /// Hardware decoding through FFmpeg's hwaccel: `none`, `auto` (VAAPI, then CUDA/NVDEC, else
+    /// software), `vaapi` or `cuda` (software when the device cannot be opened).
+    pub hwaccel: Hwaccel,
+}
+
+/// FFmpeg hardware decoding (`cameras.hwaccel`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Hwaccel {
+    /// Software decoding only.
+    #[default]
+    None,
+    /// The first hardware decoder that opens (VAAPI, then CUDA), else software.
+    Auto,
+    /// VAAPI on `/dev/dri/renderD128`; software when it cannot be opened.
+    Vaapi,
+    /// NVDEC through FFmpeg's CUDA hwaccel; software when it cannot be opened.
+    Cuda,
+}
+
+impl Hwaccel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Auto => "auto",
+            Self::Vaapi => "vaapi",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+impl TryFrom<String> for Hwaccel {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map_err(|e| format!("cameras.{e}"))
+    }
+}
+
+impl std::str::FromStr for Hwaccel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "auto" => Ok(Self::Auto),
+            "vaapi" => Ok(Self::Vaapi),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("hwaccel {other:?} is not one of none, auto, vaapi, cuda")),
+        }
+    }
 }
 
 impl CameraDefaults {
@@ -481,6 +538,11 @@ impl Settings {
         }
         if self.cameras.read_timeout_ms < 100 {
             errors.push("cameras.read_timeout_ms must be at least 100".into());
+        }
+        if self.cameras.decode_threads > MAX_DECODE_THREADS {
+            errors.push(format!(
+                "cameras.decode_threads must be in 0..={MAX_DECODE_THREADS} (0: FFmpeg picks, one per core)"
+            ));
         }
         for scheme in &self.cameras.allowed_schemes {
             if !SourcePolicy::NETWORK_SCHEMES.contains(&scheme.as_str()) {
@@ -632,6 +694,23 @@ mod tests {
         std::fs::write(&path, "[http]\nbind = \"127.0.0.1:9\"\nbnid = 1\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn decoder_settings_are_checked() {
+        let defaults = Settings::load(None).unwrap();
+        assert_eq!((defaults.cameras.decode_threads, defaults.cameras.hwaccel), (1, Hwaccel::None));
+        let env = |k: &str, v: &str| Some(HashMap::from([(k.to_string(), v.to_string())]));
+        let err = Settings::load_with_env(None, env("ITS__CAMERAS__HWACCEL", "nvenc")).unwrap_err().to_string();
+        assert!(err.contains("nvenc") && err.contains("vaapi"), "{err}");
+        let err = Settings::load_with_env(None, env("ITS__CAMERAS__DECODE_THREADS", "17")).unwrap_err().to_string();
+        assert!(err.contains("cameras.decode_threads must be in 0..=16"), "{err}");
+        let auto = Settings::load_with_env(None, env("ITS__CAMERAS__HWACCEL", "auto")).unwrap();
+        assert_eq!(auto.cameras.hwaccel, Hwaccel::Auto);
+        let threads = Settings::load_with_env(None, env("ITS__CAMERAS__DECODE_THREADS", "0")).unwrap();
+        assert_eq!(threads.cameras.decode_threads, 0);
+        assert_eq!("cuda".parse::<Hwaccel>(), Ok(Hwaccel::Cuda));
+        assert!("CUDA ".parse::<Hwaccel>().unwrap_err().contains("none, auto, vaapi, cuda"));
     }
 
     #[test]

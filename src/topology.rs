@@ -387,6 +387,9 @@ impl Pipeline {
             clock_origin: std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms),
             panic_at_frame: self.settings.faults.decode_panic_at_frame,
             panic_repeats: self.settings.faults.decode_panic_repeats,
+            decode_threads: cams.decode_threads,
+            hwaccel: cams.hwaccel,
+            start_frame: replay.start_frame,
         }
     }
 }

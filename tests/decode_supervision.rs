@@ -93,6 +93,9 @@ fn start(panic_at_frame: u64, panic_repeats: bool, max_restarts: u32) -> Camera 
         clock_origin: std::time::UNIX_EPOCH,
         panic_at_frame,
         panic_repeats,
+        decode_threads: 1,
+        hwaccel: its_analytics::settings::Hwaccel::None,
+        start_frame: 0,
     };
     let (stop, signal) = stop_signal();
     let source = Source::new(config, status.clone(), recorder.clone(), metrics, Arc::new(SystemClock), signal);

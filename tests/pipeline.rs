@@ -227,3 +227,31 @@ async fn a_geometry_change_mid_stream_is_a_new_version() {
         .get(0);
     assert_eq!(stray, 0);
 }
+
+/// `bench --cameras 2 --fps 5 --duration-s 4` through the library: two live cameras on the real
+/// clip (each from its own start frame) and the real model in one pipeline.
+#[test]
+fn a_cameras_trial_measures_two_live_cameras() {
+    ffmpeg_next::init().unwrap();
+    let settings = its_analytics::settings::Settings::load(None).unwrap();
+    let line = its_analytics::analyze::parse_line(1, "0,150,320,150").unwrap();
+    let options = its_analytics::analyze::cameras::TrialOptions {
+        cameras: 2,
+        fps: 5.0,
+        duration: Duration::from_secs(4),
+        warm_up: Duration::from_secs(2),
+        source: common::clip("overpass_video03.avi").display().to_string(),
+        geometry: its_analytics::analytics::geometry::Geometry { lines: vec![line], ..Default::default() },
+    };
+    let report = actix::System::new()
+        .block_on(its_analytics::analyze::cameras::trial(&settings, &options))
+        .expect("the trial runs");
+    assert_eq!(report.cameras, 2);
+    assert!(report.camera_errors.is_empty(), "{:?}", report.camera_errors);
+    assert_eq!(report.frames_dropped, 0, "{report:?}");
+    // 2 cameras x 5 frames/s x 4 s = 40 frames, give or take the window's edges.
+    assert!((30..=50).contains(&report.frames), "{report:?}");
+    assert!(report.latency.frame_ms_p99 > 0.0 && report.latency.frame_ms_p50 <= report.latency.frame_ms_p99);
+    assert!(report.cpu_per_camera > 0.0 && report.rss_mib_per_camera > 0.0, "{report:?}");
+    assert!(report.rss_mib_after >= report.rss_mib_before);
+}

@@ -7,6 +7,7 @@
 //! replayed files follows the same count. A frame's time is the wall clock at decode for live
 //! streams, and the media clock (epoch plus frame index / rate) for files.
 
+pub mod decoder;
 mod synthetic;
 
 use std::panic::AssertUnwindSafe;
@@ -54,6 +55,12 @@ pub struct SourceConfig {
     /// `faults.decode_panic_at_frame` (0: never) and `decode_panic_repeats`.
     pub panic_at_frame: u64,
     pub panic_repeats: bool,
+    /// `cameras.decode_threads` (0: FFmpeg's choice) and `cameras.hwaccel`.
+    pub decode_threads: u32,
+    pub hwaccel: crate::settings::Hwaccel,
+    /// Files: frames skipped before the first one analysed, on the first opening only
+    /// (`ReplayOptions::start_frame`).
+    pub start_frame: u64,
 }
 
 /// Everything a camera's decode thread is started from. The thread is a supervised child of the
@@ -328,9 +335,18 @@ impl Streamer {
         let source_fps = plausible_rate(stream.avg_frame_rate())
             .or_else(|| plausible_rate(stream.rate()))
             .unwrap_or(FALLBACK_SOURCE_FPS);
-        let mut decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
-            .and_then(|c| c.decoder().video())
-            .map_err(|e| format!("cannot decode stream: {e}"))?;
+        let decoding =
+            decoder::open(stream.parameters(), self.source.config.decode_threads, self.source.config.hwaccel)?;
+        if let Some(reason) = &decoding.fallback {
+            let camera = &self.source.config.camera_id;
+            let reason = sanitize(reason, &self.source.config.url);
+            tracing::warn!(%camera, hwaccel = self.source.config.hwaccel.as_str(), %reason, "decoding in software");
+        }
+        let (mut decoder, hardware) = (decoding.decoder, decoding.backend != decoder::Backend::Software);
+        let mut downloaded = ffmpeg::frame::Video::empty();
+        // A replay's start point applies to its first opening only (loops start at the beginning).
+        let skip =
+            if self.position.seq == 0 && self.source.config.is_file { self.source.config.start_frame } else { 0 };
 
         let sampler = Sampler::new(source_fps, self.source.config.fps);
         let pace = (self.source.config.is_file && self.source.config.realtime).then(|| self.source.clock.now());
@@ -386,6 +402,9 @@ impl Streamer {
                 if decoder.receive_frame(&mut decoded).is_err() {
                     break;
                 }
+                if hardware {
+                    decoder::download(&mut decoded, &mut downloaded)?;
+                }
                 decode_time += started.elapsed();
                 got_frame = true;
                 last_frame = Some(Instant::now());
@@ -395,11 +414,15 @@ impl Streamer {
                 }
                 let index = frame_index;
                 frame_index += 1;
-                if !sampler.keep(index) {
+                if index < skip {
+                    decode_time = Duration::ZERO;
+                    continue;
+                }
+                if !sampler.keep(index - skip) {
                     continue;
                 }
                 if let Some(start) = pace {
-                    let due = start + Duration::from_secs_f64(index as f64 / source_fps);
+                    let due = start + Duration::from_secs_f64((index - skip) as f64 / source_fps);
                     self.sleep(due.saturating_duration_since(self.source.clock.now()));
                 }
                 let captured = Instant::now();

@@ -147,6 +147,9 @@ mod tests {
             clock_origin: UNIX_EPOCH,
             panic_at_frame: 0,
             panic_repeats: false,
+            decode_threads: 1,
+            hwaccel: crate::settings::Hwaccel::None,
+            start_frame: 0,
         };
         let (_stop, signal) = stop_signal();
         let source = Source::new(config, status.clone(), recorder.clone(), metrics, clock, signal);
