@@ -50,6 +50,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The model alone on the first device, per batch size: frames/s and, on a CUDA device, the
+    /// device memory the batches take (NVML). No decoding: runs in a build without FFmpeg.
+    ModelBench {
+        /// Batch sizes, measured in this order.
+        #[arg(long = "batch", value_delimiter = ',', default_values_t = [8, 16, 32, 64])]
+        batches: Vec<usize>,
+        /// Frames timed per batch size.
+        #[arg(long, default_value_t = 640)]
+        frames: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand this node's cameras to the other nodes and wait until they hold them (the
     /// Kubernetes `preStop` hook): marks `node.id` as draining in PostgreSQL; the running node
     /// stops its cameras and gives their leases up. Exits 0 when no lease is left to this node.
@@ -101,10 +113,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    ffmpeg_next::init().expect("FFmpeg initialises");
-    // FFmpeg's own log lines can quote stream URLs (with their credentials) and bypass our
-    // scrubbing, so it stays silent; its errors reach operators through each camera's last_error.
-    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
+    // Without the `ffmpeg` feature only raw:// and sim:// cameras run (the rest is refused at validation).
+    #[cfg(feature = "ffmpeg")]
+    {
+        ffmpeg_next::init().expect("FFmpeg initialises");
+        // FFmpeg's own log lines can quote stream URLs (with their credentials) and bypass our
+        // scrubbing, so it stays silent; its errors reach operators through each camera's last_error.
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
+    }
     let result = actix::System::new().block_on(run(cli.command, settings));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -174,6 +190,24 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 }
                 for incident in &r.incidents {
                     println!("  {}", serde_json::to_string(incident)?);
+                }
+            }
+        }
+        Command::ModelBench { batches, frames, json } => {
+            let report = model_bench(&settings, &batches, frames)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("device {}, model {}", report["device"], report["model"]);
+                for b in report["batches"].as_array().into_iter().flatten() {
+                    println!(
+                        "batch {:>3}: {:>8.1} frames/s, {:>7.2} ms/batch, device memory {} MiB ({} MiB/frame)",
+                        b["batch"],
+                        b["frames_per_s"].as_f64().unwrap_or(0.0),
+                        b["ms_per_batch"].as_f64().unwrap_or(0.0),
+                        b["memory_mib"],
+                        b["memory_per_frame_mib"]
+                    );
                 }
             }
         }
@@ -260,4 +294,48 @@ fn make_token(name: &str, role: its_analytics::access::Role, append: Option<&std
         None => print!("\n# Add to the tokens file (auth.tokens_file) or as [[auth.tokens]]:\n{entry}"),
     }
     Ok(())
+}
+
+/// `model-bench`: one input of grey frames per batch size, forward passes only (no decode, no NMS,
+/// no copies back), waited for on a CUDA device. Memory: what NVML sees the device lose between one
+/// frame's forward pass and each batch's (libtorch's allocator keeps what it took, so batch sizes
+/// are measured in increasing order); `null` where NVML cannot be read (the CPU, no driver).
+fn model_bench(settings: &Settings, batches: &[usize], frames: usize) -> anyhow::Result<serde_json::Value> {
+    use its_analytics::detector::model::{device_name, select_devices, Detector};
+    const MIB: f64 = (1u64 << 20) as f64;
+    let device = select_devices(settings.device.kind).map_err(anyhow::Error::msg)?[0];
+    its_analytics::actors::gpu::worker::set_up_thread(device, settings.device.cpu_threads);
+    let name = device_name(device);
+    let free = || its_analytics::device_memory::free_bytes(&name, None);
+    let detector = Detector::load(&settings.model, device)?;
+    let grey = vec![its_analytics::detector::input::PAD_VALUE; 3 * (settings.model.input_size as usize).pow(2)];
+    let run = |input: &tch::Tensor| -> anyhow::Result<()> {
+        let out = detector.forward_tensor(input)?;
+        if device != tch::Device::Cpu {
+            out.sum(tch::Kind::Float).double_value(&[]); // wait for the device
+        }
+        Ok(())
+    };
+    run(&detector.input_tensor(&[grey.as_slice()])?)?;
+    let base = free();
+    let mut rows = Vec::new();
+    for &batch in batches.iter().filter(|&&b| b > 0) {
+        let input = detector.input_tensor(&vec![grey.as_slice(); batch])?;
+        run(&input)?; // warm-up, and the allocator's growth for this size
+        let used = base.zip(free()).map(|(base, now)| base.saturating_sub(now) as f64 / MIB);
+        let calls = frames.div_ceil(batch).max(1);
+        let started = std::time::Instant::now();
+        for _ in 0..calls {
+            run(&input)?;
+        }
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        rows.push(serde_json::json!({
+            "batch": batch,
+            "frames_per_s": (calls * batch) as f64 / seconds,
+            "ms_per_batch": seconds * 1e3 / calls as f64,
+            "memory_mib": used.map(|m| (m * 10.0).round() / 10.0),
+            "memory_per_frame_mib": used.map(|m| (m / batch as f64 * 100.0).round() / 100.0),
+        }));
+    }
+    Ok(serde_json::json!({ "device": name, "model": settings.model.path.display().to_string(), "batches": rows }))
 }
