@@ -505,6 +505,60 @@ mod tests {
     }
 
     #[test]
+    fn raw_cameras_parse_and_stay_under_the_media_directory() {
+        let media = tempfile::tempdir().unwrap();
+        let frames = media.path().canonicalize().unwrap().join("frames.bgr");
+        std::fs::write(&frames, [0u8; 12]).unwrap();
+        let url = format!("raw://{}?width=2&height=2&fps=25", frames.display());
+        let parsed = RawFrames::from_url(&url).unwrap().unwrap();
+        assert_eq!(parsed, RawFrames { path: frames.clone(), width: 2, height: 2, fps: 25.0 });
+        assert_eq!(parsed.frame_len(), 12);
+        let default_fps = format!("raw://{}?height=2&width=2", frames.display());
+        assert_eq!(RawFrames::from_url(&default_fps).unwrap().unwrap().fps, 30.0);
+        assert_eq!(RawFrames::from_url("rtsp://cam/live"), None, "another scheme");
+        for (bad, says) in [
+            (format!("raw://{}?width=2", frames.display()), "raw:///ABS/PATH"),
+            (format!("raw://{}?width=0&height=2", frames.display()), "width must be"),
+            (format!("raw://{}?width=2&height=9000", frames.display()), "height must be"),
+            (format!("raw://{}?width=2&height=2&fps=0", frames.display()), "fps must be"),
+            (format!("raw://{}?width=2&height=2&rate=5", frames.display()), "raw:///ABS/PATH"),
+            (format!("raw://host{}?width=2&height=2", frames.display()), "raw:///ABS/PATH"),
+        ] {
+            let error = RawFrames::from_url(&bad).unwrap().unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        let policy = SourcePolicy {
+            network_schemes: vec!["rtsp".into()],
+            media_dir: Some(MediaDir::new(media.path()).unwrap()),
+            simulated: false,
+        };
+        assert_eq!(spec(&url).source_kind(), Ok(SourceKind::Raw));
+        assert!(spec(&url).validate(&policy).is_empty(), "{:?}", spec(&url).validate(&policy));
+        let none = SourcePolicy { media_dir: None, ..policy.clone() };
+        assert!(spec(&url).validate(&none)[0].contains("not accepted"));
+        let outside = "raw:///etc/passwd?width=2&height=2";
+        assert_eq!(spec(outside).validate(&policy), vec![OUTSIDE_MEDIA_DIR.to_string()]);
+        let mut replayed = spec(&url);
+        replayed.replay = Some(ReplayOptions::default());
+        assert_eq!(replayed.validate(&policy), vec!["replay applies to file:// URLs only".to_string()]);
+        assert!(spec(&url).validate(&policy.clone().with_simulator(true))[0].contains("only sim://"));
+    }
+
+    #[test]
+    fn without_ffmpeg_only_raw_and_simulated_cameras_are_accepted() {
+        let errors = spec("rtsp://cam.example/live").validate(&open_policy());
+        let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/video/overpass_video03.avi");
+        let file = spec(url::Url::from_file_path(clip.canonicalize().unwrap()).unwrap().as_str());
+        let file_errors = file.validate(&SourcePolicy::any_local_file());
+        if cfg!(feature = "ffmpeg") {
+            assert!(errors.is_empty() && file_errors.is_empty(), "{errors:?} {file_errors:?}");
+        } else {
+            assert_eq!(errors, vec![NO_FFMPEG.to_string()]);
+            assert_eq!(file_errors, vec![NO_FFMPEG.to_string()]);
+        }
+    }
+
+    #[test]
     fn ids_and_fps_are_checked_together() {
         let mut s = spec("rtsp://cam.example/live");
         s.id = "bad id".into();
