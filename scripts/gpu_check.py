@@ -124,6 +124,9 @@ def summarize(directory):
 
     md = ["# GPU check", ""]
     e = results["env"] or {}
+    stand_in = any(t.get("stand_in") for t in results["cameras"])
+    if stand_in:
+        md += ["**Stand-in run: the camera figures are not measurements.**", ""]
     md.append(f"Device: {e.get('device', 'no CUDA device')} (torch {e.get('torch')}, CUDA "
               f"{e.get('torch_cuda')}, driver {e.get('driver')}); binary's device: "
               f"{(results['model'] or {}).get('device')}.")
@@ -132,14 +135,15 @@ def summarize(directory):
     for b in (results["model"] or {}).get("batches", []):
         md.append(f"| {b['batch']} | {b['frames_per_s']:.0f} | {b['ms_per_batch']:.2f} | {b['memory_mib']} | "
                   f"{b['memory_per_frame_mib']} |")
-    md += ["", "## Cameras at 30 frames/s (raw:// frames of the overpass clip, whole pipeline)", "",
-           "| cameras | max batch | frames/s | dropped | capture->tracked p50 / p99 ms | "
-           "capture->event p50 / p99 ms | events | target met |", "|---|---|---|---|---|---|---|---|"]
+    md += ["", "## Cameras (raw:// frames of the overpass clip, whole pipeline)", "",
+           "| cameras | fps each | max batch | frames/s | dropped | capture->tracked p50 / p99 ms | "
+           "capture->event p50 / p99 ms | events | 3,000 frames/s at p99 < 85 ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for t in results["cameras"]:
         lat = t.get("latency", {})
         fps = t.get("frames_per_s", 0.0)
         met = fps >= 3000 and lat.get("event_ms_p99", 1e9) < 85
-        md.append(f"| {t.get('cameras')} | {t.get('batch')} | {fps:.0f} | {t.get('frames_dropped')} | "
+        md.append(f"| {t.get('cameras')} | {t.get('fps')} | {t.get('batch')} | {fps:.0f} | {t.get('frames_dropped')} | "
                   f"{lat.get('frame_ms_p50', 0):.1f} / {lat.get('frame_ms_p99', 0):.1f} | "
                   f"{lat.get('event_ms_p50', 0):.1f} / {lat.get('event_ms_p99', 0):.1f} | {lat.get('events')} | "
                   f"{'yes' if met else 'no'} |")

@@ -9,7 +9,7 @@
 #   model_bench   the model alone per batch size (8, 16, 32, 64): frames/s and NVML memory/frame
 #   cameras_*     bench --cameras N --fps 30 --source raw://... for N = 1, 8, 32, 100 (batch 32),
 #                 then 100 cameras at batches 8, 16 and 64: frames/s, capture-to-event p50/p99
-#   oom           a filler process holds most free device memory while 32 cameras run with batch
+#   oom           a filler process holds most free device memory while 100 cameras run with batch
 #                 64; the run must survive by halving the batch (its log lines say so)
 #   torch_check   the model through the host's PyTorch alone (scripts/gpu_torch_check.py)
 #
@@ -76,8 +76,9 @@ step() {
     return $rc
 }
 
-# (a) CUDA as the host's torch sees it.
+# (a) CUDA as the host's torch sees it, and the libraries the binary loads (libtorch_cuda among them).
 step env 60 "$PY" scripts/gpu_check.py env && cp "$OUT/env.out" "$OUT/env.json"
+step ldd 20 ldd "$BIN"
 cat "$OUT/env.json" 2>/dev/null
 
 # Raw frames for the cameras (kept out of the bundle: 230 KB a frame).
@@ -104,17 +105,19 @@ for n in $CAMERAS; do
 done
 
 # (e) A forced out-of-memory that batch halving survives.
-oom_cameras=$(echo "$CAMERAS" | awk '{print $(NF>2 ? 3 : NF)}')
+# The most cameras, and batches given 40 ms to fill: batches of 64 do form.
+oom_cameras=$(echo "$CAMERAS" | awk '{print $NF}')
 if [[ $KIND == cpu ]]; then
     how="injected: faults.oom_at_batch = 5, oom_times = 3 (no CUDA device: a stand-in run)"
     export ITS__FAULTS__OOM_AT_BATCH=5 ITS__FAULTS__OOM_TIMES=3
 else
-    # Leave the service what a CUDA context needs plus a batch of 16 (measured above), so that
-    # batches of 64 and 32 cannot fit; frame_memory_mb = 1 keeps the batch sizer from capping the
-    # batch by NVML's free memory first (the out-of-memory must really happen).
-    per16=$("$PY" -c 'import json,sys; b=[b for b in json.load(open(sys.argv[1]))["batches"] if b["batch"]==16];
+    # Leave the service what a CUDA context needs plus a batch of 32 (measured above), so that a
+    # batch of 64 cannot fit; frame_memory_mb = 1 keeps the batch sizer from capping the batch by
+    # NVML's free memory first (the out-of-memory must really happen).
+    per32=$("$PY" -c 'import json,sys; b=[b for b in json.load(open(sys.argv[1]))["batches"] if b["batch"]==32];
 print(int(b[0]["memory_mib"] or 0) if b else 0)' "$OUT/model_bench.json" 2>/dev/null || echo 0)
-    leave=${GPU_CHECK_OOM_LEAVE_MIB:-$((700 + ${per16:-0}))}
+    ((${per32:-0} > 0)) || per32=300
+    leave=${GPU_CHECK_OOM_LEAVE_MIB:-$((700 + per32))}
     how="filler: another process holds all but ${leave} MiB of device memory; batching.max_batch = 64"
     timeout -k 5 300 "$PY" scripts/gpu_check.py fill "$leave" "$WORK/filled" 290 >"$OUT/filler.log" 2>&1 &
     FILLER=$!
@@ -125,7 +128,7 @@ print(int(b[0]["memory_mib"] or 0) if b else 0)' "$OUT/model_bench.json" 2>/dev/
     how="$how (free after filling: $(cat "$WORK/filled" 2>/dev/null || echo '?') MiB)"
     export ITS__BATCHING__FRAME_MEMORY_MB=1
 fi
-ITS__BATCHING__MAX_BATCH=64 step oom $((DURATION + WARM_UP + 60)) "${BENCH[@]}" --cameras "$oom_cameras" --fps "$FPS" \
+ITS__BATCHING__MAX_BATCH=64 ITS__BATCHING__MAX_WAIT_MS=40 step oom $((DURATION + WARM_UP + 60)) "${BENCH[@]}" --cameras "$oom_cameras" --fps "$FPS" \
     --duration-s "$DURATION" --warm-up-s "$WARM_UP" --source "$SOURCE" --json
 oom_rc=$?
 [[ -n $FILLER ]] && kill "$FILLER" 2>/dev/null
