@@ -13,6 +13,8 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 project_cargo fmt --check
 project_cargo clippy --release --all-targets --locked -- -D warnings
+# The build without FFmpeg (the GPU bundle's: raw:// and sim:// cameras only) keeps compiling.
+project_cargo check --release --locked --no-default-features --bin its-analytics
 # Tools the deployment and API tests run: promtool and a real Prometheus (Debian), and
 # kubernetes-validate (Kubernetes schemas, offline) and schemathesis (PyPI) in a venv of their own.
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then

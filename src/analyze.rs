@@ -7,6 +7,7 @@
 //! measures decoding alone.
 
 pub mod cameras;
+#[cfg(feature = "ffmpeg")]
 pub mod decode;
 
 use std::path::{Path, PathBuf};
@@ -366,27 +367,84 @@ fn model_only_on_thread(
 const MODEL_ONLY_FRAMES: usize = 600;
 
 /// Frames per second of the model alone: one batch of frames in the model layout prepared once,
-/// then model calls only (input in, raw output back on the CPU), no decode, no NMS.
+/// then model calls only (input in, raw output back on the CPU, which also waits for a CUDA
+/// device), no decode, no NMS.
 fn model_only(
     settings: &Settings,
     model: &ModelSettings,
     batch_size: usize,
     frames: usize,
 ) -> anyhow::Result<(f64, String)> {
+    let (detector, name) = load_for_timing(settings, model)?;
+    Ok((time_batches(&detector, model, batch_size, frames)?.0, name))
+}
+
+/// The model on the first device its backend runs on, on a thread set up as an inference thread.
+fn load_for_timing(settings: &Settings, model: &ModelSettings) -> anyhow::Result<(Detector, String)> {
     let devices = crate::detector::model::select_devices(settings.device.kind, model.backend());
     let device = devices.map_err(anyhow::Error::msg)?[0];
     crate::actors::gpu::worker::set_up_thread(device, settings.device.cpu_threads_per_worker());
-    let detector = Detector::load(model, device)?;
+    Ok((Detector::load(model, device)?, crate::detector::model::device_name(device)))
+}
+
+/// (frames/s, ms per batch) of `frames` frames in batches of `batch_size` grey frames, after one
+/// warm-up batch.
+fn time_batches(
+    detector: &Detector,
+    model: &ModelSettings,
+    batch_size: usize,
+    frames: usize,
+) -> anyhow::Result<(f64, f64)> {
     let grey = vec![crate::detector::input::PAD_VALUE; 3 * (model.input_size as usize).pow(2)];
     let batch = vec![grey.as_slice(); batch_size];
-    detector.forward(&batch)?; // warm-up
+    detector.forward(&batch)?; // warm-up, and the allocator's growth for this size
     let calls = frames.div_ceil(batch_size).max(1);
     let started = Instant::now();
     for _ in 0..calls {
         detector.forward(&batch)?;
     }
     let seconds = started.elapsed().max(Duration::from_nanos(1)).as_secs_f64();
-    Ok(((calls * batch_size) as f64 / seconds, crate::detector::model::device_name(device)))
+    Ok(((calls * batch_size) as f64 / seconds, seconds * 1e3 / calls as f64))
+}
+
+/// `model-bench`: the model alone per batch size.
+#[derive(Debug, Serialize)]
+pub struct ModelBenchReport {
+    pub device: String,
+    pub model: String,
+    pub batches: Vec<ModelBatchRun>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelBatchRun {
+    pub batch: usize,
+    pub frames_per_s: f64,
+    pub ms_per_batch: f64,
+    /// Device memory NVML sees taken between a one-frame call and this batch's (libtorch's
+    /// allocator keeps what it took, so sizes are measured in increasing order); `None` where NVML
+    /// cannot be read (the CPU, no driver).
+    pub memory_mib: Option<f64>,
+    pub memory_per_frame_mib: Option<f64>,
+}
+
+/// The model alone on the first device for each batch size, in increasing order. No decoding: it
+/// runs in a build without FFmpeg (the GPU check).
+pub fn model_bench(settings: &Settings, batches: &[usize], frames: usize) -> anyhow::Result<ModelBenchReport> {
+    const MIB: f64 = (1u64 << 20) as f64;
+    let (detector, device) = load_for_timing(settings, &settings.model)?;
+    let free = || crate::device_memory::free_bytes(&device, None);
+    time_batches(&detector, &settings.model, 1, 1)?;
+    let base = free();
+    let mut sizes: Vec<usize> = batches.iter().copied().filter(|&b| b > 0).collect();
+    sizes.sort_unstable();
+    let mut runs = Vec::new();
+    for batch in sizes {
+        let (frames_per_s, ms_per_batch) = time_batches(&detector, &settings.model, batch, frames)?;
+        let memory_mib = base.zip(free()).map(|(base, now)| base.saturating_sub(now) as f64 / MIB);
+        let memory_per_frame_mib = memory_mib.map(|m| m / batch as f64);
+        runs.push(ModelBatchRun { batch, frames_per_s, ms_per_batch, memory_mib, memory_per_frame_mib });
+    }
+    Ok(ModelBenchReport { device, model: settings.model.path.display().to_string(), batches: runs })
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

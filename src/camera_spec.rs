@@ -20,6 +20,69 @@ pub const FILE_FORMATS: &str = "avi,mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts
 /// The only protocol FFmpeg may use for a local file camera.
 pub const FILE_PROTOCOLS: &str = "file";
 
+/// Why a build without the `ffmpeg` feature refuses a camera that needs decoding.
+pub const NO_FFMPEG: &str = "url: this build has no FFmpeg: only raw:// and sim:// cameras";
+
+/// The URL scheme of a raw-frame camera (`RawFrames`).
+pub const RAW_SCHEME: &str = "raw";
+/// Largest width and height of a raw frame.
+pub const RAW_MAX_SIDE: u32 = 8192;
+
+/// A raw-frame camera, for benchmarks on hosts without FFmpeg:
+/// `raw:///ABS/PATH?width=W&height=H&fps=F` is a file of concatenated packed BGR24 frames of
+/// W x H, played in a loop at F frames per second in real time like a live camera (default 30).
+/// The file lies under `cameras.media_dir` like a file:// camera's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawFrames {
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// The source's own frame rate (the camera's `fps` samples it down).
+    pub fps: f64,
+}
+
+impl RawFrames {
+    /// `None` for a URL of another scheme; otherwise the source or what is wrong with the URL
+    /// (never quoting it).
+    pub fn from_url(raw: &str) -> Option<Result<Self, String>> {
+        let url = url::Url::parse(raw).ok().filter(|u| u.scheme() == RAW_SCHEME)?;
+        Some(Self::parse(&url))
+    }
+
+    fn parse(url: &url::Url) -> Result<Self, String> {
+        const FORM: &str = "url: a raw:// URL is raw:///ABS/PATH?width=W&height=H[&fps=F]";
+        if url.host_str().is_some_and(|h| !h.is_empty()) || url.port().is_some() || !url.username().is_empty() {
+            return Err(FORM.into());
+        }
+        let path = url.to_file_path().map_err(|_| FORM.to_string())?;
+        let (mut width, mut height, mut fps) = (None, None, 30.0);
+        for (key, value) in url.query_pairs() {
+            let side = || value.parse::<u32>().ok().filter(|v| (1..=RAW_MAX_SIDE).contains(v));
+            match key.as_ref() {
+                "width" => width = Some(side().ok_or(format!("url: raw width must be 1-{RAW_MAX_SIDE}"))?),
+                "height" => height = Some(side().ok_or(format!("url: raw height must be 1-{RAW_MAX_SIDE}"))?),
+                "fps" => {
+                    fps = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| *f > 0.0 && *f <= 240.0)
+                        .ok_or("url: raw fps must be in (0, 240]")?
+                }
+                _ => return Err(FORM.into()),
+            }
+        }
+        match (width, height) {
+            (Some(width), Some(height)) => Ok(Self { path, width, height, fps }),
+            _ => Err(FORM.into()),
+        }
+    }
+
+    /// Bytes of one frame in the file.
+    pub fn frame_len(&self) -> u64 {
+        3 * self.width as u64 * self.height as u64
+    }
+}
+
 /// Which camera URLs the service accepts: `cameras.allowed_schemes` for network cameras, and
 /// local files only under `cameras.media_dir`, or, while the simulator runs, only simulated
 /// cameras (`sim://`). Everything else (`concat:`, `subfile:`, `pipe:`, `data:`, `exec:`, files
@@ -144,6 +207,8 @@ pub enum SourceKind {
     File,
     /// `sim://NAME?crossings_per_min=R`: synthetic vehicles, no video (`detector::simulated`).
     Simulated,
+    /// `raw:///PATH?width=W&height=H&fps=F`: raw BGR24 frames from a file, no decoding (`RawFrames`).
+    Raw,
 }
 
 impl CameraSpec {
@@ -177,15 +242,23 @@ impl CameraSpec {
                     ),
                     _ => {}
                 }
+                if !cfg!(feature = "ffmpeg") && matches!(kind, SourceKind::Network | SourceKind::File) {
+                    errors.push(NO_FFMPEG.into());
+                }
+                if kind == SourceKind::Raw {
+                    if let Some(Err(e)) = RawFrames::from_url(&self.url) {
+                        errors.push(e);
+                    }
+                }
                 if kind == SourceKind::Network {
                     let scheme = self.url.split(':').next().unwrap_or_default().to_ascii_lowercase();
                     if !policy.network_schemes.contains(&scheme) {
                         errors.push(format!("url scheme {scheme:?} is not allowed here (cameras.allowed_schemes)"));
                     }
                 }
-                if kind == SourceKind::File {
+                if matches!(kind, SourceKind::File | SourceKind::Raw) {
                     match self.file_path() {
-                        None => errors.push("url: a file:// URL needs an absolute path".into()),
+                        None => errors.push("url: a file:// or raw:// URL needs an absolute path".into()),
                         Some(_) if policy.media_dir.is_none() => errors.push(
                             "url: local files are not accepted (set cameras.media_dir to serve files from one \
                              directory)"
@@ -211,6 +284,9 @@ impl CameraSpec {
                     }
                     if self.replay.is_some_and(|r| r.start_frame > MAX_START_FRAME) {
                         errors.push(format!("replay start frame must be at most {MAX_START_FRAME}"));
+                    }
+                    if kind == SourceKind::Raw && self.replay.is_some() {
+                        errors.push("replay applies to file:// URLs only".into());
                     }
                 } else {
                     if self.replay.is_some() {
@@ -243,14 +319,15 @@ impl CameraSpec {
             "rtsp" | "rtsps" | "http" | "https" => Err("url needs a host".into()),
             "file" => Ok(SourceKind::File),
             SIMULATED_SCHEME => Ok(SourceKind::Simulated),
+            RAW_SCHEME => Ok(SourceKind::Raw),
             other => Err(format!(
-                "url scheme {other:?} is not supported (use rtsp, rtsps, http, https, file under cameras.media_dir, \
-                 or sim with simulator.enabled)"
+                "url scheme {other:?} is not supported (use rtsp, rtsps, http, https, file or raw under \
+                 cameras.media_dir, or sim with simulator.enabled)"
             )),
         }
     }
 
-    /// The local path of a file:// URL.
+    /// The local path of a file:// or raw:// URL.
     pub fn file_path(&self) -> Option<std::path::PathBuf> {
         url::Url::parse(&self.url).ok()?.to_file_path().ok()
     }
@@ -451,6 +528,60 @@ mod tests {
         let mut s = spec(sim);
         s.replay = Some(ReplayOptions::default());
         assert_eq!(s.validate(&simulating), vec!["replay applies to file:// URLs only".to_string()]);
+    }
+
+    #[test]
+    fn raw_cameras_parse_and_stay_under_the_media_directory() {
+        let media = tempfile::tempdir().unwrap();
+        let frames = media.path().canonicalize().unwrap().join("frames.bgr");
+        std::fs::write(&frames, [0u8; 12]).unwrap();
+        let url = format!("raw://{}?width=2&height=2&fps=25", frames.display());
+        let parsed = RawFrames::from_url(&url).unwrap().unwrap();
+        assert_eq!(parsed, RawFrames { path: frames.clone(), width: 2, height: 2, fps: 25.0 });
+        assert_eq!(parsed.frame_len(), 12);
+        let default_fps = format!("raw://{}?height=2&width=2", frames.display());
+        assert_eq!(RawFrames::from_url(&default_fps).unwrap().unwrap().fps, 30.0);
+        assert_eq!(RawFrames::from_url("rtsp://cam/live"), None, "another scheme");
+        for (bad, says) in [
+            (format!("raw://{}?width=2", frames.display()), "raw:///ABS/PATH"),
+            (format!("raw://{}?width=0&height=2", frames.display()), "width must be"),
+            (format!("raw://{}?width=2&height=9000", frames.display()), "height must be"),
+            (format!("raw://{}?width=2&height=2&fps=0", frames.display()), "fps must be"),
+            (format!("raw://{}?width=2&height=2&rate=5", frames.display()), "raw:///ABS/PATH"),
+            (format!("raw://host{}?width=2&height=2", frames.display()), "raw:///ABS/PATH"),
+        ] {
+            let error = RawFrames::from_url(&bad).unwrap().unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        let policy = SourcePolicy {
+            network_schemes: vec!["rtsp".into()],
+            media_dir: Some(MediaDir::new(media.path()).unwrap()),
+            simulated: false,
+        };
+        assert_eq!(spec(&url).source_kind(), Ok(SourceKind::Raw));
+        assert!(spec(&url).validate(&policy).is_empty(), "{:?}", spec(&url).validate(&policy));
+        let none = SourcePolicy { media_dir: None, ..policy.clone() };
+        assert!(spec(&url).validate(&none)[0].contains("not accepted"));
+        let outside = "raw:///etc/passwd?width=2&height=2";
+        assert_eq!(spec(outside).validate(&policy), vec![OUTSIDE_MEDIA_DIR.to_string()]);
+        let mut replayed = spec(&url);
+        replayed.replay = Some(ReplayOptions::default());
+        assert_eq!(replayed.validate(&policy), vec!["replay applies to file:// URLs only".to_string()]);
+        assert!(spec(&url).validate(&policy.clone().with_simulator(true))[0].contains("only sim://"));
+    }
+
+    #[test]
+    fn without_ffmpeg_only_raw_and_simulated_cameras_are_accepted() {
+        let errors = spec("rtsp://cam.example/live").validate(&open_policy());
+        let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/video/overpass_video03.avi");
+        let file = spec(url::Url::from_file_path(clip.canonicalize().unwrap()).unwrap().as_str());
+        let file_errors = file.validate(&SourcePolicy::any_local_file());
+        if cfg!(feature = "ffmpeg") {
+            assert!(errors.is_empty() && file_errors.is_empty(), "{errors:?} {file_errors:?}");
+        } else {
+            assert_eq!(errors, vec![NO_FFMPEG.to_string()]);
+            assert_eq!(file_errors, vec![NO_FFMPEG.to_string()]);
+        }
     }
 
     #[test]

@@ -84,6 +84,18 @@ enum Command {
         #[arg(long, default_value = "600", requires = "decode")]
         frames: usize,
     },
+    /// The model alone on the first device, per batch size: frames/s and, on a CUDA device, the
+    /// device memory the batches take (NVML). No decoding: runs in a build without FFmpeg.
+    ModelBench {
+        /// Batch sizes, measured in this order.
+        #[arg(long = "batch", value_delimiter = ',', default_values_t = [8, 16, 32, 64])]
+        batches: Vec<usize>,
+        /// Frames timed per batch size.
+        #[arg(long, default_value_t = 640)]
+        frames: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand this node's cameras to the other nodes and wait until they hold them (the
     /// Kubernetes `preStop` hook): marks `node.id` as draining in PostgreSQL; the running node
     /// stops its cameras and gives their leases up. Exits 0 when no lease is left to this node.
@@ -135,10 +147,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    ffmpeg_next::init().expect("FFmpeg initialises");
-    // FFmpeg's own log lines can quote stream URLs (with their credentials) and bypass our
-    // scrubbing, so it stays silent; its errors reach operators through each camera's last_error.
-    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
+    // Without the `ffmpeg` feature only raw:// and sim:// cameras run (the rest is refused at validation).
+    #[cfg(feature = "ffmpeg")]
+    {
+        ffmpeg_next::init().expect("FFmpeg initialises");
+        // FFmpeg's own log lines can quote stream URLs (with their credentials) and bypass our
+        // scrubbing, so it stays silent; its errors reach operators through each camera's last_error.
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Quiet);
+    }
     let result = actix::System::new().block_on(run(cli.command, settings));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -211,6 +227,25 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::ModelBench { batches, frames, json } => {
+            let report = analyze::model_bench(&settings, &batches, frames)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("device {}, model {}", report.device, report.model);
+                let mib = |m: Option<f64>| m.map_or("-".to_string(), |m| format!("{m:.1}"));
+                for b in &report.batches {
+                    println!(
+                        "batch {:>3}: {:>8.1} frames/s, {:>7.2} ms/batch, device memory {} MiB ({} MiB/frame)",
+                        b.batch,
+                        b.frames_per_s,
+                        b.ms_per_batch,
+                        mib(b.memory_mib),
+                        mib(b.memory_per_frame_mib)
+                    );
+                }
+            }
+        }
         Command::Evaluate { manifest, assets, json } => {
             let report = its_analytics::evaluate::run(&settings, &manifest, &assets).await?;
             if json {
@@ -219,6 +254,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 print!("{}", report.table());
             }
         }
+        #[cfg(feature = "ffmpeg")]
         Command::Bench { video, json, decode: true, media_dir, frames, .. } => {
             let report = analyze::decode::run(&settings, &video, &media_dir, frames)?;
             if json {
@@ -227,6 +263,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 print!("{}", report.table());
             }
         }
+        #[cfg(not(feature = "ffmpeg"))]
+        Command::Bench { decode: true, .. } => anyhow::bail!("bench --decode: this build has no FFmpeg"),
         Command::Bench {
             video,
             lines,

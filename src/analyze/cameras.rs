@@ -353,12 +353,19 @@ pub fn source_url(source: &str) -> anyhow::Result<String> {
 }
 
 /// Packets of a file's video stream (read, not decoded).
+#[cfg(feature = "ffmpeg")]
 fn video_packets(source: &str) -> Option<u64> {
     let path = url::Url::parse(source).ok().and_then(|u| u.to_file_path().ok());
     let path = path.unwrap_or_else(|| std::path::PathBuf::from(source));
     let mut input = ffmpeg_next::format::input(&path).ok()?;
     let index = input.streams().best(ffmpeg_next::media::Type::Video)?.index();
     Some(input.packets().filter(|(stream, _)| stream.index() == index).count() as u64)
+}
+
+/// A build without FFmpeg plays no files.
+#[cfg(not(feature = "ffmpeg"))]
+fn video_packets(_: &str) -> Option<u64> {
+    None
 }
 
 /// User plus system CPU seconds of this process (`/proc/self/stat`, in USER_HZ = 100 ticks).

@@ -1,13 +1,18 @@
 //! The camera's decode thread: open the stream, decode, sample to the camera's rate, letterbox
 //! straight into the model layout and hand frames to the device; reconnect with capped backoff.
-//! A simulated camera (`sim://`) runs the same thread without a stream (`synthetic`).
+//! A simulated camera (`sim://`) runs the same thread without a stream (`synthetic`), and a
+//! raw-frame camera (`raw://`) without a decoder (`raw`). Without the `ffmpeg` feature only these two run.
 //!
 //! Timestamps from the container are not trusted (some files carry broken ones, e.g. a frame rate
 //! of 214748359/3579125): sampling counts frames against the stream's nominal rate, pacing of
 //! replayed files follows the same count. A frame's time is the wall clock at decode for live
 //! streams, and the media clock (epoch plus frame index / rate) for files.
+// What only FFmpeg's streams use is left unused in a build without it.
+#![cfg_attr(not(feature = "ffmpeg"), allow(unused_imports, dead_code))]
 
+#[cfg(feature = "ffmpeg")]
 pub mod decoder;
+mod raw;
 mod synthetic;
 
 use std::panic::AssertUnwindSafe;
@@ -16,14 +21,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use ffmpeg::format::Pixel;
-use ffmpeg::software::scaling;
+#[cfg(feature = "ffmpeg")]
+use ffmpeg::{format::Pixel, software::scaling};
+#[cfg(feature = "ffmpeg")]
 use ffmpeg_next as ffmpeg;
 
 use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
 use crate::actors::messages::Frame;
 use crate::actors::status::{CameraStatus, StreamState};
-use crate::camera_spec::{RtspTransport, FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
+use crate::camera_spec::{RawFrames, RtspTransport};
+#[cfg(feature = "ffmpeg")]
+use crate::camera_spec::{FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
 use crate::detector::simulated::SimulatedCamera;
 use crate::detector::Letterbox;
 use crate::ids::CameraId;
@@ -300,6 +308,20 @@ impl Streamer {
         if let Some(camera) = SimulatedCamera::from_url(&self.source.config.url) {
             return self.run_simulated(camera?);
         }
+        if let Some(frames) = RawFrames::from_url(&self.source.config.url) {
+            return self.run_raw(frames?);
+        }
+        self.run_decoded()
+    }
+
+    #[cfg(not(feature = "ffmpeg"))]
+    fn run_decoded(&mut self) -> Result<RunEnd, String> {
+        Err(crate::camera_spec::NO_FFMPEG.into())
+    }
+
+    /// A stream or file through FFmpeg.
+    #[cfg(feature = "ffmpeg")]
+    fn run_decoded(&mut self) -> Result<RunEnd, String> {
         let opened = Instant::now();
         self.position.media.reopen();
         let last_activity = Arc::new(AtomicU64::new(0));
@@ -466,6 +488,7 @@ impl Streamer {
 }
 
 /// A container frame rate we believe: a whole number, or an NTSC-style n/1001, in 1..=240 fps.
+#[cfg(feature = "ffmpeg")]
 fn plausible_rate(rate: ffmpeg::Rational) -> Option<f64> {
     let (num, den) = (rate.numerator(), rate.denominator());
     if num <= 0 || !(den == 1 || den == 1001) {
@@ -493,6 +516,7 @@ impl Sampler {
 }
 
 /// Scales decoded frames to the letterboxed size in BGR and lays them out as model input.
+#[cfg(feature = "ffmpeg")]
 struct Converter {
     scaler: scaling::Context,
     letterbox: Letterbox,
@@ -501,6 +525,7 @@ struct Converter {
     pixels: Vec<u8>,
 }
 
+#[cfg(feature = "ffmpeg")]
 impl Converter {
     fn new(frame: &ffmpeg::frame::Video, input_size: u32) -> Result<Self, String> {
         let letterbox = Letterbox::new(frame.width(), frame.height(), input_size);
@@ -559,6 +584,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "ffmpeg")]
     fn implausible_container_rates_are_ignored() {
         assert_eq!(plausible_rate(ffmpeg::Rational::new(25, 1)), Some(25.0));
         assert!((plausible_rate(ffmpeg::Rational::new(30000, 1001)).unwrap() - 29.97).abs() < 0.01);
