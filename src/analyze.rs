@@ -290,7 +290,9 @@ pub async fn bench(
     geometry: Geometry,
     reference: Option<&Path>,
 ) -> anyhow::Result<BenchReport> {
-    let batch_size = settings.batching.max_batch.min(settings.batching.queue_per_camera).max(1);
+    let devices = crate::detector::model::select_devices(settings.device.kind, settings.model.backend());
+    let first = *devices.map_err(anyhow::Error::msg)?.first().unwrap_or(&tch::Device::Cpu);
+    let batch_size = settings.batching.max_batch_on(first).min(settings.batching.queue_per_camera).max(1);
     let reference_model = reference.map(|path| ModelSettings { path: path.to_path_buf(), ..settings.model.clone() });
     // This machine's speed drifts between runs; each model alone is measured before and after the
     // pipeline and averaged, so a drift does not land on one side of a ratio only.

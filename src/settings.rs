@@ -322,8 +322,11 @@ impl DeviceSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchingSettings {
-    /// Largest batch sent to the model.
+    /// Largest batch sent to the model on a CUDA device.
     pub max_batch: usize,
+    /// Largest batch on a CPU inference worker: a CPU runs a batch frame after frame, so a large
+    /// one adds latency and no throughput.
+    pub cpu_max_batch: usize,
     /// How long the first frame of a batch may wait for others.
     pub max_wait_ms: u64,
     /// Frames queued per camera before the oldest is dropped (live cameras).
@@ -336,6 +339,17 @@ pub struct BatchingSettings {
     /// After an out-of-memory halving, this many good batches in a row before the batch doubles
     /// again (if memory allows).
     pub grow_after_batches: u32,
+}
+
+impl BatchingSettings {
+    /// The batch limit of a device of this kind.
+    pub fn max_batch_on(&self, device: tch::Device) -> usize {
+        if device == tch::Device::Cpu {
+            self.cpu_max_batch
+        } else {
+            self.max_batch
+        }
+    }
 }
 
 impl BatchingSettings {
@@ -523,6 +537,9 @@ impl Settings {
         }
         if !(1..=256).contains(&self.batching.max_batch) {
             errors.push("batching.max_batch must be in 1..=256".into());
+        }
+        if !(1..=256).contains(&self.batching.cpu_max_batch) {
+            errors.push("batching.cpu_max_batch must be in 1..=256".into());
         }
         if self.batching.max_wait_ms > 10_000 {
             errors.push("batching.max_wait_ms must be at most 10000".into());

@@ -129,7 +129,7 @@ impl Pipeline {
             let state = DeviceState::load(DeviceParts {
                 device,
                 name: name.clone(),
-                config: WorkerConfig::from_settings(&settings),
+                config: WorkerConfig::from_settings(&settings, device),
                 model: settings.model.clone(),
                 loader: loader.clone(),
                 metrics: metrics.clone(),

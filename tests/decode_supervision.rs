@@ -15,7 +15,6 @@ use its_analytics::actors::camera::source::{Source, SourceConfig};
 use its_analytics::actors::camera::CameraActor;
 use its_analytics::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
 use its_analytics::actors::status::{CameraStatus, StreamState};
-use its_analytics::camera_spec::RtspTransport;
 use its_analytics::metrics::Metrics;
 use its_analytics::supervision::{stop_signal, BreakerConfig, ChildView, RestartPolicy, Supervisor, SystemClock};
 
@@ -77,25 +76,13 @@ fn start(panic_at_frame: u64, panic_repeats: bool, max_restarts: u32) -> Camera 
     let recorder = Arc::new(Recorder { seqs: Mutex::new(Vec::new()), ended: ended_tx });
     let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
     let status = Arc::new(CameraStatus::new("cam".into(), 0, 1, &metrics, &breaker));
+    let url = common::clip("highway_video02.avi").display().to_string();
     let config = SourceConfig {
-        camera_id: "cam".into(),
-        url: common::clip("highway_video02.avi").display().to_string(),
         is_file: true,
-        fps: 25.0,
-        looping: false,
         realtime: false,
-        rtsp_transport: RtspTransport::Tcp,
-        input_size: 64,
-        read_timeout: Duration::from_secs(5),
-        reconnect_initial: Duration::from_millis(10),
-        reconnect_max: Duration::from_millis(50),
-        max_retries: None,
-        clock_origin: std::time::UNIX_EPOCH,
         panic_at_frame,
         panic_repeats,
-        decode_threads: 1,
-        hwaccel: its_analytics::settings::Hwaccel::None,
-        start_frame: 0,
+        ..SourceConfig::live("cam", &url, 25.0, 64)
     };
     let (stop, signal) = stop_signal();
     let source = Source::new(config, status.clone(), recorder.clone(), metrics, Arc::new(SystemClock), signal);

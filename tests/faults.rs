@@ -155,6 +155,8 @@ async fn device_oom_and_shard_and_inference_panics_lose_no_event() {
         ("ITS__FAULTS__OOM_AT_BATCH", "20"),
         ("ITS__FAULTS__OOM_TIMES", "3"),
         ("ITS__BATCHING__GROW_AFTER_BATCHES", "10"),
+        // Batches of up to 8, as on a GPU, so that there is room to halve.
+        ("ITS__BATCHING__CPU_MAX_BATCH", "8"),
         ("ITS__FAULTS__INFERENCE_PANIC_AT_BATCH", "200"),
         ("ITS__FAULTS__SHARD_PANIC_AT_FRAME", "600"),
     ];
@@ -169,7 +171,7 @@ async fn device_oom_and_shard_and_inference_panics_lose_no_event() {
         let restarted = c["state"] == "running" && c["restarts"] == 1;
         assert!(restarted && c["last_error"].as_str().unwrap().contains("injected fault"), "{system}");
     }
-    assert_eq!(system["devices"][0]["batch_limit"], 8, "grown back to batching.max_batch: {system}");
+    assert_eq!(system["devices"][0]["batch_limit"], 8, "grown back to batching.cpu_max_batch: {system}");
     let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("its_supervisor_restarts_total{child=\"infer-cpu\"} 1"), "an OOM is not a crash: {page}");
     assert_eq!(common::metric(&page, "its_device_out_of_memory_total{device=\"cpu\"}"), Some(3.0), "{page}");

@@ -18,7 +18,7 @@ mod synthetic;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 #[cfg(feature = "ffmpeg")]
@@ -69,6 +69,33 @@ pub struct SourceConfig {
     /// Files: frames skipped before the first one analysed, on the first opening only
     /// (`ReplayOptions::start_frame`).
     pub start_frame: u64,
+}
+
+impl SourceConfig {
+    /// A live stream with the defaults a test or tool starts from: TCP, 5 s read timeout, quick
+    /// reconnects (10 to 50 ms) for ever, software decoding on one thread, no injected fault.
+    pub fn live(camera_id: &str, url: &str, fps: f64, input_size: u32) -> Self {
+        Self {
+            camera_id: camera_id.into(),
+            url: url.into(),
+            is_file: false,
+            fps,
+            looping: false,
+            realtime: true,
+            rtsp_transport: RtspTransport::Tcp,
+            input_size,
+            read_timeout: Duration::from_secs(5),
+            reconnect_initial: Duration::from_millis(10),
+            reconnect_max: Duration::from_millis(50),
+            max_retries: None,
+            clock_origin: UNIX_EPOCH,
+            panic_at_frame: 0,
+            panic_repeats: false,
+            decode_threads: 1,
+            hwaccel: crate::settings::Hwaccel::None,
+            start_frame: 0,
+        }
+    }
 }
 
 /// Everything a camera's decode thread is started from. The thread is a supervised child of the

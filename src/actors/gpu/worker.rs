@@ -45,10 +45,10 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub fn from_settings(settings: &Settings, device: tch::Device) -> Self {
         const MIB: u64 = 1 << 20;
         Self {
-            max_batch: settings.batching.max_batch,
+            max_batch: settings.batching.max_batch_on(device),
             max_wait: settings.batching.max_wait(),
             frame_deadline: settings.batching.frame_deadline(),
             cpu_threads: settings.device.cpu_threads_per_worker(),

@@ -149,7 +149,6 @@ fn taps(from: u32, to: u32) -> Vec<(usize, usize, u32)> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::UNIX_EPOCH;
 
     use parking_lot::Mutex;
 
@@ -157,7 +156,6 @@ mod tests {
     use super::*;
     use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
     use crate::actors::status::CameraStatus;
-    use crate::camera_spec::RtspTransport;
     use crate::detector::input::PAD_VALUE;
     use crate::metrics::Metrics;
     use crate::supervision::{stop_signal, BreakerConfig, ChildView, ManualClock, RestartPolicy, Supervisor};
@@ -226,23 +224,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
         let status = Arc::new(CameraStatus::new(id.into(), 0, 1, &metrics, &breaker));
-        let config = SourceConfig {
-            camera_id: id.into(),
-            url: url.into(),
-            is_file: false,
-            fps,
-            looping: false,
-            realtime: true,
-            rtsp_transport: RtspTransport::Tcp,
-            input_size: 8,
-            read_timeout: Duration::from_secs(5),
-            reconnect_initial: Duration::from_millis(10),
-            reconnect_max: Duration::from_millis(50),
-            max_retries: Some(0),
-            clock_origin: UNIX_EPOCH,
-            panic_at_frame: 0,
-            panic_repeats: false,
-        };
+        let config = SourceConfig { max_retries: Some(0), ..SourceConfig::live(id, url, fps, 8) };
         let (_stop, signal) = stop_signal();
         let source = Source::new(config, status.clone(), recorder.clone(), metrics, clock, signal);
         let policy = RestartPolicy {

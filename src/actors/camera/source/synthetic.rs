@@ -95,7 +95,6 @@ mod tests {
     use super::*;
     use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
     use crate::actors::status::CameraStatus;
-    use crate::camera_spec::RtspTransport;
     use crate::detector::simulated::{Scene, SimulatedDetector};
     use crate::detector::Model;
     use crate::metrics::Metrics;
@@ -131,26 +130,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
         let status = Arc::new(CameraStatus::new("sim".into(), 0, 1, &metrics, &breaker));
-        let config = SourceConfig {
-            camera_id: "sim".into(),
-            url: url.into(),
-            is_file: false,
-            fps,
-            looping: false,
-            realtime: true,
-            rtsp_transport: RtspTransport::Tcp,
-            input_size: 64,
-            read_timeout: Duration::from_secs(5),
-            reconnect_initial: Duration::from_millis(10),
-            reconnect_max: Duration::from_millis(50),
-            max_retries: None,
-            clock_origin: UNIX_EPOCH,
-            panic_at_frame: 0,
-            panic_repeats: false,
-            decode_threads: 1,
-            hwaccel: crate::settings::Hwaccel::None,
-            start_frame: 0,
-        };
+        let config = SourceConfig::live("sim", url, fps, 64);
         let (_stop, signal) = stop_signal();
         let source = Source::new(config, status.clone(), recorder.clone(), metrics, clock, signal);
         let policy = RestartPolicy {
