@@ -263,8 +263,9 @@ mod tests {
         assert_eq!(frame.letterbox.scaled_size(), (8, 4));
         assert_eq!(frame.pixels.len(), frame.letterbox.input_len());
         let value = frame.pixels[0];
-        assert!(frame.pixels[..8 * 4].iter().all(|&v| v == value), "the scaled image, top");
-        assert!(frame.pixels[8 * 4..64].iter().all(|&v| v == PAD_VALUE), "padding below it");
+        // Interleaved BGR rows of 8 pixels: the top four rows hold the image, the rest is padding.
+        assert!(frame.pixels[..8 * 4 * 3].iter().all(|&v| v == value), "the scaled image, top");
+        assert!(frame.pixels[8 * 4 * 3..].iter().all(|&v| v == PAD_VALUE), "padding below it");
     }
 
     #[test]
