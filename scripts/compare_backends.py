@@ -51,18 +51,24 @@ def main():
 
         return run
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = a.threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(os.path.join(a.models, "yolox_nano.onnx"), options, providers=["CPUExecutionProvider"])
+    def onnxruntime(spinning):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = a.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        path = os.path.join(a.models, "yolox_nano.onnx")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return lambda frames: session.run(None, {"frames": frames})
+
     candidates = {
         "reference (TorchScript fp32, before)": torchscript("yolox_nano.reference.pt"),
         "TorchScript fp32 channels-last": torchscript("yolox_nano.torchscript.pt"),
         "TorchScript fp32 channels-last + oneDNN fusion": torchscript("yolox_nano.torchscript.pt", fused=True),
         "TorchScript bf16 channels-last": torchscript("yolox_nano.bf16.pt"),
         "TorchScript bf16 channels-last + oneDNN fusion": torchscript("yolox_nano.bf16.pt", fused=True),
-        "ONNX Runtime fp32": lambda f: session.run(None, {"frames": f}),
+        "ONNX Runtime fp32": onnxruntime(spinning=True),
+        "ONNX Runtime fp32, no spinning": onnxruntime(spinning=False),
     }
     rng = np.random.default_rng(0)
     batches = [int(b) for b in a.batches.split(",")]
