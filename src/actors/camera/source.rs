@@ -308,8 +308,18 @@ impl Streamer {
         self.source.clock.wait(&self.source.stop, duration);
     }
 
-    /// Hands a frame to the device; `Some` when the device no longer takes this camera.
-    fn hand_on(&self, frame: Frame) -> Option<RunEnd> {
+    /// Numbers the next frame and hands it to the device; `Some` when the device no longer takes
+    /// this camera.
+    fn hand_on(
+        &mut self,
+        (pixels, letterbox): (Bytes, Letterbox),
+        captured: Instant,
+        captured_at: SystemTime,
+        span: tracing::Span,
+    ) -> Option<RunEnd> {
+        let camera_id = self.source.config.camera_id.clone();
+        let frame = Frame { camera_id, seq: self.position.seq, captured_at, captured, pixels, letterbox, span };
+        self.position.seq += 1;
         match self.source.sink.push(Queued::Frame(frame), &|| self.stopped()) {
             PushOutcome::Queued | PushOutcome::Full => None,
             PushOutcome::DroppedOldest | PushOutcome::Rejected => {
@@ -492,17 +502,7 @@ impl Streamer {
                 drop(decode_span);
                 self.source.metrics.stages.decode.record(std::mem::take(&mut decode_time) + convert_started.elapsed());
                 self.injected_fault();
-                let frame = Frame {
-                    camera_id: self.source.config.camera_id.clone(),
-                    seq: self.position.seq,
-                    captured_at,
-                    captured,
-                    pixels,
-                    letterbox,
-                    span,
-                };
-                self.position.seq += 1;
-                if let Some(end) = self.hand_on(frame) {
+                if let Some(end) = self.hand_on((pixels, letterbox), captured, captured_at, span) {
                     return Ok(end);
                 }
             }
@@ -590,6 +590,43 @@ fn sanitize(error: &str, url: &str) -> String {
         out = out.replace(&secret, "***");
     }
     out
+}
+
+/// The decode loop of one camera, run on the calling thread in a unit test.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Position, Source, SourceConfig, Streamer};
+    use crate::actors::gpu::batch::FrameSink;
+    use crate::actors::status::CameraStatus;
+    use crate::metrics::Metrics;
+    use crate::supervision::{stop_signal, BreakerConfig, ChildView, ManualClock, RestartPolicy, Supervisor};
+
+    /// Runs `config`'s stream into `sink` on `clock` until it ends (the sink ends it by
+    /// detaching, or the stream fails), under a supervisor that never restarts it.
+    pub fn run_stream(config: SourceConfig, sink: Arc<dyn FrameSink>, clock: Arc<ManualClock>) -> Arc<CameraStatus> {
+        let metrics = Arc::new(Metrics::new());
+        let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
+        let status = Arc::new(CameraStatus::new(config.camera_id.clone(), 0, 1, &metrics, &breaker));
+        let (_stop, signal) = stop_signal();
+        let source = Source::new(config, status.clone(), sink, metrics, clock, signal);
+        let policy = RestartPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            healthy_after: Duration::from_secs(60),
+            max_restarts: 1,
+            within: Duration::from_secs(60),
+            jitter: 0.0,
+        };
+        let supervisor =
+            Supervisor::spawn("test", policy, Box::new(|_: &str, _: &str| {}), Box::new(|_: &ChildView| {}), || {});
+        let reporter = supervisor.add("decode", None, |_, _| Ok(()));
+        let position = std::mem::replace(&mut *source.position.lock(), Position::taken());
+        Streamer { source, reporter, position }.run();
+        status
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use super::{RunEnd, Sampler, Streamer};
-use crate::actors::messages::Frame;
 use crate::actors::status::StreamState;
 use crate::camera_spec::RawFrames;
 use crate::detector::Letterbox;
@@ -72,17 +71,7 @@ impl Streamer {
             letterbox.write_interleaved(&scaled, 3 * width as usize, &mut pixels);
             self.source.metrics.stages.decode.record(captured.elapsed());
             self.injected_fault();
-            let frame = Frame {
-                camera_id: self.source.config.camera_id.clone(),
-                seq: self.position.seq,
-                captured_at,
-                captured,
-                pixels: Bytes::from(pixels),
-                letterbox,
-                span,
-            };
-            self.position.seq += 1;
-            if let Some(end) = self.hand_on(frame) {
+            if let Some(end) = self.hand_on((Bytes::from(pixels), letterbox), captured, captured_at, span) {
                 return Ok(end);
             }
         }
@@ -152,13 +141,14 @@ mod tests {
 
     use parking_lot::Mutex;
 
-    use super::super::{Position, Source, SourceConfig};
+    use super::super::testing::run_stream;
+    use super::super::SourceConfig;
     use super::*;
     use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
+    use crate::actors::messages::Frame;
     use crate::actors::status::CameraStatus;
     use crate::detector::input::PAD_VALUE;
-    use crate::metrics::Metrics;
-    use crate::supervision::{stop_signal, BreakerConfig, ChildView, ManualClock, RestartPolicy, Supervisor};
+    use crate::supervision::ManualClock;
 
     #[test]
     fn same_size_is_a_copy_and_flat_stays_flat() {
@@ -219,27 +209,9 @@ mod tests {
 
     /// Runs camera `id` on `url` at `fps` on a manual clock until `limit` frames went out.
     fn stream(id: &str, url: &str, fps: f64, limit: usize) -> (Vec<Frame>, Arc<CameraStatus>) {
-        let clock = Arc::new(ManualClock::new());
         let recorder = Arc::new(Recorder { frames: Mutex::default(), limit });
-        let metrics = Arc::new(Metrics::new());
-        let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
-        let status = Arc::new(CameraStatus::new(id.into(), 0, 1, &metrics, &breaker));
         let config = SourceConfig { max_retries: Some(0), ..SourceConfig::live(id, url, fps, 8) };
-        let (_stop, signal) = stop_signal();
-        let source = Source::new(config, status.clone(), recorder.clone(), metrics, clock, signal);
-        let policy = RestartPolicy {
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            healthy_after: Duration::from_secs(60),
-            max_restarts: 1,
-            within: Duration::from_secs(60),
-            jitter: 0.0,
-        };
-        let supervisor =
-            Supervisor::spawn("test", policy, Box::new(|_: &str, _: &str| {}), Box::new(|_: &ChildView| {}), || {});
-        let reporter = supervisor.add("decode-raw", None, |_, _| Ok(()));
-        let position = std::mem::replace(&mut *source.position.lock(), Position::taken());
-        Streamer { source, reporter, position }.run();
+        let status = run_stream(config, recorder.clone(), Arc::new(ManualClock::new()));
         let frames = std::mem::take(&mut *recorder.frames.lock());
         (frames, status)
     }

@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{RunEnd, Streamer};
-use crate::actors::messages::Frame;
 use crate::actors::status::StreamState;
 use crate::detector::simulated::SimulatedCamera;
 
@@ -45,18 +44,9 @@ impl Streamer {
             self.source.metrics.stages.decode.record(built.elapsed());
             self.source.status.decoded.inc();
             self.injected_fault();
-            let frame = Frame {
-                camera_id: self.source.config.camera_id.clone(),
-                seq: self.position.seq,
-                captured_at: UNIX_EPOCH + Duration::from_micros(due_us.max(0) as u64),
-                captured: Instant::now(),
-                pixels,
-                letterbox,
-                span,
-            };
-            self.position.seq += 1;
             next += 1;
-            if let Some(end) = self.hand_on(frame) {
+            let captured_at = UNIX_EPOCH + Duration::from_micros(due_us.max(0) as u64);
+            if let Some(end) = self.hand_on((pixels, letterbox), Instant::now(), captured_at, span) {
                 return Ok(end);
             }
         }
@@ -91,14 +81,15 @@ mod tests {
 
     use parking_lot::Mutex;
 
-    use super::super::{Position, Source, SourceConfig};
+    use super::super::testing::run_stream;
+    use super::super::SourceConfig;
     use super::*;
     use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
+    use crate::actors::messages::Frame;
     use crate::actors::status::CameraStatus;
     use crate::detector::simulated::{Scene, SimulatedDetector};
     use crate::detector::Model;
-    use crate::metrics::Metrics;
-    use crate::supervision::{stop_signal, BreakerConfig, ChildView, ManualClock, RestartPolicy, Supervisor};
+    use crate::supervision::ManualClock;
 
     /// Keeps `limit` frames, then says the camera was detached; each push takes `push_takes` of
     /// the camera's clock (a slow device).
@@ -127,25 +118,7 @@ mod tests {
     fn stream(url: &str, fps: f64, limit: usize, push_takes: Duration) -> (Vec<Frame>, Arc<CameraStatus>) {
         let clock = Arc::new(ManualClock::new());
         let recorder = Arc::new(Recorder { frames: Mutex::default(), limit, clock: clock.clone(), push_takes });
-        let metrics = Arc::new(Metrics::new());
-        let breaker = BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(10), half_open_successes: 1 };
-        let status = Arc::new(CameraStatus::new("sim".into(), 0, 1, &metrics, &breaker));
-        let config = SourceConfig::live("sim", url, fps, 64);
-        let (_stop, signal) = stop_signal();
-        let source = Source::new(config, status.clone(), recorder.clone(), metrics, clock, signal);
-        let policy = RestartPolicy {
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            healthy_after: Duration::from_secs(60),
-            max_restarts: 1,
-            within: Duration::from_secs(60),
-            jitter: 0.0,
-        };
-        let supervisor =
-            Supervisor::spawn("test", policy, Box::new(|_: &str, _: &str| {}), Box::new(|_: &ChildView| {}), || {});
-        let reporter = supervisor.add("decode-sim", None, |_, _| Ok(()));
-        let position = std::mem::replace(&mut *source.position.lock(), Position::taken());
-        Streamer { source, reporter, position }.run();
+        let status = run_stream(SourceConfig::live("sim", url, fps, 64), recorder.clone(), clock);
         let frames = std::mem::take(&mut *recorder.frames.lock());
         (frames, status)
     }
