@@ -113,6 +113,29 @@ fn element_reports(rows: Vec<AggregateRow>) -> Vec<ElementReport> {
         .collect()
 }
 
+/// The pipeline of an offline run: events go to memory, and a supervisor that gives up
+/// (escalation) ends the run through `escalation` instead of the process.
+struct MemoryPipeline {
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+    sink: Arc<MemorySink>,
+    escalation: Arc<tokio::sync::Notify>,
+}
+
+impl MemoryPipeline {
+    fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let sink = Arc::new(MemorySink::default());
+        let escalation = Arc::new(tokio::sync::Notify::new());
+        let escalate = {
+            let escalation = escalation.clone();
+            Box::new(move |_: &str, _: &str| escalation.notify_one())
+        };
+        let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone(), escalate)?;
+        Ok(Self { pipeline, metrics, sink, escalation })
+    }
+}
+
 pub struct AnalyzeRun {
     pub report: AnalyzeReport,
     /// Events with the instant each reached the sink.
@@ -144,14 +167,7 @@ pub async fn analyze(
     let errors = spec.validate(&crate::camera_spec::SourcePolicy::any_local_file());
     anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
 
-    let metrics = Arc::new(Metrics::new());
-    let sink = Arc::new(MemorySink::default());
-    let escalation = Arc::new(tokio::sync::Notify::new());
-    let escalate = {
-        let escalation = escalation.clone();
-        Box::new(move |_: &str, _: &str| escalation.notify_one())
-    };
-    let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone(), escalate)?;
+    let MemoryPipeline { pipeline, metrics, sink, escalation } = MemoryPipeline::start(settings)?;
     let started = Instant::now();
     // Frame times start at a whole minute, so the clip's minutes are its own.
     let epoch_ms = crate::actors::status::now_ms() / 60_000 * 60_000;

@@ -21,7 +21,7 @@ use crate::camera_spec::{CameraSpec, ReplayOptions, SourcePolicy};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::sinks::MemorySink;
-use crate::topology::{CameraMode, Pipeline};
+use crate::topology::CameraMode;
 
 /// The latency a trial must stay under, milliseconds (capture to event, p99).
 pub const LATENCY_LIMIT_MS: f64 = 100.0;
@@ -175,14 +175,7 @@ pub async fn trial(settings: &Settings, options: &TrialOptions) -> anyhow::Resul
         anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
     }
 
-    let metrics = Arc::new(Metrics::new());
-    let sink = Arc::new(MemorySink::default());
-    let escalation = Arc::new(tokio::sync::Notify::new());
-    let escalate = {
-        let escalation = escalation.clone();
-        Box::new(move |_: &str, _: &str| escalation.notify_one())
-    };
-    let pipeline = Pipeline::start(settings.clone(), metrics.clone(), sink.clone(), escalate)?;
+    let super::MemoryPipeline { pipeline, metrics, sink, escalation } = super::MemoryPipeline::start(settings)?;
     let rss_before = rss_mib();
     let epoch_ms = crate::actors::status::now_ms() / 60_000 * 60_000;
     let mut statuses = Vec::with_capacity(specs.len());
