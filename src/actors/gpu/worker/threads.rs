@@ -170,9 +170,18 @@ impl Harness {
         self.calls.lock().clone()
     }
 
+    /// The inference thread's child as the supervisor shows it. The supervisor publishes its
+    /// children from its own thread, which may not have taken the `add` yet when a short test
+    /// already ended (seen under load in CI): wait for it to list the child, within PATIENCE.
     fn child(&self) -> ChildView {
-        let children = self.supervisor.children();
-        children.into_iter().find(|c| c.name == "infer-cpu").expect("supervised")
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(child) = self.supervisor.children().into_iter().find(|c| c.name == "infer-cpu") {
+                return child;
+            }
+            assert!(Instant::now() < deadline, "infer-cpu is never supervised");
+            std::thread::yield_now();
+        }
     }
 }
 
