@@ -36,9 +36,11 @@ fn runtime(library: &Path) -> Result<&'static Environment, String> {
 }
 
 impl OnnxModel {
-    /// A session on `threads` intra-op threads, every graph optimisation on. The threads spin
-    /// between operators (ONNX Runtime's default): without it YOLOX-Nano ran at 77-100 frames/s
-    /// instead of 110-114 on 2 threads here, and the pipeline's decode thread did not gain by it.
+    /// A session on `threads` intra-op threads, every graph optimisation on, and threads that do
+    /// not spin between operators. Spinning (ONNX Runtime's default) made the model alone faster
+    /// here (110-114 frames/s against 77-100 on 2 threads) but takes the cores the decode threads
+    /// need: 8 live cameras at 10 frames/s ran 80 frames/s with p99 76 ms without it, and 65
+    /// frames/s, 310 dropped, with it (docs/PERFORMANCE.md).
     pub fn load(path: &Path, library: &Path, threads: usize) -> Result<Self, DetectorError> {
         let load_error = |message: String| DetectorError::Load { path: path.display().to_string(), message };
         let environment = runtime(library).map_err(load_error)?;
@@ -46,6 +48,7 @@ impl OnnxModel {
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
             .and_then(|b| Ok(b.with_intra_threads(threads)?))
             .and_then(|b| Ok(b.with_inter_threads(1)?))
+            .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
             .and_then(|mut b| b.commit_from_file(path))
             .map_err(|e| load_error(e.to_string()))?;
         Ok(Self { session: Mutex::new(session) })
