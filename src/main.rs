@@ -87,7 +87,7 @@ enum Command {
     /// The model alone on the first device, per batch size: frames/s and, on a CUDA device, the
     /// device memory the batches take (NVML). No decoding: runs in a build without FFmpeg.
     ModelBench {
-        /// Batch sizes, measured in this order.
+        /// Batch sizes, measured in increasing order (the allocator keeps what a batch took).
         #[arg(long = "batch", value_delimiter = ',', default_values_t = [8, 16, 32, 64])]
         batches: Vec<usize>,
         /// Frames timed per batch size.
