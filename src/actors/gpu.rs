@@ -155,6 +155,8 @@ impl Handler<GetDeviceView> for GpuActor {
 pub struct ValidationTarget {
     pub name: String,
     pub device: tch::Device,
+    /// The device's CPU threads, which an ONNX Runtime session takes at load.
+    pub cpu_threads: usize,
     pub sample: Option<(Bytes, Letterbox)>,
 }
 
@@ -167,7 +169,8 @@ impl Handler<GetValidationTarget> for GpuActor {
 
     fn handle(&mut self, _msg: GetValidationTarget, _ctx: &mut Self::Context) -> Self::Result {
         let d = &self.device;
-        MessageResult(ValidationTarget { name: d.name.clone(), device: d.device, sample: d.sample_frame() })
+        let (name, device, cpu_threads) = (d.name.clone(), d.device, d.cpu_threads());
+        MessageResult(ValidationTarget { name, device, cpu_threads, sample: d.sample_frame() })
     }
 }
 

@@ -22,10 +22,6 @@ impl TorchScript {
         Ok(Self { module, device })
     }
 
-    pub fn device(&self) -> Device {
-        self.device
-    }
-
     /// `[N, S, S, 3]` bytes in (they cross to the device as `u8`, a quarter of the traffic, and
     /// the module widens them there); the output on the CPU as `f32` with its shape.
     pub fn forward(&self, bytes: &[u8], shape: [i64; 4]) -> Result<(Vec<f32>, Vec<i64>), DetectorError> {

@@ -224,7 +224,9 @@ fn resolve_in(dir: &Path, file: &str) -> Result<PathBuf, ReloadError> {
 /// Loads the model on a device (which checks its output shape on a grey frame) and runs it on a
 /// real frame the device saw, when it has seen one.
 fn validate_on(device: &ValidationTarget, settings: &ModelSettings) -> Result<Box<dyn Model>, String> {
-    set_up_thread(device.device, 0);
+    // Set up as the device's inference thread: an ONNX Runtime session keeps the thread count
+    // it was loaded with, and this one becomes the serving model.
+    set_up_thread(device.device, device.cpu_threads);
     let detector = Detector::load(settings, device.device).map_err(|e| format!("{}: {e}", device.name))?;
     if let Some((pixels, letterbox)) = &device.sample {
         detector

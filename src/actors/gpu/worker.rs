@@ -192,6 +192,11 @@ impl DeviceState {
         self.models.lock().current.version
     }
 
+    /// Threads of this device's inference thread on the CPU (`device.cpu_threads` per worker).
+    pub fn cpu_threads(&self) -> usize {
+        self.config.cpu_threads
+    }
+
     /// The batch limit learnt from out-of-memory errors.
     pub fn batch_limit(&self) -> usize {
         self.sizer.lock().learnt()
