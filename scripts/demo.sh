@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up, then runs the service with one demo camera: the overpass clip looped as a live camera
 # at its own frame rate, with the calibrated lanes of configs/geometry/overpass_video03.json
-# (counts across y=150, per lane, speeds, occupancy, headways). Ctrl-C stops it.
+# (counts across y=150, per lane, speeds, occupancy, headways). Prints the console's URL and the
+# token to paste into it. Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -44,7 +45,13 @@ JSON
 cat <<TXT
 
 its-analytics is running on $API with the demo camera "demo-overpass".
-The API wants a bearer token; the demo's admin token is in .local/demo-token:
+
+Console:  $API/
+Token:    $TOKEN
+  (paste it on the console's sign-in page; it is kept in .local/demo-token. Open the camera,
+   then "Geometry editor" to draw a counting line and save it.)
+
+The API wants the same bearer token:
   export AUTH="Authorization: Bearer \$(cat .local/demo-token)"
   live counts:  curl -s -H "\$AUTH" $API/api/v1/cameras/demo-overpass/counts
   live state:   curl -s -H "\$AUTH" $API/api/v1/cameras/demo-overpass/state

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine (fast when everything is already there):
-#   1. Debian packages: FFmpeg 5.1 dev libraries, libclang, pkg-config, the ffmpeg CLI and
-#      rtsp-server-perl (tests), Redis and PostgreSQL (used only when none answers, see services.sh);
+#   1. Debian packages: FFmpeg 5.1 dev libraries, libclang, pkg-config, the ffmpeg CLI,
+#      rtsp-server-perl and Chromium with its WebDriver (tests), Redis and PostgreSQL (used only
+#      when none answers, see services.sh);
 #   2. a project-local venv (.venv) with torch==2.13.0, the libtorch that tch 0.26 links, and
 #      onnxruntime==1.32.0, whose library the CPU backend loads at run time;
 #   3. YOLOX-Nano converted with a real batch dimension (models/: ONNX for the CPU, TorchScript
@@ -28,7 +29,7 @@ fi
 # --- 1. Debian packages -------------------------------------------------------------------------
 packages=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libavfilter-dev libavdevice-dev
           libclang-dev clang pkg-config ffmpeg rtsp-server-perl redis-server postgresql python3-venv curl
-          docker-compose)
+          docker-compose chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -20,7 +20,7 @@ const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "op
 /// test this operation; `the_service_answers_as_documented` checks its answers directly.
 const SSE_PATH: &str = "/api/v1/events/stream";
 /// Operations open without a token.
-const OPEN: [&str; 4] = ["/health/live", "/health/ready", "/metrics", "/api/v1/openapi.json"];
+const OPEN: [&str; 6] = ["/health/live", "/health/ready", "/metrics", "/api/v1/openapi.json", "/", "/console/{file}"];
 
 fn document() -> Value {
     serde_json::from_str(DOCUMENT).expect("src/http/openapi.json is JSON")

@@ -65,11 +65,21 @@ async fn writes_need_a_token_and_the_right_role() {
     let (code, _, _) = status(admin.get(svc.url("/api/v1/%73ystem"))).await;
     assert_eq!(code, 200);
 
-    // Probes, the scrape and the API document are open by default.
-    for path in ["/health/live", "/health/ready", "/metrics", "/api/v1/openapi.json"] {
+    // Probes, the scrape, the API document and the console's files are open by default.
+    for path in ["/health/live", "/health/ready", "/metrics", "/api/v1/openapi.json", "/", "/console/app.js"] {
         let (code, _, _) = status(anonymous.get(svc.url(path))).await;
         assert_eq!(code, 200, "{path}");
     }
+    // The caller learns its own name and role, and nothing without a token.
+    for (client, name, role) in
+        [(&viewer, "test-viewer", "viewer"), (&operator, "test-operator", "operator"), (&admin, "test-admin", "admin")]
+    {
+        let (code, _, body) = status(client.get(svc.url("/api/v1/me"))).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"name": name, "role": role}));
+    }
+    let (code, _, body) = status(anonymous.get(svc.url("/api/v1/me"))).await;
+    assert_eq!((code, body.as_str()), (401, r#"{"error":"missing bearer token"}"#));
     let log = svc.stop();
     assert!(!log.contains(common::OPERATOR_TOKEN) && !log.contains(common::ADMIN_TOKEN), "a token was logged");
 
@@ -79,6 +89,13 @@ async fn writes_need_a_token_and_the_right_role() {
     assert_eq!(code, 401);
     let (code, _, _) = status(viewer.get(svc.url("/metrics"))).await;
     assert_eq!(code, 200);
+    drop(svc);
+
+    // With auth disabled every caller is the anonymous admin (the console then needs no token).
+    let svc = Service::start_with(&env, &[("ITS__AUTH__ENABLED", "false")]).await;
+    let (code, _, body) = status(anonymous.get(svc.url("/api/v1/me"))).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"name": "(anonymous)", "role": "admin"}));
 }
 
 #[tokio::test]

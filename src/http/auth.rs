@@ -81,6 +81,8 @@ pub fn required_role(method: &Method, path: &str, open: OpenEndpoints) -> Access
             }
         }
         ["api", "v1", "openapi.json"] if read => Access::Open,
+        // The console's page and files (`console`): the same for everyone, no data in them.
+        [] | ["console", _] if read => Access::Open,
         ["api", "v1", "system" | "models" | "cluster", ..] => at_least(Role::Admin),
         ["api", "v1", "cameras"] if method == Method::POST => at_least(Role::Operator),
         ["api", "v1", "cameras", _id] if method == Method::DELETE => at_least(Role::Operator),
@@ -434,6 +436,12 @@ mod tests {
             (&get, "/api/v1/events/stream", viewer),
             // system.rs
             (&get, "/api/v1/system", admin),
+            // me.rs
+            (&get, "/api/v1/me", viewer),
+            // console.rs
+            (&get, "/", Open),
+            (&get, "/console/app.js", Open),
+            (&get, "/console/style.css", Open),
             // not routed yet, but fixed by the policy
             (&get, "/api/v1/openapi.json", Open),
             (&get, "/api/v1/models", admin),
@@ -466,11 +474,23 @@ mod tests {
 
     #[test]
     fn unknown_paths_need_a_viewer_to_read_and_an_admin_to_write() {
-        for path in ["/", "/admin", "/api/v2/cameras", "/api/v1/nothing", "/api/v1/cameras/a/b/c/d"] {
+        for path in
+            ["/admin", "/console", "/console/a/b", "/api/v2/cameras", "/api/v1/nothing", "/api/v1/cameras/a/b/c/d"]
+        {
             assert_eq!(required_role(&Method::GET, path, OPEN), Access::Role(Role::Viewer), "GET {path}");
             for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS] {
                 assert_eq!(required_role(&method, path, OPEN), Access::Role(Role::Admin), "{method} {path}");
             }
+        }
+    }
+
+    #[test]
+    fn the_console_is_open_to_read_only() {
+        for path in ["/", "/console/app.js"] {
+            for method in [Method::POST, Method::PUT, Method::DELETE] {
+                assert_eq!(required_role(&method, path, CLOSED), Access::Role(Role::Admin), "{method} {path}");
+            }
+            assert_eq!(required_role(&Method::HEAD, path, CLOSED), Access::Open, "{path}");
         }
     }
 

@@ -1,15 +1,18 @@
 //! The HTTP control API (actix-web): cameras and their geometry, analytics history, events
-//! (history and live), health, metrics, and the OpenAPI document of it all. Every request passes
-//! bearer-token authentication (`auth`) and then the per-client rate limit (`rate_limit`).
+//! (history and live), health, metrics, the OpenAPI document of it all, and the operator console
+//! (`console`, the browser page at `/`). Every request passes bearer-token authentication (`auth`)
+//! and then the per-client rate limit (`rate_limit`).
 
 pub mod analytics;
 pub mod auth;
 pub mod caller;
 pub mod cameras;
 pub mod cluster;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod me;
 pub mod models;
 pub mod rate_limit;
 pub mod system;
@@ -41,6 +44,7 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
                 web::QueryConfig::default().error_handler(|err, _req| ApiError::BadRequest(err.to_string()).into()),
             )
             .configure(health::routes)
+            .configure(console::routes)
             .route("/api/v1/openapi.json", web::get().to(openapi))
             .service(
                 web::scope("/api/v1")
@@ -49,6 +53,7 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
                     .configure(events::routes)
                     .configure(system::routes)
                     .configure(cluster::routes)
+                    .configure(me::routes)
                     .configure(models::routes),
             )
             .default_service(web::to(|| async {
