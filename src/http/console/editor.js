@@ -132,6 +132,8 @@ export function editorPage(main, id) {
   // --- coordinates -----------------------------------------------------------------------------
 
   const scale = () => canvas.width / source.width;
+  /** Canvas pixels per nominal pen pixel (the canvas is drawn at twice the picture's size). */
+  const pen = () => canvas.width / 640;
   function toSource(event) {
     const rect = canvas.getBoundingClientRect();
     return [round(((event.clientX - rect.left) / rect.width) * source.width),
@@ -150,15 +152,17 @@ export function editorPage(main, id) {
     ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(x1, y1); ctx.stroke();
     ctx.beginPath();
     ctx.moveTo(x1, y1);
-    ctx.lineTo(x1 - 10 * Math.cos(angle - 0.45), y1 - 10 * Math.sin(angle - 0.45));
-    ctx.lineTo(x1 - 10 * Math.cos(angle + 0.45), y1 - 10 * Math.sin(angle + 0.45));
+    const head = 12 * pen();
+    ctx.lineTo(x1 - head * Math.cos(angle - 0.45), y1 - head * Math.sin(angle - 0.45));
+    ctx.lineTo(x1 - head * Math.cos(angle + 0.45), y1 - head * Math.sin(angle + 0.45));
     ctx.closePath(); ctx.fill();
   }
   function label(text, p, color) {
     const s = scale();
-    ctx.font = '600 13px system-ui, sans-serif';
-    ctx.lineWidth = 3; ctx.strokeStyle = 'rgba(0,0,0,.8)'; ctx.strokeText(text, p[0] * s + 4, p[1] * s - 4);
-    ctx.fillStyle = color; ctx.fillText(text, p[0] * s + 4, p[1] * s - 4);
+    const u = pen();
+    ctx.font = `600 ${Math.round(15 * u)}px system-ui, sans-serif`;
+    ctx.lineWidth = 3 * u; ctx.strokeStyle = 'rgba(0,0,0,.8)'; ctx.strokeText(text, p[0] * s + 4 * u, p[1] * s - 4 * u);
+    ctx.fillStyle = color; ctx.fillText(text, p[0] * s + 4 * u, p[1] * s - 4 * u);
   }
   function polygon(points, color, fill, closed = true) {
     const s = scale();
@@ -167,7 +171,8 @@ export function editorPage(main, id) {
     if (closed) ctx.closePath();
     if (fill) { ctx.fillStyle = fill; ctx.fill(); }
     ctx.strokeStyle = color; ctx.stroke();
-    for (const p of points) { ctx.fillStyle = color; ctx.fillRect(p[0] * s - 3, p[1] * s - 3, 6, 6); }
+    const u = 4 * pen();
+    for (const p of points) { ctx.fillStyle = color; ctx.fillRect(p[0] * s - u, p[1] * s - u, 2 * u, 2 * u); }
   }
   function draw() {
     const s = scale();
@@ -176,30 +181,30 @@ export function editorPage(main, id) {
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     if (background) ctx.drawImage(background, 0, 0, canvas.width, canvas.height);
     const isSelected = (kind, index) => selected && selected.kind === kind && selected.index === index;
-    ctx.lineWidth = 2;
+    ctx.lineWidth = 2 * pen();
     geometry.exclusions.forEach((e, i) => {
-      ctx.lineWidth = isSelected('exclusions', i) ? 4 : 2;
+      ctx.lineWidth = (isSelected('exclusions', i) ? 4 : 2) * pen();
       polygon(e.polygon, COLORS.exclusion, 'rgba(255,92,138,.25)');
       if (e.polygon[0]) label(`excl ${e.id}`, e.polygon[0], COLORS.exclusion);
     });
     geometry.zones.forEach((z, i) => {
       const color = z.direction ? COLORS.lane : COLORS.zone;
-      ctx.lineWidth = isSelected('zones', i) ? 4 : 2;
+      ctx.lineWidth = (isSelected('zones', i) ? 4 : 2) * pen();
       polygon(z.polygon, color, z.direction ? 'rgba(61,220,132,.15)' : 'rgba(0,200,255,.15)');
       if (z.polygon[0]) label(`${z.direction ? 'lane' : 'zone'} ${z.id}`, z.polygon[0], color);
-      ctx.lineWidth = 2;
+      ctx.lineWidth = 2 * pen();
       if (z.direction) arrow(z.direction[0], z.direction[1], color);
-      if (z.stop_line) { ctx.lineWidth = 3; polygon(z.stop_line, COLORS.stop, null, false); label('stop', z.stop_line[1], COLORS.stop); }
+      if (z.stop_line) { ctx.lineWidth = 3 * pen(); polygon(z.stop_line, COLORS.stop, null, false); label('stop', z.stop_line[1], COLORS.stop); }
     });
     geometry.lines.forEach((l, i) => {
-      ctx.lineWidth = isSelected('lines', i) ? 5 : 3;
+      ctx.lineWidth = (isSelected('lines', i) ? 5 : 3) * pen();
       polygon([l.a, l.b], COLORS.line, null, false);
       // "in" is the crossing from the left of a -> b to its right (image coordinates).
       const [dx, dy] = [l.b[0] - l.a[0], l.b[1] - l.a[1]];
       const length = Math.hypot(dx, dy) || 1;
       const m = mid(l.a, l.b);
-      const reach = 18 / s;
-      ctx.lineWidth = 2;
+      const reach = (28 * pen()) / s;
+      ctx.lineWidth = 2 * pen();
       arrow(m, [m[0] - (dy / length) * reach, m[1] + (dx / length) * reach], COLORS.line);
       label(`${l.id} in`, [m[0] - (dy / length) * reach, m[1] + (dx / length) * reach], COLORS.line);
     });
@@ -209,7 +214,7 @@ export function editorPage(main, id) {
       label(`P${i + 1} (${p.ground[0]}, ${p.ground[1]}) m`, p.image, COLORS.calibration);
     });
     if (draft.length) {
-      ctx.lineWidth = 2;
+      ctx.lineWidth = 2 * pen();
       ctx.setLineDash([6, 4]);
       const color = tool === 'line' || segmentFor ? COLORS.line : COLORS[tool] || '#fff';
       polygon(draft, color, null, false);
