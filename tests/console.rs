@@ -145,7 +145,9 @@ async fn disabled(element: &Element) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_browser() {
     let env = TestEnv::new().await;
-    let svc = Service::start(&env).await;
+    // Live views at the camera's own rate (10 frames/s), so that the frame shown is often the one
+    // whose tracks the API reports.
+    let svc = Service::start_with(&env, &[("ITS__PICTURES__LIVE_FPS", "10")]).await;
     let browser = Browser::start().await;
     let client = &browser.client;
     let admin = common::client();
@@ -203,20 +205,26 @@ async fn registers_a_camera_with_messages_by_field(client: &Client, _svc: &Servi
 }
 
 /// The live view shows the overlay: the car colour (green) on the outline of a car that
-/// `/tracks` reports for the frame shown.
+/// `/tracks` reports for the frame shown. The page's pause button freezes the view on a frame
+/// right after the tracks are read; when that frame is the one they describe, its screenshot is
+/// checked.
 async fn shows_boxes_where_the_api_reports_vehicles(client: &Client, svc: &Service, admin: &reqwest::Client) {
     go(client, svc, "#/cameras/overpass").await;
     let view = find(client, "#live-view").await;
-    let deadline = std::time::Instant::now() + WAIT;
+    find(client, "#live-view:not([hidden])").await;
+    let toggle = "document.getElementById('live-pause').click(); \
+                  return document.getElementById('live-view').dataset.seq;";
+    let deadline = std::time::Instant::now() + 2 * WAIT;
     let mut best = (0.0, String::new());
     loop {
-        // The frame shown and the tracks of the same frame: compared only when they match.
         let tracks: Value =
             admin.get(svc.url("/api/v1/cameras/overpass/tracks")).send().await.unwrap().json().await.unwrap();
-        let shown = view.attr("data-seq").await.unwrap().unwrap_or_default();
-        let png = view.screenshot().await.unwrap();
-        let after = view.attr("data-seq").await.unwrap().unwrap_or_default();
-        if !shown.is_empty() && shown == after && shown.parse::<u64>().ok() == tracks["seq"].as_u64() {
+        // Pauses the view and reads which frame it stopped on, in one step.
+        let shown = client.execute(toggle, vec![]).await.unwrap();
+        let shown = shown.as_str().unwrap_or_default().to_string();
+        if shown.parse::<u64>().ok() == tracks["seq"].as_u64() {
+            let png = view.screenshot().await.unwrap();
+            assert_eq!(view.attr("data-seq").await.unwrap().as_deref(), Some(shown.as_str()), "paused");
             let (width, _, _) = decode_png(&png);
             let scale = width as f64 / tracks["source_width"].as_f64().unwrap();
             for track in tracks["tracks"].as_array().unwrap().iter().filter(|t| t["class"] == "car") {
@@ -231,9 +239,14 @@ async fn shows_boxes_where_the_api_reports_vehicles(client: &Client, svc: &Servi
                 break;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "no car box in the car colour; best {best:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let last = format!("paused on frame {shown:?}, tracks of frame {}", tracks["seq"]);
+        assert!(std::time::Instant::now() < deadline, "no car box in the car colour; best {best:?}, last {last}");
+        // Resumes.
+        client.execute(toggle, vec![]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    // Resumes the live view for the page's screenshot.
+    client.execute(toggle, vec![]).await.unwrap();
     screenshot(client, "06-camera").await;
 }
 

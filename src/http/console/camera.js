@@ -5,7 +5,6 @@
 import { api, ApiError, fmt, h, picture, readEvents, readMjpeg } from './api.js';
 
 const MINUTES = 15;
-const LIVE_FPS = 5;
 
 /** Repeats `task(signal)` until `signal` aborts, waiting `pause(error)` ms between runs. */
 async function keepRunning(signal, task, pause) {
@@ -47,7 +46,8 @@ function liveView(id, signal) {
   keepRunning(signal, async (s) => {
     if (streaming) {
       status.textContent = 'Live (annotated by the service).';
-      await readMjpeg(`/cameras/${encodeURIComponent(id)}/live.mjpeg?overlay=1&fps=${LIVE_FPS}`, (blob, seq) => {
+      // At the rate the service allows (pictures.live_fps).
+      await readMjpeg(`/cameras/${encodeURIComponent(id)}/live.mjpeg?overlay=1`, (blob, seq) => {
         status.textContent = 'Live (annotated by the service).';
         show(blob, seq);
       }, s);

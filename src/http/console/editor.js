@@ -203,7 +203,7 @@ export function editorPage(main, id) {
       const [dx, dy] = [l.b[0] - l.a[0], l.b[1] - l.a[1]];
       const length = Math.hypot(dx, dy) || 1;
       const m = mid(l.a, l.b);
-      const reach = (28 * pen()) / s;
+      const reach = (40 * pen()) / s;
       ctx.lineWidth = 2 * pen();
       arrow(m, [m[0] - (dy / length) * reach, m[1] + (dx / length) * reach], COLORS.line);
       label(`${l.id} in`, [m[0] - (dy / length) * reach, m[1] + (dx / length) * reach], COLORS.line);
