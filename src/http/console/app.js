@@ -125,7 +125,7 @@ function camerasPage() {
     geometry: h('textarea#cam-geometry', { rows: 4, placeholder: '{"lines": [{"id": "l1", "a": [0, 150], "b": [320, 150]}]}' }),
   };
   const loop = h('input#cam-loop', { type: 'checkbox' });
-  const realtime = h('input#cam-realtime', { type: 'checkbox', checked: true });
+  const realtime = h('input#cam-realtime', { type: 'checkbox', defaultChecked: true });
   const errors = Object.fromEntries(FIELDS.map((f) => [f, h(`p.field-error#cam-${f}-error`, { role: 'alert' })]));
   const formError = h('p.error#cam-error', { role: 'alert' });
   for (const [f, input] of Object.entries(inputs)) input.setAttribute('aria-describedby', `cam-${f}-error`);

@@ -13,12 +13,19 @@ function text(value) {
 /** A table of `rows` (objects) with a column per key found in any row. */
 function table(caption, rows) {
   if (!Array.isArray(rows) || !rows.length) return h('p.note', {}, `${caption}: none.`);
-  const keys = [...new Set(rows.flatMap((r) => (r && typeof r === 'object' ? Object.keys(r) : ['value'])))];
+  const FIRST = ['name', 'id', 'state', 'alive'];
+  const keys = [...new Set(rows.flatMap((r) => (r && typeof r === 'object' ? Object.keys(r) : ['value'])))]
+    .sort((a, b) => (FIRST.indexOf(a) + 1 || 99) - (FIRST.indexOf(b) + 1 || 99));
   return h('div.scroll', {}, h('table', {}, h('caption.note', {}, caption),
-    h('thead', {}, h('tr', {}, ...keys.map((k) => h('th', { scope: 'col' }, k)))),
+    h('thead', {}, h('tr', {}, ...keys.map((k) => h('th', { scope: 'col' }, k.replaceAll('_', ' '))))),
     h('tbody', {}, ...rows.map((r) => h('tr', {}, ...keys.map((k) => {
       const v = r && typeof r === 'object' ? r[k] : r;
-      return h('td', {}, k === 'state' && typeof v === 'string' ? h(`span.badge.${v}`, {}, v) : text(v));
+      if (k === 'state' && typeof v === 'string') return h('td', {}, h(`span.badge.${v}`, {}, v));
+      // A nested breaker or the like: its state, the rest on hover.
+      if (v && typeof v === 'object' && typeof v.state === 'string') {
+        return h('td', { title: JSON.stringify(v) }, h(`span.badge.${v.state}`, {}, v.state), v.name ? ` ${v.name}` : '');
+      }
+      return h('td', {}, text(v));
     }))))));
 }
 
