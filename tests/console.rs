@@ -95,6 +95,13 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
 }
 
+/// A second screenshot of a long page, scrolled to its end.
+async fn screenshot_end(client: &Client, name: &str) {
+    client.execute("window.scrollTo(0, document.body.scrollHeight);", vec![]).await.unwrap();
+    screenshot(client, name).await;
+    client.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
+}
+
 async fn find(client: &Client, css: &str) -> Element {
     client.wait().at_most(WAIT).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"))
 }
@@ -383,6 +390,7 @@ async fn draws_a_line_whose_counts_rise(client: &Client, svc: &Service, admin: &
     })
     .await;
     screenshot(client, "09-camera-counts").await;
+    screenshot_end(client, "09-camera-charts").await;
 }
 
 async fn shows_the_apis_message_for_a_bad_geometry(client: &Client, svc: &Service, admin: &reqwest::Client) {
@@ -406,6 +414,7 @@ async fn shows_the_system(client: &Client, svc: &Service) {
     find(client, "#sys-breakers").await;
     text_until(client, "#system", "the cluster's node", |t| t.contains("Cluster nodes")).await;
     screenshot(client, "11-system").await;
+    screenshot_end(client, "11-system-end").await;
 }
 
 async fn lets_a_viewer_see_but_not_edit(client: &Client, svc: &Service) {

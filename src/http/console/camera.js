@@ -18,7 +18,7 @@ async function keepRunning(signal, task, pause) {
 
 /** The live view: the MJPEG stream read with fetch(), or snapshots polled when streaming fails. */
 function liveView(id, signal) {
-  const img = h('img.live#live-view', { alt: `Live annotated view of camera ${id}`, 'data-seq': '', hidden: true });
+  const img = h('img.live-view#live-view', { alt: `Live annotated view of camera ${id}`, 'data-seq': '', hidden: true });
   const placeholder = h('p.placeholder', {}, 'No picture yet.');
   const status = h('p.note#live-status', { 'aria-live': 'polite' }, 'Connecting to the live view…');
   let paused = false;

@@ -60,7 +60,7 @@ export function systemPage(main) {
         section('sys-pools', 'Pools', Array.isArray(system.pools) ? table('Connection and work pools', system.pools) : pairs(system.pools)),
         section('sys-devices', 'Devices', table('Inference devices', system.devices)),
         section('sys-children', 'Supervised children',
-          h('p', {}, `Escalated: ${text(supervisor.escalated)}`),
+          h('p', {}, `Escalated: ${supervisor.escalated ? text(supervisor.escalated) : 'no'}`),
           table('Pipeline', supervisor.children),
           table('Cameras', supervisor.cameras?.children)),
         section('sys-outbox', 'Event delivery (outbox)', pairs(system.events)),
