@@ -4,11 +4,12 @@
 //! camera actor with its decode thread) with the camera in offline mode: frames are never dropped,
 //! so a run is repeatable, and events go to memory instead of Redis and PostgreSQL.
 //! `bench --cameras` (`cameras`) runs many live cameras at once, `bench --decode` (`decode`)
-//! measures decoding alone.
+//! measures decoding alone, `bench --viewers` (`viewers`) what live viewers cost.
 
 pub mod cameras;
 #[cfg(feature = "ffmpeg")]
 pub mod decode;
+pub mod viewers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

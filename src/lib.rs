@@ -19,6 +19,7 @@ pub mod ids;
 pub mod metrics;
 pub mod objects;
 pub mod overflow;
+pub mod picture;
 pub mod pools;
 pub mod redis_keys;
 pub mod service;

@@ -42,7 +42,8 @@ enum Command {
         json: bool,
     },
     /// Pipeline frames/s against the model alone, per-stage times and latency on one clip;
-    /// with --cameras, many live cameras at once; with --decode, decoding alone.
+    /// with --cameras, many live cameras at once; with --decode, decoding alone; with --viewers,
+    /// frames/s with live viewers.
     Bench {
         #[arg(default_value = "../shared/assets/video/overpass_video03.avi")]
         video: PathBuf,
@@ -83,6 +84,14 @@ enum Command {
         /// With --decode: frames decoded per measurement.
         #[arg(long, default_value = "600", requires = "decode")]
         frames: usize,
+        /// Live viewers, e.g. 0,1,5: the clip's frames/s offline while that many viewers pull the
+        /// overlay view at pictures.live_fps, one fresh pipeline per number; and one overlay
+        /// snapshot timed.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["cameras", "decode"])]
+        viewers: Option<Vec<usize>>,
+        /// With --viewers: measured seconds per number of viewers, after a 3 s warm-up.
+        #[arg(long = "viewer-window-s", default_value = "10", requires = "viewers")]
+        viewer_window_s: f64,
     },
     /// The model alone on the first device, per batch size: frames/s and, on a CUDA device, the
     /// device memory the batches take (NVML). No decoding: runs in a build without FFmpeg.
@@ -306,6 +315,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 } else {
                     print!("{}", trial_text(&r));
                 }
+            }
+        }
+        Command::Bench { video, lines, json, viewers: Some(viewers), viewer_window_s, .. } => {
+            let geometry = Geometry { lines: parse_lines(&lines)?, ..Default::default() };
+            let window = seconds("--viewer-window-s", viewer_window_s)?;
+            let warm_up = std::time::Duration::from_secs(3);
+            let r = analyze::viewers::run(&settings, &video, geometry, &viewers, warm_up, window).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.table());
             }
         }
         Command::Bench { video, lines, reference, json, .. } => {

@@ -104,6 +104,11 @@ pub const CLUSTER_NODES: &str = "its_cluster_nodes";
 pub const NODE_CAMERAS: &str = "its_node_cameras";
 pub const NODE_CAPACITY: &str = "its_node_capacity_fps";
 pub const CAMERA_MOVES: &str = "its_camera_moves";
+pub const PICTURE_VIEWERS: &str = "its_picture_viewers";
+pub const PICTURE_VIEWERS_REFUSED: &str = "its_picture_viewers_refused";
+pub const PICTURES_ENCODED: &str = "its_pictures_encoded";
+pub const PICTURE_ENCODE_SECONDS: &str = "its_picture_encode_seconds";
+pub const PICTURE_PARTS_SENT: &str = "its_picture_parts_sent";
 /// Names the product brief uses.
 pub const DEVICE_MEMORY: &str = "gpu_memory_utilization_percent";
 pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
@@ -178,6 +183,16 @@ pub struct Metrics {
     pub node_capacity: Gauge<f64, AtomicU64>,
     /// Cameras this node started or stopped because ownership moved, per reason.
     pub camera_moves: Family<MoveLabels, Counter>,
+    /// Live viewers (`live.mjpeg`) of each camera.
+    pub picture_viewers: Family<CameraLabels, Gauge>,
+    /// Live viewers refused because a camera had `pictures.max_viewers_per_camera` already.
+    pub picture_viewers_refused: Family<CameraLabels, Counter>,
+    /// Pictures encoded (snapshots and live-view parts; a picture shared by viewers counts once).
+    pub pictures_encoded: Counter,
+    /// Time to draw and encode one picture, seconds, including the wait for a blocking thread.
+    pub picture_encode_seconds: Histogram,
+    /// Parts sent to live viewers, per camera.
+    pub picture_parts_sent: Family<CameraLabels, Counter>,
     pub stages: Stages,
 }
 
@@ -217,6 +232,12 @@ impl Metrics {
             node_cameras: Gauge::default(),
             node_capacity: Gauge::default(),
             camera_moves: Family::default(),
+            picture_viewers: Family::default(),
+            picture_viewers_refused: Family::default(),
+            pictures_encoded: Counter::default(),
+            // 0.5 ms .. ~1 s
+            picture_encode_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 12)),
+            picture_parts_sent: Family::default(),
             stages: Stages::default(),
         };
         let r = &mut m.registry;
@@ -310,6 +331,23 @@ impl Metrics {
              rebalance)",
             m.camera_moves.clone(),
         );
+        r.register(PICTURE_VIEWERS, "Live viewers of the camera (live.mjpeg)", m.picture_viewers.clone());
+        r.register(
+            PICTURE_VIEWERS_REFUSED,
+            "Live viewers refused: the camera had pictures.max_viewers_per_camera already",
+            m.picture_viewers_refused.clone(),
+        );
+        r.register(
+            PICTURES_ENCODED,
+            "Pictures drawn and encoded (snapshots and live-view parts; one shared by viewers counts once)",
+            m.pictures_encoded.clone(),
+        );
+        r.register(
+            PICTURE_ENCODE_SECONDS,
+            "Time to draw and encode one picture, seconds",
+            m.picture_encode_seconds.clone(),
+        );
+        r.register(PICTURE_PARTS_SENT, "Live-view parts sent to viewers, per camera", m.picture_parts_sent.clone());
         r.register(
             DEVICE_MEMORY,
             "Used share of the inference device's memory, percent (host memory for the CPU)",
@@ -338,12 +376,19 @@ impl Metrics {
     /// Forgets a removed camera's series so labels stay bounded by the live cameras.
     pub fn remove_camera(&self, camera: &str) {
         let labels = self.camera(camera);
-        for family in
-            [&self.frames_decoded, &self.frames_processed, &self.frames_dropped, &self.events, &self.camera_reconnects]
-        {
+        for family in [
+            &self.frames_decoded,
+            &self.frames_processed,
+            &self.frames_dropped,
+            &self.events,
+            &self.camera_reconnects,
+            &self.picture_viewers_refused,
+            &self.picture_parts_sent,
+        ] {
             family.remove(&labels);
         }
         self.camera_up.remove(&labels);
+        self.picture_viewers.remove(&labels);
         let breaker = BreakerLabels { breaker: camera_breaker(camera) };
         self.breaker_state.remove(&breaker);
         self.breaker_opens.remove(&breaker);

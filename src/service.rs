@@ -9,6 +9,7 @@ use crate::camera_spec::{CameraSpec, SourcePolicy};
 use crate::cluster::{Cluster, ClusterError};
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
+use crate::picture::PictureHub;
 use crate::redis_keys::RedisKeys;
 use crate::settings::Settings;
 use crate::sinks::publisher::Publisher;
@@ -54,6 +55,8 @@ pub struct Service {
     pub keys: RedisKeys,
     /// Which camera URLs registration accepts.
     pub sources: SourcePolicy,
+    /// Snapshots and live views: the encoders all viewers share.
+    pub pictures: PictureHub,
     publisher: Arc<Publisher>,
     /// Signalled when a supervised child crash-loops: the process stops and exits non-zero.
     escalation: Arc<tokio::sync::Notify>,
@@ -128,7 +131,9 @@ impl Service {
         let peers = reqwest::Client::builder()
             .timeout(std::time::Duration::from_millis(settings.http.request_timeout_ms / 2))
             .build()?;
+        let pictures = PictureHub::new(settings.pictures.clone(), metrics.clone());
         Ok(Arc::new(Self {
+            pictures,
             settings,
             pipeline,
             cluster,

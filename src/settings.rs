@@ -60,6 +60,8 @@ pub struct Settings {
     /// Synthetic cameras and detector for load tests (`docs/PERFORMANCE.md`); off by default.
     #[serde(default)]
     pub simulator: SimulatorSettings,
+    /// Snapshots and live views of cameras.
+    pub pictures: PictureSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,6 +364,50 @@ impl BatchingSettings {
     }
 }
 
+/// `[pictures]`: the snapshot and live view of cameras (`crate::picture`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PictureSettings {
+    /// Most parts per second of a live view (a client may ask for fewer).
+    pub live_fps: u32,
+    /// Concurrent live viewers of one camera; one more is answered 429.
+    pub max_viewers_per_camera: usize,
+    /// Pictures encoded at once, for all cameras and viewers together.
+    pub encode_threads: usize,
+    /// JPEG quality, 1 (smallest) to 100 (best).
+    pub jpeg_quality: u8,
+}
+
+impl Default for PictureSettings {
+    fn default() -> Self {
+        Self { live_fps: 5, max_viewers_per_camera: 5, encode_threads: 1, jpeg_quality: 80 }
+    }
+}
+
+impl PictureSettings {
+    /// Most frames per second a live view may ask for.
+    pub const MAX_LIVE_FPS: u32 = 30;
+    pub const MAX_ENCODE_THREADS: usize = 16;
+
+    /// Every problem with these settings, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !(1..=Self::MAX_LIVE_FPS).contains(&self.live_fps) {
+            errors.push(format!("pictures.live_fps must be in 1..={}", Self::MAX_LIVE_FPS));
+        }
+        if self.max_viewers_per_camera == 0 {
+            errors.push("pictures.max_viewers_per_camera must be at least 1".into());
+        }
+        if !(1..=Self::MAX_ENCODE_THREADS).contains(&self.encode_threads) {
+            errors.push(format!("pictures.encode_threads must be in 1..={}", Self::MAX_ENCODE_THREADS));
+        }
+        if !(1..=100).contains(&self.jpeg_quality) {
+            errors.push("pictures.jpeg_quality must be in 1..=100".into());
+        }
+        errors
+    }
+}
+
 /// Most FFmpeg decode threads one camera may use (`cameras.decode_threads`).
 pub const MAX_DECODE_THREADS: u32 = 16;
 
@@ -640,6 +686,7 @@ impl Settings {
             check_url(&mut errors, "node.advertise_url", &self.node.advertise_url, &["http", "https"]);
         }
         errors.extend(self.cluster.validate());
+        errors.extend(self.pictures.validate());
         if errors.is_empty() {
             Ok(())
         } else {
@@ -700,6 +747,22 @@ mod tests {
         let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
         assert_eq!(errors.len(), 3, "{errors:?}");
         for key in ["node.id", "node.capacity_fps", "cluster.ttl_ms"] {
+            assert!(errors.iter().any(|e| e.contains(key)), "{key}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn picture_settings_are_checked_with_the_others() {
+        let defaults = Settings::load(None).unwrap();
+        let p = &defaults.pictures;
+        assert_eq!((p.live_fps, p.max_viewers_per_camera, p.encode_threads, p.jpeg_quality), (5, 5, 1, 80));
+        let mut settings = defaults.clone();
+        settings.pictures =
+            PictureSettings { live_fps: 31, max_viewers_per_camera: 0, encode_threads: 17, jpeg_quality: 0 };
+        settings.http.sse_buffer = 0;
+        let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        for key in ["live_fps", "max_viewers_per_camera", "encode_threads", "jpeg_quality", "sse_buffer"] {
             assert!(errors.iter().any(|e| e.contains(key)), "{key}: {errors:?}");
         }
     }

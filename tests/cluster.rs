@@ -150,6 +150,21 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     assert!(view["status"]["frames_processed"].as_u64() > Some(0), "{view}");
     let counts = client.get(a.url(&format!("/api/v1/cameras/{remote}/counts"))).send().await.unwrap();
     assert_eq!(counts.status().as_u16(), 200);
+    // So are its snapshot (with the owner's content type and X- headers) and tracks; its live
+    // view is not proxied: 503 names the owner.
+    let snapshot = client.get(a.url(&format!("/api/v1/cameras/{remote}/snapshot.jpg"))).send().await.unwrap();
+    assert_eq!(snapshot.status().as_u16(), 200);
+    assert_eq!(snapshot.headers()["content-type"], "image/jpeg");
+    assert_eq!(snapshot.headers()["x-source-width"], "320");
+    assert!(snapshot.headers().contains_key("x-frame-seq"));
+    assert_eq!(&snapshot.bytes().await.unwrap()[..2], &[0xFF, 0xD8]);
+    let tracks: Value =
+        client.get(a.url(&format!("/api/v1/cameras/{remote}/tracks"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tracks["camera_id"], remote.as_str(), "{tracks}");
+    let live = client.get(a.url(&format!("/api/v1/cameras/{remote}/live.mjpeg"))).send().await.unwrap();
+    assert_eq!(live.status().as_u16(), 503);
+    let error = live.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.contains(&before[remote]), "{error}");
 
     // SIGKILL the node with the most cameras: its cameras run on the survivors within the target.
     let victim = ["node-a", "node-b", "node-c"].into_iter().max_by_key(|n| per_node(&before, n)).unwrap();

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings", "pools"],
     &["db"],
     &["sinks"],
+    &["picture"],
     &["actors"],
     &["topology"],
     &["cluster"],

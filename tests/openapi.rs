@@ -19,6 +19,18 @@ const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "op
 /// The endless Server-Sent Events stream: schemathesis reads a response to its end, so it cannot
 /// test this operation; `the_service_answers_as_documented` checks its answers directly.
 const SSE_PATH: &str = "/api/v1/events/stream";
+/// The endless live view of a camera, left out for the same reason (`tests/pictures.rs` checks it).
+const LIVE_PATH: &str = "/api/v1/cameras/{id}/live.mjpeg";
+/// The operations whose 503 is an answer, not a failure (read from the run's directory).
+const NO_FRAME_YET: &str = r#"
+[[operations]]
+include-name = "GET /api/v1/cameras/{id}/snapshot.jpg"
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
+
+[[operations]]
+include-name = "GET /api/v1/cameras/{id}/tracks"
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
+"#;
 /// Operations open without a token.
 const OPEN: [&str; 6] = ["/health/live", "/health/ready", "/metrics", "/api/v1/openapi.json", "/", "/console/{file}"];
 
@@ -275,6 +287,9 @@ async fn the_service_answers_as_documented() {
     drop(r);
 
     let work = tempfile::tempdir().unwrap();
+    // A camera without a decoded (or analysed) frame yet answers its snapshot and tracks with the
+    // documented 503 (ask again): expected there, a server error anywhere else.
+    std::fs::write(work.path().join("schemathesis.toml"), NO_FRAME_YET).unwrap();
     let token = format!("Authorization: Bearer {}", common::ADMIN_TOKEN);
     let document_url = svc.url("/api/v1/openapi.json");
     let mut command = tokio::process::Command::new(schemathesis());
@@ -290,7 +305,7 @@ async fn the_service_answers_as_documented() {
                 "response_schema_conformance,ignored_auth"
             ),
         ])
-        .args(["--exclude-path", SSE_PATH])
+        .args(["--exclude-path", SSE_PATH, "--exclude-path", LIVE_PATH])
         // One worker: CPython 3.11 (Debian 12's) can fail `ast.parse` with "AST constructor
         // recursion depth mismatch" when hypothesis describes strategies on several threads.
         .args(["--max-examples", "100", "--request-timeout", "10", "--workers", "1"])

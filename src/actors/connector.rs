@@ -30,6 +30,7 @@ use crate::analytics::tracker::{Tracker, TrackerConfig};
 use crate::analytics::StateSnapshot;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
+use crate::picture::LatestTracks;
 use crate::sinks::EventSink;
 use crate::supervision::{panic_message, Reporter};
 
@@ -57,6 +58,8 @@ struct CameraAnalytics {
     status: Arc<CameraStatus>,
     tracker: Tracker,
     scene: SceneAnalytics,
+    /// The geometry `scene` was built from, shown on the camera's overlay.
+    geometry: Arc<Geometry>,
     /// Last frame's sequence number, for the events of a flush.
     last_seq: u64,
     /// Frame time of the last state snapshot sent to the cache.
@@ -205,6 +208,9 @@ impl ConnectorActor {
         let detections: Vec<_> =
             frame.detections.iter().filter(|d| camera.scene.keep_detection(&d.bbox)).copied().collect();
         let tracked = camera.tracker.update(&detections);
+        // The overlay's boxes: a small copy, drawn only when a picture is asked for.
+        let latest = LatestTracks { seq: frame.seq, objects: tracked.clone(), geometry: camera.geometry.clone() };
+        camera.status.pictures.set_tracks(latest);
         self.config.metrics.record_continuity(&self.config.model, camera.tracker.take_continuity());
         let ts_ms = chrono::DateTime::<chrono::Utc>::from(frame.captured_at).timestamp_millis();
         let mut out = camera.scene.observe(ts_ms, frame.seq, frame.captured, &tracked);
@@ -273,6 +279,7 @@ impl ConnectorActor {
             status,
             tracker: Tracker::new(self.config.tracker),
             scene,
+            geometry: Arc::new(geometry),
             last_seq: 0,
             last_state_ms: None,
         };
@@ -299,6 +306,7 @@ impl ConnectorActor {
         self.finish(&msg.camera_id);
         let Some(camera) = self.cameras.get_mut(&msg.camera_id) else { return };
         camera.scene = scene;
+        camera.geometry = Arc::new(msg.geometry);
         camera.status.geometry_version.store(msg.version, Ordering::SeqCst);
         camera.status.set_counts(camera.scene.line_counts());
         send_state(&*self.config.sink, camera);

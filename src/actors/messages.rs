@@ -21,7 +21,8 @@ pub struct Frame {
     pub captured_at: SystemTime,
     /// Monotonic capture time, for latency measurements.
     pub captured: Instant,
-    /// CHW BGR bytes of `letterbox.input_len()`; shared, never copied after decode.
+    /// Interleaved (HWC) BGR bytes of `letterbox.input_len()`: the letterboxed frame at the top
+    /// left of the input square, padded with `PAD_VALUE`; shared, never copied after decode.
     pub pixels: Bytes,
     pub letterbox: Letterbox,
     /// The frame's trace (`frame` root span) when it was sampled, else `Span::none()`; every

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::analytics::lines::LineCount;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
+use crate::picture::CameraPictures;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +51,8 @@ pub struct CameraStatus {
     /// Around the stream: opens after `breakers.failure_threshold` failed attempts in a row;
     /// while open no attempt is made until `breakers.open_for_ms` has passed.
     pub breaker: std::sync::Arc<crate::supervision::CircuitBreaker>,
+    /// The latest decoded frame and tracked boxes, for snapshots and live views.
+    pub pictures: std::sync::Arc<CameraPictures>,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,6 +91,7 @@ impl CameraStatus {
             up: metrics.camera_up.get_or_create(&labels).clone(),
             counts: Mutex::new(Vec::new()),
             finished: watch::Sender::new(false),
+            pictures: std::sync::Arc::new(CameraPictures::new(&id, metrics)),
             id,
         }
     }

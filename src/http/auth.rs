@@ -429,6 +429,10 @@ mod tests {
             (&put, "/api/v1/cameras/cam-1/geometry", operator),
             (&get, "/api/v1/cameras/cam-1/geometry", viewer),
             (&get, "/api/v1/cameras/cam-1/state", viewer),
+            // pictures.rs
+            (&get, "/api/v1/cameras/cam-1/snapshot.jpg", viewer),
+            (&get, "/api/v1/cameras/cam-1/live.mjpeg", viewer),
+            (&get, "/api/v1/cameras/cam-1/tracks", viewer),
             // analytics.rs
             (&get, "/api/v1/cameras/cam-1/analytics", viewer),
             // events.rs

@@ -121,7 +121,7 @@ async fn counts(
 }
 
 /// The registered camera and where it runs; 404 when it is not registered.
-async fn find(service: &Service, id: &str) -> Result<(CameraSpec, CameraRuntime), ApiError> {
+pub(super) async fn find(service: &Service, id: &str) -> Result<(CameraSpec, CameraRuntime), ApiError> {
     check_id(id)?;
     if let Some((spec, status)) = service.pipeline.camera(id) {
         return Ok((spec, CameraRuntime::Local(status)));
@@ -132,8 +132,9 @@ async fn find(service: &Service, id: &str) -> Result<(CameraSpec, CameraRuntime)
 }
 
 /// The owner's answer to the same request, once: `None` when this request was forwarded
-/// already, the owner is this node, or it did not answer.
-async fn forward(service: &Service, req: &HttpRequest, owner: &str) -> Option<HttpResponse> {
+/// already, the owner is this node, or it did not answer. The answer keeps the owner's status,
+/// content type, `Cache-Control` and `X-` headers (a snapshot's frame number and size).
+pub(super) async fn forward(service: &Service, req: &HttpRequest, owner: &str) -> Option<HttpResponse> {
     if req.headers().contains_key(FORWARDED_BY) || owner == service.cluster.node_id() {
         return None;
     }
@@ -151,8 +152,18 @@ async fn forward(service: &Service, req: &HttpRequest, owner: &str) -> Option<Ht
         }
     };
     let status = actix_web::http::StatusCode::from_u16(answer.status().as_u16()).ok()?;
+    let mut response = HttpResponse::build(status);
+    response.content_type("application/json");
+    for (name, value) in answer.headers() {
+        let kept = name == reqwest::header::CONTENT_TYPE
+            || name == reqwest::header::CACHE_CONTROL
+            || (name.as_str().starts_with("x-") && name.as_str() != FORWARDED_BY);
+        if kept {
+            response.insert_header((name.as_str(), value.as_bytes()));
+        }
+    }
     let body = answer.bytes().await.ok()?;
-    Some(HttpResponse::build(status).content_type("application/json").body(body))
+    Some(response.body(body))
 }
 
 /// A path id that is no valid camera id names no camera: 404 before it reaches PostgreSQL, which

@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod me;
 pub mod models;
+pub mod pictures;
 pub mod rate_limit;
 pub mod system;
 
@@ -49,6 +50,7 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
             .service(
                 web::scope("/api/v1")
                     .configure(cameras::routes)
+                    .configure(pictures::routes)
                     .configure(analytics::routes)
                     .configure(events::routes)
                     .configure(system::routes)

@@ -36,6 +36,7 @@ use crate::detector::simulated::SimulatedCamera;
 use crate::detector::Letterbox;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
+use crate::picture::LatestFrame;
 use crate::supervision::{panic_message, Backoff, Clock, Reporter, StopSignal};
 
 /// Rate assumed for a stream whose container rate is missing or implausible.
@@ -318,6 +319,9 @@ impl Streamer {
         span: tracing::Span,
     ) -> Option<RunEnd> {
         let camera_id = self.source.config.camera_id.clone();
+        // The snapshot's frame: a reference to the same bytes, encoded only when asked for.
+        let latest = LatestFrame { seq: self.position.seq, captured_at, pixels: pixels.clone(), letterbox };
+        self.source.status.pictures.set_frame(latest);
         let frame = Frame { camera_id, seq: self.position.seq, captured_at, captured, pixels, letterbox, span };
         self.position.seq += 1;
         match self.source.sink.push(Queued::Frame(frame), &|| self.stopped()) {
