@@ -396,6 +396,18 @@ async fn draws_a_line_whose_counts_rise(client: &Client, svc: &Service, admin: &
 async fn shows_the_apis_message_for_a_bad_geometry(client: &Client, svc: &Service, admin: &reqwest::Client) {
     go(client, svc, "#/cameras/overpass/geometry").await;
     text_until(client, "#elements", "the saved line", |t| t.contains("line line-1")).await;
+    // By keyboard: select the line in the list, then move it down 3 px with the arrow key.
+    let before: Value =
+        serde_json::from_str(&find(client, "#geometry-json").await.prop("value").await.unwrap().unwrap()).unwrap();
+    click(client, "#elements li:first-child button").await;
+    let arrow_down = "\u{E015}";
+    find(client, "#geometry-canvas").await.send_keys(&arrow_down.repeat(3)).await.unwrap();
+    let after: Value =
+        serde_json::from_str(&find(client, "#geometry-json").await.prop("value").await.unwrap().unwrap()).unwrap();
+    for end in ["a", "b"] {
+        let y = |g: &Value| g["lines"][0][end][1].as_f64().unwrap();
+        assert_eq!(y(&after), y(&before) + 3.0, "{end}: {after}");
+    }
     click(client, "#tool-zone").await;
     let canvas = find(client, "#geometry-canvas").await;
     click_on(client, &canvas, [100.0, 60.0]).await;
