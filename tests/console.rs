@@ -165,6 +165,7 @@ async fn the_console_in_a_browser() {
     draws_a_line_whose_counts_rise(client, &svc, &admin).await;
     shows_the_apis_message_for_a_bad_geometry(client, &svc, &admin).await;
     shows_the_system(client, &svc).await;
+    fits_a_tablet(client, &svc).await;
     lets_a_viewer_see_but_not_edit(client, &svc).await;
 
     browser.client.clone().close().await.unwrap();
@@ -427,6 +428,25 @@ async fn shows_the_system(client: &Client, svc: &Service) {
     text_until(client, "#system", "the cluster's node", |t| t.contains("Cluster nodes")).await;
     screenshot(client, "11-system").await;
     screenshot_end(client, "11-system-end").await;
+}
+
+/// A tablet held upright (820 x 1180 CSS pixels): the camera page and the editor stack their
+/// panels and nothing is wider than the screen.
+async fn fits_a_tablet(client: &Client, svc: &Service) {
+    client.set_window_size(820, 1180).await.unwrap();
+    for (hash, ready, name) in [
+        ("#/cameras/overpass", "#counts", "15-tablet-camera"),
+        ("#/cameras/overpass/geometry", "#elements", "16-tablet-editor"),
+    ] {
+        go(client, svc, hash).await;
+        find(client, ready).await;
+        let widths =
+            client.execute("return [document.documentElement.scrollWidth, window.innerWidth];", vec![]).await.unwrap();
+        let (page, screen) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+        assert!(page <= screen, "{hash}: the page is {page} px wide on a {screen} px screen");
+        screenshot(client, name).await;
+    }
+    client.set_window_size(1280, 900).await.unwrap();
 }
 
 async fn lets_a_viewer_see_but_not_edit(client: &Client, svc: &Service) {
