@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod otlp;
+pub mod tls;
 
 use bb8_postgres::tokio_postgres::{self, NoTls};
 use bb8_redis::redis;
@@ -367,28 +368,83 @@ pub struct OwnPostgres {
 
 impl OwnPostgres {
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// A new server with `conf` (postgresql.conf lines) added to its configuration.
+    pub async fn start_with(conf: &str) -> Self {
+        let mut pg = Self::new_dir();
+        let status =
+            pg.command("initdb").args(["-U", "postgres", "--auth=trust", "-D"]).arg(pg.data()).status().unwrap();
+        assert!(status.success(), "initdb failed");
+        pg.append_conf(conf);
+        pg.restart().await;
+        pg
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started and following it. The
+    /// primary must allow replication connections, which `initdb`'s defaults do on loopback.
+    pub async fn standby_of(primary: &OwnPostgres) -> Self {
+        let mut pg = Self::new_dir();
+        let status = pg
+            .command("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-X", "stream", "-R", "-D"])
+            .arg(pg.data())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_basebackup failed");
+        pg.restart().await;
+        pg
+    }
+
+    fn new_dir() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries in /usr/lib/postgresql")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
             .filter(|p| p.join("initdb").exists())
             .max()
             .expect("an initdb");
-        let dir = tempfile::tempdir().unwrap();
-        let pg = Self { port: free_port(), dir, bin, running: false };
+        let pg = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), bin, running: false };
         pg.as_postgres_owner();
-        let status =
-            pg.command("initdb").args(["-U", "postgres", "--auth=trust", "-D"]).arg(pg.data()).status().unwrap();
-        assert!(status.success(), "initdb failed");
-        let mut pg = pg;
-        pg.restart().await;
         pg
+    }
+
+    /// Adds lines to postgresql.conf; they apply at the next (re)start.
+    pub fn append_conf(&self, conf: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(self.data().join("postgresql.conf")).unwrap();
+        writeln!(file, "\n{conf}").unwrap();
+    }
+
+    /// Serves TLS with `ca`'s server certificate from the next (re)start.
+    pub fn enable_tls(&self, ca: &tls::TestCa) {
+        let (cert, key) = ca.install_server_files(&self.data());
+        self.as_postgres_owner();
+        self.append_conf(&format!("ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'", cert.display(), key.display()));
+    }
+
+    /// Promotes a standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        let status = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-w", "promote"]).status().unwrap();
+        assert!(status.success(), "pg_ctl promote failed");
+    }
+
+    /// The test's own folder (the data directory is `data` in it), owned by `postgres` when the
+    /// test runs as root.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A server tool (`psql`, `pg_basebackup`...) run as the server's owner, output discarded.
+    pub fn tool(&self, tool: &str) -> Command {
+        self.command(tool)
     }
 
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -430,6 +486,14 @@ impl OwnPostgres {
         // Even a start that timed out may have left a server running: Drop must stop it.
         self.running = true;
         assert!(status.success(), "pg_ctl start failed");
+    }
+
+    /// The server dies at once (SIGQUIT to every process), as in a lost machine: no checkpoint.
+    pub fn crash(&mut self) {
+        let status =
+            self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]).status().unwrap();
+        assert!(status.success(), "pg_ctl stop -m immediate failed");
+        self.running = false;
     }
 
     /// A fast shutdown, as an operator's restart or a failover would do it.
