@@ -38,13 +38,16 @@ pub enum DbError {
 
 impl DbError {
     /// Whether trying again may succeed: connection trouble, the server shutting down or short
-    /// of resources, a serialization failure or deadlock. A rejected statement is permanent.
+    /// of resources, a serialization failure or deadlock, or a server that is read-only for now
+    /// (a standby not yet promoted, a primary being demoted: a failover in progress). A rejected
+    /// statement is permanent.
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Pool(_) => true,
             DbError::Corrupt { .. } => false,
             DbError::Postgres(e) => match e.code() {
                 None => true,
+                Some(code) if *code == tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION => true,
                 Some(code) => ["08", "40", "53", "57"].iter().any(|class| code.code().starts_with(class)),
             },
         }

@@ -388,11 +388,43 @@ impl OwnPostgres {
         let mut pg = Self::new_dir();
         let status = pg
             .command("pg_basebackup")
-            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-X", "stream", "-R", "-D"])
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-c", "fast", "-X", "stream"])
+            .args(["-R", "-D"])
             .arg(pg.data())
             .status()
             .unwrap();
         assert!(status.success(), "pg_basebackup failed");
+        pg.restart().await;
+        pg
+    }
+
+    /// A base backup of this server (`pg_basebackup`, plain format, with the WAL it needs) in a
+    /// new folder owned by the server's user.
+    pub fn base_backup(&self) -> tempfile::TempDir {
+        let backup = postgres_owned_dir();
+        let status = self
+            .command("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c", "fast", "-X", "stream"])
+            .arg("-D")
+            .arg(backup.path().join("data"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_basebackup failed");
+        backup
+    }
+
+    /// A lost server's replacement at its address (`port`): `base_backup` (from
+    /// [`OwnPostgres::base_backup`]) restored, every segment of the WAL `archive` replayed, then
+    /// promoted. It accepts connections only once recovery is over (`hot_standby = off`), so no
+    /// client writes to it while it is read-only.
+    pub async fn restored(port: u16, base_backup: &std::path::Path, archive: &std::path::Path) -> Self {
+        let mut pg = Self::new_dir();
+        pg.port = port;
+        let status = Command::new("cp").arg("-a").arg(base_backup.join("data")).arg(pg.data()).status().unwrap();
+        assert!(status.success(), "copy the base backup");
+        std::fs::write(pg.data().join("recovery.signal"), "").unwrap();
+        pg.as_postgres_owner();
+        pg.append_conf(&format!("restore_command = 'cp {}/%f %p'\nhot_standby = off", archive.display()));
         pg.restart().await;
         pg
     }
@@ -420,7 +452,11 @@ impl OwnPostgres {
     pub fn enable_tls(&self, ca: &tls::TestCa) {
         let (cert, key) = ca.install_server_files(&self.data());
         self.as_postgres_owner();
-        self.append_conf(&format!("ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'", cert.display(), key.display()));
+        self.append_conf(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
+            cert.display(),
+            key.display()
+        ));
     }
 
     /// Promotes a standby to a primary and waits until it accepts writes.
@@ -512,6 +548,16 @@ impl Drop for OwnPostgres {
             let _ = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]).status();
         }
     }
+}
+
+/// An empty folder that the PostgreSQL server's user owns (a WAL archive, a base backup).
+pub fn postgres_owned_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    if OwnPostgres::is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:"]).arg(dir.path()).status().unwrap();
+        assert!(status.success());
+    }
+    dir
 }
 
 /// Waits until a camera's stream has ended; returns its counts view.
