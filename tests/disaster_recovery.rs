@@ -136,10 +136,8 @@ async fn restore_drill_replaces_a_destroyed_primary_from_base_backup_and_wal_arc
     let env = TestEnv::new().await;
     let archive = common::postgres_owned_dir();
     let a = archive.path().display();
-    let mut primary = OwnPostgres::start_with(&format!(
-        "archive_mode = on\narchive_command = 'test ! -f {a}/%f && cp %p {a}/%f'\narchive_timeout = '{ARCHIVE_TIMEOUT_S}s'"
-    ))
-    .await;
+    let archiving = format!("archive_mode = on\narchive_command = 'test ! -f {a}/%f && cp %p {a}/%f'");
+    let mut primary = OwnPostgres::start_with(&format!("{archiving}\narchive_timeout = '{ARCHIVE_TIMEOUT_S}s'")).await;
     let url = primary.url("its");
     let outbox = outbox_path(&env, "node-a");
     let svc = Service::start_with(&env, &node_settings(&url, "node-a", &outbox)).await;
