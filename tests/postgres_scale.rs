@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bb8_postgres::tokio_postgres;
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use common::TestEnv;
+use common::{OwnPostgres, Service, TestEnv};
 use its_analytics::db::{Db, EventFilter, AGGREGATES_SQL, EVENTS_PAGE_SQL};
 use its_analytics::events::EventRecord;
 use its_analytics::settings::RetentionSettings;
@@ -77,12 +77,9 @@ async fn retention_drops_old_partitions_and_keeps_incidents_as_long_as_asked() {
     let in_default: i64 = sql.query_one("SELECT count(*) FROM events_default", &[]).await.unwrap().get(0);
     assert_eq!(in_default, 1);
     for days in [40, 3] {
-        sql.execute(
-            "INSERT INTO analytics_1m VALUES ('cam-1', $1, 1, 'l1', 0, 'line', '{}')",
-            &[&noon(ago(days))],
-        )
-        .await
-        .unwrap();
+        sql.execute("INSERT INTO analytics_1m VALUES ('cam-1', $1, 1, 'l1', 0, 'line', '{}')", &[&noon(ago(days))])
+            .await
+            .unwrap();
     }
 
     // Another node doing the round: this one skips it.
@@ -225,4 +222,90 @@ fn check(what: &str, plan: &str, partitions: &[String], failures: &mut Vec<Strin
     if seq_scan || !plan.contains("Index") {
         failures.push(format!("{what} does not use an index:\n{plan}"));
     }
+}
+
+/// The API's history reads come from the read replica: with its replay paused, an event written to
+/// the primary stays out of the API's list until replay resumes; writes (a camera registration)
+/// and the cameras' reads stay on the primary and work throughout.
+#[tokio::test]
+async fn api_history_reads_come_from_the_read_replica() {
+    let primary = OwnPostgres::start().await;
+    let replica = OwnPostgres::standby_of(&primary).await;
+    let env = TestEnv::new().await;
+    let svc = Service::start_with(
+        &env,
+        &[
+            ("ITS__POSTGRES__URL", &primary.url("its_replica")),
+            ("ITS__POSTGRES__READ_URL", &replica.url("its_replica")),
+        ],
+    )
+    .await;
+    let connect = |url: String| async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let (on_primary, on_replica) =
+        (connect(primary.url("its_replica")).await, connect(replica.url("its_replica")).await);
+    let client = common::client();
+    let listed = |camera: &'static str| {
+        let (client, url) = (client.clone(), svc.url(&format!("/api/v1/events?camera_id={camera}")));
+        async move {
+            let page: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
+            Some(page["events"].as_array()?.iter().filter_map(|e| e["event_id"].as_str().map(String::from)).collect())
+        }
+    };
+    let insert = |id: &'static str| {
+        let json = event_json(id, "line_crossing", Utc::now());
+        let on_primary = &on_primary;
+        async move {
+            on_primary
+                .execute(
+                    "INSERT INTO events (event_id, camera_id, type, ts, frame_seq, payload)
+                     VALUES ($1, 'cam-1', 'line_crossing', now(), 1, $2::text::jsonb)",
+                    &[&id, &json],
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    insert("before-pause").await;
+    let started = Instant::now();
+    common::eventually("the replica to show the first event", Duration::from_secs(20), || async {
+        let ids: Vec<String> = listed("cam-1").await?;
+        (ids == ["before-pause"]).then_some(())
+    })
+    .await;
+    eprintln!("an event reached the API through the replica in {:?}", started.elapsed());
+
+    on_replica.execute("SELECT pg_wal_replay_pause()", &[]).await.unwrap();
+    common::eventually("replay to pause", Duration::from_secs(20), || async {
+        let state: String = on_replica.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.ok()?.get(0);
+        (state == "paused").then_some(())
+    })
+    .await;
+    insert("while-paused").await;
+    let on_primary_now: i64 = on_primary.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(on_primary_now, 2);
+    let ids: Vec<String> = listed("cam-1").await.unwrap();
+    assert_eq!(ids, ["before-pause"], "the API reads the (paused) replica");
+    // Writes and camera reads go to the primary meanwhile.
+    let body = serde_json::json!({
+        "id": "overpass",
+        "url": format!("file://{}", common::clip("overpass_video03.avi").display()),
+        "replay": { "realtime": false }
+    });
+    assert_eq!(client.post(svc.url("/api/v1/cameras")).json(&body).send().await.unwrap().status().as_u16(), 201);
+    let camera = client.get(svc.url("/api/v1/cameras/overpass")).send().await.unwrap();
+    assert_eq!(camera.status().as_u16(), 200);
+
+    on_replica.execute("SELECT pg_wal_replay_resume()", &[]).await.unwrap();
+    common::eventually("the replica to catch up", Duration::from_secs(20), || async {
+        let ids: Vec<String> = listed("cam-1").await?;
+        (ids == ["before-pause", "while-paused"]).then_some(())
+    })
+    .await;
+    let metrics = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("pool=\"postgres_read\""), "the replica's pool is reported");
 }
