@@ -354,7 +354,8 @@ impl Metrics {
         );
         r.register(
             RETENTION_DELETED,
-            "Rows deleted one by one by retention: incident events past retention.incidents_days, old rows of default partitions",
+            "Rows deleted one by one by retention: incident events past retention.incidents_days, old rows of \
+             default partitions",
             m.retention_deleted.clone(),
         );
         r.register(PICTURE_VIEWERS, "Live viewers of the camera (live.mjpeg)", m.picture_viewers.clone());

@@ -17,8 +17,8 @@ BEGIN
         RETURN false;
     END IF;
     EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS)', part, parent);
-    EXECUTE format('WITH moved AS (DELETE FROM %I WHERE %I >= %L AND %I < %L RETURNING *) INSERT INTO %I SELECT * FROM moved',
-                   parent || '_default', key, lo, key, hi, part);
+    EXECUTE format('WITH moved AS (DELETE FROM %I WHERE %I >= %L AND %I < %L RETURNING *)
+                    INSERT INTO %I SELECT * FROM moved', parent || '_default', key, lo, key, hi, part);
     -- Attaching builds the partitioned table's indexes (primary key included) on it.
     EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', parent, part, lo, hi);
     RETURN true;
