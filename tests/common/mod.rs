@@ -420,7 +420,11 @@ impl OwnPostgres {
     pub fn enable_tls(&self, ca: &tls::TestCa) {
         let (cert, key) = ca.install_server_files(&self.data());
         self.as_postgres_owner();
-        self.append_conf(&format!("ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'", cert.display(), key.display()));
+        self.append_conf(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
+            cert.display(),
+            key.display()
+        ));
     }
 
     /// Promotes a standby to a primary and waits until it accepts writes.

@@ -14,26 +14,29 @@ impl TestCa {
     pub fn new() -> Self {
         let ca = Self { dir: tempfile::tempdir().unwrap() };
         let d = ca.dir.path();
-        ca.openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=its test CA"], &[
-            ("-keyout", "ca.key"),
-            ("-out", "ca.pem"),
-        ]);
-        ca.openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"], &[
-            ("-keyout", "server.key"),
-            ("-out", "server.csr"),
-        ]);
+        ca.openssl(
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=its test CA"],
+            &[("-keyout", "ca.key"), ("-out", "ca.pem")],
+        );
+        ca.openssl(
+            &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"],
+            &[("-keyout", "server.key"), ("-out", "server.csr")],
+        );
         std::fs::write(
             d.join("server.ext"),
             "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
-        ca.openssl(&["x509", "-req", "-days", "1", "-CAcreateserial"], &[
-            ("-in", "server.csr"),
-            ("-CA", "ca.pem"),
-            ("-CAkey", "ca.key"),
-            ("-extfile", "server.ext"),
-            ("-out", "server.pem"),
-        ]);
+        ca.openssl(
+            &["x509", "-req", "-days", "1", "-CAcreateserial"],
+            &[
+                ("-in", "server.csr"),
+                ("-CA", "ca.pem"),
+                ("-CAkey", "ca.key"),
+                ("-extfile", "server.ext"),
+                ("-out", "server.pem"),
+            ],
+        );
         ca
     }
 
