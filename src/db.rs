@@ -1,9 +1,19 @@
-//! PostgreSQL: the pool, numbered migrations applied at start-up, cameras and events.
+//! PostgreSQL: the pools, numbered migrations applied at start-up, cameras and events.
 //!
 //! Migrations are a short list run under an advisory lock, written here rather than pulled from a
 //! migration crate so the project keeps a single tokio-postgres (the one bb8-postgres uses).
+//!
+//! Two pools: the primary's, for everything, and an optional read replica's (`postgres.read_url`)
+//! for the HTTP API's history reads (`events`, `aggregates`); without a replica both are one pool.
+//! `events` and `analytics_1m` are partitioned by day (`partitions`); `tls` connects.
 
-use bb8_postgres::tokio_postgres::{self, NoTls};
+pub mod partitions;
+pub mod tls;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bb8_postgres::tokio_postgres;
 use bb8_postgres::PostgresConnectionManager;
 use chrono::{DateTime, Utc};
 
@@ -13,13 +23,33 @@ use crate::analytics::AggregateRow;
 use crate::camera_spec::CameraSpec;
 use crate::events::EventRecord;
 
-pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+pub use tls::PgTarget;
+
+pub type PgPool = bb8::Pool<PostgresConnectionManager<tls::PgTls>>;
 
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("db/0001_init.sql")),
     (2, include_str!("db/0002_analytics.sql")),
     (3, include_str!("db/0003_cluster.sql")),
+    (4, include_str!("db/0004_partitions.sql")),
 ];
+
+/// The page of events the API lists (`GET /api/v1/events`): $1 camera, $2 type, $3 from, $4 to,
+/// $5/$6 the cursor's (ts, event_id), $7 the limit. Public so the scale test EXPLAINs this text.
+pub const EVENTS_PAGE_SQL: &str = "SELECT ts, event_id, payload FROM events
+     WHERE ($1::text IS NULL OR camera_id = $1)
+       AND ($2::text IS NULL OR type = $2)
+       AND ($3::timestamptz IS NULL OR ts >= $3)
+       AND ($4::timestamptz IS NULL OR ts < $4)
+       AND ($5::timestamptz IS NULL OR (ts, event_id) > ($5, $6::text))
+     ORDER BY ts, event_id
+     LIMIT $7";
+
+/// A camera's minute rows in [$2, $3) (`GET /api/v1/cameras/{id}/analytics`, counts history).
+pub const AGGREGATES_SQL: &str =
+    "SELECT interval_start, geometry_version, element_id, element_kind, measures FROM analytics_1m
+     WHERE camera_id = $1 AND interval_start >= $2 AND interval_start < $3
+     ORDER BY interval_start, geometry_version, element_id";
 /// The channel every change to the set of cameras is announced on (`NOTIFY`), so owners act at
 /// once; a lost notification heals at the next heartbeat, which compares `cluster_revision`.
 pub const CHANGES_CHANNEL: &str = "its_cluster_changes";
@@ -34,6 +64,11 @@ pub enum DbError {
     Pool(String),
     #[error("stored camera {id} is unreadable: {message}")]
     Corrupt { id: String, message: String },
+    /// A setting that cannot be used (the message never holds a credential).
+    #[error("postgres: {0}")]
+    Config(String),
+    #[error("postgres TLS: {0}")]
+    Tls(String),
 }
 
 impl DbError {
@@ -44,7 +79,7 @@ impl DbError {
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Pool(_) => true,
-            DbError::Corrupt { .. } => false,
+            DbError::Corrupt { .. } | DbError::Config(_) | DbError::Tls(_) => false,
             DbError::Postgres(e) => match e.code() {
                 None => true,
                 Some(code) if *code == tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION => true,
@@ -63,27 +98,74 @@ impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
     }
 }
 
+/// Where the pools connect and how large they are (`[postgres]` settings).
+pub struct DbOptions<'a> {
+    pub url: &'a str,
+    /// A read replica for the API's history reads.
+    pub read_url: Option<&'a str>,
+    /// PEM trust roots for `sslmode=verify-full`; `None`: the platform's.
+    pub ca_file: Option<&'a Path>,
+    pub pool_size: u32,
+    pub connect_timeout: Duration,
+}
+
+impl<'a> DbOptions<'a> {
+    pub fn from_settings(postgres: &'a crate::settings::PostgresSettings) -> Self {
+        Self {
+            url: &postgres.url,
+            read_url: postgres.read_url(),
+            ca_file: postgres.ca_file(),
+            pool_size: postgres.pool_size,
+            connect_timeout: Duration::from_millis(postgres.connect_timeout_ms),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     pool: PgPool,
+    /// The replica's pool, or the primary's again.
+    read: PgPool,
+    has_replica: bool,
+    target: PgTarget,
 }
 
 impl Db {
-    /// Connects (creating the database when the server has none of that name) and migrates.
-    pub async fn connect(url: &str, pool_size: u32, connect_timeout: std::time::Duration) -> Result<Self, DbError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        if let Err(e) = config.connect(NoTls).await {
+    /// Connects to a plain URL (no replica, platform roots for TLS), creating the database when the
+    /// server has none of that name, and migrates.
+    pub async fn connect(url: &str, pool_size: u32, connect_timeout: Duration) -> Result<Self, DbError> {
+        Self::open(&DbOptions { url, read_url: None, ca_file: None, pool_size, connect_timeout }).await
+    }
+
+    /// Connects as the settings say: the primary (creating the database, migrating) and the read
+    /// replica if any. A server that cannot be reached, or whose certificate does not verify,
+    /// fails here, naming PostgreSQL and the reason.
+    pub async fn open(options: &DbOptions<'_>) -> Result<Self, DbError> {
+        let target = PgTarget::new("postgres.url", options.url, options.ca_file)?;
+        if let Err(e) = target.connect().await {
             if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE) {
-                create_database(&config).await?;
+                create_database(&target).await?;
             } else {
                 return Err(e.into());
             }
         }
-        let manager = PostgresConnectionManager::new(config, NoTls);
-        let pool = crate::pools::builder(pool_size, connect_timeout).build(manager).await?;
-        let db = Db { pool };
+        let pool = build_pool(&target, options).await?;
+        let (read, has_replica) = match options.read_url {
+            Some(url) => {
+                let replica = PgTarget::new("postgres.read_url", url, options.ca_file)?;
+                wait_for_replica(&replica).await?;
+                (build_pool(&replica, options).await?, true)
+            }
+            None => (pool.clone(), false),
+        };
+        let db = Db { pool, read, has_replica, target };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// The primary's address and connector, for connections outside the pool (LISTEN).
+    pub fn target(&self) -> &PgTarget {
+        &self.target
     }
 
     async fn migrate(&self) -> Result<(), DbError> {
@@ -119,6 +201,12 @@ impl Db {
 
     pub fn pool_view(&self) -> crate::pools::PoolView {
         crate::pools::PoolView::new("postgres", self.pool.config().max_size, self.pool.state())
+    }
+
+    /// The read replica's pool, when there is one.
+    pub fn read_pool_view(&self) -> Option<crate::pools::PoolView> {
+        self.has_replica
+            .then(|| crate::pools::PoolView::new("postgres_read", self.read.config().max_size, self.read.state()))
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -288,7 +376,7 @@ impl Db {
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::int4[],
                                       $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
                                       $13::text[]::jsonb[])
-                 ON CONFLICT (event_id) DO NOTHING",
+                 ON CONFLICT (event_id, ts) DO NOTHING",
                 &[
                     ids, cameras, types, ts, seqs, versions, tracks, classes, lines, directions, zones, incidents,
                     payloads,
@@ -348,17 +436,7 @@ impl Db {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<StoredAggregate>, DbError> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                "SELECT interval_start, geometry_version, element_id, element_kind, measures FROM analytics_1m
-                 WHERE camera_id = $1 AND interval_start >= $2 AND interval_start < $3
-                 ORDER BY interval_start, geometry_version, element_id",
-                &[&camera_id, &from, &to],
-            )
-            .await?;
+        let rows = self.read.get().await?.query(AGGREGATES_SQL, &[&camera_id, &from, &to]).await?;
         rows.iter()
             .map(|r| {
                 Ok(StoredAggregate {
@@ -382,18 +460,11 @@ impl Db {
             None => (None, None),
         };
         let rows = self
-            .pool
+            .read
             .get()
             .await?
             .query(
-                "SELECT ts, event_id, payload FROM events
-                 WHERE ($1::text IS NULL OR camera_id = $1)
-                   AND ($2::text IS NULL OR type = $2)
-                   AND ($3::timestamptz IS NULL OR ts >= $3)
-                   AND ($4::timestamptz IS NULL OR ts < $4)
-                   AND ($5::timestamptz IS NULL OR (ts, event_id) > ($5, $6::text))
-                 ORDER BY ts, event_id
-                 LIMIT $7",
+                EVENTS_PAGE_SQL,
                 &[
                     &filter.camera_id,
                     &filter.kind,
@@ -514,11 +585,32 @@ async fn announce_change(tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbE
     Ok(())
 }
 
-async fn create_database(config: &tokio_postgres::Config) -> Result<(), DbError> {
-    let name = config.get_dbname().unwrap_or("postgres").to_string();
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await?;
+async fn build_pool(target: &PgTarget, options: &DbOptions<'_>) -> Result<PgPool, DbError> {
+    let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
+    Ok(crate::pools::builder(options.pool_size, options.connect_timeout).build(manager).await?)
+}
+
+/// Checks that the replica answers. A database the primary created a moment ago may not have
+/// reached it yet: that is waited for (10 s at most); any other failure is returned at once.
+async fn wait_for_replica(replica: &PgTarget) -> Result<(), DbError> {
+    let mut tries = 0;
+    loop {
+        match replica.connect().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE) && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(DbError::Config(format!("read replica (postgres.read_url): {e}"))),
+        }
+    }
+}
+
+async fn create_database(target: &PgTarget) -> Result<(), DbError> {
+    let name = target.config.get_dbname().unwrap_or("postgres").to_string();
+    let mut admin = target.clone();
+    admin.config.dbname("postgres");
+    let (client, connection) = admin.connect().await?;
     tokio::spawn(connection);
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {

@@ -50,6 +50,14 @@ pub struct PoolLabels {
     pub kind: String,
 }
 
+/// A partitioned table (`events`, `analytics_1m`) and what happened to a partition of it
+/// (`created`, `dropped`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub table: String,
+    pub action: String,
+}
+
 /// Why a camera moved between nodes: `join`, `node_lost`, `drain`, `rebalance`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MoveLabels {
@@ -104,6 +112,8 @@ pub const CLUSTER_NODES: &str = "its_cluster_nodes";
 pub const NODE_CAMERAS: &str = "its_node_cameras";
 pub const NODE_CAPACITY: &str = "its_node_capacity_fps";
 pub const CAMERA_MOVES: &str = "its_camera_moves";
+pub const POSTGRES_PARTITIONS: &str = "its_postgres_partitions";
+pub const RETENTION_DELETED: &str = "its_retention_rows_deleted";
 pub const PICTURE_VIEWERS: &str = "its_picture_viewers";
 pub const PICTURE_VIEWERS_REFUSED: &str = "its_picture_viewers_refused";
 pub const PICTURES_ENCODED: &str = "its_pictures_encoded";
@@ -183,6 +193,10 @@ pub struct Metrics {
     pub node_capacity: Gauge<f64, AtomicU64>,
     /// Cameras this node started or stopped because ownership moved, per reason.
     pub camera_moves: Family<MoveLabels, Counter>,
+    /// Daily partitions created and dropped by this node's maintenance, per table and action.
+    pub partitions: Family<PartitionLabels, Counter>,
+    /// Rows deleted by retention one by one (incidents past `retention.incidents_days`, default partitions).
+    pub retention_deleted: Counter,
     /// Live viewers (`live.mjpeg`) of each camera.
     pub picture_viewers: Family<CameraLabels, Gauge>,
     /// Live viewers refused because a camera had `pictures.max_viewers_per_camera` already.
@@ -232,6 +246,8 @@ impl Metrics {
             node_cameras: Gauge::default(),
             node_capacity: Gauge::default(),
             camera_moves: Family::default(),
+            partitions: Family::default(),
+            retention_deleted: Counter::default(),
             picture_viewers: Family::default(),
             picture_viewers_refused: Family::default(),
             pictures_encoded: Counter::default(),
@@ -330,6 +346,17 @@ impl Metrics {
             "Cameras this node started or stopped because ownership moved, per reason (join, node_lost, drain, \
              rebalance)",
             m.camera_moves.clone(),
+        );
+        r.register(
+            POSTGRES_PARTITIONS,
+            "Daily partitions of events and analytics_1m created and dropped by this node, per table and action",
+            m.partitions.clone(),
+        );
+        r.register(
+            RETENTION_DELETED,
+            "Rows deleted one by one by retention: incident events past retention.incidents_days, old rows of \
+             default partitions",
+            m.retention_deleted.clone(),
         );
         r.register(PICTURE_VIEWERS, "Live viewers of the camera (live.mjpeg)", m.picture_viewers.clone());
         r.register(

@@ -73,12 +73,8 @@ impl Service {
         let sources =
             settings.cameras.source_policy().map_err(anyhow::Error::msg)?.with_simulator(settings.simulator.enabled);
         let metrics = Arc::new(Metrics::new());
-        let db = Db::connect(
-            &settings.postgres.url,
-            settings.postgres.pool_size,
-            std::time::Duration::from_millis(settings.postgres.connect_timeout_ms),
-        )
-        .await?;
+        let db = Db::open(&crate::db::DbOptions::from_settings(&settings.postgres)).await?;
+        tokio::spawn(crate::db::partitions::maintenance_loop(db.clone(), settings.retention.clone(), metrics.clone()));
         let manager = bb8_redis::RedisConnectionManager::new(settings.redis.url.as_str())?;
         let redis = crate::pools::builder(
             settings.redis.pool_size,
@@ -271,7 +267,8 @@ impl Service {
     /// Both connection pools, their statistics also copied into the metrics.
     pub fn pools(&self) -> Vec<crate::pools::PoolView> {
         let redis = crate::pools::PoolView::new("redis", self.redis.config().max_size, self.redis.state());
-        let pools = vec![redis, self.db.pool_view()];
+        let pools: Vec<_> =
+            [Some(redis), Some(self.db.pool_view()), self.db.read_pool_view()].into_iter().flatten().collect();
         for pool in &pools {
             pool.export(&self.metrics);
         }

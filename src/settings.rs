@@ -28,6 +28,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub redis: RedisSettings,
     pub postgres: PostgresSettings,
+    /// How long events, minute rows and incidents are kept (partitions dropped past it).
+    pub retention: RetentionSettings,
     pub model: ModelSettings,
     pub device: DeviceSettings,
     pub batching: BatchingSettings,
@@ -287,11 +289,103 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSettings {
+    /// The primary; `sslmode=verify-full` in its query turns on verified TLS (`split_sslmode`).
     pub url: String,
+    /// A read replica for the HTTP API's history reads; empty: none (reads go to `url`).
+    pub read_url: String,
+    /// PEM trust roots for TLS to PostgreSQL; empty: the platform's store.
+    pub ca_file: String,
     pub pool_size: u32,
     /// How long a call waits for a pooled connection before it fails (and is retried by its
     /// caller, through the circuit breaker).
     pub connect_timeout_ms: u64,
+}
+
+impl PostgresSettings {
+    /// The read replica's URL, when one is set.
+    pub fn read_url(&self) -> Option<&str> {
+        Some(self.read_url.as_str()).filter(|u| !u.is_empty())
+    }
+
+    /// The CA file, when one is set.
+    pub fn ca_file(&self) -> Option<&Path> {
+        (!self.ca_file.is_empty()).then(|| Path::new(&self.ca_file))
+    }
+}
+
+/// What a PostgreSQL URL's `sslmode` asks for: plain TCP, or TLS with the server's chain and name
+/// verified. Nothing in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgTlsMode {
+    Disable,
+    VerifyFull,
+}
+
+/// Splits `sslmode` off a PostgreSQL URL (tokio-postgres knows disable/prefer/require only): the
+/// URL without it, and the mode (absent: `Disable`, today's plain TCP). Modes that may fall back to
+/// plain text or do not verify the server are refused. Messages never echo the URL (it may hold a
+/// password).
+pub fn split_sslmode(key: &str, url: &str) -> Result<(String, PgTlsMode), String> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), PgTlsMode::Disable)) };
+    let mut mode = PgTlsMode::Disable;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        let Some(value) = pair.strip_prefix("sslmode=") else {
+            rest.push(pair);
+            continue;
+        };
+        mode = match value {
+            "disable" => PgTlsMode::Disable,
+            "verify-full" => PgTlsMode::VerifyFull,
+            "prefer" | "allow" | "require" | "verify-ca" => {
+                return Err(format!(
+                    "{key} has sslmode={value}, which may fall back to plain text or does not check the server's \
+                     name: use sslmode=verify-full (or disable)"
+                ))
+            }
+            _ => return Err(format!("{key} has an unknown sslmode: use sslmode=verify-full (or disable)")),
+        };
+    }
+    let rest = rest.join("&");
+    Ok((if rest.is_empty() { base.to_string() } else { format!("{base}?{rest}") }, mode))
+}
+
+/// The certificates of a PEM file (at least one), for the trust roots of TLS connections.
+pub fn read_pem_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// How long history is kept in PostgreSQL, in days; 0 keeps it for ever (the default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Events (line crossings and all): whole daily partitions of `events` older than this go.
+    pub events_days: u32,
+    /// Per-minute aggregate rows: whole daily partitions of `analytics_1m` older than this go.
+    pub minute_rows_days: u32,
+    /// Incident events: kept this long, also past `events_days` (then in the default partition).
+    pub incidents_days: u32,
+}
+
+impl RetentionSettings {
+    /// A hundred years: anything longer is a typo.
+    pub const MAX_DAYS: u32 = 36_500;
+
+    fn validate(&self) -> Vec<String> {
+        [("events_days", self.events_days), ("minute_rows_days", self.minute_rows_days)]
+            .into_iter()
+            .chain([("incidents_days", self.incidents_days)])
+            .filter(|(_, days)| *days > Self::MAX_DAYS)
+            .map(|(key, _)| format!("retention.{key} must be in 0..={} (0 keeps for ever)", Self::MAX_DAYS))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -554,7 +648,28 @@ impl Settings {
             errors.push("http.sse_buffer must be in 1..=1048576".into());
         }
         check_url(&mut errors, "redis.url", &self.redis.url, &["redis", "rediss"]);
-        check_url(&mut errors, "postgres.url", &self.postgres.url, &["postgres", "postgresql"]);
+        let mut verified_tls = false;
+        for (key, url) in
+            [("postgres.url", Some(self.postgres.url.as_str())), ("postgres.read_url", self.postgres.read_url())]
+        {
+            let Some(url) = url else { continue };
+            check_url(&mut errors, key, url, &["postgres", "postgresql"]);
+            match split_sslmode(key, url) {
+                Ok((_, mode)) => verified_tls |= mode == PgTlsMode::VerifyFull,
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(ca_file) = self.postgres.ca_file() {
+            if let Err(e) = read_pem_certs(ca_file) {
+                errors.push(format!("postgres.ca_file {e}"));
+            } else if !verified_tls {
+                errors.push(
+                    "postgres.ca_file is set but neither postgres.url nor postgres.read_url has sslmode=verify-full"
+                        .into(),
+                );
+            }
+        }
+        errors.extend(self.retention.validate());
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
             errors.push("redis.key_prefix must be non-empty without spaces".into());
         }
@@ -765,6 +880,41 @@ mod tests {
         for key in ["live_fps", "max_viewers_per_camera", "encode_threads", "jpeg_quality", "sse_buffer"] {
             assert!(errors.iter().any(|e| e.contains(key)), "{key}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn sslmode_is_verify_full_or_plain() {
+        let split = |url: &str| split_sslmode("postgres.url", url);
+        assert_eq!(split("postgres://u:p@h/db"), Ok(("postgres://u:p@h/db".into(), PgTlsMode::Disable)));
+        assert_eq!(split("postgres://h/db?sslmode=disable"), Ok(("postgres://h/db".into(), PgTlsMode::Disable)));
+        assert_eq!(
+            split("postgres://h/db?application_name=its&sslmode=verify-full&connect_timeout=3"),
+            Ok(("postgres://h/db?application_name=its&connect_timeout=3".into(), PgTlsMode::VerifyFull))
+        );
+        for mode in ["prefer", "allow", "require", "verify-ca"] {
+            let err = split(&format!("postgres://u:secret@h/db?sslmode={mode}")).unwrap_err();
+            assert!(err.contains("verify-full") && err.contains(mode) && !err.contains("secret"), "{err}");
+        }
+        assert!(split("postgres://u:secret@h/db?sslmode=bogus").unwrap_err().contains("unknown sslmode"));
+
+        let mut settings = Settings::load(None).unwrap();
+        assert_eq!((settings.postgres.read_url(), settings.postgres.ca_file()), (None, None));
+        settings.postgres.url = "postgres://u:secret@h/db?sslmode=require".into();
+        settings.postgres.read_url = "postgres://h/db?sslmode=prefer".into();
+        settings.postgres.ca_file = "/nonexistent/ca.pem".into();
+        settings.retention.events_days = 40_000;
+        settings.retention.incidents_days = 36_500;
+        let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        for key in ["postgres.url", "postgres.read_url", "postgres.ca_file", "retention.events_days"] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "{key}: {errors:?}");
+        }
+        assert!(!errors.iter().any(|e| e.contains("secret")), "{errors:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        assert!(read_pem_certs(&empty).unwrap_err().contains("no certificate"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::camera_spec::SourcePolicy;
-use crate::db::{Db, DbError, StoredCamera};
+use crate::db::{Db, DbError, DbOptions, StoredCamera};
 use crate::metrics::{Metrics, MoveLabels};
 use crate::redis_keys::RedisKeys;
 use crate::settings::{ClusterSettings, Settings};
@@ -116,7 +116,6 @@ pub struct Cluster {
     /// Set when the node must stop (its id was taken over).
     superseded: tokio::sync::Notify,
     is_superseded: AtomicBool,
-    postgres_url: String,
 }
 
 impl Cluster {
@@ -169,7 +168,6 @@ impl Cluster {
             wake: tokio::sync::Notify::new(),
             superseded: tokio::sync::Notify::new(),
             is_superseded: AtomicBool::new(false),
-            postgres_url: settings.postgres.url.clone(),
         });
         tracing::info!(node = %cluster.id, capacity_fps = cluster.capacity_fps, url = %cluster.advertise_url,
             "joined the cluster");
@@ -550,7 +548,7 @@ impl Cluster {
 /// at most `cluster.drain_timeout_ms`. Never fails a pod's termination over a node already gone.
 pub async fn drain_node(settings: &Settings) -> Result<(), ClusterError> {
     let db =
-        Db::connect(&settings.postgres.url, 1, Duration::from_millis(settings.postgres.connect_timeout_ms)).await?;
+        Db::open(&DbOptions { pool_size: 1, read_url: None, ..DbOptions::from_settings(&settings.postgres) }).await?;
     let store = ClusterStore::new(db.pool().clone(), settings.cluster.ttl());
     let id = settings.node.resolved_id();
     if !store.set_draining(&id).await? {
@@ -646,11 +644,10 @@ async fn lease_watchdog(cluster: Arc<Cluster>) {
 /// any node, a lease given up, a model reload asked). Reconnects after a failure; a notification
 /// lost meanwhile heals at the next heartbeat, which compares the revision.
 async fn listen_for_changes(cluster: Arc<Cluster>) {
-    use bb8_postgres::tokio_postgres::{AsyncMessage, Config, NoTls};
+    use bb8_postgres::tokio_postgres::AsyncMessage;
     use futures::StreamExt;
-    let Ok(config) = cluster.postgres_url.parse::<Config>() else { return };
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+        if let Ok((client, mut connection)) = cluster.db.target().connect().await {
             let woken = cluster.clone();
             // The connection delivers notifications only while it is polled.
             let poller = tokio::spawn(async move {
