@@ -21,6 +21,7 @@ pub mod objects;
 pub mod overflow;
 pub mod picture;
 pub mod pools;
+pub mod redis_conn;
 pub mod redis_keys;
 pub mod service;
 pub mod settings;

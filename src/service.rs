@@ -79,13 +79,7 @@ impl Service {
             std::time::Duration::from_millis(settings.postgres.connect_timeout_ms),
         )
         .await?;
-        let manager = bb8_redis::RedisConnectionManager::new(settings.redis.url.as_str())?;
-        let redis = crate::pools::builder(
-            settings.redis.pool_size,
-            std::time::Duration::from_millis(settings.redis.connect_timeout_ms),
-        )
-        .build(manager)
-        .await?;
+        let redis = RedisPool::connect(&settings.redis).await?;
         let outbox = crate::sinks::outbox::Outbox::open(crate::sinks::outbox::OutboxConfig {
             path: settings.outbox.path.clone(),
             max_events: settings.outbox.max_events,
@@ -94,7 +88,7 @@ impl Service {
         let stores = RedisPostgres {
             redis: redis.clone(),
             keys: RedisKeys::new(&settings.redis.key_prefix),
-            stream: StreamOptions { max_len: settings.redis.stream_max_len, dedup_ttl_s: settings.redis.dedup_ttl_s },
+            stream: StreamOptions::from_settings(&settings.redis),
             db: db.clone(),
         };
         let publisher = Arc::new(Publisher::spawn(
@@ -198,7 +192,7 @@ impl Service {
         let mut conn = self.redis.get().await.map_err(|e| ServiceError::Redis(e.to_string()))?;
         let fields: std::collections::HashMap<String, String> = bb8_redis::redis::cmd("HGETALL")
             .arg(self.keys.camera_state(id))
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(|e| ServiceError::Redis(e.to_string()))?;
         let Some(state) = fields.get("state") else { return Ok(None) };
@@ -270,8 +264,8 @@ impl Service {
 
     /// Both connection pools, their statistics also copied into the metrics.
     pub fn pools(&self) -> Vec<crate::pools::PoolView> {
-        let redis = crate::pools::PoolView::new("redis", self.redis.config().max_size, self.redis.state());
-        let pools = vec![redis, self.db.pool_view()];
+        // Redis Cluster: no pool (one multiplexed connection per cluster node), so no view.
+        let pools: Vec<_> = self.redis.pool_view().into_iter().chain([self.db.pool_view()]).collect();
         for pool in &pools {
             pool.export(&self.metrics);
         }
@@ -307,7 +301,7 @@ impl Service {
     pub async fn redis_ping(&self) -> Result<(), ServiceError> {
         let mut conn = self.redis.get().await.map_err(|e| ServiceError::Redis(e.to_string()))?;
         bb8_redis::redis::cmd("PING")
-            .query_async::<String>(&mut *conn)
+            .query_async::<String>(&mut conn)
             .await
             .map(|_| ())
             .map_err(|e| ServiceError::Redis(e.to_string()))

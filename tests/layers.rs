@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["analytics"],
     &["camera_spec", "metrics"],
     &["settings", "pools"],
-    &["db"],
+    &["db", "redis_conn"],
     &["sinks"],
     &["picture"],
     &["actors"],
