@@ -84,11 +84,13 @@ enum Inner {
     Single(bb8::Pool<Manager>),
     /// Connected on first use (so the service starts while the cluster is away), then shared:
     /// the connection is multiplexed and reconnects and follows slot moves on its own.
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        conn: Arc<tokio::sync::OnceCell<ClusterConnection>>,
-        timeout: Duration,
-    },
+    Cluster(Arc<Cluster>),
+}
+
+struct Cluster {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+    timeout: Duration,
 }
 
 /// A connection checked out of `RedisPool`.
@@ -183,7 +185,7 @@ impl RedisPool {
                 let client = builder.build().map_err(RedisConnError::Config)?;
                 // The seeds one after the other, each within the connect timeout, and some slack.
                 let timeout = connect_timeout * (subscribers.len() as u32 + 1);
-                Inner::Cluster { client, conn: Arc::new(tokio::sync::OnceCell::new()), timeout }
+                Inner::Cluster(Arc::new(Cluster { client, conn: tokio::sync::OnceCell::new(), timeout }))
             }
         };
         let pool = Self { inner, subscribers: Arc::new(subscribers), max_size: settings.pool_size };
@@ -195,7 +197,8 @@ impl RedisPool {
     pub async fn get(&self) -> Result<RedisConn<'_>, RedisConnError> {
         match &self.inner {
             Inner::Single(pool) => Ok(RedisConn::Single(pool.get().await?)),
-            Inner::Cluster { client, conn, timeout } => {
+            Inner::Cluster(cluster) => {
+                let Cluster { client, conn, timeout } = &**cluster;
                 let conn = conn
                     .get_or_try_init(|| async {
                         match tokio::time::timeout(*timeout, client.get_async_connection()).await {
@@ -230,13 +233,13 @@ impl RedisPool {
     pub fn pool_view(&self) -> Option<PoolView> {
         match &self.inner {
             Inner::Single(pool) => Some(PoolView::new("redis", self.max_size, pool.state())),
-            Inner::Cluster { .. } => None,
+            Inner::Cluster(_) => None,
         }
     }
 
     /// Whether this is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner, Inner::Cluster { .. })
+        matches!(self.inner, Inner::Cluster(_))
     }
 
     /// Connects to the first configured server that accepts TCP and PINGs it. A TLS server that
