@@ -75,13 +75,7 @@ impl Service {
         let metrics = Arc::new(Metrics::new());
         let db = Db::open(&crate::db::DbOptions::from_settings(&settings.postgres)).await?;
         tokio::spawn(crate::db::partitions::maintenance_loop(db.clone(), settings.retention.clone(), metrics.clone()));
-        let manager = bb8_redis::RedisConnectionManager::new(settings.redis.url.as_str())?;
-        let redis = crate::pools::builder(
-            settings.redis.pool_size,
-            std::time::Duration::from_millis(settings.redis.connect_timeout_ms),
-        )
-        .build(manager)
-        .await?;
+        let redis = RedisPool::connect(&settings.redis).await?;
         let outbox = crate::sinks::outbox::Outbox::open(crate::sinks::outbox::OutboxConfig {
             path: settings.outbox.path.clone(),
             max_events: settings.outbox.max_events,
@@ -90,7 +84,7 @@ impl Service {
         let stores = RedisPostgres {
             redis: redis.clone(),
             keys: RedisKeys::new(&settings.redis.key_prefix),
-            stream: StreamOptions { max_len: settings.redis.stream_max_len, dedup_ttl_s: settings.redis.dedup_ttl_s },
+            stream: StreamOptions::from_settings(&settings.redis),
             db: db.clone(),
         };
         let publisher = Arc::new(Publisher::spawn(
@@ -194,7 +188,7 @@ impl Service {
         let mut conn = self.redis.get().await.map_err(|e| ServiceError::Redis(e.to_string()))?;
         let fields: std::collections::HashMap<String, String> = bb8_redis::redis::cmd("HGETALL")
             .arg(self.keys.camera_state(id))
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(|e| ServiceError::Redis(e.to_string()))?;
         let Some(state) = fields.get("state") else { return Ok(None) };
@@ -266,9 +260,13 @@ impl Service {
 
     /// Both connection pools, their statistics also copied into the metrics.
     pub fn pools(&self) -> Vec<crate::pools::PoolView> {
-        let redis = crate::pools::PoolView::new("redis", self.redis.config().max_size, self.redis.state());
-        let pools: Vec<_> =
-            [Some(redis), Some(self.db.pool_view()), self.db.read_pool_view()].into_iter().flatten().collect();
+        // Redis Cluster: no pool (one multiplexed connection per cluster node), so no view.
+        let pools: Vec<_> = self
+            .redis
+            .pool_view()
+            .into_iter()
+            .chain([Some(self.db.pool_view()), self.db.read_pool_view()].into_iter().flatten())
+            .collect();
         for pool in &pools {
             pool.export(&self.metrics);
         }
@@ -304,7 +302,7 @@ impl Service {
     pub async fn redis_ping(&self) -> Result<(), ServiceError> {
         let mut conn = self.redis.get().await.map_err(|e| ServiceError::Redis(e.to_string()))?;
         bb8_redis::redis::cmd("PING")
-            .query_async::<String>(&mut *conn)
+            .query_async::<String>(&mut conn)
             .await
             .map(|_| ())
             .map_err(|e| ServiceError::Redis(e.to_string()))

@@ -273,7 +273,23 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// `single`: one server at `url` (a bb8 pool); `cluster`: a Redis Cluster found from `nodes`.
+    pub mode: RedisMode,
+    /// The server in single mode (ignored in cluster mode).
     pub url: String,
+    /// Seed nodes in cluster mode (`redis://host:port` or `rediss://`, all the same scheme and
+    /// credentials); the client learns the rest of the cluster from them. Empty in single mode.
+    pub nodes: Vec<String>,
+    /// Replicas that must acknowledge each events batch (`WAIT`, in the script's pipeline) before
+    /// it counts as delivered; fewer acks fail the call, which the publisher retries from its
+    /// outbox. Unset: 0 in single mode, 1 in cluster mode.
+    #[serde(default)]
+    pub wait_replicas: Option<u32>,
+    /// How long `WAIT` waits for those acknowledgements.
+    pub wait_timeout_ms: u64,
+    /// PEM file of the CA certificates that `rediss://` servers are verified against; empty:
+    /// the platform's roots.
+    pub ca_file: String,
     /// Prefix of every key and channel, so several deployments (or tests) share one Redis.
     pub key_prefix: String,
     /// Approximate cap on the events stream (XADD MAXLEN ~).
@@ -284,6 +300,77 @@ pub struct RedisSettings {
     /// How long a call waits for a pooled connection before it fails (and is retried by its
     /// caller, through the circuit breaker).
     pub connect_timeout_ms: u64,
+}
+
+/// How the service reaches Redis (`redis.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (`redis.url`).
+    #[default]
+    Single,
+    /// A Redis Cluster (`redis.nodes` as seeds).
+    Cluster,
+}
+
+impl RedisSettings {
+    /// The servers named in the settings: `url` in single mode, the seeds in cluster mode.
+    pub fn server_urls(&self) -> Vec<&str> {
+        match self.mode {
+            RedisMode::Single => vec![self.url.as_str()],
+            RedisMode::Cluster => self.nodes.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// `wait_replicas`, or its default for the mode.
+    pub fn replicas_to_wait_for(&self) -> u32 {
+        self.wait_replicas.unwrap_or(match self.mode {
+            RedisMode::Single => 0,
+            RedisMode::Cluster => 1,
+        })
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        match self.mode {
+            RedisMode::Single => {
+                check_url(errors, "redis.url", &self.url, &["redis", "rediss"]);
+                if !self.nodes.is_empty() {
+                    errors.push("redis.nodes is for redis.mode = \"cluster\"; single mode uses redis.url".into());
+                }
+            }
+            RedisMode::Cluster => {
+                if self.nodes.is_empty() {
+                    errors.push("redis.nodes must name at least one seed node in redis.mode = \"cluster\"".into());
+                }
+                for (i, node) in self.nodes.iter().enumerate() {
+                    check_url(errors, &format!("redis.nodes[{i}]"), node, &["redis", "rediss"]);
+                }
+                let schemes: std::collections::BTreeSet<_> =
+                    self.nodes.iter().filter_map(|n| url::Url::parse(n).ok()).map(|u| u.scheme().to_string()).collect();
+                if schemes.len() > 1 {
+                    errors.push("redis.nodes must all have the same scheme (all redis:// or all rediss://)".into());
+                }
+            }
+        }
+        if self.key_prefix.contains(['{', '}']) {
+            errors.push("redis.key_prefix must not contain { or } (the keys' cluster hash tags use them)".into());
+        }
+        if self.wait_replicas.is_some_and(|n| n > 16) {
+            errors.push("redis.wait_replicas must be in 0..=16".into());
+        }
+        if !(10..=60_000).contains(&self.wait_timeout_ms) {
+            errors.push("redis.wait_timeout_ms must be in 10..=60000".into());
+        }
+        if !self.ca_file.is_empty() {
+            if !Path::new(&self.ca_file).is_file() {
+                errors.push(format!("redis.ca_file {:?} is not a readable file", self.ca_file));
+            }
+            let tls = self.server_urls().iter().all(|u| url::Url::parse(u).is_ok_and(|u| u.scheme() == "rediss"));
+            if !tls {
+                errors.push("redis.ca_file is set but the Redis URLs are not rediss:// (TLS)".into());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -624,6 +711,7 @@ impl Settings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("cameras.allowed_schemes")
+                    .with_list_parse_key("redis.nodes")
                     .source(env),
             )
             .build()?
@@ -647,7 +735,7 @@ impl Settings {
         if !(1..=1_048_576).contains(&self.http.sse_buffer) {
             errors.push("http.sse_buffer must be in 1..=1048576".into());
         }
-        check_url(&mut errors, "redis.url", &self.redis.url, &["redis", "rediss"]);
+        self.redis.validate(&mut errors);
         let mut verified_tls = false;
         for (key, url) in
             [("postgres.url", Some(self.postgres.url.as_str())), ("postgres.read_url", self.postgres.read_url())]
@@ -850,6 +938,42 @@ mod tests {
         assert!(errors.iter().any(|e| e.contains("http.bind")));
         assert!(errors.iter().any(|e| e.contains("batching.max_batch")));
         assert!(errors.iter().any(|e| e.contains("redis.url")));
+    }
+
+    #[test]
+    fn redis_cluster_and_tls_settings_are_checked() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let cluster = Settings::load_with_env(
+            None,
+            Some(env(&[("ITS__REDIS__MODE", "cluster"), ("ITS__REDIS__NODES", "redis://a:7000,redis://b:7001")])),
+        )
+        .unwrap();
+        assert_eq!(cluster.redis.server_urls(), ["redis://a:7000", "redis://b:7001"]);
+        assert_eq!(cluster.redis.replicas_to_wait_for(), 1);
+        let single = Settings::load(None).unwrap();
+        assert_eq!(single.redis.server_urls(), ["redis://127.0.0.1:6379"]);
+        assert_eq!(single.redis.replicas_to_wait_for(), 0, "a single node's behaviour is unchanged");
+
+        let mut settings = Settings::load(None).unwrap();
+        settings.redis.mode = RedisMode::Cluster;
+        settings.redis.key_prefix = "its{x}".into();
+        settings.redis.wait_timeout_ms = 0;
+        settings.redis.ca_file = "/no/such/ca.pem".into();
+        let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("invalid") };
+        for expected in ["redis.nodes must name", "{ or }", "redis.wait_timeout_ms", "redis.ca_file \"/no/such"] {
+            assert!(errors.iter().any(|e| e.contains(expected)), "{expected}: {errors:?}");
+        }
+        settings.redis.nodes = vec!["redis://a:7000".into(), "rediss://b:7001".into()];
+        let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("invalid") };
+        assert!(errors.iter().any(|e| e.contains("same scheme")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("not rediss://")), "{errors:?}");
+
+        let mut settings = Settings::load(None).unwrap();
+        settings.redis.nodes = vec!["redis://a:7000".into()];
+        let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("invalid") };
+        assert!(errors.iter().any(|e| e.contains("redis.nodes is for")), "{errors:?}");
     }
 
     #[test]

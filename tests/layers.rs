@@ -12,13 +12,13 @@ use std::path::Path;
 
 /// Lowest first. A module may use any module of a lower layer, none of its own or a higher one.
 const LAYERS: &[&[&str]] = &[
-    &["ids", "objects", "overflow", "supervision", "telemetry", "redis_keys", "device_memory", "access"],
+    &["ids", "objects", "overflow", "supervision", "telemetry", "redis_keys", "device_memory", "access", "tls"],
     &["events"],
     &["detector"],
     &["analytics"],
     &["camera_spec", "metrics"],
     &["settings", "pools"],
-    &["db"],
+    &["db", "redis_conn"],
     &["sinks"],
     &["picture"],
     &["actors"],

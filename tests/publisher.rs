@@ -141,9 +141,10 @@ impl Default for Options {
 
 async fn real_stores(env: &TestEnv) -> RedisPostgres {
     let db = Db::connect(&env.postgres_url, 4, Duration::from_secs(2)).await.expect("test database");
-    let manager = bb8_redis::RedisConnectionManager::new(common::redis_url()).unwrap();
-    let redis = its_analytics::pools::builder(4, Duration::from_millis(500)).build(manager).await.unwrap();
-    let stream = StreamOptions { max_len: 1_000_000, dedup_ttl_s: 3600 };
+    let mut settings = its_analytics::settings::Settings::load(None).unwrap().redis;
+    (settings.url, settings.pool_size, settings.connect_timeout_ms) = (common::redis_url(), 4, 500);
+    let redis = its_analytics::redis_conn::RedisPool::connect(&settings).await.unwrap();
+    let stream = StreamOptions::from_settings(&settings);
     RedisPostgres { redis, keys: RedisKeys::new(env.key_prefix()), stream, db }
 }
 

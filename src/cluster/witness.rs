@@ -51,7 +51,7 @@ impl Witness {
     pub async fn forget(&self) {
         if let Ok(mut conn) = self.redis.get().await {
             let _: Result<(), _> =
-                bb8_redis::redis::cmd("HDEL").arg(&self.key).arg(&self.node).query_async(&mut *conn).await;
+                bb8_redis::redis::cmd("HDEL").arg(&self.key).arg(&self.node).query_async(&mut conn).await;
         }
     }
 
@@ -64,7 +64,7 @@ impl Witness {
             .arg(&self.node)
             .arg(if report { "1" } else { "0" })
             .arg(self.ttl_ms)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| e.to_string())
     }

@@ -54,12 +54,7 @@ impl PgTarget {
 /// The rustls connector. With TLS off it is still built (one type for every connection) but has no
 /// roots and is never used: tokio-postgres does not start TLS when the mode is `disable`.
 fn connector(mode: PgTlsMode, ca_file: Option<&Path>) -> Result<PgTls, DbError> {
-    // The process-wide default (other TLS clients of the process use it too); a second install,
-    // here or elsewhere, is refused harmlessly.
-    // `ring` has no post-quantum key exchange (hence deprecated in rustls 0.23.4x); it is the
-    // provider chosen for its pure build (no cmake, no C toolchain beyond cc).
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     if mode == PgTlsMode::VerifyFull {
         match ca_file {

@@ -129,8 +129,9 @@ async fn stream(service: web::Data<Service>, query: web::Query<StreamQuery>) -> 
         return Err(ServiceError::Invalid(problems).into());
     }
     let unavailable = |e: bb8_redis::redis::RedisError| ApiError::from(ServiceError::Redis(e.to_string()));
-    let client = bb8_redis::redis::Client::open(service.settings.redis.url.as_str()).map_err(unavailable)?;
-    let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+    // Single: the server; cluster: the first seed that answers (PUBLISH reaches every node).
+    let mut pubsub =
+        service.redis.subscriber().await.map_err(|e| ApiError::from(ServiceError::Redis(e.to_string())))?;
     match &query.camera_id {
         Some(id) => pubsub.subscribe(service.keys.camera_channel(id)).await.map_err(unavailable)?,
         None => pubsub.psubscribe(service.keys.all_cameras_pattern()).await.map_err(unavailable)?,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod otlp;
+pub mod redis_cluster;
 pub mod tls;
 
 use bb8_postgres::tokio_postgres::{self, NoTls};
