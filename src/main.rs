@@ -109,6 +109,14 @@ enum Command {
     /// Kubernetes `preStop` hook): marks `node.id` as draining in PostgreSQL; the running node
     /// stops its cameras and gives their leases up. Exits 0 when no lease is left to this node.
     Drain,
+    /// Insert into PostgreSQL the events of the Redis events stream it lacks (after a restore or
+    /// a failover lost its last events; docs/OPERATIONS.md). Idempotent; prints a JSON report.
+    BackfillEvents {
+        /// Only entries Redis added at or after this time (RFC 3339, e.g. the base backup's
+        /// time); default: the whole stream.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Make a bearer token for the control API. Prints the token (shown once: only its SHA-256 is
     /// kept) and, unless --append names the tokens file to add it to, its `[[tokens]]` entry.
     Token {
@@ -199,6 +207,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Token { name, role, append } => make_token(&name, role, append.as_deref())?,
         Command::Drain => its_analytics::cluster::drain_node(&settings).await?,
+        Command::BackfillEvents { since } => {
+            let db =
+                its_analytics::db::Db::open(&its_analytics::db::DbOptions::from_settings(&settings.postgres)).await?;
+            let redis = its_analytics::redis_conn::RedisPool::connect(&settings.redis).await?;
+            let keys = its_analytics::redis_keys::RedisKeys::new(&settings.redis.key_prefix);
+            let since_ms = since.map(|t| t.timestamp_millis().max(0) as u64);
+            let report = its_analytics::sinks::backfill::events_from_stream(&redis, &keys, &db, since_ms).await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::Analyze { video, geometry, lines, fps, json } => {
             let mut geometry = match geometry {
                 Some(path) => analyze::read_geometry(&path)?,

@@ -1,7 +1,8 @@
 //! Where events go. Connectors hand events to an `EventSink`, which must never block them; the
 //! service's sink (`publisher`) commits them to the durable `outbox` before delivering them to the
-//! `stores` (Redis and PostgreSQL).
+//! `stores` (Redis and PostgreSQL). `backfill` puts events PostgreSQL lost back from the stream.
 
+pub mod backfill;
 pub mod outbox;
 pub mod publisher;
 pub mod stores;
