@@ -261,11 +261,9 @@ impl Service {
     /// Both connection pools, their statistics also copied into the metrics.
     pub fn pools(&self) -> Vec<crate::pools::PoolView> {
         // Redis Cluster: no pool (one multiplexed connection per cluster node), so no view.
-        let pools: Vec<_> = self
-            .redis
-            .pool_view()
+        let pools: Vec<_> = [self.redis.pool_view(), Some(self.db.pool_view()), self.db.read_pool_view()]
             .into_iter()
-            .chain([Some(self.db.pool_view()), self.db.read_pool_view()].into_iter().flatten())
+            .flatten()
             .collect();
         for pool in &pools {
             pool.export(&self.metrics);

@@ -22,18 +22,6 @@ async fn event_rows(db: &bb8_postgres::tokio_postgres::Client) -> Vec<String> {
     ids
 }
 
-/// The `event_id` of every entry of the events stream, read from the cluster, sorted.
-async fn stream_ids(conn: &mut redis::cluster_async::ClusterConnection, key: &str) -> Vec<String> {
-    let entries: Vec<(String, Vec<String>)> =
-        redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(conn).await.unwrap();
-    let mut ids: Vec<String> = entries
-        .iter()
-        .map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "event_id").expect("an event_id field")[1].clone())
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[tokio::test]
 async fn a_killed_primary_fails_over_and_every_event_lands_once() {
     let env = TestEnv::new().await;
@@ -142,5 +130,9 @@ async fn a_killed_primary_fails_over_and_every_event_lands_once() {
     assert!(status.success(), "{log}");
     let rows = event_rows(&db).await;
     assert!(rows.len() >= before_kill + 10, "{} events", rows.len());
-    assert_eq!(stream_ids(&mut conn, &stream_key).await, rows, "every event once in the cluster's stream");
+    assert_eq!(
+        common::stream_event_ids(&mut conn, env.key_prefix()).await,
+        rows,
+        "every event once in the cluster's stream"
+    );
 }

@@ -572,7 +572,7 @@ pub async fn counts_when_ended(client: &reqwest::Client, svc: &Service, camera_i
 }
 
 /// The `event_id` of every entry of the test's Redis events stream, sorted.
-pub async fn stream_event_ids(conn: &mut redis::aio::MultiplexedConnection, key_prefix: &str) -> Vec<String> {
+pub async fn stream_event_ids(conn: &mut impl redis::aio::ConnectionLike, key_prefix: &str) -> Vec<String> {
     // XRANGE: [[id, [field, value, ...]], ...]
     let entries: Vec<(String, Vec<String>)> =
         redis::cmd("XRANGE").arg(format!("{key_prefix}:events")).arg("-").arg("+").query_async(conn).await.unwrap();
