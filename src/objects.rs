@@ -41,6 +41,11 @@ impl BBox {
         }
     }
 
+    /// The larger of width and height.
+    pub fn larger_side(&self) -> f32 {
+        (self.x2 - self.x1).max(self.y2 - self.y1)
+    }
+
     /// The point where the object meets the road: bottom centre of the box.
     pub fn ground_point(&self) -> (f32, f32) {
         ((self.x1 + self.x2) * 0.5, self.y2)

@@ -99,6 +99,17 @@ pub struct TrackedObject {
 
 /// Weak detections are ambiguous, so they must overlap a followed track clearly.
 const LOW_SCORE_MIN_IOU: f32 = 0.5;
+/// How far from a prediction the centre of a confident detection of similar size that does not
+/// overlap it enough may be and still be that object: a vehicle crossing the image at a low
+/// frame rate moves more than its own length between frames. A followed track's prediction is
+/// off by about what it moved in a frame: its reach is twice its speed (pixels a frame), at most
+/// its box's larger side, so at a high frame rate (a few pixels a frame) it is a few pixels.
+const FOLLOWED_REACH_SPEEDS: f32 = 2.0;
+/// A track seen once (tentative, or confirmed on the first frame) has no velocity yet: its
+/// prediction is where it was, so it reaches twice its box's larger side.
+const TENTATIVE_REACH_SIZES: f32 = 2.0;
+/// Matches by distance score at most this, below every match by overlap, which always wins.
+const DISTANCE_SCORE: f32 = 0.1;
 /// A tentative track has no velocity yet, so it is matched with a looser overlap than the
 /// first association would demand of a predicted box.
 const TENTATIVE_MIN_IOU: f32 = 0.3;
@@ -143,13 +154,23 @@ impl Tracker {
             track.kalman.predict();
         }
         let predicted: Vec<BBox> = self.tracks.iter().map(|t| t.kalman.bbox()).collect();
+        let reach: Vec<f32> = self
+            .tracks
+            .iter()
+            .zip(&predicted)
+            .map(|(t, b)| match t.hits {
+                1 => TENTATIVE_REACH_SIZES * b.larger_side(),
+                _ => (FOLLOWED_REACH_SPEEDS * t.kalman.speed()).min(b.larger_side()),
+            })
+            .collect();
 
         // First association: confident detections against followed and lost tracks.
         let mut pool: Vec<usize> =
             (0..self.tracks.len()).filter(|&t| self.tracks[t].state != TrackState::Tentative).collect();
         let mut high_left: Vec<usize> = (0..high.len()).collect();
-        let first =
-            associate(&mut pool, &mut high_left, |t, d| predicted[t].iou(&high[d].bbox), 1.0 - config.match_thresh);
+        let first = associate(&mut pool, &mut high_left, |t, d| {
+            match_score(&predicted[t], &high[d].bbox, 1.0 - config.match_thresh, reach[t])
+        });
         for (t, d) in first {
             self.tracks[t].observe(&high[d], frame, config.confident_score);
             self.tracks[t].state = TrackState::Confirmed;
@@ -160,7 +181,9 @@ impl Tracker {
         // clutter steals ids.
         pool.retain(|&t| self.tracks[t].state == TrackState::Confirmed);
         let mut low_left: Vec<usize> = (0..low.len()).collect();
-        let second = associate(&mut pool, &mut low_left, |t, d| predicted[t].iou(&low[d].bbox), LOW_SCORE_MIN_IOU);
+        let second = associate(&mut pool, &mut low_left, |t, d| {
+            match_score(&predicted[t], &low[d].bbox, LOW_SCORE_MIN_IOU, 0.0)
+        });
         for (t, d) in second {
             self.tracks[t].observe(&low[d], frame, config.confident_score);
         }
@@ -171,8 +194,14 @@ impl Tracker {
         // Third association: tentative tracks get their one chance to be confirmed.
         let mut tentative: Vec<usize> =
             (0..self.tracks.len()).filter(|&t| self.tracks[t].state == TrackState::Tentative).collect();
-        let third =
-            associate(&mut tentative, &mut high_left, |t, d| predicted[t].iou(&high[d].bbox), TENTATIVE_MIN_IOU);
+        let third = associate(&mut tentative, &mut high_left, |t, d| {
+            match_score(
+                &predicted[t],
+                &high[d].bbox,
+                TENTATIVE_MIN_IOU,
+                TENTATIVE_REACH_SIZES * predicted[t].larger_side(),
+            )
+        });
         for (t, d) in third {
             self.tracks[t].observe(&high[d], frame, config.confident_score);
             self.tracks[t].state = TrackState::Confirmed;
@@ -295,7 +324,18 @@ impl Track {
     }
 
     fn observe(&mut self, detection: &Detection, frame: u64, confident_score: f32) {
-        self.kalman.update(&measurement(&detection.bbox));
+        let z = measurement(&detection.bbox);
+        if self.hits == 1 {
+            // The second sighting gives the velocity the filter would otherwise take many frames
+            // to learn from its wide prior: at a low frame rate there are few frames to learn in.
+            let frames = (frame - self.last_seen).max(1) as f64;
+            let first = self.kalman.mean;
+            self.kalman.update(&z);
+            self.kalman.mean[4] = (z[0] - first[0]) / frames;
+            self.kalman.mean[5] = (z[1] - first[1]) / frames;
+        } else {
+            self.kalman.update(&z);
+        }
         self.last_seen = frame;
         self.hits += 1;
         self.confident_hits += u32::from(detection.score >= confident_score);
@@ -323,23 +363,37 @@ fn is_usable(detection: &Detection) -> bool {
     detection.score.is_finite() && [b.x1, b.y1, b.x2, b.y2].iter().all(|v| v.is_finite()) && b.x2 > b.x1 && b.y2 > b.y1
 }
 
-/// Optimal one-to-one matching of `tracks` to `detections` maximising the summed IoU, keeping
-/// only pairs that overlap by at least `min_iou`. The matched indices are removed from both
-/// lists, so they are left holding the unmatched ones.
+/// How well a track's predicted box and a detection match, `None` when they cannot be the same
+/// object: their IoU when it reaches `min_iou`; otherwise, for boxes of similar area (within a
+/// factor of 2) whose centres are less than `reach` pixels apart, a score falling from
+/// `DISTANCE_SCORE` with the distance (`reach` 0: overlap only).
+fn match_score(predicted: &BBox, detection: &BBox, min_iou: f32, reach: f32) -> Option<f32> {
+    let iou = predicted.iou(detection);
+    if iou >= min_iou && iou > 0.0 {
+        return Some(iou);
+    }
+    let (a, b) = (predicted.area(), detection.area());
+    if reach.is_nan() || reach <= 0.0 || a.min(b) < 0.5 * a.max(b) {
+        return None;
+    }
+    let dx = (predicted.x1 + predicted.x2 - detection.x1 - detection.x2) / 2.0;
+    let dy = (predicted.y1 + predicted.y2 - detection.y1 - detection.y2) / 2.0;
+    let distance = dx.hypot(dy);
+    (distance < reach).then(|| DISTANCE_SCORE * (1.0 - distance / reach))
+}
+
+/// Optimal one-to-one matching of `tracks` to `detections` maximising the summed score, keeping
+/// only pairs `score` accepts (`Some`, positive and finite). The matched indices are removed
+/// from both lists, so they are left holding the unmatched ones.
 fn associate(
     tracks: &mut Vec<usize>,
     detections: &mut Vec<usize>,
-    iou: impl Fn(usize, usize) -> f32,
-    min_iou: f32,
+    score: impl Fn(usize, usize) -> Option<f32>,
 ) -> Vec<(usize, usize)> {
     if tracks.is_empty() || detections.is_empty() {
         return Vec::new();
     }
-    // Overlap must be real whatever the gate: disjoint boxes are never the same object.
-    let acceptable = |t: usize, d: usize| {
-        let v = iou(tracks[t], detections[d]);
-        (v >= min_iou && v > 0.0).then_some(v)
-    };
+    let acceptable = |t: usize, d: usize| score(tracks[t], detections[d]).filter(|v| *v > 0.0 && v.is_finite());
     // The solver works on integers (floats could make it loop forever); rejected pairs weigh
     // nothing, so they never displace an acceptable one, and acceptable ones weigh at least 1
     // so that even a tiny accepted overlap beats nothing.
@@ -472,6 +526,11 @@ impl KalmanBox {
         }
     }
 
+    /// Pixels a frame the centre moves.
+    fn speed(&self) -> f32 {
+        self.mean[4].hypot(self.mean[5]) as f32
+    }
+
     fn bbox(&self) -> BBox {
         let (cx, cy, a, h) = (self.mean[0], self.mean[1], self.mean[2], self.mean[3]);
         let w = a * h;
@@ -534,7 +593,8 @@ mod tests {
         let table = [[0.6, 0.5], [0.55, 0.0]];
         let mut tracks = vec![0, 1];
         let mut detections = vec![0, 1];
-        let mut matches = associate(&mut tracks, &mut detections, |t, d| table[t][d], 0.2);
+        let gate = |v: f32| (v >= 0.2).then_some(v);
+        let mut matches = associate(&mut tracks, &mut detections, |t, d| gate(table[t][d]));
         matches.sort();
         assert_eq!(matches, vec![(0, 1), (1, 0)]);
         assert!(tracks.is_empty() && detections.is_empty());
@@ -547,7 +607,7 @@ mod tests {
         table[1][5] = 0.1;
         let mut tracks = vec![0, 1, 2];
         let mut detections = vec![11, 5];
-        let matches = associate(&mut tracks, &mut detections, |t, d| table[t][d], 0.2);
+        let matches = associate(&mut tracks, &mut detections, |t, d| gate(table[t][d]));
         assert_eq!(matches, vec![(2, 11)]);
         assert_eq!(tracks, vec![0, 1]);
         assert_eq!(detections, vec![5]);
@@ -555,7 +615,7 @@ mod tests {
         // NaN overlaps are rejected, never matched.
         let mut tracks = vec![0];
         let mut detections = vec![0];
-        assert!(associate(&mut tracks, &mut detections, |_, _| f32::NAN, 0.0).is_empty());
+        assert!(associate(&mut tracks, &mut detections, |_, _| Some(f32::NAN)).is_empty());
         assert_eq!((tracks, detections), (vec![0], vec![0]));
     }
 
@@ -571,6 +631,36 @@ mod tests {
             assert_eq!(out[0].score, 0.9);
         }
         assert_eq!(tracker.live_tracks(), 1);
+    }
+
+    /// At a low frame rate a vehicle crossing the image moves more than its own width between
+    /// frames, so its boxes never overlap: it keeps one id, from its first frame or a later one.
+    #[test]
+    fn objects_moving_one_and_a_half_widths_a_frame_sideways_keep_their_ids() {
+        for born in [1, 3] {
+            let mut tracker = Tracker::new(TrackerConfig::default());
+            for _ in 1..born {
+                tracker.update(&[]);
+            }
+            let mut seen = Vec::new();
+            for step in 0..8 {
+                // 40 px wide, 60 px a frame; a second car in the next lane the other way.
+                let x = 30.0 + 60.0 * step as f32;
+                let out =
+                    tracker.update(&[car(x, 100.0, 0.9), det(510.0 - x, 160.0, 40.0, 20.0, 0.9, ObjectClass::Car)]);
+                for o in &out {
+                    let lane = (o.bbox.y1 > 130.0) as usize;
+                    seen.push((lane, o.track_id));
+                }
+            }
+            let lanes: Vec<Vec<u64>> =
+                (0..2).map(|l| seen.iter().filter(|(lane, _)| *lane == l).map(|(_, id)| *id).collect()).collect();
+            for ids in &lanes {
+                assert!(ids.len() >= 7, "born at frame {born}: reported on too few frames: {seen:?}");
+                assert!(ids.windows(2).all(|w| w[0] == w[1]), "born at frame {born}: id changed: {seen:?}");
+            }
+            assert_ne!(lanes[0][0], lanes[1][0]);
+        }
     }
 
     #[test]
