@@ -124,14 +124,38 @@ async fn text_until(client: &Client, css: &str, what: &str, check: impl Fn(&str)
     }
 }
 
+/// Whether the page replaced the element between finding and using it (a view rendered again):
+/// finding it again is the answer.
+fn is_stale(error: &fantoccini::error::CmdError) -> bool {
+    matches!(error, fantoccini::error::CmdError::Standard(e) if e.error == fantoccini::error::ErrorStatus::StaleElementReference)
+}
+
+/// Finds `css` and acts on it, finding it again while the page replaces it under the action.
+async fn on_element<F, Fut>(client: &Client, css: &str, what: &str, act: F)
+where
+    F: Fn(Element) -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match act(find(client, css).await).await {
+            Ok(()) => return,
+            Err(e) if is_stale(&e) && std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("{what} {css}: {e}"),
+        }
+    }
+}
+
 async fn type_into(client: &Client, css: &str, text: &str) {
-    let input = find(client, css).await;
-    input.clear().await.unwrap();
-    input.send_keys(text).await.unwrap();
+    on_element(client, css, "type into", |input| async move {
+        input.clear().await?;
+        input.send_keys(text).await
+    })
+    .await;
 }
 
 async fn click(client: &Client, css: &str) {
-    find(client, css).await.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+    on_element(client, css, "click", |element| async move { element.click().await }).await;
 }
 
 async fn go(client: &Client, svc: &Service, hash: &str) {

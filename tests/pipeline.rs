@@ -146,7 +146,7 @@ async fn redis_stream_postgres_and_api_agree_for_one_camera() {
     assert_eq!(none["events"], json!([]));
 
     // Per-minute measures were stored at the end of the stream; a 15-minute roll-up holds them all.
-    let history: Value = common::eventually("the measures to be stored", Duration::from_secs(30), || async {
+    let history: Value = common::eventually("the measures to be stored", Duration::from_secs(60), || async {
         let h: Value = client
             .get(svc.url("/api/v1/cameras/overpass/analytics?interval=15m"))
             .send()
