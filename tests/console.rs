@@ -127,7 +127,8 @@ async fn text_until(client: &Client, css: &str, what: &str, check: impl Fn(&str)
 /// Whether the page replaced the element between finding and using it (a view rendered again):
 /// finding it again is the answer.
 fn is_stale(error: &fantoccini::error::CmdError) -> bool {
-    matches!(error, fantoccini::error::CmdError::Standard(e) if e.error == fantoccini::error::ErrorStatus::StaleElementReference)
+    use fantoccini::error::{CmdError, ErrorStatus};
+    matches!(error, CmdError::Standard(e) if e.error == ErrorStatus::StaleElementReference)
 }
 
 /// Finds `css` and acts on it, finding it again while the page replaces it under the action.
