@@ -43,7 +43,7 @@ fn detections(frame: usize) -> Vec<Detection> {
         .map(|i| {
             let x = 15.0 * i as f32;
             let y = (frame as f32 * 2.0 + 7.0 * i as f32) % 240.0;
-            Detection { bbox: BBox::new(x, y, x + 12.0, y + 10.0), score: 0.8, class: ObjectClass::Car }
+            Detection::new(BBox::new(x, y, x + 12.0, y + 10.0), 0.8, ObjectClass::Car)
         })
         .collect()
 }

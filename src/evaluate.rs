@@ -29,7 +29,16 @@
 //! class = "car"                          # optional; absent: every vehicle class together
 //! count = 27                             # true total over the whole clip
 //! cumulative = [2, 5, 7, 9, 12, 15, 18, 21, 24, 27]  # optional: k cumulative counts
+//!
+//! [[clip.variant]]                       # optional: the clip again, scored on the same truth
+//! name = "night"                         # unique in the clip; reported as "overpass_video03/night"
+//! fps = 5                                # optional: another sampling rate
+//! filter = "lutyuv=y=val*0.35"           # optional: an FFmpeg filter graph (ffmpeg -vf)
 //! ```
+//!
+//! A variant with a `filter` is analysed from a copy the `ffmpeg` command makes once (every frame,
+//! lossless) and keeps in `ITS_EVALUATE_CACHE` (default: `its-analytics-variants` in the system's
+//! temporary directory); see [`variant_file`].
 //!
 //! Unknown keys are errors (`deny_unknown_fields`; the TOML parser names the key and its line).
 //! Everything else is checked together and every problem is reported at once: missing fields,
@@ -41,9 +50,11 @@
 //! `serde_json::from_value::<Geometry>(clip.geometry.clone())` and validates it, for every clip
 //! before running the first one, so a typo fails fast.
 //!
-//! Classes: a truth row with `class` counts crossings of that class only (`car`, `motorcycle`,
-//! `bus`, `truck`, `bicycle`, `person`); without `class` it counts every vehicle class
-//! ([`VEHICLE_CLASSES`]: car, motorcycle, bus, truck; not bicycles or persons).
+//! Classes: a truth row with `class` counts crossings of that class only (`car`, `van`,
+//! `motorcycle`, `bus`, `truck`, `bicycle`, `person`); without `class` it counts every vehicle
+//! class ([`VEHICLE_CLASSES`]: car, van, motorcycle, bus, truck; not bicycles or persons). The rows
+//! of one line and direction that name a class give the clip's class accuracy
+//! ([`ClipResult::class_accuracy`]).
 //!
 //! # Metric
 //!
@@ -92,9 +103,9 @@ pub const DEFAULT_SEGMENTS: usize = 10;
 /// Largest `segments` the manifest accepts.
 pub const MAX_SEGMENTS: usize = 1000;
 /// Classes counted by a truth row without `class`.
-pub const VEHICLE_CLASSES: [&str; 4] = ["car", "motorcycle", "bus", "truck"];
+pub const VEHICLE_CLASSES: [&str; 5] = ["car", "van", "motorcycle", "bus", "truck"];
 /// Classes a truth row may name.
-pub const CLASSES: [&str; 6] = ["car", "motorcycle", "bus", "truck", "bicycle", "person"];
+pub const CLASSES: [&str; 7] = ["car", "van", "motorcycle", "bus", "truck", "bicycle", "person"];
 /// Weight of effectiveness in the score (challenge: beta = 0.7).
 pub const EFFECTIVENESS_WEIGHT: f64 = 0.7;
 /// Weight of efficiency in the score (challenge: alpha = 0.3).
@@ -118,10 +129,13 @@ pub struct Manifest {
 /// One clip to run and score.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClipSpec {
-    /// Unique within the manifest.
+    /// Unique within the manifest; a variant's is `clip/variant`.
     pub name: String,
     /// Relative to the assets directory; see [`ClipSpec::video_path`].
     pub video: PathBuf,
+    /// A variant's FFmpeg filter graph (`ffmpeg -vf`): the clip is analysed as this filter makes it
+    /// (darkened, noisy, upscaled); see [`variant_file`].
+    pub filter: Option<String>,
     /// Frames analysed per second, for the analysis run's `fps` (None: every frame).
     pub fps: Option<f64>,
     /// The clip's true frame rate when its container's is wrong; see [`ClipSpec::video_seconds`].
@@ -236,6 +250,17 @@ struct RawClip {
     geometry: Option<serde_json::Value>,
     #[serde(default)]
     truth: Vec<RawTruth>,
+    #[serde(default)]
+    variant: Vec<RawVariant>,
+}
+
+/// The clip again, sampled at another rate or through an FFmpeg filter, scored on the same truth.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVariant {
+    name: Option<String>,
+    fps: Option<f64>,
+    filter: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -405,16 +430,54 @@ impl RawManifest {
                     });
                 }
             }
+            let mut variant_names = HashSet::new();
+            let mut variants = Vec::new();
+            for (v, variant) in raw.variant.into_iter().enumerate() {
+                let mut problem = |text: String| problem(format!("variant {}: {text}", v + 1));
+                match &variant.name {
+                    None => problem("missing name".into()),
+                    Some(name) if name.trim().is_empty() || name.contains('/') => {
+                        problem(format!("name {name:?}: must be non-empty, without '/'"))
+                    }
+                    Some(name) if !variant_names.insert(name.clone()) => problem(format!("duplicate variant {name:?}")),
+                    Some(_) => {}
+                }
+                if let Some(fps) = variant.fps.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                    problem(format!("fps = {fps}: must be a positive number"));
+                }
+                match &variant.filter {
+                    Some(f) if f.trim().is_empty() || f.chars().any(char::is_control) => {
+                        problem("filter must be a non-empty FFmpeg filter graph on one line".into())
+                    }
+                    None if variant.fps.is_none() => problem("a variant needs fps, filter or both".into()),
+                    _ => {}
+                }
+                if let Some(name) = variant.name {
+                    variants.push((name, variant.fps, variant.filter));
+                }
+            }
             if let (Some(name), Some(video), Some(geometry)) = (raw.name, raw.video, raw.geometry) {
-                clips.push(ClipSpec {
+                let base = ClipSpec {
                     name,
                     video: video.into(),
+                    filter: None,
                     fps: raw.fps,
                     source_fps: raw.source_fps,
                     geometry,
                     truths,
                     segments,
-                });
+                };
+                let variants: Vec<ClipSpec> = variants
+                    .into_iter()
+                    .map(|(variant, fps, filter)| ClipSpec {
+                        name: format!("{}/{variant}", base.name),
+                        fps: fps.or(base.fps),
+                        filter,
+                        ..base.clone()
+                    })
+                    .collect();
+                clips.push(base);
+                clips.extend(variants);
             }
         }
         if errors.is_empty() {
@@ -537,6 +600,10 @@ pub struct ClipResult {
     pub efficiency: f64,
     /// Mean effectiveness of the clip's truth rows.
     pub effectiveness: f64,
+    /// Share of the vehicles of the rows that name a class that were counted in their class: per
+    /// line and direction, `sum over classes of min(predicted, truth)`, over the sum of the truths
+    /// (None: no row names a class).
+    pub class_accuracy: Option<f64>,
     pub truths: Vec<TruthResult>,
 }
 
@@ -593,8 +660,18 @@ pub fn score_clip(
         realtime_factor: if seconds > 0.0 { video_seconds / seconds } else { 0.0 },
         efficiency: efficiency(seconds, video_seconds),
         effectiveness: mean_effectiveness(&truths),
+        class_accuracy: class_accuracy(&truths),
         truths,
     }
+}
+
+/// See [`ClipResult::class_accuracy`]: rows of one line and direction that name a class split
+/// the same vehicles, so each class is right for at most its true count.
+pub fn class_accuracy(rows: &[TruthResult]) -> Option<f64> {
+    let classed: Vec<&TruthResult> = rows.iter().filter(|r| r.class.is_some()).collect();
+    let truth: u64 = classed.iter().map(|r| r.truth).sum();
+    let right: u64 = classed.iter().map(|r| r.truth.min(r.predicted)).sum();
+    (!classed.is_empty()).then(|| if truth == 0 { 1.0 } else { right as f64 / truth as f64 })
 }
 
 /// A clip that could not be run: every row predicted 0 and scored 0 (also rows with truth 0: a
@@ -622,6 +699,7 @@ pub fn score_failed(clip: &ClipSpec, error: impl Into<String>) -> ClipResult {
         realtime_factor: 0.0,
         efficiency: 0.0,
         effectiveness: 0.0,
+        class_accuracy: class_accuracy(&truths),
         truths,
     }
 }
@@ -772,7 +850,11 @@ impl EvaluateReport {
                     r.effectiveness
                 );
             }
-            let _ = writeln!(out, "  clip effectiveness {:.3}", clip.effectiveness);
+            let _ = write!(out, "  clip effectiveness {:.3}", clip.effectiveness);
+            if let Some(accuracy) = clip.class_accuracy {
+                let _ = write!(out, ", class accuracy {:.1} %", accuracy * 100.0);
+            }
+            out.push('\n');
             out.push('\n');
         }
         let a = &self.aggregate;
@@ -811,6 +893,48 @@ pub fn truth_label(truth: &TruthSpec) -> String {
     format!("{} {} ({})", truth.line, truth.direction, truth.class_label())
 }
 
+/// The file a variant is analysed from: `video` through `filter`, made once with the `ffmpeg`
+/// command (every frame kept as it is timed, lossless FFV1 in Matroska) and kept in `cache` under
+/// a name that hashes the source's path, size and modification time and the filter, so a changed
+/// source or filter makes a new file. Written under a temporary name and renamed, so concurrent
+/// runs never read half a file.
+pub fn variant_file(video: &Path, filter: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+
+    let meta = std::fs::metadata(video).map_err(|e| anyhow::anyhow!("{}: {e}", video.display()))?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (video.canonicalize().unwrap_or_else(|_| video.to_path_buf()), meta.len(), meta.modified().ok(), filter)
+        .hash(&mut hasher);
+    let stem = video.file_stem().and_then(|s| s.to_str()).unwrap_or("clip");
+    let target = cache.join(format!("{stem}-{:016x}.mkv", hasher.finish()));
+    if target.is_file() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(cache).map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    let partial = cache.join(format!(".{stem}-{}-{:?}.partial.mkv", std::process::id(), std::thread::current().id()));
+    let output = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(video)
+        .args(["-vf", filter, "-fps_mode", "passthrough", "-an", "-c:v", "ffv1"])
+        .arg(&partial)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run ffmpeg to make the variant {filter:?}: {e} (install FFmpeg)"))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        anyhow::bail!("ffmpeg -vf {filter:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    std::fs::rename(&partial, &target).map_err(|e| anyhow::anyhow!("{}: {e}", target.display()))?;
+    Ok(target)
+}
+
+/// Where `evaluate` keeps the variants it made: `ITS_EVALUATE_CACHE`, else a directory in the
+/// system's temporary directory.
+pub fn variant_cache() -> PathBuf {
+    std::env::var_os("ITS_EVALUATE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("its-analytics-variants"))
+}
+
 /// Runs every clip of the manifest through the offline analysis (the live code path) and scores
 /// it. Every clip's geometry is checked before the first runs, so a typo fails fast; a clip
 /// whose run fails scores zero and the others still run.
@@ -843,7 +967,20 @@ pub async fn run(
     let mut results = Vec::new();
     for (clip, geometry) in manifest.clips.iter().zip(geometries) {
         let mode = crate::topology::CameraMode::Offline;
-        match crate::analyze::analyze(settings, &clip.video_path(assets), geometry, clip.fps, mode).await {
+        let video = match &clip.filter {
+            None => Ok(clip.video_path(assets)),
+            Some(filter) => {
+                let (source, filter, cache) = (clip.video_path(assets), filter.clone(), variant_cache());
+                tokio::task::spawn_blocking(move || variant_file(&source, &filter, &cache))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("variant maker panicked: {e}")))
+            }
+        };
+        let run = match video {
+            Ok(video) => crate::analyze::analyze(settings, &video, geometry, clip.fps, mode).await,
+            Err(error) => Err(error),
+        };
+        match run {
             Ok(run) => {
                 let crossings: Vec<ObservedCrossing> = run
                     .events
@@ -887,6 +1024,7 @@ mod tests {
         ClipSpec {
             name: "c".into(),
             video: "video/c.avi".into(),
+            filter: None,
             fps: None,
             source_fps: None,
             geometry: serde_json::json!({"lines": [{"id": "l", "a": [0, 10], "b": [100, 10]}]}),
@@ -1142,6 +1280,63 @@ count = 0
     }
 
     #[test]
+    fn variants_are_the_clip_again_on_the_same_truth() {
+        let text = format!(
+            "{GOOD}\n[[clip.variant]]\nname = \"5fps\"\nfps = 5\n\n\
+             [[clip.variant]]\nname = \"dark\"\nfilter = \"eq=gamma=0.5\"\n"
+        );
+        let m = parse_manifest(&text).unwrap();
+        let names: Vec<&str> = m.clips.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "a/5fps", "a/dark"]);
+        assert_eq!((m.clips[1].fps, m.clips[1].filter.as_deref()), (Some(5.0), None));
+        assert_eq!((m.clips[2].fps, m.clips[2].filter.as_deref()), (Some(10.0), Some("eq=gamma=0.5")), "fps inherited");
+        assert_eq!(m.clips[2].truths, m.clips[0].truths);
+
+        let bad = format!(
+            "{GOOD}\n[[clip.variant]]\nname = \"a/b\"\nfps = -1\n\n[[clip.variant]]\nname = \"x\"\n\n\
+             [[clip.variant]]\nname = \"x\"\nfilter = \"\"\n"
+        );
+        let Err(ManifestError::Invalid(errors)) = parse_manifest(&bad) else { panic!("expected invalid") };
+        assert_eq!(
+            errors,
+            [
+                r#"clip 1 ("a"): variant 1: name "a/b": must be non-empty, without '/'"#,
+                r#"clip 1 ("a"): variant 1: fps = -1: must be a positive number"#,
+                r#"clip 1 ("a"): variant 2: a variant needs fps, filter or both"#,
+                r#"clip 1 ("a"): variant 3: duplicate variant "x""#,
+                r#"clip 1 ("a"): variant 3: filter must be a non-empty FFmpeg filter graph on one line"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn class_accuracy_counts_each_class_right_up_to_its_truth() {
+        let class_row = |direction: &str, class: &str, count| TruthSpec {
+            line: "l".into(),
+            direction: direction.into(),
+            class: Some(class.into()),
+            count,
+            cumulative: None,
+        };
+        let clip = clip_with(
+            vec![truth(10, None), class_row("in", "car", 7), class_row("in", "van", 2), class_row("in", "truck", 1)],
+            10,
+        );
+        // 10 vehicles: 8 called car (one van among them), 1 van, 1 bus (the truck).
+        let crossings: Vec<ObservedCrossing> = (0..8)
+            .map(|i| crossing(i, "l", "in", "car"))
+            .chain([crossing(8, "l", "in", "van"), crossing(9, "l", "in", "bus")])
+            .collect();
+        let r = score_clip(&clip, &crossings, 10, 1.0, 1.0);
+        // car min(8, 7) + van min(1, 2) + truck min(0, 1) = 8 of 10.
+        assert_eq!(r.class_accuracy, Some(0.8));
+        assert_eq!(r.truths[0].predicted, 10, "vans and buses are vehicles");
+        let unclassed = score_clip(&clip_with(vec![truth(1, None)], 10), &[], 1, 1.0, 1.0);
+        assert_eq!(unclassed.class_accuracy, None, "no row names a class");
+        assert!(aggregate(&[r]).table().contains("class accuracy 80.0 %"));
+    }
+
+    #[test]
     fn manifest_reports_every_problem_at_once() {
         let text = r#"
 segments = 3
@@ -1192,7 +1387,10 @@ count = 1
             r#"clip 2 ("a"): missing video"#,
             r#"clip 2 ("a"): fps = 0: must be a positive number"#,
             r#"clip 2 ("a"): geometry.lines[1]: duplicate line id "x""#,
-            r#"clip 2 ("a"): truth 1: class "tractor": must be one of car, motorcycle, bus, truck, bicycle, person"#,
+            concat!(
+                r#"clip 2 ("a"): truth 1: class "tractor": "#,
+                "must be one of car, van, motorcycle, bus, truck, bicycle, person"
+            ),
         ];
         for e in expected {
             assert!(errors.iter().any(|x| x == e), "missing {e:?} in\n{all}");

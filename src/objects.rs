@@ -53,6 +53,10 @@ impl BBox {
 }
 
 /// The object classes the service reports. Everything else the model knows is ignored.
+///
+/// The detector (COCO) knows car, bus, truck, motorcycle, bicycle and person; `Van` (light goods
+/// vehicles, minibuses counted as bus aside) and the split of "truck" into van and heavy goods
+/// come from the track's size (`analytics::vehicle_class`). `Truck` is a heavy goods vehicle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectClass {
@@ -62,11 +66,13 @@ pub enum ObjectClass {
     Truck,
     Bicycle,
     Person,
+    Van,
 }
 
 impl ObjectClass {
-    pub const ALL: [ObjectClass; 6] = [
+    pub const ALL: [ObjectClass; 7] = [
         ObjectClass::Car,
+        ObjectClass::Van,
         ObjectClass::Motorcycle,
         ObjectClass::Bus,
         ObjectClass::Truck,
@@ -95,13 +101,14 @@ impl ObjectClass {
             ObjectClass::Truck => "truck",
             ObjectClass::Bicycle => "bicycle",
             ObjectClass::Person => "person",
+            ObjectClass::Van => "van",
         }
     }
 
     /// Four-wheeled motor vehicles: YOLOX often scores one such vehicle as both car and truck,
     /// so suppression treats them as one group (see `nms`).
     pub fn is_motor_vehicle(&self) -> bool {
-        matches!(self, ObjectClass::Car | ObjectClass::Bus | ObjectClass::Truck)
+        matches!(self, ObjectClass::Car | ObjectClass::Van | ObjectClass::Bus | ObjectClass::Truck)
     }
 }
 
@@ -111,6 +118,16 @@ impl std::fmt::Display for ObjectClass {
     }
 }
 
+/// The detector's probabilities of the three motor-vehicle classes it knows, for one box: a van
+/// often scores as both car and truck, and the share of "truck" over a track's life is evidence
+/// of its class (`analytics::vehicle_class`). All zero for other classes and simulated boxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct VehicleProbs {
+    pub car: f32,
+    pub bus: f32,
+    pub truck: f32,
+}
+
 /// One detected object in one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Detection {
@@ -118,4 +135,13 @@ pub struct Detection {
     /// objectness x class probability, 0..1
     pub score: f32,
     pub class: ObjectClass,
+    #[serde(default)]
+    pub vehicle: VehicleProbs,
+}
+
+impl Detection {
+    /// A detection without the detector's per-class probabilities (simulated, tests).
+    pub fn new(bbox: BBox, score: f32, class: ObjectClass) -> Self {
+        Self { bbox, score, class, vehicle: VehicleProbs::default() }
+    }
 }

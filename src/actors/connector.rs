@@ -584,7 +584,7 @@ mod tests {
             seq,
             captured_at: UNIX_EPOCH + Duration::from_millis(EPOCH_MS + 100 * seq),
             captured: Instant::now(),
-            detections: cars.iter().map(|&bbox| Detection { bbox, score: 0.9, class: ObjectClass::Car }).collect(),
+            detections: cars.iter().map(|&bbox| Detection::new(bbox, 0.9, ObjectClass::Car)).collect(),
             span: tracing::Span::none(),
         })
     }

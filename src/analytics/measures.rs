@@ -96,6 +96,7 @@ impl Los {
 pub fn class_length_m(class: ObjectClass) -> f64 {
     match class {
         ObjectClass::Car => 4.5,
+        ObjectClass::Van => 5.5,
         ObjectClass::Motorcycle => 2.2,
         ObjectClass::Bus => 12.0,
         ObjectClass::Truck => 10.0,

@@ -14,6 +14,7 @@ pub mod measures;
 pub mod rollup;
 pub mod scene;
 pub mod tracker;
+pub mod vehicle_class;
 
 use serde::Serialize;
 

@@ -16,6 +16,7 @@ use super::measures::{class_length_m, queue_at, IntervalMeasures, MeasuresView, 
 use super::{AggregateRow, ElementKind};
 use crate::analytics::lines::{LineCount, LineCounter};
 use crate::analytics::tracker::TrackedObject;
+use crate::analytics::vehicle_class::VehicleClassifier;
 use crate::events::{Event, EventDetail, IncidentEvent, LineCrossing};
 use crate::ids::CameraId;
 use crate::objects::{BBox, ObjectClass};
@@ -142,6 +143,7 @@ pub struct SceneAnalytics {
     last_ts_ms: Option<i64>,
     open_incidents: HashMap<String, IncidentEvent>,
     last_minute: Vec<ElementMeasures>,
+    classes: VehicleClassifier,
 }
 
 impl SceneAnalytics {
@@ -172,6 +174,7 @@ impl SceneAnalytics {
             last_ts_ms: None,
             open_incidents: HashMap::new(),
             last_minute: Vec::new(),
+            classes: VehicleClassifier::default(),
         })
     }
 
@@ -195,6 +198,7 @@ impl SceneAnalytics {
 
     /// Analyses one tracked frame. `ts_ms`: frame time (ms since the Unix epoch).
     pub fn observe(&mut self, ts_ms: i64, seq: u64, captured: Instant, objects: &[TrackedObject]) -> FrameOutput {
+        let objects = &self.classes.classify(objects);
         let mut out = FrameOutput::default();
         let minute = ts_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
         if self.minute.is_some_and(|m| minute > m) {
@@ -597,7 +601,13 @@ mod tests {
     /// A car whose ground point is at image y.
     fn car(track_id: u64, y: f64) -> TrackedObject {
         let y = y as f32;
-        TrackedObject { track_id, bbox: BBox::new(40.0, y - 40.0, 60.0, y), class: ObjectClass::Car, score: 0.9 }
+        TrackedObject {
+            track_id,
+            bbox: BBox::new(40.0, y - 40.0, 60.0, y),
+            class: ObjectClass::Car,
+            score: 0.9,
+            vehicle: Default::default(),
+        }
     }
 
     /// Runs frames `0..n` with the objects `at(i)` gives; returns every event and row.
@@ -748,6 +758,7 @@ mod tests {
                 bbox: BBox::new(45.0, y - h, 55.0, y),
                 class: ObjectClass::Car,
                 score: 0.9,
+                vehicle: Default::default(),
             }]
         });
         assert!(types(&out.events).contains(&"incident_opened"), "{:?}", types(&out.events));

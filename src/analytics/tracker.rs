@@ -16,7 +16,7 @@
 use nalgebra::{SMatrix, SVector};
 use pathfinding::prelude::{kuhn_munkres, Matrix};
 
-use crate::objects::{BBox, Detection, ObjectClass};
+use crate::objects::{BBox, Detection, ObjectClass, VehicleProbs};
 
 /// Settings of the tracker; every field has a default so the config file may name only some.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,6 +95,8 @@ pub struct TrackedObject {
     pub class: ObjectClass,
     /// The detection's score in this frame.
     pub score: f32,
+    /// The detector's motor-vehicle probabilities in this frame (`analytics::vehicle_class`).
+    pub vehicle: VehicleProbs,
 }
 
 /// Weak detections are ambiguous, so they must overlap a followed track clearly.
@@ -248,7 +250,13 @@ impl Tracker {
             .iter()
             .filter(|t| t.state == TrackState::Confirmed)
             .filter_map(|t| {
-                t.matched.map(|d| TrackedObject { track_id: t.id, bbox: d.bbox, class: t.class, score: d.score })
+                t.matched.map(|d| TrackedObject {
+                    track_id: t.id,
+                    bbox: d.bbox,
+                    class: t.class,
+                    score: d.score,
+                    vehicle: d.vehicle,
+                })
             })
             .collect()
     }
@@ -543,7 +551,7 @@ mod tests {
     use super::*;
 
     fn det(cx: f32, cy: f32, w: f32, h: f32, score: f32, class: ObjectClass) -> Detection {
-        Detection { bbox: BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0), score, class }
+        Detection::new(BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0), score, class)
     }
 
     fn car(cx: f32, cy: f32, score: f32) -> Detection {
@@ -836,13 +844,13 @@ mod tests {
         let nan = f32::NAN;
         let inf = f32::INFINITY;
         let junk = [
-            Detection { bbox: BBox::new(nan, 0.0, 10.0, 10.0), score: 0.9, class: ObjectClass::Car },
-            Detection { bbox: BBox::new(0.0, 0.0, inf, 10.0), score: 0.9, class: ObjectClass::Car },
-            Detection { bbox: BBox::new(0.0, 0.0, 10.0, 10.0), score: nan, class: ObjectClass::Car },
-            Detection { bbox: BBox::new(0.0, 0.0, 10.0, 10.0), score: inf, class: ObjectClass::Car },
-            Detection { bbox: BBox::new(5.0, 5.0, 5.0, 20.0), score: 0.9, class: ObjectClass::Car },
-            Detection { bbox: BBox::new(5.0, 5.0, 20.0, 5.0), score: 0.9, class: ObjectClass::Car },
-            Detection { bbox: BBox::new(20.0, 20.0, 5.0, 5.0), score: 0.9, class: ObjectClass::Car },
+            Detection::new(BBox::new(nan, 0.0, 10.0, 10.0), 0.9, ObjectClass::Car),
+            Detection::new(BBox::new(0.0, 0.0, inf, 10.0), 0.9, ObjectClass::Car),
+            Detection::new(BBox::new(0.0, 0.0, 10.0, 10.0), nan, ObjectClass::Car),
+            Detection::new(BBox::new(0.0, 0.0, 10.0, 10.0), inf, ObjectClass::Car),
+            Detection::new(BBox::new(5.0, 5.0, 5.0, 20.0), 0.9, ObjectClass::Car),
+            Detection::new(BBox::new(5.0, 5.0, 20.0, 5.0), 0.9, ObjectClass::Car),
+            Detection::new(BBox::new(20.0, 20.0, 5.0, 5.0), 0.9, ObjectClass::Car),
         ];
         for i in 0..20 {
             let real = car(300.0 + 5.0 * i as f32, 300.0, 0.9);
@@ -902,11 +910,11 @@ mod tests {
                         let y = value(480.0);
                         let w = value(120.0);
                         let h = value(120.0);
-                        Detection {
-                            bbox: BBox::new(x, y, x + w, y + h),
-                            score: value(1.0),
-                            class: ObjectClass::ALL[next() as usize % ObjectClass::ALL.len()],
-                        }
+                        Detection::new(
+                            BBox::new(x, y, x + w, y + h),
+                            value(1.0),
+                            ObjectClass::ALL[next() as usize % ObjectClass::ALL.len()],
+                        )
                     })
                     .collect();
                 let out = tracker.update(&detections);

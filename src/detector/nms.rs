@@ -36,7 +36,7 @@ mod tests {
     use crate::objects::BBox;
 
     fn det(x: f32, score: f32, class: ObjectClass) -> Detection {
-        Detection { bbox: BBox::new(x, 0.0, x + 10.0, 10.0), score, class }
+        Detection::new(BBox::new(x, 0.0, x + 10.0, 10.0), score, class)
     }
 
     #[test]

@@ -2,7 +2,12 @@
 //! each `(tx, ty, tw, th, objectness, class scores...)` with objectness and classes already sigmoid.
 
 use super::Letterbox;
-use crate::objects::{BBox, Detection, ObjectClass};
+use crate::objects::{BBox, Detection, ObjectClass, VehicleProbs};
+
+/// COCO ids of car, bus and truck, whose probabilities every motor-vehicle box keeps.
+const COCO_CAR: usize = 2;
+const COCO_BUS: usize = 5;
+const COCO_TRUCK: usize = 7;
 
 pub const STRIDES: [u32; 3] = [8, 16, 32];
 
@@ -48,8 +53,14 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
                 let w = row[2].exp() * s;
                 let h = row[3].exp() * s;
                 let bbox = to_source(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0, letterbox);
+                let vehicle = if class.is_motor_vehicle() {
+                    let p = |id: usize| row.get(5 + id).copied().unwrap_or(0.0);
+                    VehicleProbs { car: p(COCO_CAR), bus: p(COCO_BUS), truck: p(COCO_TRUCK) }
+                } else {
+                    VehicleProbs::default()
+                };
                 if bbox.area() > 0.0 {
-                    out.push(Detection { bbox, score, class });
+                    out.push(Detection { bbox, score, class, vehicle });
                 }
             }
         }
@@ -100,6 +111,11 @@ mod tests {
         let d = dets[0];
         assert_eq!(d.class, ObjectClass::Car);
         assert!((d.score - 0.72).abs() < 1e-6);
+        assert_eq!(
+            (d.vehicle.car, d.vehicle.bus, d.vehicle.truck),
+            (0.8, 0.0, 0.0),
+            "the vehicle classes' probabilities"
+        );
         let expect = BBox::new(40.0 / 1.3, 32.0 / 1.3, 72.0 / 1.3, 48.0 / 1.3);
         for (a, b) in [(d.bbox.x1, expect.x1), (d.bbox.y1, expect.y1), (d.bbox.x2, expect.x2), (d.bbox.y2, expect.y2)] {
             assert!((a - b).abs() < 1e-3, "{:?} vs {:?}", d.bbox, expect);

@@ -176,6 +176,7 @@ mod tests {
             bbox: BBox::new(10.0, 10.0, 50.0, 40.0),
             class: ObjectClass::Bus,
             score: 0.8,
+            vehicle: Default::default(),
         }];
         camera.set_tracks(LatestTracks { seq: 1, objects, geometry: Arc::new(Geometry::default()) });
         let drawn = hub.picture(&camera, Some(&counts), Wait::Skip).await.unwrap();

@@ -31,6 +31,7 @@ const MAX_LABEL_MOVES: usize = 8;
 pub fn class_colour(class: ObjectClass) -> Bgr {
     match class {
         ObjectClass::Car => [0, 255, 0],
+        ObjectClass::Van => [255, 128, 0],
         ObjectClass::Truck => [0, 165, 255],
         ObjectClass::Bus => [0, 255, 255],
         ObjectClass::Motorcycle => [255, 0, 255],
@@ -158,8 +159,13 @@ mod tests {
         let (w, h) = (200u32, 150u32);
         let mut pixels = picture(w, h);
         let mut canvas = Canvas::new(&mut pixels, w, h);
-        let car =
-            TrackedObject { track_id: 7, bbox: BBox::new(40.0, 40.0, 80.0, 70.0), class: ObjectClass::Car, score: 0.9 };
+        let car = TrackedObject {
+            track_id: 7,
+            bbox: BBox::new(40.0, 40.0, 80.0, 70.0),
+            class: ObjectClass::Car,
+            score: 0.9,
+            vehicle: Default::default(),
+        };
         let geometry = Geometry {
             lines: vec![LineSpec { id: "l1".into(), name: String::new(), a: [0.0, 100.0], b: [100.0, 100.0] }],
             zones: vec![ZoneSpec {

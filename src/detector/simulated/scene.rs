@@ -88,7 +88,7 @@ impl Scene {
         let x1 = lane * lane_width + lane_width * (1.0 - BOX_WIDTH_SHARE) / 2.0;
         let x2 = x1 + lane_width * BOX_WIDTH_SHARE;
         let bbox = BBox::new(x1 as f32, (ground - BOX_HEIGHT) as f32, x2 as f32, ground as f32);
-        Detection { bbox, score: SCORE, class: self.class_of(k) }
+        Detection::new(bbox, SCORE, self.class_of(k))
     }
 
     /// A mix of classes, fixed per vehicle: 80 % cars, 10 % trucks, 5 % buses, 5 % motorcycles.
