@@ -220,6 +220,17 @@ async fn a_geometry_change_mid_stream_is_a_new_version() {
         .unwrap()
         .get(0);
     assert!(lanes >= 2, "{lanes} lane rows");
+    // Their rows carry the shipped lanes' 2 m loops and what their occupancy is made of.
+    let looped: i64 = db
+        .query_one(
+            "SELECT count(*) FROM analytics_1m WHERE element_kind = 'lane' AND geometry_version = 2 \
+             AND (measures->>'loop_length_m')::float8 = 2 AND measures ? 'loop_occupied_frames'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(looped, lanes);
     let stray: i64 = db
         .query_one("SELECT count(*) FROM analytics_1m WHERE element_kind = 'lane' AND geometry_version = 1", &[])
         .await

@@ -67,7 +67,25 @@ pub struct ZoneSpec {
     /// Stop line `[a, b]` in image pixels, lanes only: queues are measured upstream of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_line: Option<[ImagePoint; 2]>,
+    /// A loop-like detection section, calibrated lanes only: its time occupancy is what a
+    /// loop detector under the road there would measure.
+    #[serde(rename = "loop", default, skip_serializing_if = "Option::is_none")]
+    pub detection_loop: Option<LoopSpec>,
 }
+
+/// A section of a lane as long as a loop detector (about 2 m): it starts where `at` crosses the
+/// lane (the lane position of its midpoint) and runs `length_m` downstream along the lane axis.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopSpec {
+    /// A segment across the lane, image pixels: the loop's upstream edge.
+    pub at: [ImagePoint; 2],
+    /// Length along the lane, metres on the road (so a loop needs the calibration).
+    pub length_m: f64,
+}
+
+/// Longest loop (m): longer sections are zones, and their time occupancy tends to 100 %.
+pub const MAX_LOOP_LENGTH_M: f64 = 50.0;
 
 impl ZoneSpec {
     pub fn is_lane(&self) -> bool {
@@ -137,6 +155,14 @@ impl Geometry {
         }
         if let Some(calibration) = &self.calibration {
             self.check_calibration(calibration, &mut errors);
+        } else {
+            for zone in self.zones.iter().filter(|z| z.detection_loop.is_some()) {
+                errors.push(format!(
+                    "zone {}: loop needs a calibration (its length_m and the vehicles' lengths are metres \
+                     on the road)",
+                    label(&zone.id)
+                ));
+            }
         }
         errors
     }
@@ -214,8 +240,46 @@ impl Geometry {
                     ));
                 }
             }
+            if let Some(problem) = loop_problem(zone, &homography) {
+                errors.push(format!("{element}: {problem}"));
+            }
         }
     }
+}
+
+/// Where a calibrated lane's loop does not lie on the lane: its `at` beyond the horizon, or its
+/// section not within the lane's extent along the axis. Problems the zone's own checks report
+/// (bad segments, lengths, a loop without a direction) give nothing here.
+fn loop_problem(zone: &ZoneSpec, homography: &Homography) -> Option<String> {
+    let detection_loop = zone.detection_loop.as_ref()?;
+    let direction = zone.direction.as_ref()?;
+    let length = detection_loop.length_m;
+    if segment_problem(&detection_loop.at).is_some()
+        || segment_problem(direction).is_some()
+        || !(length.is_finite() && length > 0.0 && length <= MAX_LOOP_LENGTH_M)
+    {
+        return None;
+    }
+    if detection_loop.at.iter().any(|p| homography.to_ground(*p).is_none()) {
+        return Some("loop at reaches the calibration's horizon (it does not map to the road)".into());
+    }
+    let axis = LaneAxis::new(direction, Some(homography))?;
+    let (lo, hi) = axis.extent(&zone.polygon)?;
+    let start = axis.position(midpoint(&detection_loop.at))?;
+    let end = start + length;
+    (start < lo || end > hi).then(|| {
+        format!(
+            "loop runs from {:.1} to {:.1} m along the lane, outside the lane (0.0 to {:.1} m): \
+             draw its at across the lane, at least length_m before the lane's downstream end",
+            start - lo,
+            end - lo,
+            hi - lo
+        )
+    })
+}
+
+fn midpoint(segment: &[ImagePoint; 2]) -> ImagePoint {
+    [(segment[0][0] + segment[1][0]) / 2.0, (segment[0][1] + segment[1][1]) / 2.0]
 }
 
 /// Longest ground extent of a calibrated zone: no camera sees a lane usefully beyond this.
@@ -247,6 +311,21 @@ impl ZoneSpec {
             }
             if let Some(p) = segment_problem(stop_line) {
                 errors.push(format!("{element}: stop_line {p}"));
+            }
+        }
+        if let Some(detection_loop) = &self.detection_loop {
+            if self.direction.is_none() {
+                errors.push(format!("{element}: loop needs a direction (loops are for lanes only)"));
+            }
+            if let Some(p) = segment_problem(&detection_loop.at) {
+                errors.push(format!("{element}: loop at {p}"));
+            }
+            let length = detection_loop.length_m;
+            if !(length.is_finite() && length > 0.0 && length <= MAX_LOOP_LENGTH_M) {
+                errors.push(format!(
+                    "{element}: loop length_m must be a number of metres above 0 and at most \
+                     {MAX_LOOP_LENGTH_M} (got {length})"
+                ));
             }
         }
     }
@@ -497,6 +576,10 @@ pub struct CompiledZone {
     extent: Option<(f64, f64)>,
     length_m: Option<f64>,
     stop_line_position: Option<f64>,
+    /// The loop's lane positions `(start, end)`, metres; calibrated lanes with a loop only.
+    loop_section: Option<(f64, f64)>,
+    /// Share of a vehicle's length upstream of its ground point (see `upstream_share`).
+    upstream_share: f64,
 }
 
 /// A lane's axis in the frame its positions are measured in.
@@ -530,20 +613,38 @@ impl LaneAxis {
         let s = (q[0] - self.origin[0]) * self.unit[0] + (q[1] - self.origin[1]) * self.unit[1];
         s.is_finite().then_some(s)
     }
+
+    /// Lowest and highest positions of a polygon's vertices. The extreme positions of a polygon
+    /// along a line are at its vertices, on the image and, since a homography maps the visible
+    /// polygon to a polygon, on the ground too.
+    fn extent(&self, polygon: &[ImagePoint]) -> Option<(f64, f64)> {
+        let extent = polygon.iter().try_fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            let s = self.position(*v)?;
+            Some((lo.min(s), hi.max(s)))
+        });
+        extent.filter(|(lo, hi)| lo <= hi)
+    }
+}
+
+/// The share of a vehicle's length upstream of its ground point on a lane whose direction runs
+/// `direction` on the image. The ground point (bottom centre of the box) is the vehicle's end
+/// nearest the camera: its front on a lane running down the image (traffic approaching), its
+/// rear on one running up it (receding), its middle across the image; in between, linear in the
+/// direction's image y component.
+fn upstream_share(direction: &[ImagePoint; 2]) -> f64 {
+    let (dx, dy) = (direction[1][0] - direction[0][0], direction[1][1] - direction[0][1]);
+    let length = dx.hypot(dy);
+    if length.is_finite() && length > 0.0 {
+        ((1.0 + dy / length) / 2.0).clamp(0.0, 1.0)
+    } else {
+        0.5
+    }
 }
 
 impl CompiledZone {
     fn new(spec: &ZoneSpec, homography: Option<&Homography>) -> CompiledZone {
         let axis = spec.direction.as_ref().and_then(|d| LaneAxis::new(d, homography));
-        // The extreme positions of a polygon along a line are at its vertices, on the image and,
-        // since a homography maps the visible polygon to a polygon, on the ground too.
-        let extent = axis.as_ref().and_then(|axis| {
-            spec.polygon.iter().try_fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                let s = axis.position(*v)?;
-                Some((lo.min(s), hi.max(s)))
-            })
-        });
-        let extent = extent.filter(|(lo, hi)| lo <= hi);
+        let extent = axis.as_ref().and_then(|axis| axis.extent(&spec.polygon));
         let length_m = match (homography, spec.direction.is_some()) {
             (None, _) => None,
             (Some(_), true) => extent.map(|(lo, hi)| hi - lo),
@@ -558,7 +659,14 @@ impl CompiledZone {
             }
         };
         let stop_line_position = match (&axis, &spec.stop_line) {
-            (Some(axis), Some([a, b])) => axis.position([(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0]),
+            (Some(axis), Some(stop_line)) => axis.position(midpoint(stop_line)),
+            _ => None,
+        };
+        // Loops are metres on the road: validation refuses one without a calibration.
+        let loop_section = match (&axis, &spec.detection_loop, homography) {
+            (Some(axis), Some(detection_loop), Some(_)) => {
+                axis.position(midpoint(&detection_loop.at)).map(|start| (start, start + detection_loop.length_m))
+            }
             _ => None,
         };
         CompiledZone {
@@ -570,6 +678,8 @@ impl CompiledZone {
             extent,
             length_m,
             stop_line_position,
+            loop_section,
+            upstream_share: spec.direction.as_ref().map_or(0.5, upstream_share),
         }
     }
 
@@ -630,6 +740,28 @@ impl CompiledZone {
     pub fn stop_line_position(&self) -> Option<f64> {
         self.stop_line_position
     }
+
+    /// The loop's section `(start, end)` in lane positions (metres, `end - start` its length);
+    /// `None` for zones and lanes without a loop.
+    pub fn loop_section(&self) -> Option<(f64, f64)> {
+        self.loop_section
+    }
+
+    /// The lane positions `(rear, front)` a vehicle `length` long covers when its ground point is
+    /// at lane position `position`: the ground point is its end nearest the camera (front when
+    /// the lane runs down the image, rear when up, in between when across).
+    pub fn footprint(&self, position: f64, length: f64) -> (f64, f64) {
+        let rear = position - self.upstream_share * length;
+        (rear, rear + length)
+    }
+
+    /// Whether a vehicle `length` long with its ground point at lane position `position` covers
+    /// the loop (its footprint overlaps the loop's section; touching is not covering).
+    pub fn loop_covered_by(&self, position: f64, length: f64) -> bool {
+        let Some((start, end)) = self.loop_section else { return false };
+        let (rear, front) = self.footprint(position, length);
+        rear < end && front > start
+    }
 }
 
 #[cfg(test)]
@@ -641,7 +773,8 @@ mod tests {
       "lines": [{"id": "stop-bar", "name": "", "a": [0, 150], "b": [320, 150]}],
       "zones": [
         {"id": "lane-1", "polygon": [[10, 60], [160, 60], [160, 239], [10, 239]],
-         "direction": [[85, 60], [85, 239]], "stop_line": [[10, 230], [160, 230]]},
+         "direction": [[85, 60], [85, 239]], "stop_line": [[10, 230], [160, 230]],
+         "loop": {"at": [[10, 150], [160, 150]], "length_m": 2.0}},
         {"id": "junction-box", "polygon": [[0, 0], [50, 0], [50, 50]]}
       ],
       "exclusions": [{"id": "clock-overlay", "polygon": [[0, 0], [320, 0], [320, 20], [0, 20]]}],
@@ -653,7 +786,14 @@ mod tests {
     }"#;
 
     fn zone(id: &str, polygon: &[[f64; 2]]) -> ZoneSpec {
-        ZoneSpec { id: id.into(), name: String::new(), polygon: polygon.to_vec(), direction: None, stop_line: None }
+        ZoneSpec {
+            id: id.into(),
+            name: String::new(),
+            polygon: polygon.to_vec(),
+            direction: None,
+            stop_line: None,
+            detection_loop: None,
+        }
     }
 
     fn square(x: f64, y: f64, side: f64) -> Vec<[f64; 2]> {
@@ -701,6 +841,8 @@ mod tests {
         let (near, far) = (lane.lane_position([85.0, 200.0]).unwrap(), lane.lane_position([85.0, 100.0]).unwrap());
         assert!(near > far);
         assert!(lane.stop_line_position().unwrap() > lane.reference_position().unwrap());
+        let (start, end) = lane.loop_section().unwrap();
+        assert!((end - start - 2.0).abs() < 1e-9 && start > far && start < near, "{start} {end}");
     }
 
     #[test]
@@ -842,6 +984,84 @@ mod tests {
         assert!((g[0] - 3.0).abs() < 1e-6 && (g[1] - 44.0).abs() < 1e-6);
     }
 
+    /// The calibrated lane with a loop `length_m` long whose upstream edge crosses the lane at
+    /// ground y = `at_y` (lane position `at_y - 10`).
+    fn lane_with_loop(at_y: f64, length_m: f64) -> Geometry {
+        let mut geometry = calibrated_lane();
+        let at = [image_of([0.0, at_y]), image_of([3.5, at_y])];
+        geometry.zones[0].detection_loop = Some(LoopSpec { at, length_m });
+        geometry
+    }
+
+    #[test]
+    fn a_loop_is_a_section_of_a_calibrated_lane() {
+        let scene = SceneGeometry::new(&lane_with_loop(40.0, 2.0)).unwrap();
+        let lane = &scene.zones()[0];
+        let (start, end) = lane.loop_section().unwrap();
+        assert!((start - 30.0).abs() < 1e-6 && (end - 32.0).abs() < 1e-6, "{start} {end}");
+        assert_eq!(scene.zones()[1].loop_section(), None);
+        // This lane runs up the image (away from the camera): the ground point is a vehicle's
+        // rear, and the vehicle lies downstream of it.
+        let (rear, front) = lane.footprint(25.0, 4.5);
+        assert!((rear - 25.0).abs() < 0.05 && (front - rear - 4.5).abs() < 1e-9, "{rear} {front}");
+        assert!(lane.loop_covered_by(26.0, 4.5) && lane.loop_covered_by(31.9, 4.5));
+        assert!(!lane.loop_covered_by(25.4, 4.5) && !lane.loop_covered_by(32.1, 4.5));
+        assert!(lane.loop_covered_by(21.0, 10.0), "a truck's front reaches it");
+        // The ground point is the end nearest the camera: front when traffic comes down the
+        // image, rear when it goes up, the middle when it crosses.
+        assert_eq!(upstream_share(&[[0.0, 0.0], [0.0, 10.0]]), 1.0);
+        assert_eq!(upstream_share(&[[0.0, 10.0], [0.0, 0.0]]), 0.0);
+        assert_eq!(upstream_share(&[[0.0, 0.0], [10.0, 0.0]]), 0.5);
+        assert!((upstream_share(&[[0.0, 0.0], [-10.0, 10.0]]) - 0.854).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_loop_must_lie_on_a_calibrated_lane() {
+        let message = |geometry: &Geometry| {
+            let errors = geometry.validate();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            errors[0].clone()
+        };
+        let mut uncalibrated = lane_with_loop(40.0, 2.0);
+        uncalibrated.calibration = None;
+        assert_eq!(
+            message(&uncalibrated),
+            r#"zone "lane-1": loop needs a calibration (its length_m and the vehicles' lengths are metres on the road)"#
+        );
+        let mut on_a_zone = lane_with_loop(40.0, 2.0);
+        on_a_zone.zones[1].detection_loop = on_a_zone.zones[0].detection_loop.take();
+        assert_eq!(message(&on_a_zone), r#"zone "box": loop needs a direction (loops are for lanes only)"#);
+        for bad in [0.0, -2.0, f64::NAN, 50.5] {
+            let error = message(&lane_with_loop(40.0, bad));
+            assert!(error.starts_with(r#"zone "lane-1": loop length_m must be a number of metres above 0"#), "{error}");
+        }
+        // 59 m + 2 m runs past the lane's downstream end (60 m); 8 m starts before it.
+        let past = message(&lane_with_loop(69.0, 2.0));
+        assert!(past.starts_with(r#"zone "lane-1": loop runs from 59.0 to 61.0 m along the lane, outside"#), "{past}");
+        assert!(message(&lane_with_loop(8.0, 2.0)).contains("loop runs from -2.0 to 0.0 m"));
+        let mut short = lane_with_loop(40.0, 2.0);
+        if let Some(l) = short.zones[0].detection_loop.as_mut() {
+            l.at = [[1.0, 1.0], [1.0, 1.5]];
+        }
+        assert_eq!(message(&short), r#"zone "lane-1": loop at must be at least 1 px long"#);
+        let mut sky = lane_with_loop(40.0, 2.0);
+        if let Some(l) = sky.zones[0].detection_loop.as_mut() {
+            l.at = [[0.0, -300.0], [300.0, -300.0]];
+        }
+        assert!(message(&sky).contains("loop at reaches the calibration's horizon"));
+        // The loop's JSON: `loop` with `at` and `length_m`, nothing else.
+        let plain = r#"{"zones": [{"id": "z", "polygon": [[0,0],[10,0],[0,10]], "direction": [[0,0],[0,10]],
+            "loop": {"at": [[0,5],[5,5]], "length_m": 2}}]}"#;
+        let parsed: Geometry = serde_json::from_str(plain).unwrap();
+        assert_eq!(parsed.zones[0].detection_loop, Some(LoopSpec { at: [[0.0, 5.0], [5.0, 5.0]], length_m: 2.0 }));
+        let text = serde_json::to_string(&parsed).unwrap();
+        assert!(text.contains(r#""loop":{"at":[[0.0,5.0],[5.0,5.0]],"length_m":2.0}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Geometry>(&text).unwrap(), parsed);
+        let extra = r#"{"zones": [{"id": "z", "polygon": [[0,0],[1,0],[0,1]], "direction": [[0,0],[0,1]],
+            "loop": {"at": [[0,0],[1,0]], "length_m": 2, "width_m": 2}}]}"#;
+        assert!(serde_json::from_str::<Geometry>(extra).unwrap_err().to_string().contains("width_m"));
+    }
+
     #[test]
     fn an_uncalibrated_lane_measures_in_pixels() {
         let mut geometry = calibrated_lane();
@@ -967,10 +1187,12 @@ mod tests {
             let m = 4 + (rng.next() % 3) as usize;
             let calibration = rng.points(m).into_iter().map(|p| CalibrationPoint { image: p, ground: [p[1], p[0]] });
             let with_calibration = rng.next().is_multiple_of(2);
+            let loop_length = rng.value() / 10.0;
             let geometry = Geometry {
                 zones: vec![ZoneSpec {
                     direction: Some([direction[0], direction[1]]),
                     stop_line: Some([direction[1], direction[0]]),
+                    detection_loop: polygon.first().map(|p| LoopSpec { at: [direction[1], *p], length_m: loop_length }),
                     ..zone("z", &polygon)
                 }],
                 exclusions: vec![ExclusionSpec { id: "e".into(), polygon: polygon.clone() }],
@@ -982,6 +1204,7 @@ mod tests {
                 let z = &scene.zones()[0];
                 let p = [rng.value(), rng.value()];
                 let _ = (z.contains(p), z.lane_position(p), z.length_m(), z.extent(), scene.to_ground(p));
+                let _ = (z.loop_section(), z.loop_covered_by(rng.value(), rng.value()));
                 let _ = scene.keep_detection(&BBox::new(p[0] as f32, p[1] as f32, 1.0, 2.0));
             }
         }

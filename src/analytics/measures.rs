@@ -121,6 +121,14 @@ pub struct IntervalMeasures {
     pub occupied_frames: u64,
     /// Sum over frames of the vehicles present.
     pub present_sum: u64,
+    /// Lanes: sum over frames of the class lengths (m) of the vehicles present, for the space
+    /// occupancy.
+    pub present_length_sum_m: f64,
+    /// Lanes with a loop: the loop's length (m); its time occupancy is reported only then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loop_length_m: Option<f64>,
+    /// Frames in which a vehicle's footprint covered the loop.
+    pub loop_occupied_frames: u64,
     /// Element length (m) for density: lane extent along the axis, zone's largest ground
     /// extent; calibrated zones and lanes only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,6 +180,16 @@ impl IntervalMeasures {
         Self { length_m: length_m.filter(|l| l.is_finite() && *l > 0.0), ..Self::default() }
     }
 
+    /// The same, for a lane with a loop `loop_length_m` long (`None`: no loop).
+    pub fn with_loop(self, loop_length_m: Option<f64>) -> Self {
+        Self { loop_length_m: loop_length_m.filter(|l| l.is_finite() && *l > 0.0), ..self }
+    }
+
+    /// An empty interval of the same element (its lengths kept), for the next interval.
+    pub fn fresh(&self) -> Self {
+        Self::new(self.length_m).with_loop(self.loop_length_m)
+    }
+
     /// One frame of `dt_s` seconds with `present` vehicles in the element (persons excluded
     /// by the caller). A non-finite or negative duration counts the frame with 0 s.
     pub fn record_frame(&mut self, dt_s: f64, present: usize) {
@@ -183,6 +201,18 @@ impl IntervalMeasures {
             self.occupied_frames += 1;
         }
         self.present_sum = self.present_sum.saturating_add(present as u64);
+    }
+
+    /// A lane's footprints in one frame (call once per frame, beside `record_frame`): whether a
+    /// vehicle covered the loop, and the summed class lengths (m) of the vehicles present. A
+    /// non-finite or negative length counts as 0.
+    pub fn record_footprints(&mut self, loop_covered: bool, present_length_m: f64) {
+        if loop_covered {
+            self.loop_occupied_frames += 1;
+        }
+        if usable(present_length_m) {
+            self.present_length_sum_m += present_length_m;
+        }
     }
 
     /// One crossing (`in`/`out`) or entry (`entered`) of a `class` object.
@@ -248,9 +278,14 @@ impl IntervalMeasures {
         }
         self.occupied_frames = self.occupied_frames.saturating_add(other.occupied_frames);
         self.present_sum = self.present_sum.saturating_add(other.present_sum);
+        self.present_length_sum_m += other.present_length_sum_m;
         if self.length_m.is_none() {
             self.length_m = other.length_m;
         }
+        if self.loop_length_m.is_none() {
+            self.loop_length_m = other.loop_length_m;
+        }
+        self.loop_occupied_frames = self.loop_occupied_frames.saturating_add(other.loop_occupied_frames);
         for (bin, n) in &other.speed_hist {
             let c = self.speed_hist.entry(*bin).or_insert(0);
             *c = c.saturating_add(*n);
@@ -324,6 +359,15 @@ impl IntervalMeasures {
             _ => None,
         };
         let los = if kind == ElementKind::Lane { density_per_km.and_then(Los::try_from_density) } else { None };
+        let is_lane = kind == ElementKind::Lane && self.frames > 0;
+        let space_occupancy_percent = match self.length_m {
+            Some(l) if is_lane && l.is_finite() && l > 0.0 => {
+                Some(100.0 * self.present_length_sum_m / self.frames as f64 / l)
+            }
+            _ => None,
+        };
+        let loop_occupancy_percent = (is_lane && self.loop_length_m.is_some())
+            .then(|| 100.0 * self.loop_occupied_frames as f64 / self.frames as f64);
         MeasuresView {
             frames: self.frames,
             seconds: self.seconds,
@@ -335,6 +379,8 @@ impl IntervalMeasures {
             } else {
                 None
             },
+            loop_occupancy_percent,
+            space_occupancy_percent,
             mean_present,
             density_per_km,
             speed_mean_kmh: ratio(self.speed_sum_kmh, self.speed_count),
@@ -364,8 +410,18 @@ pub struct MeasuresView {
     /// `volume_total` x 3600 / seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_per_hour: Option<f64>,
+    /// Share of the frames with at least one vehicle anywhere in the zone (presence share: on
+    /// a long zone near 100 % in any traffic; not what a loop detector measures).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub occupancy_percent: Option<f64>,
+    /// Lanes with a loop: share of the frames in which a vehicle's footprint covered the loop,
+    /// a loop detector's time occupancy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loop_occupancy_percent: Option<f64>,
+    /// Calibrated lanes: mean share of the lane's length covered by the vehicles present (their
+    /// class lengths), i.e. density x mean vehicle length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub space_occupancy_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_present: Option<f64>,
     /// Vehicles per km (per lane for lanes); calibrated only.
@@ -562,6 +618,7 @@ mod tests {
     fn fill(m: &mut IntervalMeasures, seed: u64) {
         for i in 0..(1500 + seed) {
             m.record_frame(0.04, ((i + seed) % 4) as usize);
+            m.record_footprints((i + seed).is_multiple_of(3), ((i + seed) % 4) as f64 * 4.5);
             if i % 100 == 0 {
                 m.record_volume(VOLUME_ENTERED, ObjectClass::Car);
                 m.record_speed(40.0 + (i % 13) as f64 + seed as f64 * 0.3);
@@ -577,7 +634,7 @@ mod tests {
     }
 
     fn minute(seed: u64) -> IntervalMeasures {
-        let mut m = IntervalMeasures::new(Some(50.0));
+        let mut m = IntervalMeasures::new(Some(50.0)).with_loop(Some(2.0));
         fill(&mut m, seed);
         m
     }
@@ -589,8 +646,10 @@ mod tests {
         assert!(close(a.headway_sum_s, b.headway_sum_s));
         assert!(close(a.gap_sum_s, b.gap_sum_s));
         assert!(close(a.queue_sum_m, b.queue_sum_m));
+        assert!(close(a.present_length_sum_m, b.present_length_sum_m));
         let strip = |m: &IntervalMeasures| IntervalMeasures {
             seconds: 0.0,
+            present_length_sum_m: 0.0,
             speed_sum_kmh: 0.0,
             headway_sum_s: 0.0,
             gap_sum_s: 0.0,
@@ -604,7 +663,7 @@ mod tests {
     fn merge_of_two_minutes_equals_recording_both() {
         let mut merged = minute(1);
         merged.merge(&minute(2));
-        let mut both = IntervalMeasures::new(Some(50.0));
+        let mut both = IntervalMeasures::new(Some(50.0)).with_loop(Some(2.0));
         fill(&mut both, 1);
         fill(&mut both, 2);
         assert_close(&merged, &both);
@@ -616,6 +675,10 @@ mod tests {
         rolled.merge(&b);
         assert_close(&rolled, &both);
         assert_eq!(rolled.view(true).speed_p85_kmh, both.view(true).speed_p85_kmh);
+        assert_eq!(rolled.view(true).loop_occupancy_percent, both.view(true).loop_occupancy_percent);
+        assert!(rolled.view(true).loop_occupancy_percent.is_some());
+        // The next interval of an element keeps its lengths and nothing else.
+        assert_eq!(minute(1).fresh(), IntervalMeasures::new(Some(50.0)).with_loop(Some(2.0)));
         // Merging an empty row changes nothing; an empty row's view has no numbers.
         let mut same = minute(1);
         same.merge(&IntervalMeasures::default());
@@ -627,18 +690,20 @@ mod tests {
 
     #[test]
     fn view_numbers() {
-        // One minute at 25 fps on a 50 m lane: 1500 frames, vehicles present in 600 of them
-        // (2 each in 300, 1 each in 300), 20 cars + 2 persons entered.
-        let mut m = IntervalMeasures::new(Some(50.0));
-        for i in 0..1500 {
-            let present = if i < 300 {
-                2
+        // One minute at 25 fps on a 50 m lane with a 2 m loop: 1500 frames, vehicles present in
+        // 600 of them (a car and a truck in 300, a car in 300), the loop covered in every fifth
+        // frame; 20 cars + 2 persons entered.
+        let mut m = IntervalMeasures::new(Some(50.0)).with_loop(Some(2.0));
+        for i in 0..1500u32 {
+            let (present, lengths) = if i < 300 {
+                (2, class_length_m(ObjectClass::Car) + class_length_m(ObjectClass::Truck))
             } else if i < 600 {
-                1
+                (1, class_length_m(ObjectClass::Car))
             } else {
-                0
+                (0, 0.0)
             };
             m.record_frame(0.04, present);
+            m.record_footprints(i.is_multiple_of(5), lengths);
         }
         for _ in 0..20 {
             m.record_volume(VOLUME_ENTERED, ObjectClass::Car);
@@ -665,9 +730,15 @@ mod tests {
         assert_eq!(v.volume["entered"][&ObjectClass::Person], 2);
         assert!((v.flow_per_hour.unwrap() - 1200.0).abs() < 1e-6);
         assert!((v.occupancy_percent.unwrap() - 40.0).abs() < 1e-9);
+        assert!((v.loop_occupancy_percent.unwrap() - 20.0).abs() < 1e-9);
         assert!((v.mean_present.unwrap() - 0.6).abs() < 1e-12);
         // 0.6 vehicles on 50 m = 12 veh/km: LOS C.
         assert!((v.density_per_km.unwrap() - 12.0).abs() < 1e-9);
+        // (300 x 14.5 m + 300 x 4.5 m) / 1500 frames = 3.8 m of the 50 m covered: 7.6 %, which is
+        // the density (12 veh/km) times the mean length present (5,700 m / 900 = 6.33 m).
+        let space = v.space_occupancy_percent.unwrap();
+        assert!((space - 7.6).abs() < 1e-9, "{space}");
+        assert!((space - 100.0 * 12.0 / 1000.0 * (5700.0 / 900.0)).abs() < 1e-9);
         assert_eq!(v.los, Some(Los::C));
         assert!((v.speed_mean_kmh.unwrap() - 46.0).abs() < 1e-9);
         // 85th of 100 samples: rank 85 falls at the end of bin 49 (samples 81..=90 in
@@ -681,13 +752,17 @@ mod tests {
         assert_eq!(v.queue_mean_m, Some(10.0));
         assert_eq!(v.queue_max_vehicles, Some(4));
         assert_eq!(v.queue_mean_vehicles, Some(2.0));
-        // A zone has no LOS; a line has no presence; uncalibrated has no density.
+        // A zone has no LOS nor lane occupancies; a line has no presence; uncalibrated has no
+        // density nor space occupancy; a lane without a loop has no loop occupancy.
         assert_eq!(m.view(false).los, None);
         assert!(m.view(false).density_per_km.is_some());
+        assert_eq!((m.view(false).loop_occupancy_percent, m.view(false).space_occupancy_percent), (None, None));
         let line = m.view_kind(ElementKind::Line);
         assert_eq!((line.occupancy_percent, line.mean_present, line.density_per_km), (None, None, None));
+        assert_eq!((line.loop_occupancy_percent, line.space_occupancy_percent), (None, None));
         let uncal = IntervalMeasures { length_m: None, ..m.clone() }.view(true);
-        assert_eq!((uncal.density_per_km, uncal.los), (None, None));
+        assert_eq!((uncal.density_per_km, uncal.los, uncal.space_occupancy_percent), (None, None, None));
+        assert_eq!(IntervalMeasures { loop_length_m: None, ..m.clone() }.view(true).loop_occupancy_percent, None);
         // Null-free JSON.
         let json = serde_json::to_string(&uncal).unwrap();
         assert!(!json.contains("null"), "{json}");
@@ -723,6 +798,10 @@ mod tests {
         m.record_headway(-1.0);
         m.record_gap(f64::NAN);
         m.record_queue(Some(f64::NAN), 1);
+        m.record_footprints(true, f64::NAN);
+        m.record_footprints(false, -4.5);
+        assert_eq!((m.loop_occupied_frames, m.present_length_sum_m), (1, 0.0));
+        assert_eq!(IntervalMeasures::default().with_loop(Some(f64::INFINITY)).loop_length_m, None);
         assert_eq!(m.frames, 2);
         assert_eq!(m.seconds, 0.0);
         assert_eq!(m.speed_count, 1);

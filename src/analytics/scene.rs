@@ -100,6 +100,10 @@ struct ZoneState {
     /// speed in m/s.
     last_pass: Option<(f64, ObjectClass, Option<f64>)>,
     present_now: usize,
+    /// Lanes, this frame: the class lengths (m) of the vehicles present, and whether one of
+    /// them covers the loop.
+    present_length_now: f64,
+    loop_covered_now: bool,
 }
 
 /// The latest state of a camera as the live API shows it.
@@ -155,10 +159,12 @@ impl SceneAnalytics {
             .zones()
             .iter()
             .map(|z| ZoneState {
-                measures: IntervalMeasures::new(z.length_m()),
+                measures: IntervalMeasures::new(z.length_m()).with_loop(z.loop_section().map(|(a, b)| b - a)),
                 incidents: z.is_lane().then(|| LaneIncidents::new(z.id(), calibrated, &config)),
                 last_pass: None,
                 present_now: 0,
+                present_length_now: 0.0,
+                loop_covered_now: false,
             })
             .collect();
         Ok(Self {
@@ -219,6 +225,8 @@ impl SceneAnalytics {
         let zone_count = self.zones.len();
         for zone in &mut self.zones {
             zone.present_now = 0;
+            zone.present_length_now = 0.0;
+            zone.loop_covered_now = false;
         }
         let mut transitions = Vec::new();
         let mut lane_tracks: Vec<Vec<LaneTrack>> = vec![Vec::new(); zone_count];
@@ -317,6 +325,11 @@ impl SceneAnalytics {
                 let fit: Option<&MotionFit> = if calibrated { ground_fit.as_ref() } else { image_fit.as_ref() };
                 let to_lane_speed = |v: f64| if calibrated { kmh(v) } else { v / scale };
                 let position = compiled.lane_position(image_point);
+                let length_m = class_length_m(object.class);
+                zone.present_length_now += length_m;
+                if position.is_some_and(|p| compiled.loop_covered_by(p, length_m)) {
+                    zone.loop_covered_now = true;
+                }
                 let axis_speed = fit
                     .zip(compiled.axis_unit())
                     .map(|(f, u)| to_lane_speed(f.velocity[0] * u[0] + f.velocity[1] * u[1]));
@@ -368,6 +381,9 @@ impl SceneAnalytics {
         for (z, compiled) in self.geometry.zones().iter().enumerate() {
             let zone = &mut self.zones[z];
             zone.measures.record_frame(dt_s, zone.present_now);
+            if compiled.is_lane() {
+                zone.measures.record_footprints(zone.loop_covered_now, zone.present_length_now);
+            }
             if let (Some(stop), true) = (compiled.stop_line_position(), compiled.is_lane()) {
                 let join = if calibrated { self.config.queue_join_m } else { self.config.queue_join_box_heights };
                 let (vehicles, metres) = queue_at(stop, &queue_candidates[z], join, calibrated);
@@ -486,7 +502,7 @@ impl SceneAnalytics {
             rows.push((id.clone(), ElementKind::Line, taken));
         }
         for (compiled, zone) in self.geometry.zones().iter().zip(&mut self.zones) {
-            let fresh = IntervalMeasures::new(zone.measures.length_m);
+            let fresh = zone.measures.fresh();
             let taken = std::mem::replace(&mut zone.measures, fresh);
             rows.push((compiled.id().to_string(), zone_kind(compiled.is_lane()), taken));
         }
@@ -562,7 +578,7 @@ fn stable_id(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::geometry::{Calibration, CalibrationPoint, ZoneSpec};
+    use crate::analytics::geometry::{Calibration, CalibrationPoint, LoopSpec, ZoneSpec};
     use crate::analytics::kinematics::kmh;
     use crate::analytics::lines::LineSpec;
 
@@ -580,6 +596,7 @@ mod tests {
                 polygon: vec![[0.0, 0.0], [100.0, 0.0], [100.0, 1000.0], [0.0, 1000.0]],
                 direction: Some([[50.0, 0.0], [50.0, 1000.0]]),
                 stop_line: Some([[0.0, 950.0], [100.0, 950.0]]),
+                detection_loop: None,
             }],
             calibration: calibrated.then(|| Calibration {
                 points: vec![
@@ -762,6 +779,98 @@ mod tests {
             }]
         });
         assert!(types(&out.events).contains(&"incident_opened"), "{:?}", types(&out.events));
+    }
+
+    /// The test lane (100 m, 10 px per m) with a 2 m loop from image y = 500: lane positions 50
+    /// to 52 m. `receding`: traffic drives up the image (the direction reversed).
+    fn scene_with_loop(receding: bool) -> SceneAnalytics {
+        let mut geometry = geometry(true);
+        let lane = &mut geometry.zones[0];
+        let at = if receding { [[0.0, 520.0], [100.0, 520.0]] } else { [[0.0, 500.0], [100.0, 500.0]] };
+        lane.detection_loop = Some(LoopSpec { at, length_m: 2.0 });
+        if receding {
+            lane.direction = Some([[50.0, 1000.0], [50.0, 0.0]]);
+            lane.stop_line = None;
+        }
+        let identity = StreamIdentity { camera_id: "cam".into(), epoch_ms: 7, geometry_version: 3 };
+        SceneAnalytics::new(identity, &geometry, AnalyticsConfig::default()).unwrap()
+    }
+
+    /// A vehicle of `class` whose ground point is at image (x, y).
+    fn vehicle(track_id: u64, class: ObjectClass, x: f64, y: f64) -> TrackedObject {
+        let (x, y) = (x as f32, y as f32);
+        TrackedObject { track_id, bbox: BBox::new(x - 10.0, y - 40.0, x + 10.0, y), class, score: 0.9 }
+    }
+
+    /// `classes[k]` enters the lane every 150 frames (6 s) at 72 km/h (20 m/s: 8 px a frame),
+    /// down the image or up it, and drives through it in 125 frames; a car parked beside the
+    /// lane over the loop's rows all minute is not in the lane. Returns the lane's minute.
+    fn loop_minute(receding: bool, classes: &[ObjectClass]) -> MeasuresView {
+        let mut scene = scene_with_loop(receding);
+        run(&mut scene, 1500, |i| {
+            let mut objects = vec![vehicle(99, ObjectClass::Car, 150.0, 510.0)];
+            for (k, class) in classes.iter().enumerate() {
+                let travelled = 8.0 * (i - 150 * k as i64) as f64;
+                let y = if receding { 999.0 - travelled } else { travelled };
+                if (0.0..1000.0).contains(&travelled) {
+                    objects.push(vehicle(k as u64 + 1, *class, 50.0, y));
+                }
+            }
+            objects
+        });
+        let rows = scene.finish(1500).aggregates;
+        let lane = rows.iter().find(|r| r.element_id == "lane").unwrap();
+        assert_eq!(lane.measures.frames, 1500);
+        lane.measures.view_kind(ElementKind::Lane)
+    }
+
+    #[test]
+    fn loop_occupancy_is_vehicle_plus_loop_length_over_speed() {
+        // Each vehicle covers the loop while its footprint overlaps it: for (L + l) / v seconds,
+        // so N vehicles in T seconds occupy it sum (L + l) / v / T. The frames sample that time:
+        // each vehicle is seen covering it in the frames within that span (8.125 at 25 frames/s
+        // for a car), so the measure is within one frame per vehicle of the exact value.
+        let cars = [ObjectClass::Car; 10];
+        let mixed = [ObjectClass::Car, ObjectClass::Truck, ObjectClass::Car, ObjectClass::Bus, ObjectClass::Car];
+        for (receding, classes) in [(false, &cars[..]), (true, &cars[..]), (false, &mixed[..]), (true, &mixed[..])] {
+            let view = loop_minute(receding, classes);
+            let occupied_s: f64 = classes.iter().map(|c| (class_length_m(*c) + 2.0) / 20.0).sum();
+            let expected = 100.0 * occupied_s / 60.0;
+            let one_frame_each = 100.0 * classes.len() as f64 / 1500.0;
+            let measured = view.loop_occupancy_percent.unwrap();
+            assert!(
+                (measured - expected).abs() <= one_frame_each,
+                "receding {receding}, {classes:?}: {measured} % measured, {expected} % expected"
+            );
+            // The lane itself is occupied whenever a vehicle is in it: 125 of every 150 frames.
+            assert!((view.occupancy_percent.unwrap() - 100.0 * 125.0 * classes.len() as f64 / 1500.0).abs() < 1e-9);
+            // Space occupancy: the vehicles' lengths over the 100 m lane, averaged over the
+            // frames, which is the density times the mean length of the vehicles present.
+            let lengths: f64 = classes.iter().map(|c| class_length_m(*c)).sum();
+            let space = view.space_occupancy_percent.unwrap();
+            assert!((space - 100.0 * 125.0 * lengths / 1500.0 / 100.0).abs() < 1e-9, "{space}");
+            let mean_length = lengths / classes.len() as f64;
+            assert!((space - view.density_per_km.unwrap() * mean_length / 10.0).abs() < 1e-9);
+        }
+        // Ten cars: 10 x 6.5 m / 20 m/s = 3.25 s of the minute, 5.42 %; the long lane reads 83 %.
+        let view = loop_minute(false, &cars);
+        assert!((view.loop_occupancy_percent.unwrap() - 5.42).abs() < 0.67, "{view:?}");
+    }
+
+    #[test]
+    fn a_vehicle_that_stops_short_of_the_loop_does_not_cover_it() {
+        // The front stops 1 m upstream of the loop (s = 49 m, image y = 490) for the minute.
+        let mut with_loop = scene_with_loop(false);
+        run(&mut with_loop, 1500, |i| vec![car(1, (100.0 + 8.0 * i as f64).min(490.0))]);
+        let rows = with_loop.finish(1500).aggregates;
+        let view = rows[1].measures.view_kind(ElementKind::Lane);
+        assert_eq!(view.loop_occupancy_percent, Some(0.0), "{view:?}");
+        assert!(view.occupancy_percent.unwrap() > 99.0);
+        // Without a loop no loop occupancy is reported at all.
+        let mut plain = scene(true);
+        run(&mut plain, 10, |i| vec![car(1, 500.0 + i as f64)]);
+        let rows = plain.finish(10).aggregates;
+        assert_eq!(rows[1].measures.view_kind(ElementKind::Lane).loop_occupancy_percent, None);
     }
 
     #[test]

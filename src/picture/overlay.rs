@@ -15,6 +15,8 @@ pub const LINE_COLOUR: Bgr = [255, 255, 255];
 pub const ZONE_COLOUR: Bgr = [255, 144, 30];
 pub const LANE_COLOUR: Bgr = [211, 0, 148];
 pub const STOP_LINE_COLOUR: Bgr = [0, 0, 200];
+/// The upstream edge (`at`) of a lane's loop: teal.
+pub const LOOP_COLOUR: Bgr = [128, 128, 0];
 pub const EXCLUSION_COLOUR: Bgr = [128, 128, 128];
 pub const CALIBRATION_COLOUR: Bgr = [180, 105, 255];
 const TEXT_ON_COLOUR: Bgr = [0, 0, 0];
@@ -66,6 +68,10 @@ pub fn draw(canvas: &mut Canvas, scene: &Scene) {
         }
         if let Some([a, b]) = zone.stop_line {
             canvas.line(at(a), at(b), 2, STOP_LINE_COLOUR);
+        }
+        if let Some(detection_loop) = &zone.detection_loop {
+            let [a, b] = detection_loop.at;
+            canvas.line(at(a), at(b), 2, LOOP_COLOUR);
         }
     }
     // Line labels already drawn: a label that would cover one moves up (lines often share a
@@ -174,6 +180,7 @@ mod tests {
                 polygon: vec![[5.0, 5.0], [30.0, 5.0], [30.0, 30.0]],
                 direction: None,
                 stop_line: None,
+                detection_loop: None,
             }],
             exclusions: vec![ExclusionSpec {
                 id: "x".into(),

@@ -6,7 +6,7 @@
 
 import { api, can, h, needsRole, picture } from './api.js';
 
-const COLORS = { line: '#ffd400', zone: '#00c8ff', lane: '#3ddc84', exclusion: '#ff5c8a', calibration: '#ff00ff', stop: '#ff3b30' };
+const COLORS = { line: '#ffd400', zone: '#00c8ff', lane: '#3ddc84', exclusion: '#ff5c8a', calibration: '#ff00ff', stop: '#ff3b30', loop: '#00a0a0' };
 const KINDS = ['lines', 'zones', 'exclusions'];
 const HIT = 10; // screen pixels
 
@@ -26,7 +26,7 @@ export function diff(before, after) {
   const changes = [];
   const a = normal(before);
   const b = normal(after);
-  const shape = (e) => JSON.stringify([e.a, e.b, e.polygon, e.direction, e.stop_line]);
+  const shape = (e) => JSON.stringify([e.a, e.b, e.polygon, e.direction, e.stop_line, e.loop?.at]);
   for (const kind of KINDS) {
     const name = kind.slice(0, -1);
     const old = new Map(a[kind].map((e) => [e.id, e]));
@@ -195,6 +195,7 @@ export function editorPage(main, id) {
       ctx.lineWidth = 2 * pen();
       if (z.direction) arrow(z.direction[0], z.direction[1], color);
       if (z.stop_line) { ctx.lineWidth = 3 * pen(); polygon(z.stop_line, COLORS.stop, null, false); label('stop', z.stop_line[1], COLORS.stop); }
+      if (z.loop) { ctx.lineWidth = 3 * pen(); polygon(z.loop.at, COLORS.loop, null, false); label(`loop ${z.loop.length_m} m`, z.loop.at[1], COLORS.loop); }
     });
     geometry.lines.forEach((l, i) => {
       ctx.lineWidth = (isSelected('lines', i) ? 5 : 3) * pen();
@@ -313,7 +314,7 @@ export function editorPage(main, id) {
     (geometry.calibration?.points || []).forEach((c, index) => points.push({ kind: 'calibration', index, point: c.image }));
     geometry.lines.forEach((l, index) => points.push({ kind: 'lines', index, point: l.a }, { kind: 'lines', index, point: l.b }));
     geometry.zones.forEach((z, index) => {
-      for (const q of [...z.polygon, ...(z.direction || []), ...(z.stop_line || [])]) points.push({ kind: 'zones', index, point: q });
+      for (const q of [...z.polygon, ...(z.direction || []), ...(z.stop_line || []), ...(z.loop?.at || [])]) points.push({ kind: 'zones', index, point: q });
     });
     geometry.exclusions.forEach((e, index) => e.polygon.forEach((q) => points.push({ kind: 'exclusions', index, point: q })));
     const handle = points.find((c) => near(c.point));
@@ -330,7 +331,7 @@ export function editorPage(main, id) {
   function pointsOf(kind, index) {
     if (kind === 'calibration') return [geometry.calibration.points[index].image];
     const e = geometry[kind][index];
-    return kind === 'lines' ? [e.a, e.b] : [...e.polygon, ...(e.direction || []), ...(e.stop_line || [])];
+    return kind === 'lines' ? [e.a, e.b] : [...e.polygon, ...(e.direction || []), ...(e.stop_line || []), ...(e.loop?.at || [])];
   }
   function moveBy(points, dx, dy) {
     for (const q of points) { q[0] = round(q[0] + dx); q[1] = round(q[1] + dy); }
