@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::actors::status::StreamState;
+use crate::analytics::framing::{AutoCrop, Crop, CropRect};
 use crate::analytics::geometry::Geometry;
 use crate::analytics::lines::{LineCount, LineSpec};
 use crate::analytics::measures::{IntervalMeasures, MeasuresView};
@@ -46,6 +47,18 @@ pub fn parse_line(n: usize, text: &str) -> Result<LineSpec, String> {
     match line.validate().first() {
         Some(error) => Err(format!("--line {text:?}: {error}")),
         None => Ok(line),
+    }
+}
+
+/// Parses `--crop`: `auto`, or `x,y,width,height` in source pixels (the geometry's `crop`).
+pub fn parse_crop(text: &str) -> Result<Crop, String> {
+    if text.trim() == "auto" {
+        return Ok(Crop::Auto(AutoCrop::Auto));
+    }
+    let values: Result<Vec<f64>, _> = text.split(',').map(|v| v.trim().parse::<f64>()).collect();
+    match values.as_deref() {
+        Ok(&[x, y, width, height]) => Ok(Crop::Rect(CropRect { x, y, width, height })),
+        _ => Err(format!("--crop {text:?}: expected auto or four numbers x,y,width,height")),
     }
 }
 
@@ -477,6 +490,16 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crops_parse() {
+        assert_eq!(parse_crop("auto"), Ok(Crop::Auto(AutoCrop::Auto)));
+        let rect = CropRect { x: 10.0, y: 20.0, width: 640.0, height: 360.0 };
+        assert_eq!(parse_crop("10, 20,640,360"), Ok(Crop::Rect(rect)));
+        for bad in ["", "full", "1,2,3", "1,2,3,x"] {
+            assert!(parse_crop(bad).unwrap_err().contains("expected auto or four numbers"), "{bad}");
+        }
+    }
 
     #[test]
     fn lines_parse_and_validate() {

@@ -37,6 +37,8 @@ enum Command {
         /// Frames per second to analyse (default: every frame).
         #[arg(long)]
         fps: Option<f64>,
+        #[command(flatten)]
+        framing: FramingOptions,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -92,6 +94,9 @@ enum Command {
         /// With --viewers: measured seconds per number of viewers, after a 3 s warm-up.
         #[arg(long = "viewer-window-s", default_value = "10", requires = "viewers")]
         viewer_window_s: f64,
+        /// The clip's frame options (the plain bench: their cost shows in the decode stage).
+        #[command(flatten)]
+        framing: FramingOptions,
     },
     /// The model alone on the first device, per batch size: frames/s and, on a CUDA device, the
     /// device memory the batches take (NVML). No decoding: runs in a build without FFmpeg.
@@ -141,6 +146,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How the clip's frames are prepared for the model: the geometry's `crop` and `normalise`
+/// (docs/PERFORMANCE.md, "Resolution and crop" and "Low light").
+#[derive(clap::Args)]
+struct FramingOptions {
+    /// Crop each frame before letterboxing: `auto` (the lines and zones with a margin) or
+    /// x,y,width,height in source pixels.
+    #[arg(long)]
+    crop: Option<String>,
+    /// Stretch each frame's levels before the model (dark cameras).
+    #[arg(long)]
+    normalise: bool,
+}
+
+impl FramingOptions {
+    /// Sets these options in `geometry` (over what its file says).
+    fn apply(&self, geometry: &mut Geometry) -> anyhow::Result<()> {
+        if let Some(text) = &self.crop {
+            geometry.crop = Some(analyze::parse_crop(text).map_err(anyhow::Error::msg)?);
+        }
+        geometry.normalise |= self.normalise;
+        Ok(())
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -216,7 +245,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let report = its_analytics::sinks::backfill::events_from_stream(&redis, &keys, &db, since_ms).await?;
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::Analyze { video, geometry, lines, fps, json } => {
+        Command::Analyze { video, geometry, lines, fps, framing, json } => {
             let mut geometry = match geometry {
                 Some(path) => analyze::read_geometry(&path)?,
                 None => Geometry::default(),
@@ -225,6 +254,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             for (i, text) in lines.iter().enumerate() {
                 geometry.lines.push(parse_line(first + i + 1, text).map_err(anyhow::Error::msg)?);
             }
+            framing.apply(&mut geometry)?;
             let errors = geometry.validate();
             anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
             anyhow::ensure!(
@@ -345,8 +375,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 print!("{}", r.table());
             }
         }
-        Command::Bench { video, lines, reference, json, .. } => {
-            let geometry = Geometry { lines: parse_lines(&lines)?, ..Default::default() };
+        Command::Bench { video, lines, reference, json, framing, .. } => {
+            let mut geometry = Geometry { lines: parse_lines(&lines)?, ..Default::default() };
+            framing.apply(&mut geometry)?;
+            let errors = geometry.validate();
+            anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
             let reference = (reference != "none").then(|| PathBuf::from(reference));
             if let Some(path) = reference.as_deref().filter(|p| !p.is_file()) {
                 anyhow::bail!(

@@ -264,6 +264,7 @@ impl Pipeline {
             &self.metrics,
             &self.settings.breakers.config(),
         ));
+        status.frame_plan.set(spec.geometry.frame_plan());
         let device = self.least_loaded_device();
         let shard = shard_for(&spec.id, self.shards.len());
         // Network cameras have no replay options; their default (`realtime`) makes them live.
@@ -310,6 +311,8 @@ impl Pipeline {
             }
             camera.spec.geometry = geometry.clone();
             camera.geometry_version = version;
+            // The decode thread crops and stretches by the new geometry from its next frame.
+            camera.status.frame_plan.set(geometry.frame_plan());
             camera.shard
         };
         self.shards[shard]

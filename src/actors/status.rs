@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::analytics::framing::FramePlan;
 use crate::analytics::lines::LineCount;
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
@@ -53,6 +54,36 @@ pub struct CameraStatus {
     pub breaker: std::sync::Arc<crate::supervision::CircuitBreaker>,
     /// The latest decoded frame and tracked boxes, for snapshots and live views.
     pub pictures: std::sync::Arc<CameraPictures>,
+    /// How the decode thread prepares frames for the model (crop, levels), from the geometry.
+    pub frame_plan: FramePlanCell,
+}
+
+/// A camera's frame plan as its decode thread reads it: set from the geometry when the camera
+/// starts and at each geometry change; the decode thread compares `version` at every frame (one
+/// atomic load) and rebuilds its converter when it moved, so a change applies from the next frame.
+#[derive(Debug, Default)]
+pub struct FramePlanCell {
+    version: std::sync::atomic::AtomicU64,
+    plan: Mutex<FramePlan>,
+}
+
+impl FramePlanCell {
+    pub fn set(&self, plan: FramePlan) {
+        let mut slot = self.plan.lock();
+        *slot = plan;
+        self.version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Changes with every `set`.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The plan with its version.
+    pub fn get(&self) -> (u64, FramePlan) {
+        let plan = self.plan.lock();
+        (self.version(), *plan)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +123,7 @@ impl CameraStatus {
             counts: Mutex::new(Vec::new()),
             finished: watch::Sender::new(false),
             pictures: std::sync::Arc::new(CameraPictures::new(&id, metrics)),
+            frame_plan: FramePlanCell::default(),
             id,
         }
     }

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::analytics::framing::Crop;
+use crate::analytics::framing::FramePlan;
 pub use crate::analytics::homography::CalibrationPoint;
 use crate::analytics::homography::Homography;
 pub use crate::analytics::lines::LineSpec;
@@ -51,6 +53,13 @@ pub struct Geometry {
     /// level of service or congestion is reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// The part of the frame the model sees: `"auto"` (the lines and zones with a margin) or a
+    /// rectangle in pixels; none: the whole frame (`framing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<Crop>,
+    /// Stretch each frame's levels before the model (dark cameras; `detector::levels`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub normalise: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,7 +173,28 @@ impl Geometry {
                 ));
             }
         }
+        if let Some(crop) = &self.crop {
+            errors.extend(crop.problems(self.element_points().next().is_some()));
+        }
         errors
+    }
+
+    /// How the decode thread prepares this geometry's frames (crop, levels).
+    pub fn frame_plan(&self) -> FramePlan {
+        FramePlan::new(self.crop, self.normalise, self.element_points())
+    }
+
+    /// The points of the elements vehicles are measured on: lines, zones and lanes (with their
+    /// direction and stop line), what `crop: "auto"` keeps in the picture. Exclusions and
+    /// calibration points are left out: a crop that leaves an exclusion out loses nothing, and
+    /// calibration points may lie anywhere on the road.
+    fn element_points(&self) -> impl Iterator<Item = ImagePoint> + '_ {
+        let lines = self.lines.iter().flat_map(|l| [l.a, l.b]);
+        let zones = self.zones.iter().flat_map(|z| {
+            let extra = z.direction.into_iter().chain(z.stop_line).flatten();
+            z.polygon.iter().copied().chain(extra)
+        });
+        lines.chain(zones).filter(|p| p.iter().all(|c| c.is_finite()))
     }
 
     /// Lines, zones and exclusions share one id namespace, so an event's element id is unambiguous.
@@ -909,6 +939,8 @@ mod tests {
             exclusions: vec![ExclusionSpec { id: String::new(), polygon: vec![[f64::INFINITY, 0.0]; 3] }],
             min_object_size: Some(MinObjectSize { width: -1.0, height: f64::NAN }),
             calibration: Some(bad_calibration),
+            crop: Some(Crop::Rect(crate::analytics::framing::CropRect { x: 0.0, y: 0.0, width: 8.0, height: 64.0 })),
+            normalise: false,
         };
         let errors = geometry.validate();
         let expected = [
@@ -925,6 +957,7 @@ mod tests {
             "min_object_size: height must be",
             "calibration: at least 4 points are needed (got 3)",
             "calibration: point 1: ground coordinates must be finite",
+            "crop: width must be",
         ];
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");
         for (error, start) in errors.iter().zip(expected) {

@@ -5,6 +5,7 @@
 //! Definitions and units: `docs/ANALYTICS.md`.
 
 pub mod config;
+pub mod framing;
 pub mod geometry;
 pub mod homography;
 pub mod incidents;

@@ -7,25 +7,71 @@
 /// Grey that YOLOX was trained to see in padding.
 pub const PAD_VALUE: u8 = 114;
 
-/// How a source frame was placed into the square network input: scaled by `ratio`, top-left.
+/// A rectangle of the source frame in whole pixels: the part of it the model sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Region {
+    /// The whole of a `width` x `height` frame.
+    pub fn full(width: u32, height: u32) -> Self {
+        Self { x: 0, y: 0, width, height }
+    }
+}
+
+/// How a source frame was placed into the square network input: its `region` (the whole frame
+/// unless the camera crops) scaled by `ratio`, top-left.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub ratio: f32,
     pub src_width: u32,
     pub src_height: u32,
+    /// The part of the source frame in the input, in source pixels, inside the frame.
+    pub region: Region,
     pub input_size: u32,
 }
 
 impl Letterbox {
+    /// The whole frame in the input.
     pub fn new(src_width: u32, src_height: u32, input_size: u32) -> Self {
-        let ratio = (input_size as f32 / src_width.max(1) as f32).min(input_size as f32 / src_height.max(1) as f32);
-        Self { ratio, src_width, src_height, input_size }
+        Self::cropped(src_width, src_height, Region::full(src_width, src_height), input_size)
+    }
+
+    /// Only `region` of the frame (clamped into it; an empty one means the whole frame) in the
+    /// input: its pixels are scaled by `ratio`, and boxes come back offset by its corner.
+    pub fn cropped(src_width: u32, src_height: u32, region: Region, input_size: u32) -> Self {
+        let x = region.x.min(src_width);
+        let y = region.y.min(src_height);
+        let width = region.width.min(src_width - x);
+        let height = region.height.min(src_height - y);
+        let region = if width == 0 || height == 0 {
+            Region::full(src_width, src_height)
+        } else {
+            Region { x, y, width, height }
+        };
+        let ratio =
+            (input_size as f32 / region.width.max(1) as f32).min(input_size as f32 / region.height.max(1) as f32);
+        Self { ratio, src_width, src_height, region, input_size }
+    }
+
+    /// Whether the input holds only part of the frame.
+    pub fn is_cropped(&self) -> bool {
+        self.region != Region::full(self.src_width, self.src_height)
+    }
+
+    /// A point of the input square (model pixels) in source-frame pixels.
+    pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
+        (x / self.ratio + self.region.x as f32, y / self.ratio + self.region.y as f32)
     }
 
     /// Size of the scaled image inside the input square, never zero, never past the square.
     pub fn scaled_size(&self) -> (u32, u32) {
-        let w = ((self.src_width as f32 * self.ratio).round() as u32).clamp(1, self.input_size);
-        let h = ((self.src_height as f32 * self.ratio).round() as u32).clamp(1, self.input_size);
+        let w = ((self.region.width as f32 * self.ratio).round() as u32).clamp(1, self.input_size);
+        let h = ((self.region.height as f32 * self.ratio).round() as u32).clamp(1, self.input_size);
         (w, h)
     }
 
@@ -58,6 +104,34 @@ mod tests {
         assert_eq!(lb.scaled_size(), (416, 312));
         let lb = Letterbox::new(1920, 1080, 416);
         assert_eq!(lb.scaled_size(), (416, 234));
+        assert!(!lb.is_cropped());
+    }
+
+    #[test]
+    fn a_region_fills_the_input_and_maps_back_with_its_offset() {
+        // The right half of a 1920x1080 frame: twice the pixels per vehicle of the whole frame.
+        let half = Region { x: 960, y: 0, width: 960, height: 1080 };
+        let lb = Letterbox::cropped(1920, 1080, half, 416);
+        assert!(lb.is_cropped());
+        assert!((lb.ratio - 416.0 / 1080.0).abs() < 1e-6);
+        assert_eq!(lb.scaled_size(), (370, 416));
+        let whole = Letterbox::new(1920, 1080, 416);
+        assert!(lb.ratio > 1.7 * whole.ratio);
+        let (x, y) = lb.to_source(0.0, 208.0);
+        assert!((x - 960.0).abs() < 1e-3 && (y - 540.0).abs() < 1e-3, "({x}, {y})");
+        let (x, y) = whole.to_source(208.0, 0.0);
+        assert!((x - 960.0).abs() < 1e-2 && y == 0.0, "({x}, {y})");
+    }
+
+    #[test]
+    fn a_region_outside_the_frame_is_clamped_or_dropped() {
+        let lb = Letterbox::cropped(640, 480, Region { x: 600, y: 400, width: 200, height: 200 }, 416);
+        assert_eq!(lb.region, Region { x: 600, y: 400, width: 40, height: 80 });
+        for outside in [Region { x: 640, y: 0, width: 10, height: 10 }, Region { x: 0, y: 0, width: 0, height: 5 }] {
+            let lb = Letterbox::cropped(640, 480, outside, 416);
+            assert_eq!(lb.region, Region::full(640, 480), "{outside:?}");
+            assert!(!lb.is_cropped());
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod input;
+pub mod levels;
 pub mod model;
 pub mod nms;
 pub mod onnx;

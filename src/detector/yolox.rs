@@ -68,14 +68,15 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
     out
 }
 
+/// A box of the input square in source-frame pixels, clamped to the part of the frame the model
+/// saw (the letterbox's region: the whole frame unless the camera crops).
 fn to_source(x1: f32, y1: f32, x2: f32, y2: f32, lb: &Letterbox) -> BBox {
-    let (w, h) = (lb.src_width as f32, lb.src_height as f32);
-    BBox::new(
-        (x1 / lb.ratio).clamp(0.0, w),
-        (y1 / lb.ratio).clamp(0.0, h),
-        (x2 / lb.ratio).clamp(0.0, w),
-        (y2 / lb.ratio).clamp(0.0, h),
-    )
+    let r = lb.region;
+    let (left, top) = (r.x as f32, r.y as f32);
+    let (right, bottom) = ((r.x + r.width) as f32, (r.y + r.height) as f32);
+    let (x1, y1) = lb.to_source(x1, y1);
+    let (x2, y2) = lb.to_source(x2, y2);
+    BBox::new(x1.clamp(left, right), y1.clamp(top, bottom), x2.clamp(left, right), y2.clamp(top, bottom))
 }
 
 #[cfg(test)]
@@ -119,6 +120,33 @@ mod tests {
         let expect = BBox::new(40.0 / 1.3, 32.0 / 1.3, 72.0 / 1.3, 48.0 / 1.3);
         for (a, b) in [(d.bbox.x1, expect.x1), (d.bbox.y1, expect.y1), (d.bbox.x2, expect.x2), (d.bbox.y2, expect.y2)] {
             assert!((a - b).abs() < 1e-3, "{:?} vs {:?}", d.bbox, expect);
+        }
+    }
+
+    #[test]
+    fn a_cropped_frame_at_another_input_size_decodes_into_full_frame_pixels() {
+        // The right half of a 1280x720 frame at input 640: ratio 640/720, offset 640.
+        let region = crate::detector::input::Region { x: 640, y: 0, width: 640, height: 720 };
+        let lb = Letterbox::cropped(1280, 720, region, 640);
+        assert!((lb.ratio - 640.0 / 720.0).abs() < 1e-6);
+        assert_eq!(rows_for(640), 80 * 80 + 40 * 40 + 20 * 20);
+        let mut rows = empty_rows(640);
+        // stride 32 starts after 80*80 + 40*40 rows; cell (gx=16, gy=0) of its 20x20 grid; the
+        // picture is 569 wide, and a box reaching past it is clamped to the region's edge.
+        let r = 80 * 80 + 40 * 40 + 16;
+        let row = &mut rows[r * ROW..(r + 1) * ROW];
+        row[0] = 0.5; // cx = 16.5 * 32 = 528
+        row[1] = 0.5; // cy = 16
+        row[2] = (4.0f32).ln(); // w = 128: 464..592
+        row[3] = 0.0; // h = 32
+        row[4] = 0.9;
+        row[5 + 2] = 0.9;
+        let dets = decode(&rows, ROW, &lb, 0.3);
+        assert_eq!(dets.len(), 1);
+        let b = dets[0].bbox;
+        let expect = [640.0 + 464.0 / lb.ratio, 0.0, 1280.0, 32.0 / lb.ratio];
+        for (a, e) in [b.x1, b.y1, b.x2, b.y2].into_iter().zip(expect) {
+            assert!((a - e).abs() < 1e-3, "{b:?} vs {expect:?}");
         }
     }
 

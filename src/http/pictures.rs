@@ -126,6 +126,7 @@ fn picture_headers(picture: &Picture) -> Vec<(&'static str, String)> {
         ("X-Frame-Seq", picture.frame_seq.to_string()),
         ("X-Source-Width", picture.source_width.to_string()),
         ("X-Source-Height", picture.source_height.to_string()),
+        ("X-Source-Region", picture.source_region.map(|v| v.to_string()).join(",")),
         ("Cache-Control", "no-store".to_string()),
     ];
     if let Some(seq) = picture.tracks_seq {
@@ -299,6 +300,7 @@ mod tests {
             height: 3,
             source_width: 3,
             source_height: 2,
+            source_region: [0, 0, 3, 2],
             overlay: false,
         };
         let text = String::from_utf8(part(&picture).to_vec()).unwrap();

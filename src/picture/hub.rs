@@ -114,8 +114,14 @@ pub fn render(
     let mut tracks_seq = None;
     if let Some((Some(tracks), counts)) = overlay {
         let mut canvas = Canvas::new(&mut image, width, height);
-        let scene =
-            Scene { objects: &tracks.objects, geometry: &tracks.geometry, counts, scale: frame.letterbox.ratio };
+        let region = frame.letterbox.region;
+        let scene = Scene {
+            objects: &tracks.objects,
+            geometry: &tracks.geometry,
+            counts,
+            scale: frame.letterbox.ratio,
+            origin: [region.x as f32, region.y as f32],
+        };
         overlay::draw(&mut canvas, &scene);
         tracks_seq = Some(tracks.seq);
     }
@@ -128,6 +134,10 @@ pub fn render(
         height,
         source_width: frame.letterbox.src_width,
         source_height: frame.letterbox.src_height,
+        source_region: {
+            let r = frame.letterbox.region;
+            [r.x, r.y, r.width, r.height]
+        },
         overlay: overlay.is_some(),
     })
 }

@@ -18,6 +18,9 @@ pub struct Picture {
     /// The camera's own pixel size: the space of boxes and geometry.
     pub source_width: u32,
     pub source_height: u32,
+    /// The part of the camera's frame the image shows (`[x, y, width, height]`, camera pixels):
+    /// the whole frame unless the camera crops (`crop` in its geometry).
+    pub source_region: [u32; 4],
     pub overlay: bool,
 }
 

@@ -49,11 +49,15 @@ pub struct Scene<'a> {
     pub counts: &'a [LineCount],
     /// Picture pixels per camera pixel (`Letterbox::ratio`).
     pub scale: f32,
+    /// The camera pixel at the picture's top-left corner (a cropping camera's region corner).
+    pub origin: [f32; 2],
 }
 
 /// Draws `scene` on `canvas`.
 pub fn draw(canvas: &mut Canvas, scene: &Scene) {
-    let at = |p: [f64; 2]| (p[0] as f32 * scene.scale, p[1] as f32 * scene.scale);
+    let [ox, oy] = scene.origin;
+    let at = |p: [f64; 2]| ((p[0] as f32 - ox) * scene.scale, (p[1] as f32 - oy) * scene.scale);
+    let px = |x: f32, y: f32| (((x - ox) * scene.scale).round() as i64, ((y - oy) * scene.scale).round() as i64);
     let geometry = scene.geometry;
     for exclusion in &geometry.exclusions {
         let points: Vec<_> = exclusion.polygon.iter().map(|&p| at(p)).collect();
@@ -109,15 +113,14 @@ pub fn draw(canvas: &mut Canvas, scene: &Scene) {
     for object in scene.objects {
         let colour = class_colour(object.class);
         let b = object.bbox;
-        let (x1, y1) = ((b.x1 * scene.scale).round() as i64, (b.y1 * scene.scale).round() as i64);
-        let (x2, y2) = ((b.x2 * scene.scale).round() as i64, (b.y2 * scene.scale).round() as i64);
+        let ((x1, y1), (x2, y2)) = (px(b.x1, b.y1), px(b.x2, b.y2));
         canvas.rect(x1, y1, x2, y2, BOX_THICKNESS, colour);
     }
     // Labels after every box, so no box is drawn over a label; above the box where there is room.
     for object in scene.objects {
         let b = object.bbox;
         let text = format!("#{} {}", object.track_id, object.class);
-        let (x, y) = ((b.x1 * scene.scale).round() as i64, (b.y1 * scene.scale).round() as i64);
+        let (x, y) = px(b.x1, b.y1);
         let above = y - (font::HEIGHT as i64 + 2);
         canvas.label(x, if above >= 0 { above } else { y }, &text, TEXT_ON_COLOUR, class_colour(object.class));
     }
@@ -189,7 +192,10 @@ mod tests {
             ..Default::default()
         };
         let counts = [LineCount { id: "l1".into(), in_: 3, out: 1, ..Default::default() }];
-        draw(&mut canvas, &Scene { objects: &[car], geometry: &geometry, counts: &counts, scale: 1.0 });
+        draw(
+            &mut canvas,
+            &Scene { objects: &[car], geometry: &geometry, counts: &counts, scale: 1.0, origin: [0.0, 0.0] },
+        );
         let green = class_colour(ObjectClass::Car);
         for x in 40..=80 {
             assert_eq!(canvas.pixel(x, 70), Some(green), "bottom edge at {x}");

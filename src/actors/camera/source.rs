@@ -29,6 +29,7 @@ use ffmpeg_next as ffmpeg;
 use crate::actors::gpu::batch::{FrameSink, PushOutcome, Queued};
 use crate::actors::messages::Frame;
 use crate::actors::status::{CameraStatus, StreamState};
+use crate::analytics::framing::FramePlan;
 use crate::camera_spec::{RawFrames, RtspTransport};
 #[cfg(feature = "ffmpeg")]
 use crate::camera_spec::{FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
@@ -498,11 +499,12 @@ impl Streamer {
                 let convert_started = Instant::now();
                 let decode_span =
                     crate::child_span!(&span, "decode", width = decoded.width(), height = decoded.height());
+                let plan_version = self.source.status.frame_plan.version();
                 let conv = match &mut converter {
-                    Some(c) if c.fits(&decoded) => c,
-                    slot => slot.insert(Converter::new(&decoded, self.source.config.input_size)?),
+                    Some(c) if c.fits(&decoded, plan_version) => c,
+                    slot => slot.insert(self.converter_for(&decoded)?),
                 };
-                let (pixels, letterbox) = decode_span.in_scope(|| conv.convert(&decoded))?;
+                let (pixels, letterbox) = decode_span.in_scope(|| conv.convert(&mut decoded))?;
                 drop(decode_span);
                 self.source.metrics.stages.decode.record(std::mem::take(&mut decode_time) + convert_started.elapsed());
                 self.injected_fault();
@@ -515,6 +517,27 @@ impl Streamer {
                 return Ok(RunEnd::EndOfFile);
             }
         }
+    }
+}
+
+impl Streamer {
+    /// A converter for frames like `frame` under the camera's current plan; says so when the
+    /// plan's crop is not inside the frame (it is clamped, or the whole frame is used).
+    #[cfg(feature = "ffmpeg")]
+    fn converter_for(&self, frame: &ffmpeg::frame::Video) -> Result<Converter, String> {
+        let plan = self.source.status.frame_plan.get();
+        let converter = Converter::new(frame, self.source.config.input_size, plan)?;
+        let (camera, region) = (&self.source.config.camera_id, converter.letterbox.region);
+        if let Some(crop) = plan.1.crop {
+            let (width, height) = (frame.width(), frame.height());
+            if !converter.letterbox.is_cropped() {
+                let why = "crop covers the whole frame or none of it: not cropping";
+                tracing::warn!(%camera, ?crop, width, height, "{why}");
+            } else {
+                tracing::info!(%camera, ?region, width, height, ratio = converter.letterbox.ratio, "cropping");
+            }
+        }
+        Ok(converter)
     }
 }
 
@@ -546,45 +569,89 @@ impl Sampler {
     }
 }
 
-/// Scales decoded frames to the letterboxed size in BGR and lays them out as model input.
+/// Scales decoded frames (the plan's crop of them) to the letterboxed size in BGR, lays them out
+/// as model input and, when the plan says so, stretches their levels.
 #[cfg(feature = "ffmpeg")]
 struct Converter {
     scaler: scaling::Context,
     letterbox: Letterbox,
     format: Pixel,
+    /// The `FramePlanCell` version this converter was built for.
+    plan_version: u64,
+    normalise: bool,
     bgr: ffmpeg::frame::Video,
     pixels: Vec<u8>,
 }
 
 #[cfg(feature = "ffmpeg")]
 impl Converter {
-    fn new(frame: &ffmpeg::frame::Video, input_size: u32) -> Result<Self, String> {
-        let letterbox = Letterbox::new(frame.width(), frame.height(), input_size);
+    fn new(
+        frame: &ffmpeg::frame::Video,
+        input_size: u32,
+        (plan_version, plan): (u64, FramePlan),
+    ) -> Result<Self, String> {
+        let region = plan.region(frame.width(), frame.height());
+        let letterbox = Letterbox::cropped(frame.width(), frame.height(), region, input_size);
         let (w, h) = letterbox.scaled_size();
-        let scaler = scaling::Context::get(
-            frame.format(),
-            frame.width(),
-            frame.height(),
-            Pixel::BGR24,
-            w,
-            h,
-            scaling::Flags::BILINEAR,
-        )
-        .map_err(|e| format!("cannot scale {}x{} {:?}: {e}", frame.width(), frame.height(), frame.format()))?;
-        Ok(Self { scaler, letterbox, format: frame.format(), bgr: ffmpeg::frame::Video::empty(), pixels: Vec::new() })
+        let r = letterbox.region;
+        let scaler =
+            scaling::Context::get(frame.format(), r.width, r.height, Pixel::BGR24, w, h, scaling::Flags::BILINEAR)
+                .map_err(|e| format!("cannot scale {}x{} {:?}: {e}", r.width, r.height, frame.format()))?;
+        Ok(Self {
+            scaler,
+            letterbox,
+            format: frame.format(),
+            plan_version,
+            normalise: plan.normalise,
+            bgr: ffmpeg::frame::Video::empty(),
+            pixels: Vec::new(),
+        })
     }
 
-    fn fits(&self, frame: &ffmpeg::frame::Video) -> bool {
+    /// Whether `frame` is of the size and format this converter was built for, under the plan of
+    /// version `plan_version`.
+    fn fits(&self, frame: &ffmpeg::frame::Video, plan_version: u64) -> bool {
         frame.width() == self.letterbox.src_width
             && frame.height() == self.letterbox.src_height
             && frame.format() == self.format
+            && plan_version == self.plan_version
     }
 
-    fn convert(&mut self, frame: &ffmpeg::frame::Video) -> Result<(Bytes, Letterbox), String> {
+    /// Converts `frame`, which it crops in place (only its plane pointers and size change: no copy).
+    fn convert(&mut self, frame: &mut ffmpeg::frame::Video) -> Result<(Bytes, Letterbox), String> {
+        if self.letterbox.is_cropped() {
+            crop_in_place(frame, &self.letterbox)?;
+        }
         self.scaler.run(frame, &mut self.bgr).map_err(|e| format!("scaling failed: {e}"))?;
         self.letterbox.write_interleaved(self.bgr.data(0), self.bgr.stride(0), &mut self.pixels);
+        if self.normalise {
+            crate::detector::levels::normalise(&self.letterbox, &mut self.pixels);
+        }
         Ok((Bytes::from(std::mem::take(&mut self.pixels)), self.letterbox))
     }
+}
+
+/// Narrows a decoded software frame to the letterbox's region with FFmpeg's crop fields: its
+/// plane pointers move to the region's corner (even, so the chroma planes stay in step) and its
+/// size shrinks. The buffers are the decoder's, untouched; the next `receive_frame` resets all.
+#[cfg(feature = "ffmpeg")]
+fn crop_in_place(frame: &mut ffmpeg::frame::Video, letterbox: &Letterbox) -> Result<(), String> {
+    let r = letterbox.region;
+    // SAFETY: `frame` is a valid decoded frame of `src_width` x `src_height` (checked by `fits`)
+    // and the region lies inside it (`Letterbox::cropped`).
+    let code = unsafe {
+        let raw = frame.as_mut_ptr();
+        (*raw).crop_left = r.x as usize;
+        (*raw).crop_top = r.y as usize;
+        (*raw).crop_right = (letterbox.src_width - r.x - r.width) as usize;
+        (*raw).crop_bottom = (letterbox.src_height - r.y - r.height) as usize;
+        // AV_FRAME_CROP_UNALIGNED: exactly the region, even where the pointers lose alignment.
+        ffmpeg::ffi::av_frame_apply_cropping(raw, 1)
+    };
+    if code < 0 {
+        return Err(format!("cannot crop the frame to {r:?}: {}", ffmpeg::Error::from(code)));
+    }
+    Ok(())
 }
 
 /// Error text with the camera URL and every secret in it removed.

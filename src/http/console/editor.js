@@ -2,7 +2,8 @@
 // (direction and stop line), exclusions and calibration points drawn on the camera's snapshot;
 // saved with PUT .../geometry as the next version (the API validates and its message is shown
 // next to the drawing); older versions listed with what changed. Coordinates are the camera's
-// pixels (X-Source-Width x X-Source-Height), whatever size the picture is drawn at.
+// pixels (X-Source-Width x X-Source-Height), whatever size the picture is drawn at; a camera that
+// crops sends only its region (X-Source-Region: x,y,width,height), drawn in place on grey.
 
 import { api, can, h, needsRole, picture } from './api.js';
 
@@ -75,6 +76,7 @@ export function editorPage(main, id) {
   let version = 0;
   let source = { width: 320, height: 240 };
   let background = null;
+  let region = null; // [x, y, width, height] of the frame the picture shows
   let tool = 'select';
   let draft = [];
   let selected = null; // {kind, index} or {kind: 'calibration', index}
@@ -179,7 +181,10 @@ export function editorPage(main, id) {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = '#222';
     ctx.fillRect(0, 0, canvas.width, canvas.height);
-    if (background) ctx.drawImage(background, 0, 0, canvas.width, canvas.height);
+    if (background) {
+      const [x, y, w, hgt] = region ?? [0, 0, source.width, source.height];
+      ctx.drawImage(background, x * scale(), y * scale(), w * scale(), hgt * scale());
+    }
     const isSelected = (kind, index) => selected && selected.kind === kind && selected.index === index;
     ctx.lineWidth = 2 * pen();
     geometry.exclusions.forEach((e, i) => {
@@ -460,9 +465,12 @@ export function editorPage(main, id) {
       const width = Number(headers.get('X-Source-Width')) || image.width;
       const height = Number(headers.get('X-Source-Height')) || image.height;
       source = { width, height };
+      const shown = (headers.get('X-Source-Region') ?? '').split(',').map(Number);
+      region = shown.length === 4 && shown.every((v) => Number.isFinite(v)) && shown[2] > 0 ? shown : null;
       background = image;
-      canvas.width = image.width * 2;
-      canvas.height = image.height * 2;
+      const perPixel = region ? image.width / region[2] : image.width / width;
+      canvas.width = Math.round(width * perPixel * 2);
+      canvas.height = Math.round(height * perPixel * 2);
       saved.textContent = `Picture: frame ${headers.get('X-Frame-Seq') ?? '?'}; coordinates in camera pixels (${width} x ${height}).`;
     } catch (e) {
       if (!signal.aborted) saved.textContent = `No picture (${e.message}); coordinates assume ${source.width} x ${source.height}.`;
