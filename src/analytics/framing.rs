@@ -189,6 +189,7 @@ mod tests {
             polygon: vec![[100.0, 100.0], [140.0, 100.0], [140.0, 160.0]],
             direction: None,
             stop_line: None,
+            detection_loop: None,
         });
         let region = geometry.frame_plan().region(1000, 1000);
         // 100..140 x 100..160, margin 150: -50..290 x -50..310 -> 0..290 x 0..310 -> 310 square.

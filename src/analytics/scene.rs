@@ -799,7 +799,13 @@ mod tests {
     /// A vehicle of `class` whose ground point is at image (x, y).
     fn vehicle(track_id: u64, class: ObjectClass, x: f64, y: f64) -> TrackedObject {
         let (x, y) = (x as f32, y as f32);
-        TrackedObject { track_id, bbox: BBox::new(x - 10.0, y - 40.0, x + 10.0, y), class, score: 0.9 }
+        TrackedObject {
+            track_id,
+            bbox: BBox::new(x - 10.0, y - 40.0, x + 10.0, y),
+            class,
+            score: 0.9,
+            vehicle: Default::default(),
+        }
     }
 
     /// `classes[k]` enters the lane every 150 frames (6 s) at 72 km/h (20 m/s: 8 px a frame),
