@@ -10,9 +10,9 @@
 //!   against the typical car at the same place in the image, learnt from the camera's own confident
 //!   car detections (planes `sqrt(area) = a + b x + c y` and `height = a + b x + c y` over their
 //!   ground points: perspective makes a vehicle's image size grow linearly with its distance down
-//!   the image on a flat road). The track's relative size and height are medians over its
-//!   detections. Vans are hardly longer than cars but taller: the height tells them apart, the
-//!   size (area) tells heavies;
+//!   the image on a flat road). The track's relative size and height are medians over its latest
+//!   boxes, against the planes as they are when asked. Vans are hardly longer than cars but
+//!   taller: the height tells them apart, the size (area) tells heavies.
 //!
 //! Sizes are relative, not in metres, on calibrated cameras too: the calibration maps the road
 //! plane, and a box mixes a vehicle's length with its height (on the calibrated overpass clip the
@@ -26,7 +26,7 @@
 //!    detector's share of bus and truck is at least `HEAVY_SHARE`; a bus when the detector's bus
 //!    probability beats its truck probability, else a truck;
 //! 3. a bus when the detector votes bus (its bus probability beats car and truck together) and the
-//!    vehicle is at least van-sized (minibuses are buses);
+//!    vehicle is at least van-sized;
 //! 4. van: relative height at least `VAN_HEIGHT`, or relative size at least `VAN_SIZE`;
 //! 5. otherwise a car.
 //!
@@ -69,8 +69,8 @@ const MAX_SIZE_SAMPLES: usize = 64;
 /// Frames after which an unseen track's evidence is dropped.
 const FORGET_FRAMES: u64 = 900;
 
-/// Why a track has the class it has (for `analyze --crossings` and the docs' accuracy table).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+/// Why a track has the class it has.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ClassEvidence {
     /// Share of truck and bus in the detector's motor-vehicle probabilities over the track.
     pub heavy_share: f64,
