@@ -585,6 +585,7 @@ mod tests {
             captured_at: UNIX_EPOCH + Duration::from_millis(EPOCH_MS + 100 * seq),
             captured: Instant::now(),
             detections: cars.iter().map(|&bbox| Detection::new(bbox, 0.9, ObjectClass::Car)).collect(),
+            model_version: 1,
             span: tracing::Span::none(),
         })
     }

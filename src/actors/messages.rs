@@ -46,6 +46,8 @@ pub struct FrameDetections {
     pub captured_at: SystemTime,
     pub captured: Instant,
     pub detections: Vec<Detection>,
+    /// The registry version of the model that produced `detections`.
+    pub model_version: u32,
     /// The frame's trace, carried on from `Frame::span`.
     pub span: tracing::Span,
 }

@@ -372,14 +372,14 @@ impl DeviceState {
             self.metrics.inference_latency.get_or_create(&self.labels).observe(busy);
             self.metrics.device_busy.get_or_create(&self.labels).inc_by(busy);
             match outcome {
-                Outcome::Detections(per_frame) => {
+                Outcome::Detections(per_frame, version) => {
                     self.metrics.batch_size.get_or_create(&self.labels).observe(take as f64);
                     self.record(false);
                     if let Some(grown) = self.sizer.lock().on_success(free) {
                         tracing::info!(device = %self.name, batch = grown, "batch limit grown back");
                     }
                     for ((frame, route), detections) in frames.drain(..take).zip(per_frame) {
-                        self.deliver(&route, detections_message(frame, detections), false, reporter);
+                        self.deliver(&route, detections_message(frame, detections, version), false, reporter);
                         drop(batch_spans.pop_front());
                     }
                 }
@@ -463,7 +463,7 @@ impl DeviceState {
             model.detector.detect(&inputs)
         }));
         match result {
-            Ok(Ok(per_frame)) => Outcome::Detections(per_frame),
+            Ok(Ok(per_frame)) => Outcome::Detections(per_frame, model.version),
             Ok(Err(DetectorError::OutOfMemory(e))) => Outcome::OutOfMemory(e),
             Ok(Err(e)) => Outcome::Failed(e.to_string()),
             Err(panic) => {
@@ -517,7 +517,8 @@ struct Leftover {
 }
 
 enum Outcome {
-    Detections(Vec<Vec<Detection>>),
+    /// Detections per frame, and the version of the model that made them.
+    Detections(Vec<Vec<Detection>>, u32),
     OutOfMemory(String),
     Panicked(String),
     Failed(String),
@@ -534,13 +535,14 @@ impl Drop for RunningGuard {
     }
 }
 
-fn detections_message(frame: Frame, detections: Vec<Detection>) -> ToConnector {
+fn detections_message(frame: Frame, detections: Vec<Detection>, model_version: u32) -> ToConnector {
     ToConnector::Detections(FrameDetections {
         camera_id: frame.camera_id,
         seq: frame.seq,
         captured_at: frame.captured_at,
         captured: frame.captured,
         detections,
+        model_version,
         span: frame.span,
     })
 }
