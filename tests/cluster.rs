@@ -125,7 +125,12 @@ async fn each_analysed_once(
 async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     let env = TestEnv::new().await;
     let client = common::client();
-    let (a, b, c) = tokio::join!(node(&env, "node-a", &[]), node(&env, "node-b", &[]), node(&env, "node-c", &[]));
+    // A model directory with a second version to reload (each node has the same files).
+    let models = common::model_dir_with_candidate();
+    let configured = models.path().join("yolox_nano.onnx");
+    let model = [("ITS__MODEL__PATH", configured.to_str().unwrap())];
+    let (a, b, c) =
+        tokio::join!(node(&env, "node-a", &model), node(&env, "node-b", &model), node(&env, "node-c", &model));
     settled(&client, &a, 3).await;
 
     // Control through any node: each node registers four of the cameras.
@@ -189,7 +194,7 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     assert_eq!(common::metric(&page, "its_cluster_nodes"), Some(2.0));
 
     // A fourth node joins: only cameras that rendezvous gives it move, all of them to it.
-    let d = node(&env, "node-d", &[]).await;
+    let d = node(&env, "node-d", &model).await;
     settled(&client, &d, 3).await;
     let mut all: Vec<(&str, &Service)> = alive.clone();
     all.push(("node-d", &d));
@@ -218,16 +223,19 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     .await;
     eprintln!("geometry applied by the owner {} ms after the change", changed.elapsed().as_millis());
 
-    // A model reload through one node reaches every node.
-    let r = client.post(d.url("/api/v1/models/yolox_nano/reload")).send().await.unwrap();
+    // A model reload through one node reaches every node: each installs version 2.
+    let r = client.post(d.url("/api/v1/models/yolox_nano/reload")).json(&json!({ "file": "candidate.onnx" }));
+    let r = r.send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let reloaded = Instant::now();
     for (name, svc) in &alive {
         common::eventually("the reload on every node", Duration::from_secs(30), || async {
             let models: Value = client.get(svc.url("/api/v1/models")).send().await.ok()?.json().await.ok()?;
-            (models[0]["versions"].as_array()?.len() == 2).then_some(())
+            let devices = models[0]["devices"].as_array()?;
+            (models[0]["versions"].as_array()?.len() == 2 && devices.iter().all(|d| d["version"] == 2)).then_some(())
         })
         .await;
-        eprintln!("{name} serves the reloaded model");
+        eprintln!("{name} serves the reloaded model {} ms after the reload", reloaded.elapsed().as_millis());
     }
 
     // `its-analytics drain` (the preStop hook) empties node-d while it runs on.

@@ -103,10 +103,11 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             rollback_failure_rate: 1.0,
             rollback_window: 8,
         },
+        version: 1,
         loader,
         metrics: metrics.clone(),
         breaker: metrics.breaker("model:scripted:cpu", &breaker),
-        transitions: ModelTransitions::new("scripted".into(), metrics.clone(), sink.clone()),
+        transitions: ModelTransitions::new("scripted".into(), metrics.clone(), sink.clone(), None),
         faults: Arc::new(FaultInjector::default()),
     })
     .expect("the scripted model loads");
