@@ -68,8 +68,8 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Service {
     /// Connects to PostgreSQL (migrating) and Redis, loads the model version the registry says
-    /// serves (or falls back: `registry`), starts the pipeline and joins the cluster, which starts this node's share of the stored cameras. Must run inside
-    /// an actix system.
+    /// serves (or falls back: `registry`), starts the pipeline and joins the cluster, which
+    /// starts this node's share of the stored cameras. Must run inside an actix system.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
         let sources =
             settings.cameras.source_policy().map_err(anyhow::Error::msg)?.with_simulator(settings.simulator.enabled);

@@ -140,6 +140,7 @@ impl Pipeline {
         let named = inference_devices(settings.device.kind, settings.model.backend(), settings.device.cpu_workers)
             .map_err(TopologyError::Device)?;
         // Each candidate in turn, on every device; the first that loads everywhere serves.
+        let registry = plan.store().is_some();
         let mut failures = plan.unavailable.clone();
         let mut loaded = None;
         for candidate in &plan.candidates {
@@ -171,7 +172,7 @@ impl Pipeline {
                     Err(error) => {
                         tracing::error!(model = %model_name, candidate = %what, device = %name, %error,
                             "model version does not load");
-                        failures.push(if plan.candidates.len() == 1 && plan.unavailable.is_empty() {
+                        failures.push(if !registry {
                             format!("{name}: {error}")
                         } else {
                             format!("{what}: {name}: {error}")
@@ -188,7 +189,7 @@ impl Pipeline {
         }
         let Some((candidate, states)) = loaded else {
             return Err(TopologyError::Device(match failures.as_slice() {
-                [one] if plan.candidates.len() == 1 => one.clone(),
+                [one] if !registry => one.clone(),
                 _ => format!("no model version loads: {}", failures.join("; ")),
             }));
         };

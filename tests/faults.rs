@@ -367,6 +367,61 @@ async fn a_restart_serves_the_reloaded_version_and_falls_back_from_a_corrupt_one
     eprintln!("restart, fallback and failed start in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// The registry's rules in PostgreSQL, which every node relies on: a file with its SHA-256 is one
+/// version however many nodes register it at once; the serving version is the newest activation
+/// or rollback (a `rejected` or `fallback` row does not change it); the good versions exclude
+/// those rejected or rolled back from, the most recently serving first.
+#[tokio::test]
+async fn the_registry_numbers_versions_once_and_tells_the_good_ones() {
+    use its_analytics::db::models::NewTransition;
+    let env = TestEnv::new().await;
+    let db = its_analytics::db::Db::connect(&env.postgres_url, 8, Duration::from_secs(5)).await.unwrap();
+    let register = |file: &'static str, sha: &'static str| {
+        let db = db.clone();
+        async move { db.register_model_version("m", file, sha, 416, "fp32").await.unwrap() }
+    };
+    assert_eq!((register("a.onnx", "s1").await.0.version, register("a.onnx", "s1").await.1), (1, false));
+    assert_eq!(register("a.onnx", "s2").await.0.version, 2, "new content, new version");
+    assert_eq!(register("b.onnx", "s1").await.0.version, 3, "another file, another version");
+    let at_once: Vec<_> = futures::future::join_all((0..6).map(|_| register("c.onnx", "s3"))).await;
+    assert!(at_once.iter().all(|(row, _)| row.version == 4), "{at_once:?}");
+    assert_eq!(at_once.iter().filter(|(_, new)| *new).count(), 1);
+    let other = db.register_model_version("other", "a.onnx", "s1", 640, "bf16").await.unwrap().0;
+    assert_eq!((other.version, other.input_size, other.precision.as_str()), (1, 640, "bf16"), "numbered per model");
+
+    assert_eq!(db.model_serving("m").await.unwrap().version, None, "nothing activated yet");
+    let record = |transition: &str, from: Option<u32>, to: Option<u32>| {
+        let t = NewTransition {
+            model: "m".into(),
+            transition: transition.into(),
+            from_version: from,
+            to_version: to,
+            detail: String::new(),
+            node: "node-a".into(),
+        };
+        let db = db.clone();
+        async move { db.record_model_transition(&t).await.unwrap() }
+    };
+    record("activated", None, Some(1)).await;
+    record("activated", Some(1), Some(2)).await;
+    record("rolled_back", Some(2), Some(1)).await;
+    record("activated", Some(1), Some(3)).await;
+    record("rejected", Some(3), Some(4)).await;
+    let fallback = record("fallback", Some(3), Some(1)).await;
+    let serving = db.model_serving("m").await.unwrap();
+    assert_eq!((serving.version.map(|v| v.version), serving.last_seq), (Some(3), fallback));
+    let good: Vec<u32> = db.good_model_versions("m").await.unwrap().iter().map(|v| v.version).collect();
+    assert_eq!(good, [3, 1], "2 was rolled back from, 4 rejected");
+    record("rejected", None, Some(3)).await;
+    let good: Vec<u32> = db.good_model_versions("m").await.unwrap().iter().map(|v| v.version).collect();
+    assert_eq!(good, [1], "a version a node refused is no longer good");
+    let after: Vec<String> =
+        db.model_transitions_after("m", fallback - 1).await.unwrap().into_iter().map(|t| t.transition).collect();
+    assert_eq!(after, ["fallback", "rejected"]);
+    let history = db.model_history("m", 3).await.unwrap();
+    assert_eq!(history.iter().map(|t| t.transition.as_str()).collect::<Vec<_>>(), ["rejected", "fallback", "rejected"]);
+}
+
 /// SIGKILL twice. First while Redis is away, so events wait in the outbox; the camera is then
 /// removed behind the service's back, so only the outbox can deliver them after the restart.
 /// Then mid-stream: the restarted service resumes the camera, and every crossing of the clip is

@@ -17,8 +17,8 @@ async fn live() -> HttpResponse {
 
 /// Ready when PostgreSQL and Redis answer, neither's circuit breaker is open, and every device's
 /// inference thread runs a model whose breaker is not open. After a fallback at start the
-/// service is ready (it serves) and `checks.model.fallback` names the version serving and why. Cameras whose breaker is not closed
-/// are listed but do not make the service unready.
+/// service is ready (it serves) and `checks.model.fallback` names the version serving and why.
+/// Cameras whose breaker is not closed are listed but do not make the service unready.
 async fn ready(service: web::Data<Service>) -> HttpResponse {
     let postgres = service.db.ping().await.map_err(|e| e.to_string());
     let redis = service.redis_ping().await.map_err(|e| e.to_string());

@@ -200,7 +200,9 @@ impl StartPlan {
                 Some(row)
             }
             Ok(Err(e)) => {
-                unavailable.push(format!("configured file {}: {e}", settings.path.display()));
+                let hint =
+                    if e.kind() == std::io::ErrorKind::NotFound { "; run scripts/setup.sh to convert it" } else { "" };
+                unavailable.push(format!("configured file {}: {e}{hint}", settings.path.display()));
                 None
             }
             Err(e) => {
@@ -655,8 +657,12 @@ impl ModelRegistry {
     }
 }
 
-/// The directory of the configured model file, canonical when it exists.
+/// The directory of the configured model file: its real file's when it exists (as reloads have
+/// always read it, links resolved), else its parent's.
 fn model_dir(configured: &Path) -> PathBuf {
+    if let Some(dir) = configured.canonicalize().ok().and_then(|f| f.parent().map(Path::to_path_buf)) {
+        return dir;
+    }
     let parent = match configured.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
