@@ -581,8 +581,8 @@ impl ModelRegistry {
         }
     }
 
-    /// The version serving on each device.
-    async fn device_versions(&self) -> Vec<u32> {
+    /// The version serving on each device of this node.
+    pub async fn device_versions(&self) -> Vec<u32> {
         let mut versions = Vec::new();
         for device in &self.devices {
             if let Ok(d) = device.send(GetDeviceView).await {
