@@ -14,7 +14,9 @@ use crate::actors::connector::{
     restart_shard, shard_for, start_shard, AddCamera, Registration, RemoveCamera, SetGeometry, ShardConfig, ShardSlot,
     HANDOVER_WAIT,
 };
+use crate::actors::gpu::candidate::Candidates;
 use crate::actors::gpu::registry::{ModelRegistry, StartPlan, Started};
+use crate::actors::gpu::shadow::CounterStart;
 use crate::actors::gpu::transitions::ModelTransitions;
 use crate::actors::gpu::worker::{DeviceParts, DeviceState, FaultInjector, WorkerConfig};
 use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, DeviceView, GetDeviceView, GpuActor, StopDevice};
@@ -88,7 +90,8 @@ pub struct Pipeline {
     camera_supervisor: Supervisor,
     /// Where every CameraActor runs (not on whichever arbiter registered it: an HTTP worker).
     camera_arbiter: Arbiter,
-    models: ModelRegistry,
+    models: Arc<ModelRegistry>,
+    candidates: Arc<Candidates>,
 }
 
 impl Pipeline {
@@ -199,14 +202,32 @@ impl Pipeline {
             devices.push(Device { name, actor });
         }
         let device_actors = devices.iter().map(|d| d.actor.clone()).collect();
-        let models = if simulated {
-            ModelRegistry::simulated(settings.model.clone(), device_actors, transitions)
+        let models = Arc::new(if simulated {
+            ModelRegistry::simulated(settings.model.clone(), device_actors, transitions.clone())
         } else {
             let started = Started { candidate, failures };
-            ModelRegistry::new(settings.model.clone(), device_actors, transitions, &plan, started)
+            ModelRegistry::new(settings.model.clone(), device_actors, transitions.clone(), &plan, started)
                 .map_err(|e| TopologyError::Device(format!("model file: {e}")))?
-        };
+        });
         let cameras: Arc<DashMap<String, RunningCamera>> = Arc::default();
+        let candidates = {
+            let cameras = cameras.clone();
+            let counters = CounterStart {
+                tracker: settings.tracker,
+                lines: Arc::new(move |id: &CameraId| cameras.get(id.as_ref()).map(|c| c.spec.geometry.lines.clone())),
+            };
+            let devices = devices.iter().map(|d| d.actor.clone()).collect();
+            let candidates = Candidates::new(
+                settings.model.clone(),
+                devices,
+                models.clone(),
+                transitions,
+                metrics.clone(),
+                counters,
+            );
+            Arc::new(candidates)
+        };
+        judge_candidates(&candidates, settings.model.lifecycle.check_interval());
         let camera_supervisor = {
             let (observer, cameras) = (metrics.clone(), cameras.clone());
             Supervisor::spawn(
@@ -250,7 +271,18 @@ impl Pipeline {
             shards.push(slot.get().expect("just set").clone());
         }
         let camera_arbiter = Arbiter::new();
-        Ok(Self { settings, metrics, devices, shards, cameras, supervisor, camera_supervisor, camera_arbiter, models })
+        Ok(Self {
+            settings,
+            metrics,
+            devices,
+            shards,
+            cameras,
+            supervisor,
+            camera_supervisor,
+            camera_arbiter,
+            models,
+            candidates,
+        })
     }
 
     /// The supervised children: shards and inference threads, with restarts and last errors.
@@ -265,6 +297,10 @@ impl Pipeline {
 
     pub fn models(&self) -> &ModelRegistry {
         &self.models
+    }
+
+    pub fn candidates(&self) -> &Candidates {
+        &self.candidates
     }
 
     pub fn settings(&self) -> &Settings {
@@ -461,4 +497,18 @@ fn fail_camera(cameras: &DashMap<String, RunningCamera>, child: &str, error: &st
     let Some(camera) = CameraActor::camera_of(child).and_then(|id| cameras.get(id)) else { return };
     camera.status.set_state(StreamState::Failed, Some(format!("decode thread crash-looping: {error}")));
     camera.actor.do_send(StopCamera);
+}
+
+/// Judges the active candidate every `every` for as long as the pipeline holds the candidates.
+fn judge_candidates(candidates: &Arc<Candidates>, every: std::time::Duration) {
+    let candidates = Arc::downgrade(candidates);
+    actix::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(candidates) = candidates.upgrade() else { break };
+            candidates.tick().await;
+        }
+    });
 }

@@ -19,12 +19,14 @@ CREATE TABLE IF NOT EXISTS model_versions (
     UNIQUE (model, file, sha256)
 );
 
--- activated, rejected, rolled_back, fallback: each with the node that made it. `rejected` and
--- `fallback` concern the node that wrote them (its file, its devices); other nodes only show them.
+-- activated, rejected, rolled_back, fallback, and a candidate's stages (shadow_started,
+-- canary_started, promoted, canary_rolled_back, shadow_stopped): each with the node that made it.
+-- Only `activated` and `rolled_back` change the serving version; `rejected` and `fallback`
+-- concern the node that wrote them (its file, its devices); other nodes only show them.
 CREATE TABLE IF NOT EXISTS model_transitions (
     seq          BIGSERIAL PRIMARY KEY,
     model        TEXT NOT NULL,
-    transition   TEXT NOT NULL CHECK (transition IN ('activated', 'rejected', 'rolled_back', 'fallback')),
+    transition   TEXT NOT NULL,
     from_version INT,
     to_version   INT,
     detail       TEXT NOT NULL,

@@ -1,6 +1,7 @@
 //! Object detection: the model's input layout, the model and its two backends (ONNX Runtime for
 //! the CPU, libtorch for CUDA), the output decoders, and the simulator's synthetic detector.
 
+pub mod agreement;
 pub mod config;
 pub mod error;
 pub mod input;

@@ -289,8 +289,6 @@ pub struct ModelRegistry {
     versions: Mutex<Vec<ModelVersion>>,
     transitions: Arc<ModelTransitions>,
     reloading: tokio::sync::Mutex<()>,
-    /// The models the last `register` validated, kept for an `activate` of that version.
-    validated: Mutex<Option<Vec<LoadedModel>>>,
     start: Mutex<Option<StartRecord>>,
     fallback: Mutex<Option<Fallback>>,
     /// The last transition (`model_transitions.seq`) applied or skipped by `apply_cluster`.
@@ -347,7 +345,6 @@ impl ModelRegistry {
             versions: Mutex::new(versions),
             transitions,
             reloading: Default::default(),
-            validated: Mutex::new(None),
             start: Mutex::new(start),
             fallback: Mutex::new(None),
             applied_seq: AtomicI64::new(plan.last_seq),
@@ -380,7 +377,6 @@ impl ModelRegistry {
             versions: Mutex::new(vec![first]),
             transitions,
             reloading: Default::default(),
-            validated: Mutex::new(None),
             start: Mutex::new(None),
             fallback: Mutex::new(None),
             applied_seq: AtomicI64::new(0),
@@ -437,26 +433,37 @@ impl ModelRegistry {
     pub async fn register(&self, name: &str, file: Option<&str>) -> Result<ModelVersion, ReloadError> {
         self.check(name)?;
         let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
-        self.register_locked(file).await
+        Ok(self.register_locked(file).await?.0)
     }
 
     /// Installs registered `version` on every device (the one it replaces kept for a rollback),
     /// stores an `activated` transition with `detail`, and so makes every other node of the
-    /// cluster install it at its next heartbeat. The models `register` just validated are used
-    /// when it was this version; otherwise its file is loaded and validated again (its SHA-256
-    /// must not have changed). Refused: a `rejected` transition, the serving model unchanged.
+    /// cluster install it at its next heartbeat. Its file is loaded and validated again (its
+    /// SHA-256 must not have changed). Refused: a `rejected` transition, the serving model
+    /// unchanged.
     pub async fn activate(&self, name: &str, version: u32, detail: &str) -> Result<ModelVersion, ReloadError> {
         self.check(name)?;
         let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
-        self.activate_locked(version, detail).await
+        self.activate_locked(version, detail, None).await
     }
 
-    /// `register` then `activate`: the version now serving.
+    /// `register` then `activate` (with the models `register` validated): the version now serving.
     pub async fn reload(&self, name: &str, file: Option<&str>) -> Result<ModelVersion, ReloadError> {
         self.check(name)?;
         let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
-        let version = self.register_locked(file).await?;
-        self.activate_locked(version.version, &version.file).await
+        let (version, loaded) = self.register_locked(file).await?;
+        self.activate_locked(version.version, &version.file, Some(loaded)).await
+    }
+
+    /// The version serving on the first device (1 without devices).
+    pub async fn serving_version(&self) -> u32 {
+        self.device_versions().await.first().copied().unwrap_or(1)
+    }
+
+    /// The settings that load registered `version` (its file in the model directory), if known.
+    pub async fn settings_of(&self, version: u32) -> Result<Option<ModelSettings>, ReloadError> {
+        let Some(entry) = self.version(version).await? else { return Ok(None) };
+        Ok(Some(ModelSettings { path: self.dir.join(&entry.file), ..self.base.clone() }))
     }
 
     /// Applies what other nodes did (at each heartbeat): when a transition stored since the last
@@ -509,7 +516,7 @@ impl ModelRegistry {
         Ok(())
     }
 
-    async fn register_locked(&self, file: Option<&str>) -> Result<ModelVersion, ReloadError> {
+    async fn register_locked(&self, file: Option<&str>) -> Result<(ModelVersion, Vec<LoadedModel>), ReloadError> {
         let path = match file {
             Some(file) => resolve_in(&self.dir, file)?,
             None => self
@@ -529,17 +536,24 @@ impl ModelRegistry {
         };
         let version = self.store_version(&file_name, &sha256).await?;
         let loaded = loaded.into_iter().map(|m| LoadedModel { version: version.version, ..m }).collect();
-        *self.validated.lock() = Some(loaded);
-        Ok(version)
+        Ok((version, loaded))
     }
 
-    async fn activate_locked(&self, version: u32, detail: &str) -> Result<ModelVersion, ReloadError> {
+    async fn activate_locked(
+        &self,
+        version: u32,
+        detail: &str,
+        validated: Option<Vec<LoadedModel>>,
+    ) -> Result<ModelVersion, ReloadError> {
         let entry = self
             .version(version)
             .await?
             .ok_or_else(|| ReloadError::NotFound(format!("model {} has no version {version}", self.name)))?;
         let from = self.device_versions().await.first().copied();
-        let loaded = self.loaded_for(&entry, from).await?;
+        let loaded = match validated {
+            Some(loaded) => loaded,
+            None => self.loaded_for(&entry, from).await?,
+        };
         // Stored first: a store that fails changes nothing.
         self.transitions.record_stored("activated", from, Some(version), detail.to_string()).await?;
         self.install(loaded).await?;
@@ -547,13 +561,9 @@ impl ModelRegistry {
         Ok(entry)
     }
 
-    /// The models of `entry` on every device: the ones `register` validated, or its file loaded
-    /// and validated again (a refusal is stored as `rejected`).
+    /// The models of `entry` on every device: its file loaded and validated (a refusal is stored
+    /// as `rejected`).
     async fn loaded_for(&self, entry: &ModelVersion, from: Option<u32>) -> Result<Vec<LoadedModel>, ReloadError> {
-        let cached = self.validated.lock().take_if(|m| m.first().is_some_and(|m| m.version == entry.version));
-        if let Some(loaded) = cached.filter(|m| m.len() == self.devices.len()) {
-            return Ok(loaded);
-        }
         let checked = match resolve_in(&self.dir, &entry.file) {
             Ok(path) => self.validate(path, Some(entry.sha256.clone())).await,
             Err(e) => Err(ReloadError::Rejected(e.to_string())),
@@ -746,16 +756,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().canonicalize().unwrap();
         std::fs::write(dir.join("m.onnx"), b"weights").unwrap();
-        let base = ModelSettings {
-            path: dir.join("m.onnx"),
-            family: crate::detector::config::ModelFamily::Yolox,
-            input_size: 416,
-            score_threshold: 0.1,
-            nms_iou: 0.45,
-            rollback_failure_rate: 0.5,
-            rollback_window: 8,
-            onnxruntime_library: PathBuf::new(),
-        };
+        let defaults = crate::settings::Settings::load(None).expect("the default settings load").model;
+        let base = ModelSettings { path: dir.join("m.onnx"), ..defaults };
         let plan = StartPlan {
             candidates: Vec::new(),
             unavailable: Vec::new(),

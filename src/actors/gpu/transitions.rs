@@ -26,7 +26,8 @@ pub struct ModelTransition {
     pub seq: Option<i64>,
     pub at: chrono::DateTime<chrono::Utc>,
     pub model: String,
-    /// `activated`, `rejected`, `rolled_back` or `fallback`.
+    /// `activated`, `rejected`, `rolled_back` or `fallback`; a candidate's `shadow_started`,
+    /// `canary_started`, `promoted`, `canary_rolled_back` and `shadow_stopped` (`candidate`).
     pub transition: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_version: Option<u32>,
@@ -177,7 +178,7 @@ impl ModelTransitions {
     /// Log, metrics, system event and the in-memory history.
     fn announce(&self, transition: &str, from_version: Option<u32>, to_version: Option<u32>, detail: String) {
         match transition {
-            "activated" => {
+            "activated" | "shadow_started" | "canary_started" | "promoted" => {
                 tracing::info!(model = %self.model, ?from_version, ?to_version, %detail, "model version activated")
             }
             "fallback" => {
@@ -190,7 +191,8 @@ impl ModelTransitions {
         }
         let labels = ModelTransitionLabels { model: self.model.clone(), transition: transition.to_string() };
         self.metrics.model_transitions.get_or_create(&labels).inc();
-        if let Some(version) = to_version.filter(|_| transition != "rejected") {
+        // Only these change what serves every camera; a candidate's stages do not.
+        if let Some(version) = to_version.filter(|_| matches!(transition, "activated" | "rolled_back" | "fallback")) {
             self.metrics.model_version.get_or_create(&ModelLabels { model: self.model.clone() }).set(version as i64);
         }
         let record = ModelTransition {

@@ -102,6 +102,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             onnxruntime_library: Default::default(),
             rollback_failure_rate: 1.0,
             rollback_window: 8,
+            lifecycle: crate::settings::Settings::load(None).expect("the default settings load").model.lifecycle,
         },
         version: 1,
         loader,
