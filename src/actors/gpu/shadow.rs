@@ -195,13 +195,13 @@ impl ShadowCounter {
 }
 
 /// A running camera's counting lines; `None`: the camera is gone (no counts for it).
-pub type LinesOf = Arc<dyn Fn(&CameraId) -> Option<Vec<LineSpec>> + Send + Sync>;
+pub type CameraLines = Arc<dyn Fn(&CameraId) -> Option<Vec<LineSpec>> + Send + Sync>;
 
 /// What the lanes need to start a camera's shadow trackers.
 #[derive(Clone)]
 pub struct CounterStart {
     pub tracker: TrackerConfig,
-    pub lines: LinesOf,
+    pub lines: CameraLines,
 }
 
 /// What a device's lane is set up with.
