@@ -1,6 +1,7 @@
 //! Candidate models on the real model and the real clip: a shadow of the same weights agrees fully
 //! and counts alike and is promoted; a candidate with perturbed weights is refused, and a forced
-//! canary of it rolls back by itself with every event delivered once; bad requests change nothing.
+//! canary of it rolls back by itself with every event delivered once; bad requests change nothing;
+//! a restart serves the promoted version.
 
 mod common;
 
@@ -223,5 +224,13 @@ async fn candidates_are_judged_in_shadow_promoted_or_rolled_back() {
     let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let series = "its_model_transitions_total{model=\"yolox_nano\",transition=\"canary_rolled_back\"}";
     assert_eq!(common::metric(&page, series), Some(1.0), "{page}");
+    svc.stop();
+
+    // A restart serves the promoted version, from the registry in PostgreSQL.
+    let svc = Service::start_with(&env, &lifecycle).await;
+    let listed: Value = client.get(svc.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed[0]["devices"][0]["version"].as_u64(), Some(v_same), "after the restart: {listed}");
+    let ready: Value = client.get(svc.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["checks"]["model"]["fallback"], Value::Null, "{ready}");
     svc.stop();
 }
