@@ -30,6 +30,14 @@ pub struct ModelLabels {
     pub model: String,
 }
 
+/// A drift feature (`class`, `confidence`, `box_size`, `count`) of a model on a camera.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub camera: String,
+    pub model: String,
+    pub feature: String,
+}
+
 /// The exemplar of an observation made for a traced frame: its trace id, to jump from a latency
 /// bucket to the trace in Jaeger.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +130,7 @@ pub const PICTURE_PARTS_SENT: &str = "its_picture_parts_sent";
 /// Names the product brief uses.
 pub const DEVICE_MEMORY: &str = "gpu_memory_utilization_percent";
 pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
+pub const MODEL_DRIFT: &str = "ml_model_drift_kl";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -172,6 +181,8 @@ pub struct Metrics {
     /// Label-free recall proxy of the live model (`ModelContinuity`).
     pub model_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     pub model_continuity: ModelContinuity,
+    /// KL(window || reference) of each drift feature, per camera and model (`detector::drift`).
+    pub model_drift: Family<DriftLabels, Gauge<f64, AtomicU64>>,
     /// Restarts of each supervised child.
     pub child_restarts: Family<ChildLabels, Counter>,
     /// 0 running, 1 backing off, 2 failed, 3 escalated.
@@ -235,6 +246,7 @@ impl Metrics {
             device_memory: Family::default(),
             model_accuracy: Family::default(),
             model_continuity: ModelContinuity::default(),
+            model_drift: Family::default(),
             child_restarts: Family::default(),
             child_state: Family::default(),
             out_of_memory: Family::default(),
@@ -386,6 +398,13 @@ impl Metrics {
              share of frames with a detection of at least tracker.confident_score; absent while too few tracks ended",
             m.model_accuracy.clone(),
         );
+        r.register(
+            MODEL_DRIFT,
+            "Drift of what the model sees on a camera: KL divergence (nats) of the last model.drift.window_frames \
+             frames from the camera's reference, per feature (class, confidence, box_size, count); absent while \
+             the reference or the first window is captured",
+            m.model_drift.clone(),
+        );
         m
     }
 
@@ -419,6 +438,20 @@ impl Metrics {
         let breaker = BreakerLabels { breaker: camera_breaker(camera) };
         self.breaker_state.remove(&breaker);
         self.breaker_opens.remove(&breaker);
+    }
+
+    /// Sets `ml_model_drift_kl` of a camera's four features.
+    pub fn set_drift(&self, camera: &str, model: &str, kl: &crate::detector::drift::FeatureValues) {
+        for feature in crate::detector::drift::Feature::ALL {
+            self.model_drift.get_or_create(&drift_labels(camera, model, feature)).set(kl.get(feature));
+        }
+    }
+
+    /// Removes `ml_model_drift_kl` of a camera: it was removed, or its reference is captured again.
+    pub fn remove_drift(&self, camera: &str, model: &str) {
+        for feature in crate::detector::drift::Feature::ALL {
+            self.model_drift.remove(&drift_labels(camera, model, feature));
+        }
     }
 
     /// A circuit breaker whose every transition is a log line and a metric (`breaker` label = `name`).
@@ -474,6 +507,10 @@ impl Metrics {
             self.model_accuracy.get_or_create(&ModelLabels { model }).set(ratio);
         }
     }
+}
+
+fn drift_labels(camera: &str, model: &str, feature: crate::detector::drift::Feature) -> DriftLabels {
+    DriftLabels { camera: camera.to_string(), model: model.to_string(), feature: feature.as_str().to_string() }
 }
 
 /// The breaker name of a camera's stream.

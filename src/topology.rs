@@ -21,6 +21,7 @@ use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, DeviceView, Ge
 use crate::actors::status::{CameraStatus, StreamState};
 use crate::analytics::geometry::Geometry;
 use crate::camera_spec::{CameraSpec, SourceKind};
+use crate::detector::drift::DriftConfig;
 use crate::detector::model::{check_model_file, file_loader, inference_devices};
 use crate::detector::simulated;
 use crate::ids::CameraId;
@@ -89,6 +90,8 @@ pub struct Pipeline {
     /// Where every CameraActor runs (not on whichever arbiter registered it: an HTTP worker).
     camera_arbiter: Arbiter,
     models: ModelRegistry,
+    /// The model's name in metrics (`ml_model_*{model}`) and the API.
+    model_name: Arc<str>,
 }
 
 impl Pipeline {
@@ -166,6 +169,7 @@ impl Pipeline {
             let config = ShardConfig {
                 shard,
                 model: model.clone(),
+                drift: DriftConfig::of(&settings.model),
                 mailbox: settings.connector.mailbox,
                 tracker: settings.tracker,
                 analytics: settings.analytics.clone(),
@@ -192,7 +196,18 @@ impl Pipeline {
             shards.push(slot.get().expect("just set").clone());
         }
         let camera_arbiter = Arbiter::new();
-        Ok(Self { settings, metrics, devices, shards, cameras, supervisor, camera_supervisor, camera_arbiter, models })
+        Ok(Self {
+            settings,
+            metrics,
+            devices,
+            shards,
+            cameras,
+            supervisor,
+            camera_supervisor,
+            camera_arbiter,
+            models,
+            model_name: model,
+        })
     }
 
     /// The supervised children: shards and inference threads, with restarts and last errors.
@@ -207,6 +222,11 @@ impl Pipeline {
 
     pub fn models(&self) -> &ModelRegistry {
         &self.models
+    }
+
+    /// The model's name in metrics and the API (the simulator's own under the simulator).
+    pub fn model_name(&self) -> &str {
+        &self.model_name
     }
 
     pub fn settings(&self) -> &Settings {
