@@ -169,7 +169,7 @@ impl Pipeline {
             let config = ShardConfig {
                 shard,
                 model: model.clone(),
-                drift: DriftConfig::of(&settings.model),
+                drift: DriftConfig::of(settings.model.drift, settings.model.score_threshold),
                 mailbox: settings.connector.mailbox,
                 tracker: settings.tracker,
                 analytics: settings.analytics.clone(),

@@ -379,10 +379,9 @@ pub struct DriftConfig {
 }
 
 impl DriftConfig {
-    /// `None` when drift detection is off.
-    pub fn of(settings: &super::config::ModelSettings) -> Option<Self> {
-        let binning = Binning { score_floor: settings.score_threshold };
-        settings.drift.enabled.then_some(Self { settings: settings.drift, binning })
+    /// From `model.drift` and `model.score_threshold`; `None` when drift detection is off.
+    pub fn of(settings: DriftSettings, score_threshold: f32) -> Option<Self> {
+        settings.enabled.then_some(Self { settings, binning: Binning { score_floor: score_threshold } })
     }
 }
 
