@@ -924,7 +924,7 @@ mod tests {
         assert_eq!((view.state, view.reference_frames, view.window_frames), (DriftState::Comparing, 2, 1));
         assert!(!published(), "no value before the window is full");
         slot.try_send(frame(4, &[car_a(4)])).expect("room in the mailbox");
-        wait_for("the first comparison", || published());
+        wait_for("the first comparison", published);
         assert_eq!(f.status.drift.view().and_then(|v| v.kl).map(|kl| kl.max()), Some(0.0));
         for feature in ["class", "confidence", "box_size"] {
             assert!(f.config.metrics.encode().contains(&format!("feature=\"{feature}\"")), "{feature}");
@@ -938,7 +938,7 @@ mod tests {
         for seq in 6..=8 {
             slot.try_send(frame(seq, &[])).expect("room in the mailbox");
         }
-        wait_for("a comparison against the new reference", || published());
+        wait_for("a comparison against the new reference", published);
 
         slot.addr().do_send(RemoveCamera(CAMERA.into()));
         peek(&slot.addr());

@@ -255,15 +255,17 @@ pub struct DriftView {
 }
 
 enum Phase {
-    Capturing(Profile),
-    Comparing {
-        reference: Profile,
-        /// Completed blocks of `every_frames`, oldest first, at most `window_frames / every_frames`.
-        blocks: VecDeque<Profile>,
-        current: Profile,
-        last: Option<FeatureValues>,
-        comparisons: u64,
-    },
+    Capturing(Box<Profile>),
+    Comparing(Box<Comparing>),
+}
+
+struct Comparing {
+    reference: Profile,
+    /// Completed blocks of `every_frames`, oldest first, at most `window_frames / every_frames`.
+    blocks: VecDeque<Profile>,
+    current: Profile,
+    last: Option<FeatureValues>,
+    comparisons: u64,
 }
 
 /// What one frame did to the monitor.
@@ -288,12 +290,12 @@ pub struct DriftMonitor {
 
 impl DriftMonitor {
     pub fn new(settings: DriftSettings, binning: Binning) -> Self {
-        Self { settings, binning, model_version: None, phase: Phase::Capturing(Profile::default()), captures: 0 }
+        Self { settings, binning, model_version: None, phase: Phase::Capturing(Box::default()), captures: 0 }
     }
 
     /// Starts a new reference from the next frame (the camera was moved or re-aimed).
     pub fn recapture(&mut self) {
-        self.phase = Phase::Capturing(Profile::default());
+        self.phase = Phase::Capturing(Box::default());
         self.captures += 1;
     }
 
@@ -313,19 +315,20 @@ impl DriftMonitor {
             Phase::Capturing(profile) => {
                 profile.add_frame(&binning, detections, frame_size);
                 if profile.frames >= settings.reference_frames as u64 {
-                    let reference = std::mem::take(profile);
-                    self.phase = Phase::Comparing {
+                    let reference = std::mem::take(&mut **profile);
+                    self.phase = Phase::Comparing(Box::new(Comparing {
                         reference,
                         blocks: VecDeque::new(),
                         current: Profile::default(),
                         last: None,
                         comparisons: 0,
-                    };
+                    }));
                     return Observed::Waiting;
                 }
                 Observed::Capturing
             }
-            Phase::Comparing { reference, blocks, current, last, comparisons } => {
+            Phase::Comparing(comparing) => {
+                let Comparing { reference, blocks, current, last, comparisons } = &mut **comparing;
                 current.add_frame(&binning, detections, frame_size);
                 if current.frames < settings.every_frames as u64 {
                     return Observed::Waiting;
@@ -351,7 +354,8 @@ impl DriftMonitor {
     pub fn view(&self) -> DriftView {
         let (state, reference_frames, window_frames, kl, comparisons) = match &self.phase {
             Phase::Capturing(profile) => (DriftState::Capturing, profile.frames, 0, None, 0),
-            Phase::Comparing { reference, blocks, current, last, comparisons } => {
+            Phase::Comparing(comparing) => {
+                let Comparing { reference, blocks, current, last, comparisons } = &**comparing;
                 let window = blocks.iter().map(|b| b.frames).sum::<u64>() + current.frames;
                 let window = window.min(self.settings.window_frames as u64);
                 (DriftState::Comparing, reference.frames, window, *last, *comparisons)
