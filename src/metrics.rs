@@ -38,6 +38,24 @@ pub struct DriftLabels {
     pub feature: String,
 }
 
+/// `ml_model_accuracy`: `evidence` says what it is judged against (`proxy`: track continuity, no
+/// reference; `reference`: a reference model in shadow, `actors::gpu::candidate`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelAccuracyLabels {
+    pub model: String,
+    pub evidence: String,
+}
+
+/// `ml_model_agreement`: a candidate's agreement with its reference, per class (`all`: over all
+/// classes) and score (`precision`, `recall`, `f1`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgreementLabels {
+    pub model: String,
+    pub version: String,
+    pub class: String,
+    pub score: String,
+}
+
 /// The exemplar of an observation made for a traced frame: its trace id, to jump from a latency
 /// bucket to the trace in Jaeger.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +149,7 @@ pub const PICTURE_PARTS_SENT: &str = "its_picture_parts_sent";
 pub const DEVICE_MEMORY: &str = "gpu_memory_utilization_percent";
 pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
 pub const MODEL_DRIFT: &str = "ml_model_drift_kl";
+pub const MODEL_AGREEMENT: &str = "ml_model_agreement";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -178,11 +197,16 @@ pub struct Metrics {
     pub outbox_backlog: Gauge,
     /// Used share of each inference device's memory, percent, set at each scrape.
     pub device_memory: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
-    /// Label-free recall proxy of the live model (`ModelContinuity`).
-    pub model_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    /// Label-free recall proxy of the live model (`ModelContinuity`), and the accuracy judged
+    /// against a reference model where one runs in shadow.
+    pub model_accuracy: Family<ModelAccuracyLabels, Gauge<f64, AtomicU64>>,
     pub model_continuity: ModelContinuity,
     /// KL(window || reference) of each drift feature, per camera and model (`detector::drift`).
     pub model_drift: Family<DriftLabels, Gauge<f64, AtomicU64>>,
+    /// Set by the candidates (`actors::gpu::candidate`), copied into `model_accuracy` at each scrape.
+    pub model_accuracy_reference: parking_lot::Mutex<Option<(String, f64)>>,
+    /// The active candidate's agreement with its reference.
+    pub model_agreement: Family<AgreementLabels, Gauge<f64, AtomicU64>>,
     /// Restarts of each supervised child.
     pub child_restarts: Family<ChildLabels, Counter>,
     /// 0 running, 1 backing off, 2 failed, 3 escalated.
@@ -247,6 +271,8 @@ impl Metrics {
             model_accuracy: Family::default(),
             model_continuity: ModelContinuity::default(),
             model_drift: Family::default(),
+            model_accuracy_reference: Default::default(),
+            model_agreement: Family::default(),
             child_restarts: Family::default(),
             child_state: Family::default(),
             out_of_memory: Family::default(),
@@ -394,8 +420,10 @@ impl Metrics {
         );
         r.register(
             MODEL_ACCURACY,
-            "Label-free recall proxy of the live model (0..1): over the tracks ended in the last 5 minutes, the \
-             share of frames with a detection of at least tracker.confident_score; absent while too few tracks ended",
+            "Accuracy of the live model (0..1). evidence=\"proxy\": label-free recall proxy, over the tracks ended in \
+             the last 5 minutes the share of frames with a detection of at least tracker.confident_score (absent while \
+             too few tracks ended); evidence=\"reference\": agreement F1 of a canary with the version it would replace, \
+             run in shadow on the same frames",
             m.model_accuracy.clone(),
         );
         r.register(
@@ -404,6 +432,12 @@ impl Metrics {
              frames from the camera's reference, per feature (class, confidence, box_size, count); absent while \
              the reference or the first window is captured",
             m.model_drift.clone(),
+        );
+        r.register(
+            MODEL_AGREEMENT,
+            "Agreement of the candidate model with its reference on the same frames (detections matched at IoU >= \
+             0.5): precision, recall and F1 per class",
+            m.model_agreement.clone(),
         );
         m
     }
@@ -495,8 +529,13 @@ impl Metrics {
     }
 
     /// Adds the continuity of tracks that just ended (`ml_model_accuracy` follows at the next scrape).
-    pub fn record_continuity(&self, model: &str, continuity: Continuity) {
-        self.model_continuity.record(model, continuity, Instant::now());
+    pub fn record_continuity(&self, model: &str, version: u32, continuity: Continuity) {
+        self.model_continuity.record(model, version, continuity, Instant::now());
+    }
+
+    /// The continuity proxy of one version's tracks, when enough ended in the window.
+    pub fn version_accuracy_proxy(&self, version: u32) -> Option<f64> {
+        self.model_continuity.version_ratio(version, Instant::now())
     }
 
     /// Sets `ml_model_accuracy` from the tracks of the last window, or removes it when too few
@@ -504,7 +543,11 @@ impl Metrics {
     pub fn refresh_model_accuracy(&self) {
         self.model_accuracy.clear();
         if let Some((model, ratio)) = self.model_continuity.ratio(Instant::now()) {
-            self.model_accuracy.get_or_create(&ModelLabels { model }).set(ratio);
+            let labels = ModelAccuracyLabels { model, evidence: "proxy".into() };
+            self.model_accuracy.get_or_create(&labels).set(ratio);
+        }
+        if let Some((model, f1)) = self.model_accuracy_reference.lock().clone() {
+            self.model_accuracy.get_or_create(&ModelAccuracyLabels { model, evidence: "reference".into() }).set(f1);
         }
     }
 }
@@ -529,6 +572,8 @@ impl Default for Metrics {
 #[derive(Debug, Default)]
 pub struct ModelContinuity {
     window: parking_lot::Mutex<ContinuityWindow>,
+    /// The same, per model version (a canary's tracks apart from the rest).
+    by_version: parking_lot::Mutex<std::collections::HashMap<u32, ContinuityWindow>>,
 }
 
 #[derive(Debug, Default)]
@@ -539,6 +584,13 @@ struct ContinuityWindow {
 }
 
 impl ContinuityWindow {
+    fn add(&mut self, continuity: Continuity, now: Instant) {
+        self.forget_before(now.checked_sub(ModelContinuity::WINDOW).unwrap_or(now));
+        self.ended.push_back((now, continuity));
+        self.sum.detected += continuity.detected;
+        self.sum.spanned += continuity.spanned;
+    }
+
     fn forget_before(&mut self, cutoff: Instant) {
         while let Some((at, c)) = self.ended.front().copied() {
             if at >= cutoff {
@@ -556,7 +608,7 @@ impl ModelContinuity {
     /// Tracked frames the window must hold for a ratio at all.
     pub const MIN_FRAMES: u64 = 200;
 
-    pub fn record(&self, model: &str, continuity: Continuity, now: Instant) {
+    pub fn record(&self, model: &str, version: u32, continuity: Continuity, now: Instant) {
         if continuity.spanned == 0 {
             return;
         }
@@ -564,10 +616,17 @@ impl ModelContinuity {
         if window.model != model {
             window.model = model.to_string();
         }
+        window.add(continuity, now);
+        self.by_version.lock().entry(version).or_default().add(continuity, now);
+    }
+
+    /// One version's ratio over the window ending `now`, once it holds `MIN_FRAMES`.
+    pub fn version_ratio(&self, version: u32, now: Instant) -> Option<f64> {
+        let mut versions = self.by_version.lock();
+        let window = versions.get_mut(&version)?;
         window.forget_before(now.checked_sub(Self::WINDOW).unwrap_or(now));
-        window.ended.push_back((now, continuity));
-        window.sum.detected += continuity.detected;
-        window.sum.spanned += continuity.spanned;
+        let sum = window.sum;
+        (sum.spanned >= Self::MIN_FRAMES).then(|| sum.detected as f64 / sum.spanned as f64)
     }
 
     /// The model and its ratio over the window ending `now`, once it holds `MIN_FRAMES`.
@@ -659,14 +718,16 @@ mod model_continuity_tests {
         let window = ModelContinuity::default();
         let t0 = Instant::now();
         assert_eq!(window.ratio(t0), None);
-        window.record("yolox_nano", ended(90, 100), t0);
+        window.record("yolox_nano", 1, ended(90, 100), t0);
         assert_eq!(window.ratio(t0), None, "100 frames are too few");
-        window.record("yolox_nano", ended(60, 100), t0 + Duration::from_secs(10));
+        window.record("yolox_nano", 1, ended(60, 100), t0 + Duration::from_secs(10));
         assert_eq!(window.ratio(t0 + Duration::from_secs(10)), Some(("yolox_nano".to_string(), 0.75)));
+        assert_eq!(window.version_ratio(1, t0 + Duration::from_secs(10)), Some(0.75));
+        assert_eq!(window.version_ratio(2, t0 + Duration::from_secs(10)), None, "no track of version 2 ended");
         // The first tracks leave the window; the rest alone are too few again.
         let later = t0 + ModelContinuity::WINDOW + Duration::from_secs(5);
         assert_eq!(window.ratio(later), None);
-        window.record("yolox_nano", ended(200, 200), later);
+        window.record("yolox_nano", 1, ended(200, 200), later);
         assert_eq!(window.ratio(later), Some(("yolox_nano".to_string(), 260.0 / 300.0)));
         // Nothing ends for a whole window: no value rather than a stale one.
         assert_eq!(window.ratio(later + ModelContinuity::WINDOW + Duration::from_secs(1)), None);
@@ -675,9 +736,10 @@ mod model_continuity_tests {
     #[test]
     fn the_gauge_is_removed_when_the_window_empties() {
         let metrics = Metrics::new();
-        metrics.record_continuity("m", ended(190, 200));
+        metrics.record_continuity("m", 1, ended(190, 200));
         metrics.refresh_model_accuracy();
-        assert!(metrics.encode().contains("ml_model_accuracy{model=\"m\"} 0.95"), "{}", metrics.encode());
+        let text = metrics.encode();
+        assert!(text.contains("ml_model_accuracy{model=\"m\",evidence=\"proxy\"} 0.95"), "{text}");
         *metrics.model_continuity.window.lock() = ContinuityWindow::default();
         metrics.refresh_model_accuracy();
         assert!(!metrics.encode().contains("ml_model_accuracy{"));

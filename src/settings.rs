@@ -873,6 +873,7 @@ impl Settings {
             errors.push("model.rollback_window must be in 1..=10000".into());
         }
         errors.extend(self.model.drift.validate());
+        errors.extend(self.model.lifecycle.validate());
         if self.breakers.failure_threshold == 0 || self.breakers.half_open_successes == 0 {
             errors.push("breakers.failure_threshold and breakers.half_open_successes must be at least 1".into());
         }

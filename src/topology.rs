@@ -14,7 +14,9 @@ use crate::actors::connector::{
     restart_shard, shard_for, start_shard, AddCamera, Registration, RemoveCamera, SetGeometry, ShardConfig, ShardSlot,
     HANDOVER_WAIT,
 };
+use crate::actors::gpu::candidate::Candidates;
 use crate::actors::gpu::registry::ModelRegistry;
+use crate::actors::gpu::shadow::CounterStart;
 use crate::actors::gpu::transitions::ModelTransitions;
 use crate::actors::gpu::worker::{DeviceParts, DeviceState, FaultInjector, WorkerConfig};
 use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, DeviceView, GetDeviceView, GpuActor, StopDevice};
@@ -89,9 +91,10 @@ pub struct Pipeline {
     camera_supervisor: Supervisor,
     /// Where every CameraActor runs (not on whichever arbiter registered it: an HTTP worker).
     camera_arbiter: Arbiter,
-    models: ModelRegistry,
+    models: Arc<ModelRegistry>,
     /// The model's name in metrics (`ml_model_*{model}`) and the API.
     model_name: Arc<str>,
+    candidates: Arc<Candidates>,
 }
 
 impl Pipeline {
@@ -145,13 +148,31 @@ impl Pipeline {
             devices.push(Device { name, actor });
         }
         let device_actors = devices.iter().map(|d| d.actor.clone()).collect();
-        let models = if simulated {
-            ModelRegistry::simulated(settings.model.clone(), device_actors, transitions)
+        let models = Arc::new(if simulated {
+            ModelRegistry::simulated(settings.model.clone(), device_actors, transitions.clone())
         } else {
-            ModelRegistry::new(settings.model.clone(), device_actors, transitions)
+            ModelRegistry::new(settings.model.clone(), device_actors, transitions.clone())
                 .map_err(|e| TopologyError::Device(format!("model file: {e}")))?
-        };
+        });
         let cameras: Arc<DashMap<String, RunningCamera>> = Arc::default();
+        let candidates = {
+            let cameras = cameras.clone();
+            let counters = CounterStart {
+                tracker: settings.tracker,
+                lines: Arc::new(move |id: &CameraId| cameras.get(id.as_ref()).map(|c| c.spec.geometry.lines.clone())),
+            };
+            let devices = devices.iter().map(|d| d.actor.clone()).collect();
+            let candidates = Candidates::new(
+                settings.model.clone(),
+                devices,
+                models.clone(),
+                transitions,
+                metrics.clone(),
+                counters,
+            );
+            Arc::new(candidates)
+        };
+        judge_candidates(&candidates, settings.model.lifecycle.check_interval());
         let camera_supervisor = {
             let (observer, cameras) = (metrics.clone(), cameras.clone());
             Supervisor::spawn(
@@ -207,6 +228,7 @@ impl Pipeline {
             camera_arbiter,
             models,
             model_name: model,
+            candidates,
         })
     }
 
@@ -227,6 +249,10 @@ impl Pipeline {
     /// The model's name in metrics and the API (the simulator's own under the simulator).
     pub fn model_name(&self) -> &str {
         &self.model_name
+    }
+
+    pub fn candidates(&self) -> &Candidates {
+        &self.candidates
     }
 
     pub fn settings(&self) -> &Settings {
@@ -423,4 +449,18 @@ fn fail_camera(cameras: &DashMap<String, RunningCamera>, child: &str, error: &st
     let Some(camera) = CameraActor::camera_of(child).and_then(|id| cameras.get(id)) else { return };
     camera.status.set_state(StreamState::Failed, Some(format!("decode thread crash-looping: {error}")));
     camera.actor.do_send(StopCamera);
+}
+
+/// Judges the active candidate every `every` for as long as the pipeline holds the candidates.
+fn judge_candidates(candidates: &Arc<Candidates>, every: std::time::Duration) {
+    let candidates = Arc::downgrade(candidates);
+    actix::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(candidates) = candidates.upgrade() else { break };
+            candidates.tick().await;
+        }
+    });
 }

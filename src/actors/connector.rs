@@ -218,7 +218,8 @@ impl ConnectorActor {
         // The overlay's boxes: a small copy, drawn only when a picture is asked for.
         let latest = LatestTracks { seq: frame.seq, objects: tracked.clone(), geometry: camera.geometry.clone() };
         camera.status.pictures.set_tracks(latest);
-        self.config.metrics.record_continuity(&self.config.model, camera.tracker.take_continuity());
+        let continuity = camera.tracker.take_continuity();
+        self.config.metrics.record_continuity(&self.config.model, frame.model_version, continuity);
         let ts_ms = chrono::DateTime::<chrono::Utc>::from(frame.captured_at).timestamp_millis();
         let mut out = camera.scene.observe(ts_ms, frame.seq, frame.captured, &tracked);
         camera.last_seq = frame.seq;

@@ -6,8 +6,10 @@
 //! actor's messages.
 
 pub mod batch;
+pub mod candidate;
 pub mod memory;
 pub mod registry;
+pub mod shadow;
 pub mod transitions;
 pub mod worker;
 
@@ -185,6 +187,23 @@ impl Handler<InstallModel> for GpuActor {
 
     fn handle(&mut self, msg: InstallModel, _ctx: &mut Self::Context) {
         self.device.install(msg.0);
+    }
+}
+
+/// Sets the candidate's arrangement on the device (`candidate`): a canary serving some cameras and
+/// a shadow lane; `None`s end them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetCandidate {
+    pub canary: Option<worker::Canary>,
+    pub lane: Option<Arc<shadow::ShadowLane>>,
+}
+
+impl Handler<SetCandidate> for GpuActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetCandidate, _ctx: &mut Self::Context) {
+        self.device.set_candidate(msg.canary, msg.lane);
     }
 }
 

@@ -39,6 +39,70 @@ pub struct ModelSettings {
     pub onnxruntime_library: PathBuf,
     /// `[model.drift]`: per camera, what the model sees against a reference (`drift`).
     pub drift: DriftSettings,
+    /// How candidate versions are tried and promoted (`actors::gpu::candidate`).
+    pub lifecycle: LifecycleSettings,
+}
+
+/// `[model.lifecycle]`: shadow, canary and the bars a candidate must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSettings {
+    /// Share of a shadowed camera's frames the candidate also runs on, when the request names none.
+    pub shadow_share: f64,
+    /// Frames each device's shadow lane queues; when full the oldest is dropped.
+    pub shadow_queue: usize,
+    /// Share of the cameras a canary serves when promoted automatically.
+    pub canary_share: f64,
+    /// Frames compared before a stage is judged.
+    pub min_frames: u64,
+    /// Bars: agreement F1 with the reference, accuracy proxy, and (canary) model-call failure rate.
+    pub min_agreement_f1: f64,
+    pub min_accuracy: f64,
+    pub max_failure_rate: f64,
+    /// Seconds the bars must hold before an automatic promotion.
+    pub hold_s: u64,
+    /// Promote by itself (shadow to canary to all) once the bars held for `hold_s`; a failing
+    /// canary is rolled back whatever this says.
+    pub auto_promote: bool,
+    /// How often the active candidate is judged, milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl LifecycleSettings {
+    pub fn hold(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.hold_s)
+    }
+
+    pub fn check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.check_interval_ms)
+    }
+
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let shares = [("shadow_share", self.shadow_share), ("canary_share", self.canary_share)];
+        for (name, share) in shares {
+            if !(share > 0.0 && share <= 1.0) {
+                errors.push(format!("model.lifecycle.{name} must be in (0, 1]"));
+            }
+        }
+        let bars = [
+            ("min_agreement_f1", self.min_agreement_f1),
+            ("min_accuracy", self.min_accuracy),
+            ("max_failure_rate", self.max_failure_rate),
+        ];
+        for (name, bar) in bars {
+            if !(0.0..=1.0).contains(&bar) {
+                errors.push(format!("model.lifecycle.{name} must be in 0..=1"));
+            }
+        }
+        if !(1..=1024).contains(&self.shadow_queue) {
+            errors.push("model.lifecycle.shadow_queue must be in 1..=1024".into());
+        }
+        if !(100..=60_000).contains(&self.check_interval_ms) {
+            errors.push("model.lifecycle.check_interval_ms must be in 100..=60000".into());
+        }
+        errors
+    }
 }
 
 impl ModelSettings {

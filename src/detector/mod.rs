@@ -2,6 +2,7 @@
 //! the CPU, libtorch for CUDA), the output decoders, the simulator's synthetic detector, and the
 //! drift profiles of what the model sees (`drift`).
 
+pub mod agreement;
 pub mod config;
 pub mod drift;
 pub mod error;

@@ -3,6 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+use crate::actors::gpu::candidate::CandidateError;
 use crate::actors::gpu::registry::ReloadError;
 use crate::service::ServiceError;
 
@@ -51,6 +52,17 @@ impl From<ServiceError> for ApiError {
                 ApiError::Unavailable("coordination store unavailable".into())
             }
             ServiceError::Cluster(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<CandidateError> for ApiError {
+    fn from(e: CandidateError) -> Self {
+        match e {
+            CandidateError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            CandidateError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            CandidateError::Conflict(_) | CandidateError::Busy => ApiError::Conflict(e.to_string()),
+            CandidateError::Reload(reload) => reload.into(),
         }
     }
 }

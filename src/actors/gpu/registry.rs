@@ -146,22 +146,72 @@ impl ModelRegistry {
     /// Loads `file` (relative to the model directory; `None`: the configured file again),
     /// validates it on every device and swaps it in. Returns the new version.
     pub async fn reload(&self, name: &str, file: Option<&str>) -> Result<ModelVersion, ReloadError> {
+        let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
+        let path = self.resolve(name, file)?;
+        let (entry, loaded) = self.validate(&path).await?;
+        self.install(entry, loaded).await
+    }
+
+    /// Validates `file` on every device and registers it as a new version without serving it
+    /// (a candidate, `candidate`). Returns the version and the settings that load it.
+    pub async fn register(&self, name: &str, file: &str) -> Result<(ModelVersion, ModelSettings), ReloadError> {
+        let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
+        let path = self.resolve(name, Some(file))?;
+        let (entry, _) = self.validate(&path).await?;
+        self.versions.lock().push(entry.clone());
+        Ok((entry, ModelSettings { path, ..self.base.clone() }))
+    }
+
+    /// Serves a registered version on every device (a candidate's promotion).
+    pub async fn activate(&self, name: &str, version: u32) -> Result<ModelVersion, ReloadError> {
+        let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
+        if name != self.name {
+            return Err(ReloadError::NotFound(name.to_string()));
+        }
+        let settings = self.settings_of(version).ok_or_else(|| ReloadError::NotFound(format!("{name} {version}")))?;
+        let (mut entry, loaded) = self.validate(&settings.path).await?;
+        entry.version = version;
+        let loaded = loaded.into_iter().map(|model| LoadedModel { version, ..model }).collect();
+        self.install(entry, loaded).await
+    }
+
+    /// The version serving on the first device.
+    pub async fn serving_version(&self) -> u32 {
+        match self.devices.first() {
+            Some(device) => device.send(GetDeviceView).await.map_or(1, |d| d.model_version),
+            None => 1,
+        }
+    }
+
+    /// The settings that load `version`, if it is known.
+    pub fn settings_of(&self, version: u32) -> Option<ModelSettings> {
+        let versions = self.versions.lock();
+        let entry = versions.iter().find(|v| v.version == version)?;
+        Some(ModelSettings { path: self.dir.join(&entry.file), ..self.base.clone() })
+    }
+
+    /// The file a request names, inside the model directory (`None`: the configured file).
+    fn resolve(&self, name: &str, file: Option<&str>) -> Result<PathBuf, ReloadError> {
         if name != self.name {
             return Err(ReloadError::NotFound(name.to_string()));
         }
         if self.simulated {
             return Err(ReloadError::BadPath("simulator.enabled: the synthetic detector has no file to reload".into()));
         }
-        let _one_at_a_time = self.reloading.try_lock().map_err(|_| ReloadError::Busy)?;
-        let path = match file {
-            Some(file) => resolve_in(&self.dir, file)?,
+        match file {
+            Some(file) => resolve_in(&self.dir, file),
             None => self
                 .base
                 .path
                 .canonicalize()
-                .map_err(|e| ReloadError::BadPath(format!("the configured model file: {e}")))?,
-        };
-        let file_name = path.strip_prefix(&self.dir).unwrap_or(&path).display().to_string();
+                .map_err(|e| ReloadError::BadPath(format!("the configured model file: {e}"))),
+        }
+    }
+
+    /// Loads `path` on every device and smoke-tests it there, as the next version; a refusal is
+    /// recorded as `rejected`.
+    async fn validate(&self, path: &Path) -> Result<(ModelVersion, Vec<LoadedModel>), ReloadError> {
+        let file_name = path.strip_prefix(&self.dir).unwrap_or(path).display().to_string();
         let mut from = None;
         let mut targets = Vec::new();
         for device in &self.devices {
@@ -169,7 +219,8 @@ impl ModelRegistry {
             targets.push(device.send(GetValidationTarget).await.map_err(|_| ReloadError::Stopped)?);
         }
         let version = self.versions.lock().last().map_or(1, |v| v.version + 1);
-        let settings = ModelSettings { path: path.clone(), ..self.base.clone() };
+        let settings = ModelSettings { path: path.to_path_buf(), ..self.base.clone() };
+        let path = path.to_path_buf();
         // Loading and a smoke inference take seconds: never on an actor's thread.
         let checked = tokio::task::spawn_blocking(move || -> Result<(String, Vec<LoadedModel>), String> {
             let sha256 = sha256_of(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -187,19 +238,30 @@ impl ModelRegistry {
         })
         .await
         .map_err(|e| ReloadError::Rejected(format!("validation crashed: {e}")));
-        let (sha256, loaded) = match checked.and_then(|r| r.map_err(ReloadError::Rejected)) {
-            Ok(ok) => ok,
+        match checked.and_then(|r| r.map_err(ReloadError::Rejected)) {
+            Ok((sha256, loaded)) => {
+                let entry = ModelVersion { version, file: file_name, sha256, loaded_at: chrono::Utc::now() };
+                Ok((entry, loaded))
+            }
             Err(error) => {
                 self.transitions.record("rejected", from, None, format!("{file_name}: {error}"));
-                return Err(error);
+                Err(error)
             }
-        };
+        }
+    }
+
+    /// Swaps validated models in on every device and records the activation.
+    async fn install(&self, entry: ModelVersion, loaded: Vec<LoadedModel>) -> Result<ModelVersion, ReloadError> {
+        let from = self.serving_version().await;
         for (device, model) in self.devices.iter().zip(loaded) {
             device.send(InstallModel(model)).await.map_err(|_| ReloadError::Stopped)?;
         }
-        let entry = ModelVersion { version, file: file_name.clone(), sha256, loaded_at: chrono::Utc::now() };
-        self.versions.lock().push(entry.clone());
-        self.transitions.record("activated", from, Some(version), file_name);
+        let mut versions = self.versions.lock();
+        if !versions.iter().any(|v| v.version == entry.version) {
+            versions.push(entry.clone());
+        }
+        drop(versions);
+        self.transitions.record("activated", Some(from), Some(entry.version), entry.file.clone());
         Ok(entry)
     }
 }

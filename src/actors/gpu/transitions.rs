@@ -16,7 +16,8 @@ use crate::sinks::EventSink;
 pub struct ModelTransition {
     pub at: chrono::DateTime<chrono::Utc>,
     pub model: String,
-    /// `activated`, `rejected` or `rolled_back`.
+    /// `activated`, `rejected` or `rolled_back`; a candidate's `shadow_started`, `canary_started`,
+    /// `promoted`, `canary_rolled_back` and `shadow_stopped` (`candidate`).
     pub transition: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_version: Option<u32>,
@@ -56,7 +57,7 @@ impl ModelTransitions {
         detail: String,
     ) {
         match transition {
-            "activated" => {
+            "activated" | "shadow_started" | "canary_started" | "promoted" => {
                 tracing::info!(model = %self.model, ?from_version, ?to_version, %detail, "model version activated")
             }
             _ => {
@@ -65,7 +66,8 @@ impl ModelTransitions {
         }
         let labels = ModelTransitionLabels { model: self.model.clone(), transition: transition.to_string() };
         self.metrics.model_transitions.get_or_create(&labels).inc();
-        if let Some(version) = to_version.filter(|_| transition != "rejected") {
+        // Only these change what serves every camera; a candidate's stages do not.
+        if let Some(version) = to_version.filter(|_| matches!(transition, "activated" | "rolled_back" | "fallback")) {
             self.metrics.model_version.get_or_create(&ModelLabels { model: self.model.clone() }).set(version as i64);
         }
         let mut history = self.history.lock();

@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 
 use super::batch::FrameQueue;
 use super::memory::BatchSizer;
+use super::shadow::{CameraSelection, Comparison, ShadowLane};
 use super::transitions::ModelTransitions;
 use super::{CameraRoute, DeviceQueue};
 use crate::actors::messages::{Frame, FrameDetections, ToConnector};
@@ -77,6 +78,17 @@ struct DeviceModels {
     previous: Option<Arc<LoadedModel>>,
     /// Outcomes of `current`'s latest batches, for the rollback rule.
     outcomes: Outcomes,
+    /// A candidate serving the canary cameras (`candidate`).
+    canary: Option<Arc<Canary>>,
+    /// The second model compared with what is delivered (`shadow`).
+    lane: Option<Arc<ShadowLane>>,
+}
+
+/// A candidate model serving some cameras while the rest stay on `current`.
+pub struct Canary {
+    pub model: LoadedModel,
+    pub cameras: CameraSelection,
+    pub comparison: Arc<Comparison>,
 }
 
 /// The latest batch outcomes of a model (true: failed).
@@ -168,6 +180,8 @@ impl DeviceState {
                 current: Arc::new(LoadedModel { version: 1, settings: model, detector }),
                 previous: None,
                 outcomes: Outcomes::default(),
+                canary: None,
+                lane: None,
             }),
             breaker,
             transitions,
@@ -215,6 +229,16 @@ impl DeviceState {
         models.outcomes = Outcomes::default();
     }
 
+    /// Sets the candidate's arrangement on this device (see `shadow`): a canary serving some
+    /// cameras and a lane comparing; the ones it replaces stop.
+    pub fn set_candidate(&self, canary: Option<Canary>, lane: Option<Arc<ShadowLane>>) {
+        let mut models = self.models.lock();
+        if let Some(old) = std::mem::replace(&mut models.lane, lane) {
+            old.stop();
+        }
+        models.canary = canary.map(Arc::new);
+    }
+
     /// Starts an inference thread of `reporter`'s generation (the supervisor's factory for all
     /// but the first). The first instance uses the model loaded by `load`; a later one reloads
     /// the serving version's file first, since a failed call may have left the module unusable.
@@ -251,6 +275,9 @@ impl DeviceState {
     /// whether they all ended.
     pub fn close_and_wait(&self, deadline: Duration) -> bool {
         self.queue.close();
+        if let Some(lane) = self.models.lock().lane.take() {
+            lane.stop();
+        }
         drop(self.finish.lock().take());
         let Some(finished) = self.finished.lock().take() else { return true };
         let ended = finished.wait(deadline);
@@ -366,19 +393,23 @@ impl DeviceState {
                 batch_spans.iter().take(take).map(|b| crate::child_span!(b, "inference", device)).collect();
             let started = Instant::now();
             let outcome = self.call_model(&frames[..take]);
+            let lane = self.models.lock().lane.clone();
             drop(spans);
             self.metrics.stages.inference.record(started.elapsed());
             let busy = started.elapsed().as_secs_f64();
             self.metrics.inference_latency.get_or_create(&self.labels).observe(busy);
             self.metrics.device_busy.get_or_create(&self.labels).inc_by(busy);
             match outcome {
-                Outcome::Detections(per_frame, version) => {
+                Outcome::Detections(per_frame) => {
                     self.metrics.batch_size.get_or_create(&self.labels).observe(take as f64);
                     self.record(false);
                     if let Some(grown) = self.sizer.lock().on_success(free) {
                         tracing::info!(device = %self.name, batch = grown, "batch limit grown back");
                     }
-                    for ((frame, route), detections) in frames.drain(..take).zip(per_frame) {
+                    for ((frame, route), (detections, version)) in frames.drain(..take).zip(per_frame) {
+                        if let Some(lane) = &lane {
+                            lane.offer(&frame.camera_id, &frame.pixels, frame.letterbox, &detections, version);
+                        }
                         self.deliver(&route, detections_message(frame, detections, version), false, reporter);
                         drop(batch_spans.pop_front());
                     }
@@ -451,19 +482,57 @@ impl DeviceState {
         }
     }
 
+    /// Runs the frames' model: the canary's for frames of its cameras (the serving model takes
+    /// them again when the canary's call fails), the serving one for the rest.
     fn call_model(&self, frames: &[(Frame, CameraRoute)]) -> Outcome {
-        let inputs: Vec<_> = frames.iter().map(|(f, _)| (f.pixels.as_ref(), f.letterbox)).collect();
-        let model = self.models.lock().current.clone();
+        let (current, canary) = {
+            let models = self.models.lock();
+            (models.current.clone(), models.canary.clone())
+        };
         // The call is made whatever the breaker says (there is no other model to fall back on but
         // a rollback); asking lets an open breaker move to half-open, so a success closes it.
         let _ = self.breaker.allow();
+        let Some(canary) = canary.filter(|c| frames.iter().any(|(f, _)| c.cameras.contains(&f.camera_id))) else {
+            return self.run_model(&current, frames.iter());
+        };
+        let (on_canary, on_current): (Vec<usize>, Vec<usize>) =
+            (0..frames.len()).partition(|&i| canary.cameras.contains(&frames[i].0.camera_id));
+        let mut results: Vec<Option<(Vec<Detection>, u32)>> = vec![None; frames.len()];
+        let mut fill = |indices: &[usize], outcome: Outcome| match outcome {
+            Outcome::Detections(per_frame) => {
+                for (&i, detections) in indices.iter().zip(per_frame) {
+                    results[i] = Some(detections);
+                }
+                None
+            }
+            other => Some(other),
+        };
+        if !on_current.is_empty() {
+            if let Some(failed) = fill(&on_current, self.run_model(&current, on_current.iter().map(|&i| &frames[i]))) {
+                return failed;
+            }
+        }
+        let canary_frames = || on_canary.iter().map(|&i| &frames[i]);
+        let outcome = self.run_model(&canary.model, canary_frames());
+        canary.comparison.record_canary_batch(!matches!(outcome, Outcome::Detections(_)));
+        if let Some(failed) = fill(&on_canary, outcome) {
+            tracing::warn!(device = %self.name, error = ?failed, "canary model call failed; the serving model takes its frames");
+            if let Some(failed) = fill(&on_canary, self.run_model(&current, canary_frames())) {
+                return failed;
+            }
+        }
+        Outcome::Detections(results.into_iter().map(|r| r.expect("every frame was filled")).collect())
+    }
+
+    fn run_model<'a>(&self, model: &LoadedModel, frames: impl Iterator<Item = &'a (Frame, CameraRoute)>) -> Outcome {
+        let inputs: Vec<_> = frames.map(|(f, _)| (f.pixels.as_ref(), f.letterbox)).collect();
         // libtorch raises some errors as panics (device out of memory among them).
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.faults.before_model_call(inputs.len())?;
             model.detector.detect(&inputs)
         }));
         match result {
-            Ok(Ok(per_frame)) => Outcome::Detections(per_frame, model.version),
+            Ok(Ok(per_frame)) => Outcome::Detections(per_frame.into_iter().map(|d| (d, model.version)).collect()),
             Ok(Err(DetectorError::OutOfMemory(e))) => Outcome::OutOfMemory(e),
             Ok(Err(e)) => Outcome::Failed(e.to_string()),
             Err(panic) => {
@@ -516,9 +585,10 @@ struct Leftover {
     retried: bool,
 }
 
+#[derive(Debug)]
 enum Outcome {
-    /// Detections per frame, and the version of the model that made them.
-    Detections(Vec<Vec<Detection>>, u32),
+    /// Detections per frame, each with the version of the model that made them.
+    Detections(Vec<(Vec<Detection>, u32)>),
     OutOfMemory(String),
     Panicked(String),
     Failed(String),

@@ -103,6 +103,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             rollback_failure_rate: 1.0,
             rollback_window: 8,
             drift: Default::default(),
+            lifecycle: crate::settings::Settings::load(None).expect("the default settings load").model.lifecycle,
         },
         loader,
         metrics: metrics.clone(),
