@@ -420,10 +420,10 @@ impl Metrics {
         );
         r.register(
             MODEL_ACCURACY,
-            "Accuracy of the live model (0..1). evidence=\"proxy\": label-free recall proxy, over the tracks ended in \
-             the last 5 minutes the share of frames with a detection of at least tracker.confident_score (absent while \
-             too few tracks ended); evidence=\"reference\": agreement F1 of a canary with the version it would replace, \
-             run in shadow on the same frames",
+            "Accuracy of the live model (0..1). evidence=\"proxy\": label-free recall proxy, over the tracks ended \
+             in the last 5 minutes the share of frames with a detection of at least tracker.confident_score (absent \
+             while too few tracks ended); evidence=\"reference\": agreement F1 of a canary with the version it would \
+             replace, run in shadow on the same frames",
             m.model_accuracy.clone(),
         );
         r.register(

@@ -194,12 +194,14 @@ impl ShadowCounter {
     }
 }
 
+/// A running camera's counting lines; `None`: the camera is gone (no counts for it).
+pub type CameraLines = Arc<dyn Fn(&CameraId) -> Option<Vec<LineSpec>> + Send + Sync>;
+
 /// What the lanes need to start a camera's shadow trackers.
 #[derive(Clone)]
 pub struct CounterStart {
     pub tracker: TrackerConfig,
-    /// A running camera's counting lines; `None`: the camera is gone (no counts for it).
-    pub lines: Arc<dyn Fn(&CameraId) -> Option<Vec<LineSpec>> + Send + Sync>,
+    pub lines: CameraLines,
 }
 
 /// What a device's lane is set up with.

@@ -516,7 +516,8 @@ impl DeviceState {
         let outcome = self.run_model(&canary.model, canary_frames());
         canary.comparison.record_canary_batch(!matches!(outcome, Outcome::Detections(_)));
         if let Some(failed) = fill(&on_canary, outcome) {
-            tracing::warn!(device = %self.name, error = ?failed, "canary model call failed; the serving model takes its frames");
+            let device = &self.name;
+            tracing::warn!(%device, error = ?failed, "canary model call failed; the serving model takes its frames");
             if let Some(failed) = fill(&on_canary, self.run_model(&current, canary_frames())) {
                 return failed;
             }
