@@ -5,8 +5,10 @@
 //!
 //! Two pools: the primary's, for everything, and an optional read replica's (`postgres.read_url`)
 //! for the HTTP API's history reads (`events`, `aggregates`); without a replica both are one pool.
-//! `events` and `analytics_1m` are partitioned by day (`partitions`); `tls` connects.
+//! `events` and `analytics_1m` are partitioned by day (`partitions`); `tls` connects; `models` is the
+//! model registry's versions and transitions.
 
+pub mod models;
 pub mod partitions;
 pub mod tls;
 
@@ -32,6 +34,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("db/0002_analytics.sql")),
     (3, include_str!("db/0003_cluster.sql")),
     (4, include_str!("db/0004_partitions.sql")),
+    (5, include_str!("db/0005_models.sql")),
 ];
 
 /// The page of events the API lists (`GET /api/v1/events`): $1 camera, $2 type, $3 from, $4 to,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::actors::gpu::registry::StartPlan;
 use crate::actors::status::CameraStatus;
 use crate::analytics::geometry::Geometry;
 use crate::camera_spec::{CameraSpec, SourcePolicy};
@@ -66,9 +67,9 @@ pub struct Service {
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Service {
-    /// Connects to PostgreSQL (migrating) and Redis, loads the model, starts the pipeline and
-    /// joins the cluster, which starts this node's share of the stored cameras. Must run inside
-    /// an actix system.
+    /// Connects to PostgreSQL (migrating) and Redis, loads the model version the registry says
+    /// serves (or falls back: `registry`), starts the pipeline and joins the cluster, which
+    /// starts this node's share of the stored cameras. Must run inside an actix system.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, anyhow::Error> {
         let sources =
             settings.cameras.source_policy().map_err(anyhow::Error::msg)?.with_simulator(settings.simulator.enabled);
@@ -106,7 +107,16 @@ impl Service {
                 escalation.notify_one();
             })
         };
-        let pipeline = Arc::new(Pipeline::start(settings.clone(), metrics.clone(), publisher.clone(), escalate)?);
+        // The registry in PostgreSQL says which model version serves (and which to fall back on).
+        let pipeline = if settings.simulator.enabled {
+            Pipeline::start(settings.clone(), metrics.clone(), publisher.clone(), escalate)?
+        } else {
+            let node = settings.node.resolved_id();
+            let plan = StartPlan::from_registry(&db, &node, &settings.model).await?;
+            Pipeline::start_from(settings.clone(), metrics.clone(), publisher.clone(), escalate, plan)?
+        };
+        let pipeline = Arc::new(pipeline);
+        pipeline.models().record_start().await?;
         let cluster = Cluster::join(
             &settings,
             db.clone(),

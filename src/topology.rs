@@ -15,7 +15,7 @@ use crate::actors::connector::{
     HANDOVER_WAIT,
 };
 use crate::actors::gpu::candidate::Candidates;
-use crate::actors::gpu::registry::ModelRegistry;
+use crate::actors::gpu::registry::{ModelRegistry, StartPlan, Started};
 use crate::actors::gpu::shadow::CounterStart;
 use crate::actors::gpu::transitions::ModelTransitions;
 use crate::actors::gpu::worker::{DeviceParts, DeviceState, FaultInjector, WorkerConfig};
@@ -98,20 +98,34 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads the model on every selected device, starts the shards and the supervisor that
-    /// restarts them and the inference threads. `escalate` is called when a child crash-loops.
-    /// Must run inside an actix system.
+    /// Loads the configured model on every selected device (in memory: version 1, no registry
+    /// in PostgreSQL), starts the shards and the supervisor that restarts them and the inference
+    /// threads. `escalate` is called when a child crash-loops. Must run inside an actix system.
     pub fn start(
         settings: Settings,
         metrics: Arc<Metrics>,
         sink: Arc<dyn EventSink>,
         escalate: EscalationHook,
     ) -> Result<Self, TopologyError> {
-        // The simulator's synthetic detector reads no model file.
         let simulated = settings.simulator.enabled;
+        // The simulator's synthetic detector reads no model file.
         if !simulated {
             check_model_file(&settings.model.path).map_err(TopologyError::Device)?;
         }
+        let plan = StartPlan::configured(&settings.model);
+        Self::start_from(settings, metrics, sink, escalate, plan)
+    }
+
+    /// As `start`, serving the first version of `plan` that loads on every device (the registry's
+    /// serving version, else a fallback); `TopologyError::Device` with every reason when none does.
+    pub fn start_from(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn EventSink>,
+        escalate: EscalationHook,
+        plan: StartPlan,
+    ) -> Result<Self, TopologyError> {
+        let simulated = settings.simulator.enabled;
         let system = actix::System::current();
         let observer = metrics.clone();
         let supervisor = Supervisor::spawn(
@@ -124,26 +138,69 @@ impl Pipeline {
         );
         let heartbeat = Some(settings.supervisor.heartbeat_timeout());
         let model_name = if simulated { simulated::MODEL_NAME.to_string() } else { settings.model.name() };
-        let transitions = ModelTransitions::new(model_name.clone(), metrics.clone(), sink.clone());
+        let store = if simulated { None } else { plan.store() };
+        let transitions = ModelTransitions::new(model_name.clone(), metrics.clone(), sink.clone(), store);
         let faults = Arc::new(FaultInjector::new(settings.faults.clone()));
         let breaker = settings.breakers.config();
         let loader = if simulated { simulated::loader() } else { file_loader() };
-        let mut devices = Vec::new();
         let named = inference_devices(settings.device.kind, settings.model.backend(), settings.device.cpu_workers)
             .map_err(TopologyError::Device)?;
-        for (device, name) in named {
-            let state = DeviceState::load(DeviceParts {
-                device,
-                name: name.clone(),
-                config: WorkerConfig::from_settings(&settings, device),
-                model: settings.model.clone(),
-                loader: loader.clone(),
-                metrics: metrics.clone(),
-                breaker: metrics.breaker(&format!("model:{model_name}:{name}"), &breaker),
-                transitions: transitions.clone(),
-                faults: faults.clone(),
-            })
-            .map_err(|e| TopologyError::Device(format!("{name}: {e}")))?;
+        // Each candidate in turn, on every device; the first that loads everywhere serves.
+        let registry = plan.store().is_some();
+        let mut failures = plan.unavailable.clone();
+        let mut loaded = None;
+        for candidate in &plan.candidates {
+            let what = format!("version {} ({}, {})", candidate.version, candidate.file, candidate.role);
+            let model = match plan.settings_for(&settings.model, candidate) {
+                Ok(model) => model,
+                Err(error) => {
+                    tracing::error!(model = %model_name, candidate = %what, %error, "model version cannot load");
+                    failures.push(format!("{what}: {error}"));
+                    continue;
+                }
+            };
+            let mut states = Vec::new();
+            for (device, name) in &named {
+                let parts = DeviceParts {
+                    device: *device,
+                    name: name.clone(),
+                    config: WorkerConfig::from_settings(&settings, *device),
+                    model: model.clone(),
+                    version: candidate.version,
+                    loader: loader.clone(),
+                    metrics: metrics.clone(),
+                    breaker: metrics.breaker(&format!("model:{model_name}:{name}"), &breaker),
+                    transitions: transitions.clone(),
+                    faults: faults.clone(),
+                };
+                match DeviceState::load(parts) {
+                    Ok(state) => states.push((name.clone(), state)),
+                    Err(error) => {
+                        tracing::error!(model = %model_name, candidate = %what, device = %name, %error,
+                            "model version does not load");
+                        failures.push(if !registry {
+                            format!("{name}: {error}")
+                        } else {
+                            format!("{what}: {name}: {error}")
+                        });
+                        states.clear();
+                        break;
+                    }
+                }
+            }
+            if !states.is_empty() {
+                loaded = Some((candidate.clone(), states));
+                break;
+            }
+        }
+        let Some((candidate, states)) = loaded else {
+            return Err(TopologyError::Device(match failures.as_slice() {
+                [one] if !registry => one.clone(),
+                _ => format!("no model version loads: {}", failures.join("; ")),
+            }));
+        };
+        let mut devices = Vec::new();
+        for (name, state) in states {
             let actor = GpuActor::new(state, supervisor.clone(), settings.supervisor.heartbeat_timeout()).start();
             devices.push(Device { name, actor });
         }
@@ -151,7 +208,8 @@ impl Pipeline {
         let models = Arc::new(if simulated {
             ModelRegistry::simulated(settings.model.clone(), device_actors, transitions.clone())
         } else {
-            ModelRegistry::new(settings.model.clone(), device_actors, transitions.clone())
+            let started = Started { candidate, failures };
+            ModelRegistry::new(settings.model.clone(), device_actors, transitions.clone(), &plan, started)
                 .map_err(|e| TopologyError::Device(format!("model file: {e}")))?
         });
         let cameras: Arc<DashMap<String, RunningCamera>> = Arc::default();

@@ -197,6 +197,8 @@ async fn candidates_are_judged_in_shadow_promoted_or_rolled_back() {
     let mut redis = env.redis().await;
     let published = transitions(&mut redis, env.key_prefix()).await;
     let expected = [
+        // The configured file's activation at the first start (the registry in PostgreSQL).
+        ("activated", 1),
         ("shadow_started", v_same),
         ("activated", v_same),
         ("promoted", v_same),

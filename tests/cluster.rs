@@ -125,7 +125,12 @@ async fn each_analysed_once(
 async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     let env = TestEnv::new().await;
     let client = common::client();
-    let (a, b, c) = tokio::join!(node(&env, "node-a", &[]), node(&env, "node-b", &[]), node(&env, "node-c", &[]));
+    // A model directory with a second version to reload (each node has the same files).
+    let models = common::model_dir_with_candidate();
+    let configured = models.path().join("yolox_nano.onnx");
+    let model = [("ITS__MODEL__PATH", configured.to_str().unwrap())];
+    let (a, b, c) =
+        tokio::join!(node(&env, "node-a", &model), node(&env, "node-b", &model), node(&env, "node-c", &model));
     settled(&client, &a, 3).await;
 
     // Control through any node: each node registers four of the cameras.
@@ -189,7 +194,7 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     assert_eq!(common::metric(&page, "its_cluster_nodes"), Some(2.0));
 
     // A fourth node joins: only cameras that rendezvous gives it move, all of them to it.
-    let d = node(&env, "node-d", &[]).await;
+    let d = node(&env, "node-d", &model).await;
     settled(&client, &d, 3).await;
     let mut all: Vec<(&str, &Service)> = alive.clone();
     all.push(("node-d", &d));
@@ -218,16 +223,19 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     .await;
     eprintln!("geometry applied by the owner {} ms after the change", changed.elapsed().as_millis());
 
-    // A model reload through one node reaches every node.
-    let r = client.post(d.url("/api/v1/models/yolox_nano/reload")).send().await.unwrap();
+    // A model reload through one node reaches every node: each installs version 2.
+    let r = client.post(d.url("/api/v1/models/yolox_nano/reload")).json(&json!({ "file": "candidate.onnx" }));
+    let r = r.send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let reloaded = Instant::now();
     for (name, svc) in &alive {
         common::eventually("the reload on every node", Duration::from_secs(30), || async {
             let models: Value = client.get(svc.url("/api/v1/models")).send().await.ok()?.json().await.ok()?;
-            (models[0]["versions"].as_array()?.len() == 2).then_some(())
+            let devices = models[0]["devices"].as_array()?;
+            (models[0]["versions"].as_array()?.len() == 2 && devices.iter().all(|d| d["version"] == 2)).then_some(())
         })
         .await;
-        eprintln!("{name} serves the reloaded model");
+        eprintln!("{name} serves the reloaded model {} ms after the reload", reloaded.elapsed().as_millis());
     }
 
     // `its-analytics drain` (the preStop hook) empties node-d while it runs on.
@@ -242,6 +250,81 @@ async fn three_nodes_share_twelve_cameras_through_a_kill_and_a_join() {
     assert_eq!(drained, after_kill, "node-d's cameras go back where rendezvous puts them without it");
     let page = client.get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(common::metric(&page, "its_node_cameras"), Some(0.0));
+}
+
+/// The model version each device of a node serves.
+async fn serving(client: &reqwest::Client, svc: &Service) -> Option<Vec<u64>> {
+    let models: Value = client.get(svc.url("/api/v1/models")).send().await.ok()?.json().await.ok()?;
+    models[0]["devices"].as_array()?.iter().map(|d| d["version"].as_u64()).collect()
+}
+
+/// A device's automatic rollback on one node reaches every node, and a restart serves the
+/// version rolled back to. The reloaded version takes one frame at a time (its input's batch
+/// dimension fixed to 1, made here with the project's Python tooling): it passes the load and
+/// smoke checks on every node, then fails the batches of two of the node analysing a camera.
+#[tokio::test]
+async fn a_rollback_on_one_node_reaches_every_node_and_outlives_a_restart() {
+    let env = TestEnv::new().await;
+    let client = common::client();
+    let models = common::model_dir_with_candidate();
+    let configured = models.path().join("yolox_nano.onnx");
+    let script = format!(
+        "import onnx; m = onnx.load({:?}); d = m.graph.input[0].type.tensor_type.shape.dim[0]; \
+         d.ClearField('dim_param'); d.dim_value = 1; onnx.save(m, {:?})",
+        configured,
+        models.path().join("single.onnx")
+    );
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(std::process::Command::new(python).args(["-c", &script]).status().unwrap().success());
+    let vars = [
+        ("ITS__MODEL__PATH", configured.to_str().unwrap()),
+        ("ITS__BATCHING__CPU_MAX_BATCH", "2"),
+        ("ITS__BATCHING__MAX_WAIT_MS", "100"),
+    ];
+    let (a, b) = tokio::join!(node(&env, "node-a", &vars), node(&env, "node-b", &vars));
+    settled(&client, &a, 2).await;
+    let r = client.post(a.url("/api/v1/models/yolox_nano/reload")).json(&json!({ "file": "single.onnx" }));
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    for svc in [&a, &b] {
+        common::eventually("version 2 on every node", Duration::from_secs(30), || async {
+            serving(&client, svc).await?.iter().all(|v| *v == 2).then_some(())
+        })
+        .await;
+    }
+    let body = json!({
+        "id": "overpass",
+        "url": format!("file://{}", common::clip("overpass_video03.avi").display()),
+        "geometry": { "lines": [{ "id": "y150", "a": [0, 150], "b": [320, 150] }] },
+        "replay": { "loop": true, "realtime": false }
+    });
+    let r = client.post(a.url("/api/v1/cameras")).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let registered = Instant::now();
+    for svc in [&a, &b] {
+        common::eventually("version 1 again on every node", Duration::from_secs(60), || async {
+            serving(&client, svc).await?.iter().all(|v| *v == 1).then_some(())
+        })
+        .await;
+    }
+    eprintln!("rolled back on every node {} ms after the camera started", registered.elapsed().as_millis());
+    let rows = env
+        .db()
+        .await
+        .query("SELECT node, from_version, to_version FROM model_transitions WHERE transition = 'rolled_back'", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one device rolled back");
+    let (by, from, to): (String, i32, i32) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+    assert_eq!((from, to), (2, 1));
+    // The node that did not roll back itself, restarted, serves the version rolled back to.
+    let (other, id) = if by == "node-a" { (b, "node-b") } else { (a, "node-a") };
+    let (status, _) = other.terminate();
+    assert!(status.success());
+    let restarted = node(&env, id, &vars).await;
+    assert_eq!(serving(&client, &restarted).await, Some(vec![1]));
+    let ready: Value = client.get(restarted.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    assert!(ready["checks"]["model"]["fallback"].is_null(), "{ready}");
 }
 
 #[tokio::test]

@@ -243,13 +243,14 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
     assert_eq!(body["model"]["devices"][0]["version"], 2, "{body}");
     let transitions: Vec<_> =
         body["model"]["history"].as_array().unwrap().iter().map(|t| t["transition"].as_str().unwrap()).collect();
-    assert_eq!(transitions, ["rejected", "rejected", "activated"], "{body}");
+    // The first is the configured file's activation at the first start.
+    assert_eq!(transitions, ["activated", "rejected", "rejected", "activated"], "{body}");
     let emitted = all_27_crossings_and_no_frame_dropped(&client, &svc).await;
 
     let page = client.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for (series, value) in [
         ("its_model_transitions_total{model=\"yolox_nano\",transition=\"rejected\"}", 2.0),
-        ("its_model_transitions_total{model=\"yolox_nano\",transition=\"activated\"}", 1.0),
+        ("its_model_transitions_total{model=\"yolox_nano\",transition=\"activated\"}", 2.0),
         ("its_model_version{model=\"yolox_nano\"}", 2.0),
     ] {
         assert_eq!(common::metric(&page, series), Some(value), "{series}\n{page}");
@@ -265,13 +266,160 @@ async fn a_corrupt_model_is_rejected_and_a_good_one_swapped_in_mid_stream() {
     let published: Vec<Value> = entries.iter().map(|(_, fields)| serde_json::from_str(&fields[1]).unwrap()).collect();
     let kinds: Vec<_> =
         published.iter().map(|e| (e["type"].as_str().unwrap(), e["transition"].as_str().unwrap())).collect();
-    assert_eq!(
-        kinds,
-        [("model_transition", "rejected"), ("model_transition", "rejected"), ("model_transition", "activated")]
-    );
+    let expected = ["activated", "rejected", "rejected", "activated"].map(|t| ("model_transition", t));
+    assert_eq!(kinds, expected);
     let log = svc.stop();
     assert!(log.contains("model version activated") && log.contains("transition=\"rejected\""), "{log}");
     assert_delivered_once(&env.db().await, &mut env.redis().await, env.key_prefix(), emitted).await;
+}
+
+async fn models(client: &reqwest::Client, svc: &Service) -> Value {
+    client.get(svc.url("/api/v1/models")).send().await.unwrap().json::<Value>().await.unwrap()[0].clone()
+}
+
+fn transitions(model: &Value) -> Vec<(String, Option<u64>, Option<u64>)> {
+    let history = model["history"].as_array().unwrap();
+    history
+        .iter()
+        .map(|t| (t["transition"].as_str().unwrap().to_string(), t["from_version"].as_u64(), t["to_version"].as_u64()))
+        .collect()
+}
+
+/// The registry lasts (issue 15, parts 4 and 5): a restart after a reload serves the reloaded
+/// version; with that version's file corrupt, the last good version serves, readiness says so
+/// and a `fallback` row is stored; when no version loads the process exits non-zero with every
+/// reason on stderr. Bad reloads are refused (4xx) and change nothing.
+#[tokio::test]
+async fn a_restart_serves_the_reloaded_version_and_falls_back_from_a_corrupt_one() {
+    let started = std::time::Instant::now();
+    let dir = common::model_dir_with_candidate();
+    let configured = dir.path().join("yolox_nano.onnx");
+    std::fs::write(dir.path().join("corrupt.onnx"), b"not a model").unwrap();
+    let env = TestEnv::new().await;
+    let settings = [("ITS__MODEL__PATH", configured.to_str().unwrap())];
+    let client = common::client();
+    let svc = Service::start_with(&env, &settings).await;
+    let model = models(&client, &svc).await;
+    assert_eq!(model["versions"].as_array().unwrap().len(), 1, "{model}");
+    let first = &model["versions"][0];
+    assert_eq!((first["version"].as_u64(), first["file"].as_str()), (Some(1), Some("yolox_nano.onnx")), "{model}");
+    assert_eq!((first["precision"].as_str(), first["input_size"].as_u64()), (Some("fp32"), Some(416)), "{model}");
+    assert_eq!(transitions(&model), [("activated".into(), None, Some(1))], "the first start activates the file");
+
+    let reload = |file: &str| {
+        let request = client.post(svc.url("/api/v1/models/yolox_nano/reload"));
+        request.json(&serde_json::json!({ "file": file })).send()
+    };
+    for (file, status) in [("missing.onnx", 400), ("../yolox_nano.onnx", 400), ("corrupt.onnx", 422)] {
+        assert_eq!(reload(file).await.unwrap().status().as_u16(), status, "{file}");
+    }
+    let r = client.post(svc.url("/api/v1/models/another/reload")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let model = models(&client, &svc).await;
+    assert_eq!(model["versions"].as_array().unwrap().len(), 1, "a refused file is no version: {model}");
+    assert_eq!(model["devices"][0]["version"], 1, "{model}");
+
+    let r = reload("candidate.onnx").await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["activated"]["version"], 2, "{body}");
+    assert_eq!(body["model"]["devices"][0]["version"], 2, "{body}");
+    let (status, _) = svc.terminate();
+    assert!(status.success());
+
+    // Restarted: the reloaded version serves, not the configured file, and nothing is recorded.
+    let svc = Service::start_with(&env, &settings).await;
+    let model = models(&client, &svc).await;
+    assert_eq!(model["devices"][0]["version"], 2, "{model}");
+    let history = transitions(&model);
+    assert_eq!(history.last(), Some(&("activated".to_string(), Some(1), Some(2))), "{model}");
+    assert_eq!(history.len(), 3, "activated, rejected, activated: {model}");
+    let ready: Value = client.get(svc.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    assert!(ready["checks"]["model"]["fallback"].is_null(), "{ready}");
+    svc.terminate();
+
+    // The serving version's file is corrupt: version 1 serves, ready, and says why.
+    std::fs::write(dir.path().join("candidate.onnx"), b"garbage").unwrap();
+    let svc = Service::start_with(&env, &settings).await;
+    let ready: Value = client.get(svc.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let fallback = &ready["checks"]["model"]["fallback"];
+    assert_eq!((fallback["version"].as_u64(), fallback["instead_of"].as_u64()), (Some(1), Some(2)), "{ready}");
+    assert!(fallback["reason"].as_str().unwrap().contains("SHA-256"), "{ready}");
+    assert_eq!(models(&client, &svc).await["devices"][0]["version"], 1);
+    let db = env.db().await;
+    let rows = db
+        .query("SELECT from_version, to_version, node FROM model_transitions WHERE transition = 'fallback'", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].get::<_, Option<i32>>(0), rows[0].get::<_, Option<i32>>(1)), (Some(2), Some(1)));
+    svc.terminate();
+
+    // No version loads: the process says why for each and exits non-zero.
+    std::fs::write(&configured, b"garbage too").unwrap();
+    let svc = Service::spawn_with(&env, &settings);
+    let (status, log) = tokio::task::spawn_blocking(move || svc.wait_exit(Duration::from_secs(60))).await.unwrap();
+    assert!(!status.success(), "{log}");
+    for needle in ["error: no model version loads", "version 2 (candidate.onnx, serving version)", "version 1 ("] {
+        assert!(log.contains(needle), "{needle:?} not in\n{log}");
+    }
+    eprintln!("restart, fallback and failed start in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The registry's rules in PostgreSQL, which every node relies on: a file with its SHA-256 is one
+/// version however many nodes register it at once; the serving version is the newest activation
+/// or rollback (a `rejected` or `fallback` row does not change it); the good versions exclude
+/// those rejected or rolled back from, the most recently serving first.
+#[tokio::test]
+async fn the_registry_numbers_versions_once_and_tells_the_good_ones() {
+    use its_analytics::db::models::NewTransition;
+    let env = TestEnv::new().await;
+    let db = its_analytics::db::Db::connect(&env.postgres_url, 8, Duration::from_secs(5)).await.unwrap();
+    let register = |file: &'static str, sha: &'static str| {
+        let db = db.clone();
+        async move { db.register_model_version("m", file, sha, 416, "fp32").await.unwrap() }
+    };
+    assert_eq!((register("a.onnx", "s1").await.0.version, register("a.onnx", "s1").await.1), (1, false));
+    assert_eq!(register("a.onnx", "s2").await.0.version, 2, "new content, new version");
+    assert_eq!(register("b.onnx", "s1").await.0.version, 3, "another file, another version");
+    let at_once: Vec<_> = futures::future::join_all((0..6).map(|_| register("c.onnx", "s3"))).await;
+    assert!(at_once.iter().all(|(row, _)| row.version == 4), "{at_once:?}");
+    assert_eq!(at_once.iter().filter(|(_, new)| *new).count(), 1);
+    let other = db.register_model_version("other", "a.onnx", "s1", 640, "bf16").await.unwrap().0;
+    assert_eq!((other.version, other.input_size, other.precision.as_str()), (1, 640, "bf16"), "numbered per model");
+
+    assert_eq!(db.model_serving("m").await.unwrap().version, None, "nothing activated yet");
+    let record = |transition: &str, from: Option<u32>, to: Option<u32>| {
+        let t = NewTransition {
+            model: "m".into(),
+            transition: transition.into(),
+            from_version: from,
+            to_version: to,
+            detail: String::new(),
+            node: "node-a".into(),
+        };
+        let db = db.clone();
+        async move { db.record_model_transition(&t).await.unwrap() }
+    };
+    record("activated", None, Some(1)).await;
+    record("activated", Some(1), Some(2)).await;
+    record("rolled_back", Some(2), Some(1)).await;
+    record("activated", Some(1), Some(3)).await;
+    record("rejected", Some(3), Some(4)).await;
+    let fallback = record("fallback", Some(3), Some(1)).await;
+    let serving = db.model_serving("m").await.unwrap();
+    assert_eq!((serving.version.map(|v| v.version), serving.last_seq), (Some(3), fallback));
+    let good: Vec<u32> = db.good_model_versions("m").await.unwrap().iter().map(|v| v.version).collect();
+    assert_eq!(good, [3, 1], "2 was rolled back from, 4 rejected");
+    record("rejected", None, Some(3)).await;
+    let good: Vec<u32> = db.good_model_versions("m").await.unwrap().iter().map(|v| v.version).collect();
+    assert_eq!(good, [1], "a version a node refused is no longer good");
+    let after: Vec<String> =
+        db.model_transitions_after("m", fallback - 1).await.unwrap().into_iter().map(|t| t.transition).collect();
+    assert_eq!(after, ["fallback", "rejected"]);
+    let history = db.model_history("m", 3).await.unwrap();
+    assert_eq!(history.iter().map(|t| t.transition.as_str()).collect::<Vec<_>>(), ["rejected", "fallback", "rejected"]);
 }
 
 /// SIGKILL twice. First while Redis is away, so events wait in the outbox; the camera is then

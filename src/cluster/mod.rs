@@ -65,8 +65,6 @@ struct Round {
     rejected: HashMap<String, (u64, u32)>,
     /// The newest `updated_at` among the cameras read.
     newest_change: Option<chrono::DateTime<chrono::Utc>>,
-    /// The last model reload request applied.
-    reloads_seen: i64,
 }
 
 /// What `/api/v1/cluster` shows.
@@ -143,7 +141,6 @@ impl Cluster {
             return Err(ClusterError::IdTaken(id));
         }
         metrics.node_capacity.set(settings.node.capacity_fps);
-        let reloads_seen = store.last_model_reload().await?;
         let witness = Witness::new(redis, &RedisKeys::new(&settings.redis.key_prefix), &id, settings.cluster.ttl());
         let cluster = Arc::new(Self {
             id,
@@ -161,7 +158,7 @@ impl Cluster {
             witness,
             in_contact_since: parking_lot::Mutex::new(None),
             outage_logged: AtomicBool::new(false),
-            round: tokio::sync::Mutex::new(Round { reloads_seen, ..Default::default() }),
+            round: tokio::sync::Mutex::new(Round::default()),
             rounds_started: Default::default(),
             renewed_at: parking_lot::Mutex::new(None),
             draining: AtomicBool::new(false),
@@ -289,11 +286,6 @@ impl Cluster {
     /// The URL a node's API answers at, if it is a member.
     pub async fn url_of(&self, node: &str) -> Result<Option<String>, ClusterError> {
         Ok(self.store.nodes().await?.into_iter().find(|n| n.id == node).map(|n| n.advertise_url))
-    }
-
-    /// Asks every node (this one included) to reload a model; returns the request's number.
-    pub async fn request_model_reload(&self, model: &str, file: Option<&str>) -> Result<i64, ClusterError> {
-        Ok(self.store.request_model_reload(model, file, &self.id).await?)
     }
 
     /// One heartbeat: membership, leases, assignment, hand-overs, geometry and model changes.
@@ -451,7 +443,10 @@ impl Cluster {
                 }
             }
         }
-        self.apply_model_reloads(round).await?;
+        // Model versions activated or rolled back to on other nodes (the registry's transitions).
+        if let Err(error) = self.pipeline.models().apply_cluster().await {
+            tracing::warn!(%error, "model transitions of the cluster not applied; next heartbeat");
+        }
         self.metrics.node_cameras.set(round.held.len() as i64);
         Ok(())
     }
@@ -511,21 +506,6 @@ impl Cluster {
                 // Down, for the CameraDown alert: it is registered and analyses nothing.
                 self.metrics.camera_up.get_or_create(&self.metrics.camera(&id)).set(0);
                 round.rejected.insert(id, (camera.registered_ms, camera.geometry_version));
-            }
-        }
-        Ok(())
-    }
-
-    async fn apply_model_reloads(&self, round: &mut Round) -> Result<(), ClusterError> {
-        for (seq, model, file, asked_here) in self.store.model_reloads(round.reloads_seen, &self.id).await? {
-            round.reloads_seen = seq;
-            if asked_here {
-                // Applied before it was recorded.
-                continue;
-            }
-            match self.pipeline.models().reload(&model, file.as_deref()).await {
-                Ok(version) => tracing::info!(seq, model, version = version.version, "model reload applied"),
-                Err(error) => tracing::warn!(seq, model, %error, "model reload refused on this node"),
             }
         }
         Ok(())
@@ -641,8 +621,9 @@ async fn lease_watchdog(cluster: Arc<Cluster>) {
 }
 
 /// Wakes the heartbeat loop on `NOTIFY` of a change (a camera registered, removed or changed on
-/// any node, a lease given up, a model reload asked). Reconnects after a failure; a notification
-/// lost meanwhile heals at the next heartbeat, which compares the revision.
+/// any node, a lease given up, a model version activated or rolled back to). Reconnects after a
+/// failure; a notification lost meanwhile heals at the next heartbeat, which compares the revision
+/// (and reads the model transitions after the last one applied).
 async fn listen_for_changes(cluster: Arc<Cluster>) {
     use bb8_postgres::tokio_postgres::AsyncMessage;
     use futures::StreamExt;

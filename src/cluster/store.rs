@@ -317,43 +317,4 @@ impl ClusterStore {
             .await?;
         Ok(())
     }
-
-    /// Model reloads asked after `after`, oldest first: (seq, model, file, asked by this node).
-    pub async fn model_reloads(
-        &self,
-        after: i64,
-        node: &str,
-    ) -> Result<Vec<(i64, String, Option<String>, bool)>, DbError> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                "SELECT seq, model, file, requested_by = $2 FROM model_reloads WHERE seq > $1 ORDER BY seq",
-                &[&after, &node],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
-    }
-
-    /// The newest reload request, so a starting node does not replay old ones.
-    pub async fn last_model_reload(&self) -> Result<i64, DbError> {
-        Ok(self.pool.get().await?.query_one("SELECT COALESCE(max(seq), 0) FROM model_reloads", &[]).await?.get(0))
-    }
-
-    /// Records a reload for every node; returns its sequence number.
-    pub async fn request_model_reload(&self, model: &str, file: Option<&str>, by: &str) -> Result<i64, DbError> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        let seq: i64 = tx
-            .query_one(
-                "INSERT INTO model_reloads (model, file, requested_by) VALUES ($1, $2, $3) RETURNING seq",
-                &[&model, &file, &by],
-            )
-            .await?
-            .get(0);
-        tx.execute("SELECT pg_notify($1, 'models')", &[&crate::db::CHANGES_CHANNEL]).await?;
-        tx.commit().await?;
-        Ok(seq)
-    }
 }

@@ -75,6 +75,7 @@ impl From<ReloadError> for ApiError {
             ReloadError::Rejected(_) => ApiError::Unprocessable(e.to_string()),
             ReloadError::Busy => ApiError::Conflict(e.to_string()),
             ReloadError::Stopped => ApiError::Unavailable(e.to_string()),
+            ReloadError::Store(db) => ServiceError::Db(db).into(),
         }
     }
 }

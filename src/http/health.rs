@@ -16,8 +16,9 @@ async fn live() -> HttpResponse {
 }
 
 /// Ready when PostgreSQL and Redis answer, neither's circuit breaker is open, and every device's
-/// inference thread runs a model whose breaker is not open. Cameras whose breaker is not closed
-/// are listed but do not make the service unready.
+/// inference thread runs a model whose breaker is not open. After a fallback at start the
+/// service is ready (it serves) and `checks.model.fallback` names the version serving and why.
+/// Cameras whose breaker is not closed are listed but do not make the service unready.
 async fn ready(service: web::Data<Service>) -> HttpResponse {
     let postgres = service.db.ping().await.map_err(|e| e.to_string());
     let redis = service.redis_ping().await.map_err(|e| e.to_string());
@@ -50,7 +51,8 @@ async fn ready(service: web::Data<Service>) -> HttpResponse {
         "checks": {
             "postgres": check(&postgres),
             "redis": check(&redis),
-            "model": { "ok": model_ok, "devices": devices },
+            // A fallback at start serves (ready), and says which version and why.
+            "model": { "ok": model_ok, "devices": devices, "fallback": service.pipeline.models().fallback() },
             "breakers": { "ok": breakers_closed, "breakers": breakers },
             "cameras": { "breakers_not_closed": open_cameras },
         }

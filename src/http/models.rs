@@ -1,11 +1,11 @@
 //! `/api/v1/models`: the model registry (admin only): versions, the one serving on each device,
-//! transitions, and hot reload.
+//! transitions (from PostgreSQL: those of every node), and hot reload.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::service::{Service, ServiceError};
+use crate::service::Service;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/models", web::get().to(list))
@@ -17,8 +17,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/models/{name}/candidates/{version}/rollback", web::post().to(rollback));
 }
 
-async fn list(service: web::Data<Service>) -> HttpResponse {
-    HttpResponse::Ok().json(vec![service.pipeline.models().view().await])
+async fn list(service: web::Data<Service>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(vec![service.pipeline.models().view().await?]))
 }
 
 /// The body of a reload; without `file`, the configured file is read again.
@@ -41,11 +41,10 @@ async fn reload(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid reload request: {e}")))?
     };
+    // Validated and serving here, and stored: every other node installs it within a heartbeat.
     let version = service.pipeline.models().reload(&name, request.file.as_deref()).await?;
-    // Validated and serving here: every other node reloads the same file within a heartbeat.
-    service.cluster.request_model_reload(&name, request.file.as_deref()).await.map_err(ServiceError::from)?;
     Ok(HttpResponse::Ok()
-        .json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view().await })))
+        .json(serde_json::json!({ "activated": version, "model": service.pipeline.models().view().await? })))
 }
 
 /// The body of `POST /models/{name}/candidates`.

@@ -143,6 +143,13 @@ impl Service {
     }
 
     pub async fn start_with(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let service = Self::spawn_with(env, extra);
+        service.wait_ready().await;
+        service
+    }
+
+    /// Starts the process without waiting for it to be ready (a start that is meant to fail).
+    pub fn spawn_with(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}-{port}.log", env.name));
         let mut command = Command::new(binary());
@@ -163,9 +170,7 @@ impl Service {
             command.env(k, v);
         }
         let child = command.spawn().expect("start its-analytics");
-        let service = Self { child, base: format!("http://127.0.0.1:{port}"), log };
-        service.wait_ready().await;
-        service
+        Self { child, base: format!("http://127.0.0.1:{port}"), log }
     }
 
     async fn wait_ready(&self) {
@@ -269,6 +274,21 @@ pub fn metric(page: &str, name: &str) -> Option<f64> {
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// A model directory of the test's own: the real ONNX model as `yolox_nano.onnx` (to configure as
+/// `model.path`) and `candidate.onnx`, the same network with another SHA-256 (a `doc_string`
+/// field appended to the protobuf: the last one wins, the weights are untouched).
+pub fn model_dir_with_candidate() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/yolox_nano.onnx")).unwrap();
+    std::fs::write(dir.path().join("yolox_nano.onnx"), &real).unwrap();
+    let doc = b"candidate";
+    let mut candidate = real;
+    candidate.extend_from_slice(&[0x32, doc.len() as u8]);
+    candidate.extend_from_slice(doc);
+    std::fs::write(dir.path().join("candidate.onnx"), candidate).unwrap();
+    dir
 }
 
 /// The worked example geometry of the overpass clip (lanes, calibration).

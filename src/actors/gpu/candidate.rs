@@ -190,7 +190,8 @@ impl Candidates {
                 active.version.version
             )));
         }
-        let (version, settings) = self.registry.register(name, file).await?;
+        let version = self.registry.register(name, Some(file)).await?;
+        let settings = self.registry.settings_of(version.version).await?.ok_or_else(|| not_found(version.version))?;
         let reference_version = self.registry.serving_version().await;
         let shadow = CameraSelection { cameras: cameras.map(|c| c.into_iter().collect()), share: 1.0 };
         let comparison = Arc::new(Comparison::default());
@@ -376,7 +377,7 @@ impl Candidates {
             let run = find(&runs, version)?;
             (run.settings.clone(), run.reference_version, run.frame_share)
         };
-        let reference = self.registry.settings_of(reference_version).ok_or_else(|| {
+        let reference = self.registry.settings_of(reference_version).await?.ok_or_else(|| {
             CandidateError::Conflict(format!("the reference version {reference_version} is no longer known"))
         })?;
         let canary_cameras = CameraSelection { cameras: None, share };
@@ -412,7 +413,8 @@ impl Candidates {
     async fn promote_all(&self, version: u32, why: &str) -> Result<CandidateView, CandidateError> {
         let file = find(&self.runs.lock(), version)?.version.file.clone();
         // Install first, then end the canary and lane: every camera is served throughout.
-        let activated = self.registry.activate(&self.name, version).await?;
+        let detail = format!("promoted: candidate {version} ({why})");
+        let activated = self.registry.activate(&self.name, version, &detail).await?;
         self.clear_devices().await;
         let mut runs = self.runs.lock();
         let run = runs.iter_mut().find(|r| r.version.version == version).expect("found above");

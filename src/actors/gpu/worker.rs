@@ -118,8 +118,9 @@ pub struct DeviceParts {
     /// `cpu`, `cpu:1`, `cuda:0`: what metrics, logs and the API call it.
     pub name: String,
     pub config: WorkerConfig,
-    /// The configured model, served as version 1.
+    /// The model to serve, and its registry version.
     pub model: ModelSettings,
+    pub version: u32,
     pub loader: ModelLoader,
     pub metrics: Arc<Metrics>,
     /// Around the model: opens when its calls keep failing.
@@ -160,10 +161,10 @@ pub struct DeviceState {
 }
 
 impl DeviceState {
-    /// Loads the configured model on the device; starts no thread (the actor starts the first,
+    /// Loads the model of `parts` on the device; starts no thread (the actor starts the first,
     /// the supervisor's factory the others).
     pub fn load(parts: DeviceParts) -> Result<Arc<Self>, DetectorError> {
-        let DeviceParts { device, name, config, model, loader, metrics, breaker, transitions, faults } = parts;
+        let DeviceParts { device, name, config, model, version, loader, metrics, breaker, transitions, faults } = parts;
         set_up_thread(device, config.cpu_threads);
         let detector = loader(&model, device)?;
         let sizer = BatchSizer::new(config.max_batch, config.frame_bytes, config.grow_after);
@@ -177,7 +178,7 @@ impl DeviceState {
             loader,
             metrics,
             models: Mutex::new(DeviceModels {
-                current: Arc::new(LoadedModel { version: 1, settings: model, detector }),
+                current: Arc::new(LoadedModel { version, settings: model, detector }),
                 previous: None,
                 outcomes: Outcomes::default(),
                 canary: None,

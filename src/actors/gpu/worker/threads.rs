@@ -105,10 +105,11 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             drift: Default::default(),
             lifecycle: crate::settings::Settings::load(None).expect("the default settings load").model.lifecycle,
         },
+        version: 1,
         loader,
         metrics: metrics.clone(),
         breaker: metrics.breaker("model:scripted:cpu", &breaker),
-        transitions: ModelTransitions::new("scripted".into(), metrics.clone(), sink.clone()),
+        transitions: ModelTransitions::new("scripted".into(), metrics.clone(), sink.clone(), None),
         faults: Arc::new(FaultInjector::default()),
     })
     .expect("the scripted model loads");
