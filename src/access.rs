@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 pub enum Role {
     /// Reads: GET/HEAD under `/api/v1`, except the admin endpoints.
     Viewer,
-    /// Viewer, plus registering/removing cameras and writing their geometry.
+    /// Viewer, plus registering/removing cameras, writing their geometry and re-capturing their
+    /// drift reference.
     Operator,
     /// Everything, including `/api/v1/system` and `/api/v1/models/**`.
     Admin,

@@ -155,6 +155,8 @@ pub struct AnalyzeRun {
     /// Events with the instant each reached the sink.
     pub events: Vec<(Event, Instant)>,
     pub metrics: Arc<Metrics>,
+    /// The camera's drift monitor at the end (`model.drift`; `None` when off).
+    pub drift: Option<crate::detector::drift::DriftView>,
 }
 
 /// Analyses every frame of a clip (or `fps` of them per second) and returns the counts. In
@@ -223,8 +225,9 @@ pub async fn analyze(
         elements: element_reports(aggregates),
         incidents,
     };
+    let drift = status.drift.view();
     pipeline.shutdown().await;
-    Ok(AnalyzeRun { report, events, metrics })
+    Ok(AnalyzeRun { report, events, metrics, drift })
 }
 
 #[derive(Debug, Serialize)]

@@ -30,6 +30,14 @@ pub struct ModelLabels {
     pub model: String,
 }
 
+/// A drift feature (`class`, `confidence`, `box_size`, `count`) of a model on a camera.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub camera: String,
+    pub model: String,
+    pub feature: String,
+}
+
 /// `ml_model_accuracy`: `evidence` says what it is judged against (`proxy`: track continuity, no
 /// reference; `reference`: a reference model in shadow, `actors::gpu::candidate`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,6 +148,7 @@ pub const PICTURE_PARTS_SENT: &str = "its_picture_parts_sent";
 /// Names the product brief uses.
 pub const DEVICE_MEMORY: &str = "gpu_memory_utilization_percent";
 pub const MODEL_ACCURACY: &str = "ml_model_accuracy";
+pub const MODEL_DRIFT: &str = "ml_model_drift_kl";
 pub const MODEL_AGREEMENT: &str = "ml_model_agreement";
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -192,6 +201,8 @@ pub struct Metrics {
     /// against a reference model where one runs in shadow.
     pub model_accuracy: Family<ModelAccuracyLabels, Gauge<f64, AtomicU64>>,
     pub model_continuity: ModelContinuity,
+    /// KL(window || reference) of each drift feature, per camera and model (`detector::drift`).
+    pub model_drift: Family<DriftLabels, Gauge<f64, AtomicU64>>,
     /// Set by the candidates (`actors::gpu::candidate`), copied into `model_accuracy` at each scrape.
     pub model_accuracy_reference: parking_lot::Mutex<Option<(String, f64)>>,
     /// The active candidate's agreement with its reference.
@@ -259,6 +270,7 @@ impl Metrics {
             device_memory: Family::default(),
             model_accuracy: Family::default(),
             model_continuity: ModelContinuity::default(),
+            model_drift: Family::default(),
             model_accuracy_reference: Default::default(),
             model_agreement: Family::default(),
             child_restarts: Family::default(),
@@ -415,6 +427,13 @@ impl Metrics {
             m.model_accuracy.clone(),
         );
         r.register(
+            MODEL_DRIFT,
+            "Drift of what the model sees on a camera: KL divergence (nats) of the last model.drift.window_frames \
+             frames from the camera's reference, per feature (class, confidence, box_size, count); absent while \
+             the reference or the first window is captured",
+            m.model_drift.clone(),
+        );
+        r.register(
             MODEL_AGREEMENT,
             "Agreement of the candidate model with its reference on the same frames (detections matched at IoU >= \
              0.5): precision, recall and F1 per class",
@@ -453,6 +472,20 @@ impl Metrics {
         let breaker = BreakerLabels { breaker: camera_breaker(camera) };
         self.breaker_state.remove(&breaker);
         self.breaker_opens.remove(&breaker);
+    }
+
+    /// Sets `ml_model_drift_kl` of a camera's four features.
+    pub fn set_drift(&self, camera: &str, model: &str, kl: &crate::detector::drift::FeatureValues) {
+        for feature in crate::detector::drift::Feature::ALL {
+            self.model_drift.get_or_create(&drift_labels(camera, model, feature)).set(kl.get(feature));
+        }
+    }
+
+    /// Removes `ml_model_drift_kl` of a camera: it was removed, or its reference is captured again.
+    pub fn remove_drift(&self, camera: &str, model: &str) {
+        for feature in crate::detector::drift::Feature::ALL {
+            self.model_drift.remove(&drift_labels(camera, model, feature));
+        }
     }
 
     /// A circuit breaker whose every transition is a log line and a metric (`breaker` label = `name`).
@@ -517,6 +550,10 @@ impl Metrics {
             self.model_accuracy.get_or_create(&ModelAccuracyLabels { model, evidence: "reference".into() }).set(f1);
         }
     }
+}
+
+fn drift_labels(camera: &str, model: &str, feature: crate::detector::drift::Feature) -> DriftLabels {
+    DriftLabels { camera: camera.to_string(), model: model.to_string(), feature: feature.as_str().to_string() }
 }
 
 /// The breaker name of a camera's stream.

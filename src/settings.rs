@@ -872,6 +872,7 @@ impl Settings {
         if !(1..=10_000).contains(&self.model.rollback_window) {
             errors.push("model.rollback_window must be in 1..=10000".into());
         }
+        errors.extend(self.model.drift.validate());
         errors.extend(self.model.lifecycle.validate());
         if self.breakers.failure_threshold == 0 || self.breakers.half_open_successes == 0 {
             errors.push("breakers.failure_threshold and breakers.half_open_successes must be at least 1".into());
@@ -930,9 +931,12 @@ mod tests {
         settings.publisher.batch_size = 5000;
         settings.publisher.row_queue_capacity = 0;
         settings.http.sse_buffer = 0;
+        settings.model.drift.every_frames = 7;
         let Err(SettingsError::Invalid(errors)) = settings.validate() else { panic!("expected errors") };
-        assert_eq!(errors.len(), 8, "{errors:?}");
-        for key in ["intake_capacity", "batch_size", "row_queue_capacity", "http.sse_buffer"] {
+        assert_eq!(errors.len(), 9, "{errors:?}");
+        for key in
+            ["intake_capacity", "batch_size", "row_queue_capacity", "http.sse_buffer", "model.drift.window_frames"]
+        {
             assert!(errors.iter().any(|e| e.contains(key)), "{key}: {errors:?}");
         }
         assert!(errors.iter().any(|e| e.contains("outbox.when_full")));

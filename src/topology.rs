@@ -23,6 +23,7 @@ use crate::actors::gpu::{AttachCamera, CameraRoute, DetachCamera, DeviceView, Ge
 use crate::actors::status::{CameraStatus, StreamState};
 use crate::analytics::geometry::Geometry;
 use crate::camera_spec::{CameraSpec, SourceKind};
+use crate::detector::drift::DriftConfig;
 use crate::detector::model::{check_model_file, file_loader, inference_devices};
 use crate::detector::simulated;
 use crate::ids::CameraId;
@@ -91,6 +92,8 @@ pub struct Pipeline {
     /// Where every CameraActor runs (not on whichever arbiter registered it: an HTTP worker).
     camera_arbiter: Arbiter,
     models: Arc<ModelRegistry>,
+    /// The model's name in metrics (`ml_model_*{model}`) and the API.
+    model_name: Arc<str>,
     candidates: Arc<Candidates>,
 }
 
@@ -245,6 +248,7 @@ impl Pipeline {
             let config = ShardConfig {
                 shard,
                 model: model.clone(),
+                drift: DriftConfig::of(settings.model.drift, settings.model.score_threshold),
                 mailbox: settings.connector.mailbox,
                 tracker: settings.tracker,
                 analytics: settings.analytics.clone(),
@@ -281,6 +285,7 @@ impl Pipeline {
             camera_supervisor,
             camera_arbiter,
             models,
+            model_name: model,
             candidates,
         })
     }
@@ -297,6 +302,11 @@ impl Pipeline {
 
     pub fn models(&self) -> &ModelRegistry {
         &self.models
+    }
+
+    /// The model's name in metrics and the API (the simulator's own under the simulator).
+    pub fn model_name(&self) -> &str {
+        &self.model_name
     }
 
     pub fn candidates(&self) -> &Candidates {

@@ -36,10 +36,11 @@ use serde_norway::Value as Yaml;
 use common::{Service, TestEnv};
 
 /// The alerts the issue asks for, each with a runbook section of the same name.
-const ALERTS: [&str; 11] = [
+const ALERTS: [&str; 12] = [
     "AnalyticsLatencyHigh",
     "GPUMemoryExhaustion",
     "ModelAccuracyDegradation",
+    "ModelDriftHigh",
     "ServiceDown",
     "CameraDown",
     "BreakerOpen",

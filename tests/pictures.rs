@@ -1,6 +1,7 @@
 //! Pictures of a camera over real HTTP against the real binary, the real model and the overpass
 //! clip: the snapshot (plain and with the overlay), the live view (parts, fps, viewer limit), the
-//! tracked boxes, access, errors and metrics. One service serves every case, to keep CI short.
+//! tracked boxes, access, errors and metrics, and the camera's drift monitor (read, re-captured).
+//! One service serves every case, to keep CI short.
 
 mod common;
 
@@ -97,14 +98,21 @@ async fn parts(response: &mut reqwest::Response, n: usize) -> Vec<(u64, Vec<u8>)
 async fn snapshots_live_views_and_tracks() {
     let env = TestEnv::new().await;
     let max = MAX_VIEWERS.to_string();
-    let svc = Service::start_with(&env, &[("ITS__PICTURES__MAX_VIEWERS_PER_CAMERA", &max)]).await;
+    let settings = [
+        ("ITS__PICTURES__MAX_VIEWERS_PER_CAMERA", max.as_str()),
+        // A drift reference of 60 frames (2 s of the clip at 30 frames/s), compared every second.
+        ("ITS__MODEL__DRIFT__REFERENCE_FRAMES", "60"),
+        ("ITS__MODEL__DRIFT__WINDOW_FRAMES", "60"),
+        ("ITS__MODEL__DRIFT__EVERY_FRAMES", "30"),
+    ];
+    let svc = Service::start_with(&env, &settings).await;
     let admin = common::client();
     let viewer = common::client_with_token(common::VIEWER_TOKEN);
     let anonymous = reqwest::Client::new();
     let snapshot = svc.url("/api/v1/cameras/overpass/snapshot.jpg");
 
     // Unknown camera, no token.
-    for path in ["snapshot.jpg", "live.mjpeg", "tracks"] {
+    for path in ["snapshot.jpg", "live.mjpeg", "tracks", "drift"] {
         let r = viewer.get(svc.url(&format!("/api/v1/cameras/nope/{path}"))).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 404, "{path}");
         assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("nope"));
@@ -174,6 +182,38 @@ async fn snapshots_live_views_and_tracks() {
     })
     .await;
     assert!(best >= 0.6, "the best car outline is only {:.0} % car-coloured", best * 100.0);
+
+    // Drift: the reference, then a comparison of the clip with itself, exported per feature.
+    let drift_url = svc.url("/api/v1/cameras/overpass/drift");
+    let compared = common::eventually("a drift comparison", Duration::from_secs(60), || async {
+        let drift: Value = viewer.get(&drift_url).send().await.ok()?.json().await.ok()?;
+        assert_eq!(
+            (&drift["camera_id"], &drift["model"], &drift["enabled"]),
+            (&json!("overpass"), &json!("yolox_nano"), &json!(true))
+        );
+        drift["kl"].is_object().then_some(drift)
+    })
+    .await;
+    assert_eq!((&compared["state"], &compared["model_version"]), (&json!("comparing"), &json!(1)), "{compared}");
+    assert_eq!((&compared["reference_frames"], &compared["window_frames"]), (&json!(60), &json!(60)), "{compared}");
+    let page = anonymous.get(svc.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for feature in ["class", "confidence", "box_size", "count"] {
+        let series = format!("ml_model_drift_kl{{camera=\"overpass\",model=\"yolox_nano\",feature=\"{feature}\"}}");
+        assert!(page.contains(&series), "{series} missing:\n{page}");
+    }
+    // Re-capturing the reference: operators only; it starts again at once.
+    let reference = svc.url("/api/v1/cameras/overpass/drift/reference");
+    let r = viewer.post(&reference).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let operator = common::client_with_token(common::OPERATOR_TOKEN);
+    let r = operator.post(&reference).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let restarted: Value = r.json().await.unwrap();
+    assert_eq!((&restarted["state"], &restarted["reference_frames"]), (&json!("capturing"), &json!(0)), "{restarted}");
+    assert_eq!((&restarted["kl"], &restarted["comparisons"]), (&Value::Null, &json!(0)), "{restarted}");
+    assert_eq!(restarted["captures"], compared["captures"].as_u64().unwrap() + 1, "{restarted}");
+    let r = operator.post(svc.url("/api/v1/cameras/nope/drift/reference")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
 
     // The live view: parts of new frames, in order.
     let live = svc.url("/api/v1/cameras/overpass/live.mjpeg");

@@ -28,6 +28,7 @@ use crate::analytics::geometry::Geometry;
 use crate::analytics::scene::{FrameOutput, SceneAnalytics, StreamIdentity};
 use crate::analytics::tracker::{Tracker, TrackerConfig};
 use crate::analytics::StateSnapshot;
+use crate::detector::drift::{DriftConfig, Observed};
 use crate::ids::CameraId;
 use crate::metrics::Metrics;
 use crate::picture::LatestTracks;
@@ -64,6 +65,9 @@ struct CameraAnalytics {
     last_seq: u64,
     /// Frame time of the last state snapshot sent to the cache.
     last_state_ms: Option<i64>,
+    /// Whether `ml_model_drift_kl` of the camera may be set (so is removed when a new reference
+    /// starts).
+    drift_published: bool,
 }
 
 /// The live state is cached at most this often per camera (frame time), plus at every minute
@@ -76,6 +80,8 @@ pub struct ShardConfig {
     pub shard: usize,
     /// The model whose detections this shard tracks (`ml_model_accuracy{model}`).
     pub model: Arc<str>,
+    /// Drift detection per camera (`model.drift`); `None` when it is off.
+    pub drift: Option<DriftConfig>,
     pub mailbox: usize,
     pub tracker: TrackerConfig,
     pub analytics: AnalyticsConfig,
@@ -203,6 +209,7 @@ impl ConnectorActor {
         }
         let Some(camera) = self.cameras.get_mut(&frame.camera_id) else { return };
         let started = std::time::Instant::now();
+        observe_drift(&self.config, camera, &frame);
         let tracking = crate::child_span!(&frame.span, "tracking", shard = self.config.shard);
         let _entered = tracking.enter();
         let detections: Vec<_> =
@@ -236,6 +243,27 @@ impl ConnectorActor {
         let out = camera.scene.finish(camera.last_seq);
         emit(&*self.config.sink, camera, out);
         send_state(&*self.config.sink, camera);
+    }
+}
+
+/// Feeds the camera's drift monitor with the model's detections (all of them: a geometry change
+/// is no drift) and publishes a comparison; a new reference removes the last one's values.
+fn observe_drift(config: &ShardConfig, camera: &mut CameraAnalytics, frame: &FrameDetections) {
+    if config.drift.is_none() {
+        return;
+    }
+    // The frame's size, for box sizes relative to it: the latest decoded frame's, the same camera.
+    let size = camera.status.pictures.frame().map(|f| (f.letterbox.src_width, f.letterbox.src_height));
+    match camera.status.drift.observe(frame.model_version, &frame.detections, size) {
+        Some(Observed::Compared(kl)) => {
+            config.metrics.set_drift(&camera.status.id, &config.model, &kl);
+            camera.drift_published = true;
+        }
+        Some(Observed::Capturing) if camera.drift_published => {
+            config.metrics.remove_drift(&camera.status.id, &config.model);
+            camera.drift_published = false;
+        }
+        _ => {}
     }
 }
 
@@ -276,6 +304,10 @@ impl ConnectorActor {
             scene.continue_counts(&status.counts());
         }
         status.set_counts(scene.line_counts());
+        if let Some(drift) = self.config.drift {
+            // A rebuilt camera keeps its monitor, and its reference.
+            status.drift.start(drift);
+        }
         let camera = CameraAnalytics {
             status,
             tracker: Tracker::new(self.config.tracker),
@@ -283,6 +315,8 @@ impl ConnectorActor {
             geometry: Arc::new(geometry),
             last_seq: 0,
             last_state_ms: None,
+            // A rebuilt camera's series may be set.
+            drift_published: true,
         };
         send_state(&*self.config.sink, &camera);
         self.cameras.insert(camera.status.id.clone(), camera);
@@ -360,6 +394,7 @@ impl ConnectorActor {
             Kept::Remove(RemoveCamera(camera_id)) => {
                 self.finish(&camera_id);
                 self.cameras.remove(&camera_id);
+                self.config.metrics.remove_drift(&camera_id, &self.config.model);
             }
         }));
         if let Err(panic) = result {
@@ -509,6 +544,7 @@ mod tests {
     use std::time::{Instant, UNIX_EPOCH};
 
     use crate::analytics::lines::LineSpec;
+    use crate::detector::drift::{Binning, DriftSettings, DriftState};
     use crate::events::{Event, EventDetail};
     use crate::objects::{BBox, Detection, ObjectClass};
     use crate::sinks::MemorySink;
@@ -676,6 +712,11 @@ mod tests {
             let config = ShardConfig {
                 shard: 0,
                 model: "test".into(),
+                // A reference of 2 frames, then a window of 2 compared at every frame.
+                drift: Some(DriftConfig {
+                    settings: DriftSettings { enabled: true, reference_frames: 2, window_frames: 2, every_frames: 1 },
+                    binning: Binning { score_floor: 0.1 },
+                }),
                 mailbox,
                 tracker: TrackerConfig::default(),
                 analytics: AnalyticsConfig::default(),
@@ -868,5 +909,40 @@ mod tests {
         wait_for("frames sent through the slot after the restart are analysed", || f.processed() == 7);
         wait_for("the old instance stops", || !first.connected());
         assert_eq!(crossings(&f.sink), vec![(6, "in")]);
+    }
+
+    #[test]
+    fn drift_is_published_per_camera_and_model_and_removed_with_a_new_reference_or_the_camera() {
+        let f = Fixture::new(0, 64, WAIT);
+        let (slot, _) = f.supervise(|_: Generation, _: Reporter| Ok(()));
+        let series = "ml_model_drift_kl{camera=\"cam-1\",model=\"test\",feature=\"count\"}";
+        let published = || f.config.metrics.encode().contains(series);
+        for seq in 1..=3 {
+            slot.try_send(frame(seq, &[car_a(seq)])).expect("room in the mailbox");
+        }
+        wait_for("three frames are analysed", || f.processed() == 3);
+        let view = f.status.drift.view().expect("a monitor runs");
+        assert_eq!((view.state, view.reference_frames, view.window_frames), (DriftState::Comparing, 2, 1));
+        assert!(!published(), "no value before the window is full");
+        slot.try_send(frame(4, &[car_a(4)])).expect("room in the mailbox");
+        wait_for("the first comparison", published);
+        assert_eq!(f.status.drift.view().and_then(|v| v.kl).map(|kl| kl.max()), Some(0.0));
+        for feature in ["class", "confidence", "box_size"] {
+            assert!(f.config.metrics.encode().contains(&format!("feature=\"{feature}\"")), "{feature}");
+        }
+
+        // A new reference: the last values go with the next frame.
+        f.status.drift.recapture();
+        slot.try_send(frame(5, &[])).expect("room in the mailbox");
+        wait_for("the fifth frame is analysed", || f.processed() == 5);
+        assert!(!published(), "a value of the old reference stays");
+        for seq in 6..=8 {
+            slot.try_send(frame(seq, &[])).expect("room in the mailbox");
+        }
+        wait_for("a comparison against the new reference", published);
+
+        slot.addr().do_send(RemoveCamera(CAMERA.into()));
+        peek(&slot.addr());
+        assert!(!f.config.metrics.encode().contains("ml_model_drift_kl{"), "the camera's series are gone");
     }
 }

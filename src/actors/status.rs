@@ -56,6 +56,8 @@ pub struct CameraStatus {
     pub pictures: std::sync::Arc<CameraPictures>,
     /// How the decode thread prepares frames for the model (crop, levels), from the geometry.
     pub frame_plan: FramePlanCell,
+    /// What the model sees against the camera's reference (`detector::drift`), fed by the connector.
+    pub drift: crate::detector::drift::DriftCell,
 }
 
 /// A camera's frame plan as its decode thread reads it: set from the geometry when the camera
@@ -124,6 +126,7 @@ impl CameraStatus {
             finished: watch::Sender::new(false),
             pictures: std::sync::Arc::new(CameraPictures::new(&id, metrics)),
             frame_plan: FramePlanCell::default(),
+            drift: Default::default(),
             id,
         }
     }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::drift::DriftSettings;
+
 /// The ONNX Runtime library found at build time (`build.rs`): the `onnxruntime` wheel's.
 pub const DEFAULT_ONNXRUNTIME_LIBRARY: &str = env!("ITS_ONNXRUNTIME_LIB");
 
@@ -35,6 +37,8 @@ pub struct ModelSettings {
     pub rollback_window: u32,
     /// The ONNX Runtime shared library; empty: the one found at build time.
     pub onnxruntime_library: PathBuf,
+    /// `[model.drift]`: per camera, what the model sees against a reference (`drift`).
+    pub drift: DriftSettings,
     /// How candidate versions are tried and promoted (`actors::gpu::candidate`).
     pub lifecycle: LifecycleSettings,
 }

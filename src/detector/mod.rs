@@ -1,8 +1,10 @@
 //! Object detection: the model's input layout, the model and its two backends (ONNX Runtime for
-//! the CPU, libtorch for CUDA), the output decoders, and the simulator's synthetic detector.
+//! the CPU, libtorch for CUDA), the output decoders, the simulator's synthetic detector, and the
+//! drift profiles of what the model sees (`drift`).
 
 pub mod agreement;
 pub mod config;
+pub mod drift;
 pub mod error;
 pub mod input;
 pub mod levels;

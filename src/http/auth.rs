@@ -87,6 +87,7 @@ pub fn required_role(method: &Method, path: &str, open: OpenEndpoints) -> Access
         ["api", "v1", "cameras"] if method == Method::POST => at_least(Role::Operator),
         ["api", "v1", "cameras", _id] if method == Method::DELETE => at_least(Role::Operator),
         ["api", "v1", "cameras", _id, "geometry"] if method == Method::PUT => at_least(Role::Operator),
+        ["api", "v1", "cameras", _id, "drift", "reference"] if method == Method::POST => at_least(Role::Operator),
         _ if read => at_least(Role::Viewer),
         _ => at_least(Role::Admin),
     }
@@ -433,6 +434,9 @@ mod tests {
             (&get, "/api/v1/cameras/cam-1/snapshot.jpg", viewer),
             (&get, "/api/v1/cameras/cam-1/live.mjpeg", viewer),
             (&get, "/api/v1/cameras/cam-1/tracks", viewer),
+            // drift.rs
+            (&get, "/api/v1/cameras/cam-1/drift", viewer),
+            (&post, "/api/v1/cameras/cam-1/drift/reference", operator),
             // analytics.rs
             (&get, "/api/v1/cameras/cam-1/analytics", viewer),
             // events.rs
@@ -505,6 +509,8 @@ mod tests {
         assert_eq!(required_role(&Method::DELETE, "/api/v1/cameras", OPEN), admin);
         assert_eq!(required_role(&Method::POST, "/api/v1/cameras/cam-1", OPEN), admin);
         assert_eq!(required_role(&Method::PATCH, "/api/v1/cameras/cam-1/geometry", OPEN), admin);
+        assert_eq!(required_role(&Method::PUT, "/api/v1/cameras/cam-1/drift/reference", OPEN), admin);
+        assert_eq!(required_role(&Method::POST, "/api/v1/cameras/cam-1/drift", OPEN), admin);
         assert_eq!(required_role(&Method::POST, "/health/live", OPEN), admin);
         assert_eq!(required_role(&Method::POST, "/metrics", OPEN), admin);
         assert_eq!(required_role(&Method::POST, "/api/v1/openapi.json", OPEN), admin);

@@ -131,7 +131,7 @@ pub(super) async fn find(service: &Service, id: &str) -> Result<(CameraSpec, Cam
     Ok((stored.spec, service.runtime(id).await?))
 }
 
-/// The owner's answer to the same request, once: `None` when this request was forwarded
+/// The owner's answer to the same request (same method, no body), once: `None` when this request was forwarded
 /// already, the owner is this node, or it did not answer. The answer keeps the owner's status,
 /// content type, `Cache-Control` and `X-` headers (a snapshot's frame number and size).
 pub(super) async fn forward(service: &Service, req: &HttpRequest, owner: &str) -> Option<HttpResponse> {
@@ -140,7 +140,10 @@ pub(super) async fn forward(service: &Service, req: &HttpRequest, owner: &str) -
     }
     let base = service.cluster.url_of(owner).await.ok().flatten()?;
     let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or_else(|| req.path());
-    let mut request = service.peers.get(format!("{base}{path}")).header(FORWARDED_BY, service.cluster.node_id());
+    // The same method (GET, or a POST without a body such as a drift reference's re-capture).
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).ok()?;
+    let mut request =
+        service.peers.request(method, format!("{base}{path}")).header(FORWARDED_BY, service.cluster.node_id());
     if let Some(auth) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
         request = request.header(reqwest::header::AUTHORIZATION, auth.as_bytes());
     }

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod cameras;
 pub mod cluster;
 pub mod console;
+pub mod drift;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -51,6 +52,7 @@ pub fn configure(service: Arc<Service>) -> impl FnOnce(&mut web::ServiceConfig) 
                 web::scope("/api/v1")
                     .configure(cameras::routes)
                     .configure(pictures::routes)
+                    .configure(drift::routes)
                     .configure(analytics::routes)
                     .configure(events::routes)
                     .configure(system::routes)

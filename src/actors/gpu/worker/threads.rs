@@ -102,6 +102,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             onnxruntime_library: Default::default(),
             rollback_failure_rate: 1.0,
             rollback_window: 8,
+            drift: Default::default(),
             lifecycle: crate::settings::Settings::load(None).expect("the default settings load").model.lifecycle,
         },
         version: 1,
@@ -116,6 +117,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
     let shard = ShardConfig {
         shard: 0,
         model: "scripted".into(),
+        drift: None,
         mailbox: 64,
         tracker: Default::default(),
         analytics: Default::default(),
