@@ -226,11 +226,50 @@ async fn candidates_are_judged_in_shadow_promoted_or_rolled_back() {
     assert_eq!(common::metric(&page, series), Some(1.0), "{page}");
     svc.stop();
 
-    // A restart serves the promoted version, from the registry in PostgreSQL.
-    let svc = Service::start_with(&env, &lifecycle).await;
+    // A restart serves the promoted version, from the registry in PostgreSQL; now with automatic
+    // promotion, bars held for a second.
+    let auto = [
+        ("ITS__MODEL__LIFECYCLE__AUTO_PROMOTE", "true"),
+        ("ITS__MODEL__LIFECYCLE__HOLD_S", "1"),
+        ("ITS__MODEL__LIFECYCLE__CANARY_SHARE", "0.5"),
+    ];
+    let svc = Service::start_with(&env, &[&lifecycle[..], &auto[..]].concat()).await;
     let listed: Value = client.get(svc.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed[0]["devices"][0]["version"].as_u64(), Some(v_same), "after the restart: {listed}");
     let ready: Value = client.get(svc.url("/health/ready")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["model"]["fallback"], Value::Null, "{ready}");
+
+    // Another copy of the same weights on the canary camera (resumed after the restart) moves on
+    // by itself: shadow, a canary of half the cameras judged against the reference, then all.
+    variant(models.path(), "same2.onnx", 0.0);
+    let body = json!({ "file": "same2.onnx", "share": 1.0, "cameras": [id] });
+    let r = client.post(svc.url(base)).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v_auto = r.json::<Value>().await.unwrap()["version"]["version"].as_u64().unwrap();
+    let get = |version: u64| {
+        let client = client.clone();
+        let url = svc.url(&format!("{base}/{version}"));
+        async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let reference_accuracy = std::cell::Cell::new(None);
+    let promoted = common::eventually("the automatic promotion", Duration::from_secs(180), || async {
+        let page = client.get(svc.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        let series = "ml_model_accuracy{model=\"yolox_nano\",evidence=\"reference\"}";
+        reference_accuracy.set(reference_accuracy.get().or(common::metric(&page, series)));
+        let view = get(v_auto).await;
+        (view["stage"] == "promoted").then_some(view)
+    })
+    .await;
+    let reference_accuracy = reference_accuracy.get();
+    eprintln!(
+        "promoted by itself: {}; accuracy against the reference during the canary: {reference_accuracy:?}",
+        promoted["ended_because"]
+    );
+    assert_eq!(reference_accuracy, Some(1.0), "the canary's accuracy on real evidence was published");
+    let listed: Value = client.get(svc.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed[0]["devices"][0]["version"].as_u64(), Some(v_auto), "{listed}");
+    let published = transitions(&mut redis, env.key_prefix()).await;
+    let auto_steps: Vec<&str> = published.iter().filter(|(_, v)| *v == v_auto).map(|(t, _)| t.as_str()).collect();
+    assert_eq!(auto_steps, ["shadow_started", "canary_started", "activated", "promoted"], "{published:?}");
     svc.stop();
 }

@@ -284,3 +284,59 @@ async fn closing_a_device_waits_for_its_threads_and_no_new_one_starts() {
     let reporter = h.supervisor.add("late", None, |_, _| Ok(()));
     assert!(h.state.start_thread(reporter).is_err(), "a closed device starts no thread");
 }
+
+#[actix::test]
+async fn a_canary_serves_its_cameras_a_failed_canary_call_is_served_again_and_the_lane_takes_its_share() {
+    let h = harness(4, None, Arc::new(|_, _| Ok(()))).await;
+    // The canary's second call (frames 4..8) fails: the serving model analyses those frames.
+    let canary_calls = Arc::new(Mutex::new(Vec::new()));
+    let canary = Scripted {
+        calls: canary_calls.clone(),
+        behaviour: Arc::new(
+            |call, _| if call == 2 { Err(DetectorError::Inference("scripted".into())) } else { Ok(()) },
+        ),
+    };
+    let lane_calls = Arc::new(Mutex::new(Vec::new()));
+    let reference = Scripted { calls: lane_calls.clone(), behaviour: Arc::new(|_, _| Ok(())) };
+    let cameras = CameraSelection { cameras: Some([CAMERA.to_string()].into()), share: 1.0 };
+    let comparison = Arc::new(Comparison::default());
+    let settings = h.state.models.lock().current.settings.clone();
+    let lane = ShadowLane::start(
+        super::super::shadow::LanePlan {
+            role: super::super::shadow::LaneRole::Reference,
+            model: Box::new(reference),
+            delivered_by: 2,
+            cameras: cameras.clone(),
+            share: 0.5,
+            queue: 64,
+            max_batch: 4,
+            comparison: comparison.clone(),
+            counters: super::super::shadow::CounterStart { tracker: Default::default(), lines: Arc::new(|_| None) },
+        },
+        "cpu",
+    )
+    .unwrap();
+    let canary = Canary {
+        model: LoadedModel { version: 2, settings, detector: Box::new(canary) },
+        cameras,
+        comparison: comparison.clone(),
+    };
+    h.state.set_candidate(Some(canary), Some(lane));
+    h.play(0..12);
+    h.start();
+    h.finished().await;
+    assert_eq!((h.status.processed.get(), h.status.dropped.get()), (12, 0), "every frame analysed once");
+    assert_eq!(*canary_calls.lock(), vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 10, 11]]);
+    assert_eq!(h.calls(), vec![vec![4, 5, 6, 7]], "the serving model took the failed canary call's frames");
+    // The lane is offered the eight frames the canary delivered and compares every second one.
+    let deadline = Instant::now() + PATIENCE;
+    while comparison.view().frames < 4 {
+        assert!(Instant::now() < deadline, "the lane compared {} frames", comparison.view().frames);
+        std::thread::yield_now();
+    }
+    let view = comparison.view();
+    assert_eq!((view.frames, view.dropped, view.canary_batches, view.canary_failures), (4, 0, 3, 1));
+    let compared: Vec<u8> = lane_calls.lock().iter().flatten().copied().collect();
+    assert!(compared.iter().all(|seq| !(4..8).contains(seq)), "frames the serving model delivered: {compared:?}");
+    h.state.set_candidate(None, None);
+}
