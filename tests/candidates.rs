@@ -185,6 +185,9 @@ async fn candidates_are_judged_in_shadow_promoted_or_rolled_back() {
         rolled_back["ended_because"]
     );
     assert!(rolled_back["ended_because"].as_str().unwrap().contains("agreement F1"), "{rolled_back}");
+    let r = client.post(svc.url(base)).json(&json!({ "file": "same.onnx" })).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 409, "the serving version is no candidate");
+    assert!(r.text().await.unwrap().contains("the one serving"));
     let listed: Value = client.get(svc.url("/api/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed[0]["devices"][0]["version"].as_u64(), Some(v_same), "the promoted version serves on: {listed}");
 

@@ -193,6 +193,11 @@ impl Candidates {
         let version = self.registry.register(name, Some(file)).await?;
         let settings = self.registry.settings_of(version.version).await?.ok_or_else(|| not_found(version.version))?;
         let reference_version = self.registry.serving_version().await;
+        if version.version == reference_version {
+            return Err(CandidateError::Conflict(format!(
+                "{file} is version {reference_version}, the one serving: nothing to try"
+            )));
+        }
         let shadow = CameraSelection { cameras: cameras.map(|c| c.into_iter().collect()), share: 1.0 };
         let comparison = Arc::new(Comparison::default());
         let lanes = self
@@ -217,7 +222,10 @@ impl Candidates {
             ended_because: None,
         };
         let view = self.view_of(&run);
-        self.runs.lock().push(run);
+        let mut runs = self.runs.lock();
+        // A version tried again: its new run is the one its number finds.
+        runs.retain(|r| r.version.version != run.version.version);
+        runs.push(run);
         Ok(view)
     }
 
