@@ -79,11 +79,7 @@ fn version_of(raw: &str) -> Result<u32, ApiError> {
 }
 
 async fn candidates(service: web::Data<Service>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let candidates = service.pipeline.candidates();
-    if name.as_str() != candidates.base().name() {
-        return Err(ApiError::NotFound(format!("model {name} not found")));
-    }
-    Ok(HttpResponse::Ok().json(candidates.list()))
+    Ok(HttpResponse::Ok().json(service.pipeline.candidates().list(&name)?))
 }
 
 async fn start_candidate(

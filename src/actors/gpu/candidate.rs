@@ -18,7 +18,6 @@
 //! candidate that never compared a frame, or whose bars fail, is refused (a canary may be forced;
 //! its own rollback rule still guards it).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -110,8 +109,6 @@ impl Run {
 /// The candidates of the model: at most one active, the ended ones kept for their reports.
 pub struct Candidates {
     name: String,
-    base: ModelSettings,
-    dir: PathBuf,
     settings: LifecycleSettings,
     devices: Vec<Addr<GpuActor>>,
     registry: Arc<ModelRegistry>,
@@ -138,12 +135,9 @@ impl Candidates {
         metrics: Arc<Metrics>,
         counters: CounterStart,
     ) -> Self {
-        let dir = base.path.canonicalize().ok().and_then(|p| p.parent().map(PathBuf::from)).unwrap_or_default();
         Self {
             name: base.name(),
-            settings: base.lifecycle.clone(),
-            base,
-            dir,
+            settings: base.lifecycle,
             devices,
             registry,
             transitions,
@@ -152,10 +146,6 @@ impl Candidates {
             runs: Mutex::default(),
             changing: Default::default(),
         }
-    }
-
-    pub fn settings(&self) -> &LifecycleSettings {
-        &self.settings
     }
 
     fn check_name(&self, name: &str) -> Result<(), CandidateError> {
@@ -255,11 +245,8 @@ impl Candidates {
                 "candidate version {version} has not run on a single frame yet: nothing to judge it by"
             )));
         }
-        if share < 1.0 && !force && !shortfalls.is_empty() {
-            return Err(CandidateError::Conflict(format!("not promoted: {}", shortfalls.join("; "))));
-        }
-        if share >= 1.0 && !shortfalls.is_empty() {
-            // Serving everywhere has no guard left: never forced.
+        // Serving everywhere has no guard left: never forced.
+        if !shortfalls.is_empty() && (share >= 1.0 || !force) {
             return Err(CandidateError::Conflict(format!("not promoted: {}", shortfalls.join("; "))));
         }
         if share < 1.0 {
@@ -290,8 +277,9 @@ impl Candidates {
     }
 
     /// The candidates tried since the process started, newest last.
-    pub fn list(&self) -> Vec<CandidateView> {
-        self.runs.lock().iter().map(|r| self.view_of(r)).collect()
+    pub fn list(&self, name: &str) -> Result<Vec<CandidateView>, CandidateError> {
+        self.check_name(name)?;
+        Ok(self.runs.lock().iter().map(|r| self.view_of(r)).collect())
     }
 
     /// Judges the active candidate: moves it on when its bars held for `hold_s` (with
@@ -355,7 +343,6 @@ impl Candidates {
         for (target, model) in targets.iter().zip(models) {
             let plan = LanePlan {
                 role,
-                model,
                 delivered_by,
                 cameras: cameras.clone(),
                 share,
@@ -364,7 +351,7 @@ impl Candidates {
                 comparison: comparison.clone(),
                 counters: self.counters.clone(),
             };
-            let lane = ShadowLane::start(plan, &target.name)
+            let lane = ShadowLane::start(plan, model, &target.name)
                 .map_err(|e| ReloadError::Rejected(format!("cannot start the shadow lane: {e}")))?;
             lanes.push(lane);
         }
@@ -537,15 +524,6 @@ impl Candidates {
             healthy_for_s: run.healthy_since.map(|s| s.elapsed().as_secs_f64()),
             ended_because: run.ended_because.clone(),
         }
-    }
-
-    /// The model directory candidates are read from.
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
-    pub fn base(&self) -> &ModelSettings {
-        &self.base
     }
 }
 

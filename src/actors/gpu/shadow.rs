@@ -204,11 +204,9 @@ pub struct CounterStart {
     pub lines: CameraLines,
 }
 
-/// What a device's lane is set up with.
+/// What a device's lane is set up with (besides its model).
 pub struct LanePlan {
     pub role: LaneRole,
-    /// The lane's own instance of its model (loaded for one CPU thread).
-    pub model: Box<dyn Model>,
     /// Frames delivered by this version are offered (the reference in shadow, the candidate in
     /// a canary).
     pub delivered_by: u32,
@@ -231,7 +229,7 @@ struct LaneItem {
 
 /// A running lane; `stop` ends its thread after its batch.
 pub struct ShadowLane {
-    plan: LanePlanShared,
+    plan: LanePlan,
     queue: Mutex<VecDeque<LaneItem>>,
     ready: Condvar,
     stopped: AtomicBool,
@@ -239,23 +237,12 @@ pub struct ShadowLane {
     owed: Mutex<HashMap<CameraId, f64>>,
 }
 
-struct LanePlanShared {
-    role: LaneRole,
-    delivered_by: u32,
-    cameras: CameraSelection,
-    share: f64,
-    queue: usize,
-    max_batch: usize,
-    comparison: Arc<Comparison>,
-    counters: CounterStart,
-}
-
 impl ShadowLane {
-    /// Starts the lane's thread.
-    pub fn start(plan: LanePlan, device: &str) -> std::io::Result<Arc<Self>> {
-        let LanePlan { role, model, delivered_by, cameras, share, queue, max_batch, comparison, counters } = plan;
+    /// Starts the lane's thread, running `model`: the lane's own instance (loaded for one CPU
+    /// thread).
+    pub fn start(plan: LanePlan, model: Box<dyn Model>, device: &str) -> std::io::Result<Arc<Self>> {
         let lane = Arc::new(Self {
-            plan: LanePlanShared { role, delivered_by, cameras, share, queue, max_batch, comparison, counters },
+            plan,
             queue: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             stopped: AtomicBool::new(false),

@@ -304,7 +304,6 @@ async fn a_canary_serves_its_cameras_a_failed_canary_call_is_served_again_and_th
     let lane = ShadowLane::start(
         super::super::shadow::LanePlan {
             role: super::super::shadow::LaneRole::Reference,
-            model: Box::new(reference),
             delivered_by: 2,
             cameras: cameras.clone(),
             share: 0.5,
@@ -313,6 +312,7 @@ async fn a_canary_serves_its_cameras_a_failed_canary_call_is_served_again_and_th
             comparison: comparison.clone(),
             counters: super::super::shadow::CounterStart { tracker: Default::default(), lines: Arc::new(|_| None) },
         },
+        Box::new(reference),
         "cpu",
     )
     .unwrap();
