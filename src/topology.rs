@@ -487,6 +487,7 @@ impl Pipeline {
             realtime: replay.realtime && mode == CameraMode::Live,
             rtsp_transport: spec.rtsp_transport.unwrap_or_default(),
             input_size: self.settings.model.input_size,
+            overview: self.settings.model.overview,
             read_timeout: std::time::Duration::from_millis(cams.read_timeout_ms),
             reconnect_initial: std::time::Duration::from_millis(cams.reconnect_initial_ms),
             reconnect_max: std::time::Duration::from_millis(cams.reconnect_max_ms),

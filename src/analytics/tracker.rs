@@ -5,8 +5,10 @@
 //! first against all tracks that are still followed or were recently lost; the weak ones,
 //! which a plain score cut would throw away, then get a chance to continue tracks that are
 //! followed right now (an occluded or blurred vehicle often scores low for a few frames, and
-//! losing it would split one vehicle into two ids at the counting line). Weak detections
-//! never start a track, so clutter does not turn into ids.
+//! losing it would split one vehicle into two ids at the counting line). A weak detection starts
+//! a track only when it persists: a vehicle the model never sees confidently (an articulated lorry
+//! close to the camera scores 0.15 to 0.5) but finds frame after frame at overlapping places for
+//! `weak_track_frames` frames is a vehicle; clutter rarely holds that long.
 //!
 //! A track started after the first frame stays tentative until it is matched once more, so a
 //! one-frame false positive is never reported. The counter downstream only sees confirmed
@@ -32,6 +34,9 @@ pub struct TrackerConfig {
     pub match_thresh: f32,
     /// How many frames a track may go unseen before it is dropped.
     pub max_lost_frames: u32,
+    /// Detections under `new_track_thresh` that no track takes start a track after this many
+    /// consecutive frames, each overlapping the previous one (0, the default: never).
+    pub weak_track_frames: u32,
     /// A detection at least this sure is one a healthy model gives a vehicle it sees: the share
     /// of tracked frames with such a detection is `ml_model_accuracy` (see `Continuity`).
     pub confident_score: f32,
@@ -45,6 +50,7 @@ impl Default for TrackerConfig {
             new_track_thresh: 0.6,
             match_thresh: 0.8,
             max_lost_frames: 30,
+            weak_track_frames: 0,
             confident_score: 0.3,
         }
     }
@@ -73,8 +79,11 @@ impl TrackerConfig {
                 self.low_thresh, self.high_thresh
             ));
         }
-        // Only confident detections can start a track, so a lower value would silently act
-        // as high_thresh; better to say so than to let the setting mislead.
+        if self.weak_track_frames == 1 {
+            problems.push("tracker.weak_track_frames must be 0 (off) or at least 2 (got 1)".into());
+        }
+        // Only confident detections can start a track at once, so a lower value would silently
+        // act as high_thresh; better to say so than to let the setting mislead.
         if self.new_track_thresh < self.high_thresh {
             problems.push(format!(
                 "tracker.new_track_thresh ({}) must be at least tracker.high_thresh ({})",
@@ -119,6 +128,8 @@ const TENTATIVE_MIN_IOU: f32 = 0.3;
 /// Matches, frame after frame, detections to the objects they belong to.
 pub struct Tracker {
     config: TrackerConfig,
+    /// Weak detections that no track took, followed until `weak_track_frames` (`WeakRun`).
+    weak_runs: Vec<WeakRun>,
     /// Detection continuity of the tracks that ended since the last `take_continuity`.
     continuity: Continuity,
     /// Live tracks in order of creation, hence of id.
@@ -130,7 +141,14 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
-        Self { config, continuity: Continuity::default(), tracks: Vec::new(), frame: 0, next_id: 1 }
+        Self {
+            config,
+            weak_runs: Vec::new(),
+            continuity: Continuity::default(),
+            tracks: Vec::new(),
+            frame: 0,
+            next_id: 1,
+        }
     }
 
     /// Advances one frame. Frames must be given in order; an empty slice is a frame with
@@ -233,18 +251,19 @@ impl Tracker {
             keep
         });
 
+        let mut weak: Vec<Detection> = low_left.iter().map(|&d| low[d]).collect();
         for d in high_left {
             let detection = &high[d];
             if detection.score < config.new_track_thresh {
+                weak.push(*detection);
                 continue;
             }
             // Nothing precedes the first frame to confirm against, and waiting a frame there
             // would only delay every object already in view.
             let state = if frame == 1 { TrackState::Confirmed } else { TrackState::Tentative };
-            let id = self.next_id;
-            self.next_id += 1;
-            self.tracks.push(Track::new(id, detection, state, frame, config.confident_score));
+            self.start_track(detection, state);
         }
+        self.follow_weak_runs(weak);
 
         self.tracks
             .iter()
@@ -261,6 +280,59 @@ impl Tracker {
             .collect()
     }
 
+    fn start_track(&mut self, detection: &Detection, state: TrackState) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.tracks.push(Track::new(id, detection, state, self.frame, self.config.confident_score));
+    }
+
+    /// Extends each weak run with the weak detection left over this frame that overlaps it best,
+    /// ends runs that found nothing and begins a run at every other weak detection. A run that
+    /// reached `weak_track_frames` revives the lost track it lies on, or else starts a confirmed
+    /// one. A weak box on an object tracked in this frame (a part of it, or it and a neighbour) is
+    /// that object's, not another: it takes no part.
+    fn follow_weak_runs(&mut self, mut weak: Vec<Detection>) {
+        let needed = self.config.weak_track_frames;
+        if needed == 0 {
+            return;
+        }
+        let tracked: Vec<BBox> = self.tracks.iter().filter_map(|t| t.matched.map(|d| d.bbox)).collect();
+        weak.retain(|d| tracked.iter().all(|b| b.iou(&d.bbox) < TENTATIVE_MIN_IOU));
+        let before = std::mem::take(&mut self.weak_runs);
+        let mut runs: Vec<usize> = (0..before.len()).collect();
+        let mut left: Vec<usize> = (0..weak.len()).collect();
+        let extended = associate(&mut runs, &mut left, |r, d| {
+            match_score(&before[r].latest.bbox, &weak[d].bbox, TENTATIVE_MIN_IOU, 0.0)
+        });
+        let mut ready = Vec::new();
+        for (r, d) in extended {
+            let run = WeakRun { first: before[r].first, latest: weak[d], frames: before[r].frames + 1 };
+            if run.frames >= needed {
+                ready.push(run);
+            } else {
+                self.weak_runs.push(run);
+            }
+        }
+        self.weak_runs.extend(left.into_iter().map(|d| WeakRun { first: weak[d].bbox, latest: weak[d], frames: 1 }));
+
+        // A run where a lost track was heading is that vehicle found again, not a new one.
+        let mut lost: Vec<usize> =
+            (0..self.tracks.len()).filter(|&t| self.tracks[t].state == TrackState::Lost).collect();
+        let mut unclaimed: Vec<usize> = (0..ready.len()).collect();
+        let found = associate(&mut lost, &mut unclaimed, |t, r| {
+            let predicted = self.tracks[t].kalman.bbox();
+            match_score(&predicted, &ready[r].latest.bbox, TENTATIVE_MIN_IOU, predicted.larger_side())
+        });
+        for (t, r) in found {
+            self.tracks[t].observe(&ready[r].latest, self.frame, self.config.confident_score);
+            self.tracks[t].state = TrackState::Confirmed;
+        }
+        for r in unclaimed {
+            self.start_track(&ready[r].latest, TrackState::Confirmed);
+            self.tracks.last_mut().expect("just started").follow_run(&ready[r]);
+        }
+    }
+
     /// The detection continuity of the tracks that ended since the last call.
     pub fn take_continuity(&mut self) -> Continuity {
         std::mem::take(&mut self.continuity)
@@ -270,6 +342,15 @@ impl Tracker {
     pub fn live_tracks(&self) -> usize {
         self.tracks.len()
     }
+}
+
+/// Consecutive frames of weak detections at overlapping places that no track took.
+#[derive(Debug, Clone, Copy)]
+struct WeakRun {
+    /// The first detection's box and the latest detection.
+    first: BBox,
+    latest: Detection,
+    frames: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +410,16 @@ impl Track {
             class: detection.class,
             matched: Some(*detection),
         }
+    }
+
+    /// A track started from a weak run has been seen `run.frames` times, moving as the run did:
+    /// it is matched like a followed track, not like one seen once (whose reach is wide).
+    fn follow_run(&mut self, run: &WeakRun) {
+        let steps = f64::from(run.frames - 1).max(1.0);
+        let (first, last) = (measurement(&run.first), measurement(&run.latest.bbox));
+        self.kalman.mean[4] = (last[0] - first[0]) / steps;
+        self.kalman.mean[5] = (last[1] - first[1]) / steps;
+        self.hits = run.frames;
     }
 
     fn observe(&mut self, detection: &Detection, frame: u64, confident_score: f32) {
@@ -554,6 +645,11 @@ mod tests {
         Detection::new(BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0), score, class)
     }
 
+    /// The defaults with weak tracks after 5 frames.
+    fn weak_tracks() -> TrackerConfig {
+        TrackerConfig { weak_track_frames: 5, ..TrackerConfig::default() }
+    }
+
     fn car(cx: f32, cy: f32, score: f32) -> Detection {
         det(cx, cy, 40.0, 30.0, score, ObjectClass::Car)
     }
@@ -575,10 +671,12 @@ mod tests {
             new_track_thresh: 0.2,
             match_thresh: f32::NAN,
             max_lost_frames: 30,
+            weak_track_frames: 1,
             confident_score: 1.5,
         };
         let problems = config.validate();
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("tracker.weak_track_frames")));
         assert!(problems.iter().any(|p| p.contains("tracker.match_thresh")));
         assert!(problems.iter().any(|p| p.contains("tracker.confident_score")));
         assert!(problems.iter().any(|p| p.contains("tracker.low_thresh")));
@@ -758,7 +856,7 @@ mod tests {
     }
 
     #[test]
-    fn low_score_detection_continues_but_never_starts_a_track() {
+    fn low_score_detection_continues_but_starts_a_track_only_when_it_persists() {
         let mut tracker = Tracker::new(TrackerConfig::default());
         let at = |i: usize, score: f32| car(100.0 + 4.0 * i as f32, 100.0, score);
         for i in 0..5 {
@@ -770,15 +868,77 @@ mod tests {
             assert_eq!(out[0].score, 0.3);
         }
 
-        // Neither on the first frame nor later does a weak detection start anything.
+        // Without weak tracks (the default), neither on the first frame nor later does a weak
+        // detection start anything, nor a confident one under new_track_thresh.
         let mut fresh = Tracker::new(TrackerConfig::default());
         for i in 0..10 {
             assert!(fresh.update(&[at(i, 0.3)]).is_empty());
             assert_eq!(fresh.live_tracks(), 0);
         }
-        // Confident but under new_track_thresh: still no track.
         assert!(fresh.update(&[at(10, 0.55)]).is_empty());
         assert_eq!(fresh.live_tracks(), 0);
+
+        // With them (5 frames), weak and under-threshold detections at overlapping places, frame
+        // after frame, are a vehicle from the fifth frame on, kept by the weak ones.
+        let mut tracker = Tracker::new(weak_tracks());
+        for i in 0..4 {
+            assert!(tracker.update(&[at(i, if i == 2 { 0.55 } else { 0.2 })]).is_empty(), "frame {i}");
+            assert_eq!(tracker.live_tracks(), 0);
+        }
+        for i in 4..12 {
+            assert_eq!(ids(&tracker.update(&[at(i, 0.2)])), vec![1], "frame {i}");
+        }
+    }
+
+    #[test]
+    fn a_weak_run_revives_the_lost_track_it_lies_on_and_moves_as_the_run_did() {
+        let mut tracker = Tracker::new(weak_tracks());
+        let at = |i: usize, score: f32| car(100.0 + 4.0 * i as f32, 100.0, score);
+        for i in 0..5 {
+            assert_eq!(ids(&tracker.update(&[at(i, 0.9)])), vec![1]);
+        }
+        // Faded below low_thresh for a while, then back weakly: after five weak frames it is
+        // car 1 again, not a second car.
+        for i in 5..9 {
+            assert!(tracker.update(&[at(i, 0.05)]).is_empty());
+        }
+        for i in 9..13 {
+            assert!(tracker.update(&[at(i, 0.3)]).is_empty(), "frame {i}");
+        }
+        assert_eq!(ids(&tracker.update(&[at(13, 0.3)])), vec![1]);
+        assert_eq!(tracker.live_tracks(), 1);
+
+        // A track started from a weak run is matched like a followed one: a confident car of the
+        // same size 70 px away is another car, not this one jumping.
+        let mut tracker = Tracker::new(weak_tracks());
+        for _ in 0..5 {
+            tracker.update(&[car(300.0, 300.0, 0.3)]);
+        }
+        let out = tracker.update(&[car(300.0, 300.0, 0.3), car(370.0, 300.0, 0.9)]);
+        assert_eq!(ids(&out), vec![1], "the far car waits for its second frame");
+        assert_eq!(tracker.live_tracks(), 2);
+    }
+
+    #[test]
+    fn weak_detections_that_do_not_persist_or_belong_to_a_track_start_nothing() {
+        let config = weak_tracks();
+        // Clutter that comes and goes, or jumps about, never holds for five frames in a row.
+        let mut tracker = Tracker::new(config);
+        for i in 0..40 {
+            let flicker = if i % 4 == 3 { vec![] } else { vec![car(300.0, 50.0, 0.3)] };
+            let jumping = car(50.0 + 60.0 * (i % 2) as f32, 300.0, 0.3);
+            tracker.update(&[flicker, vec![jumping]].concat());
+            assert_eq!(tracker.live_tracks(), 0, "frame {i}");
+        }
+        // A weak box on a tracked car (its front half) is that car's, for as long as it lasts.
+        let mut tracker = Tracker::new(config);
+        for i in 0..20 {
+            let x = 100.0 + 3.0 * i as f32;
+            let half = det(x + 10.0, 100.0, 20.0, 30.0, 0.3, ObjectClass::Car);
+            let out = tracker.update(&[car(x, 100.0, 0.9), half]);
+            assert_eq!(ids(&out), vec![1], "frame {i}");
+        }
+        assert_eq!(tracker.live_tracks(), 1);
     }
 
     #[test]
@@ -880,6 +1040,7 @@ mod tests {
                 new_track_thresh: 0.0,
                 match_thresh: 1.0,
                 max_lost_frames: 0,
+                weak_track_frames: 2,
                 confident_score: 0.0,
             },
             // Invalid on purpose: the tracker must still not panic.
@@ -889,6 +1050,7 @@ mod tests {
                 new_track_thresh: 2.0,
                 match_thresh: -3.0,
                 max_lost_frames: u32::MAX,
+                weak_track_frames: u32::MAX,
                 confident_score: f32::NAN,
             },
         ];

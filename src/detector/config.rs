@@ -27,6 +27,9 @@ pub struct ModelSettings {
     pub family: ModelFamily,
     /// Square network input side in pixels.
     pub input_size: u32,
+    /// A third-scale copy of the frame in the letterbox's padding, where it fits, for vehicles too
+    /// large for the main view (`detector::input`).
+    pub overview: bool,
     /// Minimum objectness x class score kept.
     pub score_threshold: f32,
     /// IoU above which the weaker of two boxes of one class group is suppressed.

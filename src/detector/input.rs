@@ -3,6 +3,14 @@
 //!
 //! Frames are kept as `u8` until they reach the inference thread (a quarter of the memory of
 //! `f32`); the model files take `u8` and widen it themselves (`scripts/convert_model.py`).
+//!
+//! **Overview** (`model.overview`, off by default). A landscape frame leaves the bottom of the
+//! square as padding. Where that padding is at least a third of the picture's height (4:3 frames
+//! and wider), it can carry the same picture at a third of the scale (each 3x3 block of it
+//! averaged), bottom left: a second, coarser view at no extra inference. YOLOX-Nano misses
+//! vehicles that fill much of the frame at the main scale (an articulated lorry close to the
+//! camera scores at most 0.12 there, 0.15 to 0.5 in the overview); the overview's detections only
+//! add what the main view does not see (`nms::suppress_views`).
 
 /// Grey that YOLOX was trained to see in padding.
 pub const PAD_VALUE: u8 = 114;
@@ -33,6 +41,21 @@ pub struct Letterbox {
     /// The part of the source frame in the input, in source pixels, inside the frame.
     pub region: Region,
     pub input_size: u32,
+    /// The picture again, shrunk by `OVERVIEW_FACTOR`, in the padding below it (`with_overview`).
+    pub overview: Option<Overview>,
+}
+
+/// The overview is the main picture shrunk by this factor: each of its pixels is the mean of a
+/// `OVERVIEW_FACTOR` x `OVERVIEW_FACTOR` block (a last partial row or column of blocks is left out).
+pub const OVERVIEW_FACTOR: u32 = 3;
+
+/// Where the overview lies in the input square: `size` pixels at `(0, top)`, the region scaled by
+/// `ratio`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overview {
+    pub ratio: f32,
+    pub top: u32,
+    pub size: (u32, u32),
 }
 
 impl Letterbox {
@@ -55,7 +78,19 @@ impl Letterbox {
         };
         let ratio =
             (input_size as f32 / region.width.max(1) as f32).min(input_size as f32 / region.height.max(1) as f32);
-        Self { ratio, src_width, src_height, region, input_size }
+        Self { ratio, src_width, src_height, region, input_size, overview: None }
+    }
+
+    /// The same placement with an overview in the padding, where the padding is tall enough for
+    /// one (otherwise unchanged).
+    pub fn with_overview(mut self) -> Self {
+        let (w, h) = self.scaled_size();
+        let size = (w / OVERVIEW_FACTOR, h / OVERVIEW_FACTOR);
+        if size.0 > 0 && size.1 > 0 && h + size.1 <= self.input_size {
+            let ratio = self.ratio / OVERVIEW_FACTOR as f32;
+            self.overview = Some(Overview { ratio, top: self.input_size - size.1, size });
+        }
+        self
     }
 
     /// Whether the input holds only part of the frame.
@@ -75,6 +110,11 @@ impl Letterbox {
         (w, h)
     }
 
+    /// A point of the overview (model pixels of the input square) in source-frame pixels.
+    pub fn overview_to_source(&self, overview: &Overview, x: f32, y: f32) -> (f32, f32) {
+        (x / overview.ratio + self.region.x as f32, (y - overview.top as f32) / overview.ratio + self.region.y as f32)
+    }
+
     /// Bytes of one frame in the model layout.
     pub fn input_len(&self) -> usize {
         3 * (self.input_size as usize).pow(2)
@@ -89,6 +129,35 @@ impl Letterbox {
         out.resize(side_bytes * self.input_size as usize, PAD_VALUE);
         for (y, dst) in out.chunks_exact_mut(side_bytes).take(h as usize).enumerate() {
             dst[..row_bytes].copy_from_slice(&bgr[y * stride..y * stride + row_bytes]);
+        }
+    }
+
+    /// Draws the overview from the picture already in `pixels` (the model layout, as
+    /// `write_interleaved` leaves it): each of its pixels the rounded mean of a 3x3 block, per
+    /// channel. Does nothing without an overview.
+    pub fn fill_overview(&self, pixels: &mut [u8]) {
+        let Some(overview) = self.overview else { return };
+        const F: usize = OVERVIEW_FACTOR as usize;
+        let side_bytes = 3 * self.input_size as usize;
+        let (width, height) = (overview.size.0 as usize, overview.size.1 as usize);
+        let (picture, below) = pixels.split_at_mut(side_bytes * F * height);
+        let first = (overview.top as usize) * side_bytes - picture.len();
+        let mut sums = vec![0u16; 3 * width];
+        for (y, dst) in below[first..].chunks_exact_mut(side_bytes).take(height).enumerate() {
+            sums.fill(0);
+            for row in picture[y * F * side_bytes..].chunks_exact(side_bytes).take(F) {
+                for (x, sum) in sums.chunks_exact_mut(3).enumerate() {
+                    for px in row[3 * F * x..3 * F * (x + 1)].chunks_exact(3) {
+                        for (s, &v) in sum.iter_mut().zip(px) {
+                            *s += u16::from(v);
+                        }
+                    }
+                }
+            }
+            let block = (F * F) as u16;
+            for (d, &s) in dst[..3 * width].iter_mut().zip(&sums) {
+                *d = ((s + block / 2) / block) as u8;
+            }
         }
     }
 }
@@ -148,5 +217,46 @@ mod tests {
         assert_eq!(&out[0..3], &[1, 2, 3]);
         assert_eq!(&out[12 + 9..12 + 12], &[7, 8, 9], "pixel (3,1)");
         assert!(out[24..].iter().all(|&b| b == PAD_VALUE), "rows 2 and 3 are padding");
+    }
+
+    #[test]
+    fn a_landscape_frame_has_an_overview_in_its_padding() {
+        let lb = Letterbox::new(320, 240, 416).with_overview();
+        let overview = lb.overview.expect("4:3 leaves a third of the picture's height");
+        assert_eq!(overview.size, (138, 104));
+        assert_eq!(overview.top, 312);
+        let (x, y) = lb.overview_to_source(&overview, 138.0, 416.0);
+        assert!((x - 318.46).abs() < 0.01 && (y - 240.0).abs() < 1e-3, "({x}, {y})"); // 414 of 416 columns
+        let wide = Letterbox::new(1920, 1080, 416).with_overview().overview.expect("16:9");
+        assert_eq!((wide.size, wide.top), ((138, 78), 338));
+        // Square, 5:4 and portrait frames have no room for one.
+        for (w, h) in [(416, 416), (720, 576), (240, 320)] {
+            assert_eq!(Letterbox::new(w, h, 416).with_overview().overview, None, "{w}x{h}");
+        }
+        // A crop's region is what the overview shows.
+        let half = Region { x: 0, y: 120, width: 320, height: 120 };
+        let lb = Letterbox::cropped(320, 240, half, 416).with_overview();
+        let overview = lb.overview.expect("8:3 region");
+        let (_, y) = lb.overview_to_source(&overview, 0.0, overview.top as f32);
+        assert_eq!(y, 120.0);
+    }
+
+    #[test]
+    fn the_overview_averages_blocks_of_the_picture_below_it() {
+        let lb = Letterbox::new(12, 6, 12).with_overview(); // picture 12x6, overview 4x2 at row 10
+        let overview = lb.overview.unwrap();
+        assert_eq!((overview.size, overview.top), ((4, 2), 10));
+        // Pixel (x, y) of the picture is (x, y, 10 x + y) in B, G, R.
+        let bgr: Vec<u8> = (0..6u8).flat_map(|y| (0..12u8).flat_map(move |x| [x, y, 10 * x + y])).collect();
+        let mut out = Vec::new();
+        lb.write_interleaved(&bgr, 36, &mut out);
+        lb.fill_overview(&mut out);
+        let row = |y: usize| &out[y * 36..(y + 1) * 36];
+        assert_eq!(&row(5)[..3], &[0, 5, 5], "the picture is untouched");
+        assert!((6..10).all(|y| row(y).iter().all(|&b| b == PAD_VALUE)));
+        // Overview pixel (1, 1) is the mean of the picture's block x 3..5, y 3..5: (4, 4, 44).
+        assert_eq!(&row(11)[3..6], &[4, 4, 44]);
+        assert_eq!(&row(10)[9..12], &[10, 1, 101], "block x 9..11, y 0..2");
+        assert!(row(10)[12..].iter().all(|&b| b == PAD_VALUE), "beside the overview, padding");
     }
 }

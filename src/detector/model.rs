@@ -155,7 +155,7 @@ impl Detector {
     fn decode(&self, rows: &[f32], row_len: usize, letterbox: &Letterbox) -> Vec<Detection> {
         match self.family {
             ModelFamily::Yolox => {
-                nms::suppress(yolox::decode(rows, row_len, letterbox, self.score_threshold), self.nms_iou)
+                nms::suppress_views(yolox::decode(rows, row_len, letterbox, self.score_threshold), self.nms_iou)
             }
         }
     }

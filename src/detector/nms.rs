@@ -5,6 +5,7 @@
 //! tracks on one vehicle that swap boxes, and crossings are lost (24 of 27 on the overpass clip in
 //! a Python peer; 27 of 27 with group suppression). The best-scoring box keeps its class.
 
+use super::yolox::Decoded;
 use crate::objects::{Detection, ObjectClass};
 
 fn group(class: ObjectClass) -> u8 {
@@ -24,6 +25,22 @@ pub fn suppress(mut detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detec
     for det in detections {
         let overlaps = kept.iter().any(|k| group(k.class) == group(det.class) && k.bbox.iou(&det.bbox) > iou_threshold);
         if !overlaps {
+            kept.push(det);
+        }
+    }
+    kept
+}
+
+/// A frame's detections: the main view's after NMS, and those of the overview (after NMS among
+/// themselves) that no kept main box overlaps by more than `iou_threshold`. The overview only adds
+/// what the main view misses: where both see a vehicle, the main view's finer box is the one kept.
+pub fn suppress_views(decoded: Decoded, iou_threshold: f32) -> Vec<Detection> {
+    let mut kept = suppress(decoded.main, iou_threshold);
+    let main = kept.len();
+    for det in suppress(decoded.overview, iou_threshold) {
+        let covered =
+            kept[..main].iter().any(|k| group(k.class) == group(det.class) && k.bbox.iou(&det.bbox) > iou_threshold);
+        if !covered {
             kept.push(det);
         }
     }
@@ -66,5 +83,21 @@ mod tests {
     #[test]
     fn nan_scores_are_dropped() {
         assert!(suppress(vec![det(0.0, f32::NAN, ObjectClass::Car)], 0.45).is_empty());
+    }
+
+    #[test]
+    fn the_overview_adds_only_what_the_main_view_misses() {
+        let decoded = Decoded {
+            main: vec![det(0.0, 0.3, ObjectClass::Car)],
+            overview: vec![
+                det(0.5, 0.6, ObjectClass::Truck), // the main view's vehicle: its box stays
+                det(40.0, 0.4, ObjectClass::Truck),
+                det(40.5, 0.2, ObjectClass::Bus), // a duplicate within the overview
+            ],
+        };
+        let kept = suppress_views(decoded, 0.45);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!((kept[0].bbox.x1, kept[0].class), (0.0, ObjectClass::Car));
+        assert_eq!((kept[1].bbox.x1, kept[1].score), (40.0, 0.4));
     }
 }

@@ -1,6 +1,7 @@
 //! Decoder for YOLOX raw output: one row per grid cell over strides 8, 16 and 32, row-major,
 //! each `(tx, ty, tw, th, objectness, class scores...)` with objectness and classes already sigmoid.
 
+use super::input::Overview;
 use super::Letterbox;
 use crate::objects::{BBox, Detection, ObjectClass, VehicleProbs};
 
@@ -11,6 +12,17 @@ const COCO_TRUCK: usize = 7;
 
 pub const STRIDES: [u32; 3] = [8, 16, 32];
 
+/// The smallest box height, in input pixels, the overview reports: it is there for vehicles too
+/// large for the main view, which sees everything smaller better.
+pub const OVERVIEW_MIN_HEIGHT: f32 = 32.0;
+
+/// One frame's detections: of the main picture and of the overview (`input` module docs).
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub main: Vec<Detection>,
+    pub overview: Vec<Detection>,
+}
+
 /// Rows the model emits for a square input of `input_size`.
 pub fn rows_for(input_size: u32) -> usize {
     STRIDES.iter().map(|s| ((input_size / s) as usize).pow(2)).sum()
@@ -18,8 +30,10 @@ pub fn rows_for(input_size: u32) -> usize {
 
 /// Decodes one image's rows into detections of the reported classes, in source-frame pixels.
 /// A row's class is its best-scoring COCO class; rows whose best class is not reported are dropped.
-pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_threshold: f32) -> Vec<Detection> {
-    let mut out = Vec::new();
+/// A box centred in the overview is the overview's, kept when it is at least
+/// `OVERVIEW_MIN_HEIGHT` tall there and no larger than the picture it sees.
+pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_threshold: f32) -> Decoded {
+    let mut out = Decoded::default();
     if row_len < 6 {
         return out;
     }
@@ -52,7 +66,11 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
                 let cy = (row[1] + gy as f32) * s;
                 let w = row[2].exp() * s;
                 let h = row[3].exp() * s;
-                let bbox = to_source(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0, letterbox);
+                let overview = letterbox.overview.filter(|o| cy >= o.top as f32);
+                if overview.is_some_and(|o| !fits_overview(&o, cx, w, h)) {
+                    continue;
+                }
+                let bbox = to_source(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0, letterbox, overview);
                 let vehicle = if class.is_motor_vehicle() {
                     let p = |id: usize| row.get(5 + id).copied().unwrap_or(0.0);
                     VehicleProbs { car: p(COCO_CAR), bus: p(COCO_BUS), truck: p(COCO_TRUCK) }
@@ -60,7 +78,8 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
                     VehicleProbs::default()
                 };
                 if bbox.area() > 0.0 {
-                    out.push(Detection { bbox, score, class, vehicle });
+                    let view = if overview.is_some() { &mut out.overview } else { &mut out.main };
+                    view.push(Detection { bbox, score, class, vehicle });
                 }
             }
         }
@@ -68,14 +87,27 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
     out
 }
 
-/// A box of the input square in source-frame pixels, clamped to the part of the frame the model
-/// saw (the letterbox's region: the whole frame unless the camera crops).
-fn to_source(x1: f32, y1: f32, x2: f32, y2: f32, lb: &Letterbox) -> BBox {
+/// Whether an overview box centred at `cx`, `w` x `h` input pixels, is one to report: centred on
+/// the overview's picture, tall enough, and not larger than that picture (a box that is, is the
+/// model guessing at the whole scene).
+fn fits_overview(overview: &Overview, cx: f32, w: f32, h: f32) -> bool {
+    let (width, height) = (overview.size.0 as f32, overview.size.1 as f32);
+    cx < width && h >= OVERVIEW_MIN_HEIGHT && w <= width && h <= height
+}
+
+/// A box of the input square (of the main picture, or of the overview) in source-frame pixels,
+/// clamped to the part of the frame the model saw (the letterbox's region: the whole frame
+/// unless the camera crops).
+fn to_source(x1: f32, y1: f32, x2: f32, y2: f32, lb: &Letterbox, overview: Option<Overview>) -> BBox {
     let r = lb.region;
     let (left, top) = (r.x as f32, r.y as f32);
     let (right, bottom) = ((r.x + r.width) as f32, (r.y + r.height) as f32);
-    let (x1, y1) = lb.to_source(x1, y1);
-    let (x2, y2) = lb.to_source(x2, y2);
+    let point = |x, y| match &overview {
+        Some(o) => lb.overview_to_source(o, x, y),
+        None => lb.to_source(x, y),
+    };
+    let (x1, y1) = point(x1, y1);
+    let (x2, y2) = point(x2, y2);
     BBox::new(x1.clamp(left, right), y1.clamp(top, bottom), x2.clamp(left, right), y2.clamp(top, bottom))
 }
 
@@ -107,7 +139,7 @@ mod tests {
         row[3] = 0.0; // h = 16
         row[4] = 0.9;
         row[5 + 2] = 0.8; // car
-        let dets = decode(&rows, ROW, &lb, 0.3);
+        let dets = decode(&rows, ROW, &lb, 0.3).main;
         assert_eq!(dets.len(), 1);
         let d = dets[0];
         assert_eq!(d.class, ObjectClass::Car);
@@ -141,10 +173,42 @@ mod tests {
         row[3] = 0.0; // h = 32
         row[4] = 0.9;
         row[5 + 2] = 0.9;
-        let dets = decode(&rows, ROW, &lb, 0.3);
+        let dets = decode(&rows, ROW, &lb, 0.3).main;
         assert_eq!(dets.len(), 1);
         let b = dets[0].bbox;
         let expect = [640.0 + 464.0 / lb.ratio, 0.0, 1280.0, 32.0 / lb.ratio];
+        for (a, e) in [b.x1, b.y1, b.x2, b.y2].into_iter().zip(expect) {
+            assert!((a - e).abs() < 1e-3, "{b:?} vs {expect:?}");
+        }
+    }
+
+    #[test]
+    fn boxes_centred_in_the_overview_map_back_at_its_scale() {
+        let lb = Letterbox::new(320, 240, 416).with_overview(); // overview 138x104 at row 312
+        let ratio = lb.overview.unwrap().ratio;
+        let mut rows = empty_rows(416);
+        let mut put = |stride: usize, gx: usize, gy: usize, (w, h): (f32, f32)| {
+            let before: usize =
+                STRIDES.iter().take_while(|&&s| s as usize != stride).map(|s| (416 / *s as usize).pow(2)).sum();
+            let r = before + gy * (416 / stride) + gx;
+            let row = &mut rows[r * ROW..(r + 1) * ROW];
+            row[0] = 0.5;
+            row[1] = 0.5;
+            row[2] = (w / stride as f32).ln();
+            row[3] = (h / stride as f32).ln();
+            row[4] = 0.9;
+            row[5 + 7] = 0.9; // truck
+        };
+        put(32, 1, 11, (40.0, 48.0)); // centre (48, 368): 56 rows into the overview
+        put(16, 2, 21, (16.0, 16.0)); // centre (40, 344): too small for the overview
+        put(32, 6, 11, (40.0, 48.0)); // centre (208, 368): right of the overview's picture
+        put(32, 2, 11, (140.0, 48.0)); // wider than the overview's picture
+        put(32, 1, 2, (40.0, 48.0)); // centre (48, 80): the main picture
+        let decoded = decode(&rows, ROW, &lb, 0.3);
+        assert_eq!(decoded.main.len(), 1);
+        assert_eq!(decoded.overview.len(), 1, "{:?}", decoded.overview);
+        let b = decoded.overview[0].bbox;
+        let expect = [28.0 / ratio, (344.0 - 312.0) / ratio, 68.0 / ratio, (392.0 - 312.0) / ratio];
         for (a, e) in [b.x1, b.y1, b.x2, b.y2].into_iter().zip(expect) {
             assert!((a - e).abs() < 1e-3, "{b:?} vs {expect:?}");
         }
@@ -160,13 +224,13 @@ mod tests {
         rows[ROW + 5 + 2] = 0.2; // car at 0.04
         rows[2 * ROW + 4] = f32::NAN;
         rows[2 * ROW + 5 + 2] = 0.9;
-        assert!(decode(&rows, ROW, &lb, 0.1).is_empty());
+        assert!(decode(&rows, ROW, &lb, 0.1).main.is_empty());
     }
 
     #[test]
     fn short_output_does_not_panic() {
         let lb = Letterbox::new(416, 416, 416);
-        assert_eq!(decode(&[0.5; 100], ROW, &lb, 0.1).len(), 1, "the one whole row decodes");
-        assert!(decode(&[], 3, &lb, 0.1).is_empty());
+        assert_eq!(decode(&[0.5; 100], ROW, &lb, 0.1).main.len(), 1, "the one whole row decodes");
+        assert!(decode(&[], 3, &lb, 0.1).main.is_empty());
     }
 }

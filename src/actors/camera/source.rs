@@ -55,6 +55,8 @@ pub struct SourceConfig {
     pub realtime: bool,
     pub rtsp_transport: RtspTransport,
     pub input_size: u32,
+    /// `model.overview`: a third-scale copy of the frame in the letterbox's padding.
+    pub overview: bool,
     pub read_timeout: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
@@ -86,6 +88,7 @@ impl SourceConfig {
             realtime: true,
             rtsp_transport: RtspTransport::Tcp,
             input_size,
+            overview: false,
             read_timeout: Duration::from_secs(5),
             reconnect_initial: Duration::from_millis(10),
             reconnect_max: Duration::from_millis(50),
@@ -526,7 +529,7 @@ impl Streamer {
     #[cfg(feature = "ffmpeg")]
     fn converter_for(&self, frame: &ffmpeg::frame::Video) -> Result<Converter, String> {
         let plan = self.source.status.frame_plan.get();
-        let converter = Converter::new(frame, self.source.config.input_size, plan)?;
+        let converter = Converter::new(frame, &self.source.config, plan)?;
         let (camera, region) = (&self.source.config.camera_id, converter.letterbox.region);
         if let Some(crop) = plan.1.crop {
             let (width, height) = (frame.width(), frame.height());
@@ -587,11 +590,14 @@ struct Converter {
 impl Converter {
     fn new(
         frame: &ffmpeg::frame::Video,
-        input_size: u32,
+        config: &SourceConfig,
         (plan_version, plan): (u64, FramePlan),
     ) -> Result<Self, String> {
         let region = plan.region(frame.width(), frame.height());
-        let letterbox = Letterbox::cropped(frame.width(), frame.height(), region, input_size);
+        let mut letterbox = Letterbox::cropped(frame.width(), frame.height(), region, config.input_size);
+        if config.overview {
+            letterbox = letterbox.with_overview();
+        }
         let (w, h) = letterbox.scaled_size();
         let r = letterbox.region;
         let scaler =
@@ -627,6 +633,7 @@ impl Converter {
         if self.normalise {
             crate::detector::levels::normalise(&self.letterbox, &mut self.pixels);
         }
+        self.letterbox.fill_overview(&mut self.pixels);
         Ok((Bytes::from(std::mem::take(&mut self.pixels)), self.letterbox))
     }
 }

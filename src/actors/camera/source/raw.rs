@@ -32,7 +32,10 @@ impl Streamer {
                 raw.width, raw.height
             ));
         }
-        let letterbox = Letterbox::new(raw.width, raw.height, self.source.config.input_size);
+        let mut letterbox = Letterbox::new(raw.width, raw.height, self.source.config.input_size);
+        if self.source.config.overview {
+            letterbox = letterbox.with_overview();
+        }
         let (width, height) = letterbox.scaled_size();
         let resize = Resize::new((raw.width, raw.height), (width, height));
         let sampler = Sampler::new(raw.fps, self.source.config.fps);
@@ -69,6 +72,7 @@ impl Streamer {
             resize.run(&source, &mut scaled);
             let mut pixels = Vec::new();
             letterbox.write_interleaved(&scaled, 3 * width as usize, &mut pixels);
+            letterbox.fill_overview(&mut pixels);
             self.source.metrics.stages.decode.record(captured.elapsed());
             self.injected_fault();
             if let Some(end) = self.hand_on((Bytes::from(pixels), letterbox), captured, captured_at, span) {
@@ -210,7 +214,7 @@ mod tests {
     /// Runs camera `id` on `url` at `fps` on a manual clock until `limit` frames went out.
     fn stream(id: &str, url: &str, fps: f64, limit: usize) -> (Vec<Frame>, Arc<CameraStatus>) {
         let recorder = Arc::new(Recorder { frames: Mutex::default(), limit });
-        let config = SourceConfig { max_retries: Some(0), ..SourceConfig::live(id, url, fps, 8) };
+        let config = SourceConfig { max_retries: Some(0), overview: true, ..SourceConfig::live(id, url, fps, 8) };
         let status = run_stream(config, recorder.clone(), Arc::new(ManualClock::new()));
         let frames = std::mem::take(&mut *recorder.frames.lock());
         (frames, status)
@@ -235,9 +239,13 @@ mod tests {
         assert_eq!(frame.letterbox.scaled_size(), (8, 4));
         assert_eq!(frame.pixels.len(), frame.letterbox.input_len());
         let value = frame.pixels[0];
-        // Interleaved BGR rows of 8 pixels: the top four rows hold the image, the rest is padding.
+        // Interleaved BGR rows of 8 pixels: the top four rows hold the image, the rest is padding
+        // but for the overview (the image shrunk by 3: 2x1 pixels) at the start of the last row.
         assert!(frame.pixels[..8 * 4 * 3].iter().all(|&v| v == value), "the scaled image, top");
-        assert!(frame.pixels[8 * 4 * 3..].iter().all(|&v| v == PAD_VALUE), "padding below it");
+        let (padding, last_row) = frame.pixels[8 * 4 * 3..].split_at(8 * 3 * 3);
+        assert!(padding.iter().all(|&v| v == PAD_VALUE), "padding below it");
+        assert!(last_row[..2 * 3].iter().all(|&v| v == value), "the overview");
+        assert!(last_row[2 * 3..].iter().all(|&v| v == PAD_VALUE), "padding beside it");
     }
 
     #[test]

@@ -97,6 +97,7 @@ async fn harness(max_batch: usize, heartbeat_timeout: Option<Duration>, behaviou
             path: "scripted.pt".into(),
             family: ModelFamily::Yolox,
             input_size: 8,
+            overview: false,
             score_threshold: 0.3,
             nms_iou: 0.5,
             onnxruntime_library: Default::default(),
