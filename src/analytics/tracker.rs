@@ -251,11 +251,16 @@ impl Tracker {
             keep
         });
 
-        let mut weak: Vec<Detection> = low_left.iter().map(|&d| low[d]).collect();
+        // Weak tracks off (the default), nothing is gathered for them.
+        let weak_tracks = config.weak_track_frames > 0;
+        let mut weak: Vec<Detection> =
+            if weak_tracks { low_left.iter().map(|&d| low[d]).collect() } else { Vec::new() };
         for d in high_left {
             let detection = &high[d];
             if detection.score < config.new_track_thresh {
-                weak.push(*detection);
+                if weak_tracks {
+                    weak.push(*detection);
+                }
                 continue;
             }
             // Nothing precedes the first frame to confirm against, and waiting a frame there
@@ -280,10 +285,11 @@ impl Tracker {
             .collect()
     }
 
-    fn start_track(&mut self, detection: &Detection, state: TrackState) {
+    fn start_track(&mut self, detection: &Detection, state: TrackState) -> &mut Track {
         let id = self.next_id;
         self.next_id += 1;
         self.tracks.push(Track::new(id, detection, state, self.frame, self.config.confident_score));
+        self.tracks.last_mut().expect("just pushed")
     }
 
     /// Extends each weak run with the weak detection left over this frame that overlaps it best,
@@ -328,8 +334,7 @@ impl Tracker {
             self.tracks[t].state = TrackState::Confirmed;
         }
         for r in unclaimed {
-            self.start_track(&ready[r].latest, TrackState::Confirmed);
-            self.tracks.last_mut().expect("just started").follow_run(&ready[r]);
+            self.start_track(&ready[r].latest, TrackState::Confirmed).follow_run(&ready[r]);
         }
     }
 

@@ -16,6 +16,11 @@ fn group(class: ObjectClass) -> u8 {
     }
 }
 
+/// Whether `b` is a duplicate of kept box `a`: same group, overlapping by more than `iou_threshold`.
+fn duplicates(a: &Detection, b: &Detection, iou_threshold: f32) -> bool {
+    group(a.class) == group(b.class) && a.bbox.iou(&b.bbox) > iou_threshold
+}
+
 /// Greedy NMS: highest score first, dropping boxes of the same group that overlap a kept one
 /// by more than `iou_threshold`.
 pub fn suppress(mut detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
@@ -23,8 +28,7 @@ pub fn suppress(mut detections: Vec<Detection>, iou_threshold: f32) -> Vec<Detec
     detections.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::with_capacity(detections.len());
     for det in detections {
-        let overlaps = kept.iter().any(|k| group(k.class) == group(det.class) && k.bbox.iou(&det.bbox) > iou_threshold);
-        if !overlaps {
+        if !kept.iter().any(|k| duplicates(k, &det, iou_threshold)) {
             kept.push(det);
         }
     }
@@ -38,9 +42,7 @@ pub fn suppress_views(decoded: Decoded, iou_threshold: f32) -> Vec<Detection> {
     let mut kept = suppress(decoded.main, iou_threshold);
     let main = kept.len();
     for det in suppress(decoded.overview, iou_threshold) {
-        let covered =
-            kept[..main].iter().any(|k| group(k.class) == group(det.class) && k.bbox.iou(&det.bbox) > iou_threshold);
-        if !covered {
+        if !kept[..main].iter().any(|k| duplicates(k, &det, iou_threshold)) {
             kept.push(det);
         }
     }

@@ -33,6 +33,7 @@ use crate::analytics::framing::FramePlan;
 use crate::camera_spec::{RawFrames, RtspTransport};
 #[cfg(feature = "ffmpeg")]
 use crate::camera_spec::{FILE_FORMATS, FILE_PROTOCOLS, NETWORK_PROTOCOLS};
+use crate::detector::input::Region;
 use crate::detector::simulated::SimulatedCamera;
 use crate::detector::Letterbox;
 use crate::ids::CameraId;
@@ -76,6 +77,17 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// How `region` of a `width` x `height` frame is placed in the model input: letterboxed to
+    /// `input_size`, with the overview when `overview` is on.
+    pub fn letterbox(&self, width: u32, height: u32, region: Region) -> Letterbox {
+        let letterbox = Letterbox::cropped(width, height, region, self.input_size);
+        if self.overview {
+            letterbox.with_overview()
+        } else {
+            letterbox
+        }
+    }
+
     /// A live stream with the defaults a test or tool starts from: TCP, 5 s read timeout, quick
     /// reconnects (10 to 50 ms) for ever, software decoding on one thread, no injected fault.
     pub fn live(camera_id: &str, url: &str, fps: f64, input_size: u32) -> Self {
@@ -594,10 +606,7 @@ impl Converter {
         (plan_version, plan): (u64, FramePlan),
     ) -> Result<Self, String> {
         let region = plan.region(frame.width(), frame.height());
-        let mut letterbox = Letterbox::cropped(frame.width(), frame.height(), region, config.input_size);
-        if config.overview {
-            letterbox = letterbox.with_overview();
-        }
+        let letterbox = config.letterbox(frame.width(), frame.height(), region);
         let (w, h) = letterbox.scaled_size();
         let r = letterbox.region;
         let scaler =

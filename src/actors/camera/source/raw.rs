@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::{RunEnd, Sampler, Streamer};
 use crate::actors::status::StreamState;
 use crate::camera_spec::RawFrames;
-use crate::detector::Letterbox;
+use crate::detector::input::Region;
 
 impl Streamer {
     pub(super) fn run_raw(&mut self, raw: RawFrames) -> Result<RunEnd, String> {
@@ -32,10 +32,7 @@ impl Streamer {
                 raw.width, raw.height
             ));
         }
-        let mut letterbox = Letterbox::new(raw.width, raw.height, self.source.config.input_size);
-        if self.source.config.overview {
-            letterbox = letterbox.with_overview();
-        }
+        let letterbox = self.source.config.letterbox(raw.width, raw.height, Region::full(raw.width, raw.height));
         let (width, height) = letterbox.scaled_size();
         let resize = Resize::new((raw.width, raw.height), (width, height));
         let sampler = Sampler::new(raw.fps, self.source.config.fps);
