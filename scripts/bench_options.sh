@@ -17,7 +17,7 @@ trap 'rm -rf "$out"' EXIT
 
 options=(
   "ONNX Runtime fp32, 416 (default)|"
-  "overview and weak tracks (model.overview, tracker.weak_track_frames 5)|ITS__MODEL__OVERVIEW=true ITS__TRACKER__WEAK_TRACK_FRAMES=5"
+  "overview (model.overview)|ITS__MODEL__OVERVIEW=true"
   "TorchScript fp32 channels-last|ITS__MODEL__PATH=models/yolox_nano.torchscript.pt"
   "TorchScript bf16 channels-last|ITS__MODEL__PATH=models/yolox_nano.bf16.pt"
   "ONNX Runtime, input 320|ITS__MODEL__INPUT_SIZE=320"

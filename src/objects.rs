@@ -137,11 +137,16 @@ pub struct Detection {
     pub class: ObjectClass,
     #[serde(default)]
     pub vehicle: VehicleProbs,
+    /// Large in the model's input (`detector::yolox::LARGE_HEIGHT`), where YOLOX-Nano scores a
+    /// vehicle close to the camera low: weak detections of such a box may start a track
+    /// (`analytics::tracker`, weak tracks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub large: bool,
 }
 
 impl Detection {
-    /// A detection without the detector's per-class probabilities (simulated, tests).
+    /// A detection without the detector's per-class probabilities, not large (simulated, tests).
     pub fn new(bbox: BBox, score: f32, class: ObjectClass) -> Self {
-        Self { bbox, score, class, vehicle: VehicleProbs::default() }
+        Self { bbox, score, class, vehicle: VehicleProbs::default(), large: false }
     }
 }

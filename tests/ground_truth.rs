@@ -85,8 +85,9 @@ fn evaluate_scores_the_shipped_manifest_against_ground_truth() {
         assert!((t - towards).abs() <= 2 && (a - away).abs() <= 2, "{fps}: {t} / {a}: {report}");
     }
 
-    // Low light: no worse than measured when the variants were added (docs/PERFORMANCE.md).
-    for (name, at_least) in [("overpass_video03/dark", 27), ("overpass_video03/gamma", 26)] {
+    // Low light: no worse than measured when the variants were added (docs/PERFORMANCE.md); weak
+    // tracks (large boxes that persist) lifted the gamma-shifted overpass from 26 to 27.
+    for (name, at_least) in [("overpass_video03/dark", 27), ("overpass_video03/gamma", 27)] {
         assert!(predicted(name, "y150", "in") >= at_least, "{name}: {report}");
     }
     assert!(highway("highway_video02/dark").0 >= 17 && highway("highway_video02/gamma").0 >= 20, "{report}");

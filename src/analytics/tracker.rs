@@ -6,9 +6,11 @@
 //! which a plain score cut would throw away, then get a chance to continue tracks that are
 //! followed right now (an occluded or blurred vehicle often scores low for a few frames, and
 //! losing it would split one vehicle into two ids at the counting line). A weak detection starts
-//! a track only when it persists: a vehicle the model never sees confidently (an articulated lorry
-//! close to the camera scores 0.15 to 0.5) but finds frame after frame at overlapping places for
-//! `weak_track_frames` frames is a vehicle; clutter rarely holds that long.
+//! a track only when it persists and is large: a vehicle the model never sees confidently (an
+//! articulated lorry close to the camera scores 0.15 to 0.5) but finds frame after frame at
+//! overlapping places for `weak_track_frames` frames is a vehicle; clutter rarely holds that long.
+//! Small weak boxes never start one: they are far vehicles fading in and out of their tracks and
+//! burnt-in captions, and as new tracks they would enter zones again and again.
 //!
 //! A track started after the first frame stays tentative until it is matched once more, so a
 //! one-frame false positive is never reported. The counter downstream only sees confirmed
@@ -34,8 +36,8 @@ pub struct TrackerConfig {
     pub match_thresh: f32,
     /// How many frames a track may go unseen before it is dropped.
     pub max_lost_frames: u32,
-    /// Detections under `new_track_thresh` that no track takes start a track after this many
-    /// consecutive frames, each overlapping the previous one (0, the default: never).
+    /// Large detections (`Detection::large`) under `new_track_thresh` that no track takes start a
+    /// track after this many consecutive frames, each overlapping the previous one (0: never).
     pub weak_track_frames: u32,
     /// A detection at least this sure is one a healthy model gives a vehicle it sees: the share
     /// of tracked frames with such a detection is `ml_model_accuracy` (see `Continuity`).
@@ -50,7 +52,7 @@ impl Default for TrackerConfig {
             new_track_thresh: 0.6,
             match_thresh: 0.8,
             max_lost_frames: 30,
-            weak_track_frames: 0,
+            weak_track_frames: 5,
             confident_score: 0.3,
         }
     }
@@ -251,14 +253,14 @@ impl Tracker {
             keep
         });
 
-        // Weak tracks off (the default), nothing is gathered for them.
+        // Weak tracks off, nothing is gathered for them; on, only large boxes.
         let weak_tracks = config.weak_track_frames > 0;
         let mut weak: Vec<Detection> =
-            if weak_tracks { low_left.iter().map(|&d| low[d]).collect() } else { Vec::new() };
+            if weak_tracks { low_left.iter().map(|&d| low[d]).filter(|d| d.large).collect() } else { Vec::new() };
         for d in high_left {
             let detection = &high[d];
             if detection.score < config.new_track_thresh {
-                if weak_tracks {
+                if weak_tracks && detection.large {
                     weak.push(*detection);
                 }
                 continue;
@@ -650,13 +652,13 @@ mod tests {
         Detection::new(BBox::new(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0), score, class)
     }
 
-    /// The defaults with weak tracks after 5 frames.
-    fn weak_tracks() -> TrackerConfig {
-        TrackerConfig { weak_track_frames: 5, ..TrackerConfig::default() }
-    }
-
     fn car(cx: f32, cy: f32, score: f32) -> Detection {
         det(cx, cy, 40.0, 30.0, score, ObjectClass::Car)
+    }
+
+    /// A car the detector calls large (close to the camera): only such boxes start weak runs.
+    fn large_car(cx: f32, cy: f32, score: f32) -> Detection {
+        Detection { large: true, ..car(cx, cy, score) }
     }
 
     fn ids(out: &[TrackedObject]) -> Vec<u64> {
@@ -863,7 +865,7 @@ mod tests {
     #[test]
     fn low_score_detection_continues_but_starts_a_track_only_when_it_persists() {
         let mut tracker = Tracker::new(TrackerConfig::default());
-        let at = |i: usize, score: f32| car(100.0 + 4.0 * i as f32, 100.0, score);
+        let at = |i: usize, score: f32| large_car(100.0 + 4.0 * i as f32, 100.0, score);
         for i in 0..5 {
             assert_eq!(ids(&tracker.update(&[at(i, 0.9)])), vec![1]);
         }
@@ -873,9 +875,9 @@ mod tests {
             assert_eq!(out[0].score, 0.3);
         }
 
-        // Without weak tracks (the default), neither on the first frame nor later does a weak
-        // detection start anything, nor a confident one under new_track_thresh.
-        let mut fresh = Tracker::new(TrackerConfig::default());
+        // Without weak tracks, neither on the first frame nor later does a weak detection start
+        // anything, nor a confident one under new_track_thresh.
+        let mut fresh = Tracker::new(TrackerConfig { weak_track_frames: 0, ..TrackerConfig::default() });
         for i in 0..10 {
             assert!(fresh.update(&[at(i, 0.3)]).is_empty());
             assert_eq!(fresh.live_tracks(), 0);
@@ -883,9 +885,9 @@ mod tests {
         assert!(fresh.update(&[at(10, 0.55)]).is_empty());
         assert_eq!(fresh.live_tracks(), 0);
 
-        // With them (5 frames), weak and under-threshold detections at overlapping places, frame
-        // after frame, are a vehicle from the fifth frame on, kept by the weak ones.
-        let mut tracker = Tracker::new(weak_tracks());
+        // With them (the default, 5 frames), weak and under-threshold detections at overlapping
+        // places, frame after frame, are a vehicle from the fifth frame on, kept by the weak ones.
+        let mut tracker = Tracker::new(TrackerConfig::default());
         for i in 0..4 {
             assert!(tracker.update(&[at(i, if i == 2 { 0.55 } else { 0.2 })]).is_empty(), "frame {i}");
             assert_eq!(tracker.live_tracks(), 0);
@@ -893,12 +895,19 @@ mod tests {
         for i in 4..12 {
             assert_eq!(ids(&tracker.update(&[at(i, 0.2)])), vec![1], "frame {i}");
         }
+
+        // The same run of small boxes (a far vehicle fading, a caption) starts nothing.
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        for i in 0..12 {
+            assert!(tracker.update(&[car(100.0 + 4.0 * i as f32, 100.0, 0.2)]).is_empty(), "frame {i}");
+            assert_eq!(tracker.live_tracks(), 0);
+        }
     }
 
     #[test]
     fn a_weak_run_revives_the_lost_track_it_lies_on_and_moves_as_the_run_did() {
-        let mut tracker = Tracker::new(weak_tracks());
-        let at = |i: usize, score: f32| car(100.0 + 4.0 * i as f32, 100.0, score);
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let at = |i: usize, score: f32| large_car(100.0 + 4.0 * i as f32, 100.0, score);
         for i in 0..5 {
             assert_eq!(ids(&tracker.update(&[at(i, 0.9)])), vec![1]);
         }
@@ -915,23 +924,23 @@ mod tests {
 
         // A track started from a weak run is matched like a followed one: a confident car of the
         // same size 70 px away is another car, not this one jumping.
-        let mut tracker = Tracker::new(weak_tracks());
+        let mut tracker = Tracker::new(TrackerConfig::default());
         for _ in 0..5 {
-            tracker.update(&[car(300.0, 300.0, 0.3)]);
+            tracker.update(&[large_car(300.0, 300.0, 0.3)]);
         }
-        let out = tracker.update(&[car(300.0, 300.0, 0.3), car(370.0, 300.0, 0.9)]);
+        let out = tracker.update(&[large_car(300.0, 300.0, 0.3), car(370.0, 300.0, 0.9)]);
         assert_eq!(ids(&out), vec![1], "the far car waits for its second frame");
         assert_eq!(tracker.live_tracks(), 2);
     }
 
     #[test]
     fn weak_detections_that_do_not_persist_or_belong_to_a_track_start_nothing() {
-        let config = weak_tracks();
+        let config = TrackerConfig::default();
         // Clutter that comes and goes, or jumps about, never holds for five frames in a row.
         let mut tracker = Tracker::new(config);
         for i in 0..40 {
-            let flicker = if i % 4 == 3 { vec![] } else { vec![car(300.0, 50.0, 0.3)] };
-            let jumping = car(50.0 + 60.0 * (i % 2) as f32, 300.0, 0.3);
+            let flicker = if i % 4 == 3 { vec![] } else { vec![large_car(300.0, 50.0, 0.3)] };
+            let jumping = large_car(50.0 + 60.0 * (i % 2) as f32, 300.0, 0.3);
             tracker.update(&[flicker, vec![jumping]].concat());
             assert_eq!(tracker.live_tracks(), 0, "frame {i}");
         }
@@ -939,7 +948,7 @@ mod tests {
         let mut tracker = Tracker::new(config);
         for i in 0..20 {
             let x = 100.0 + 3.0 * i as f32;
-            let half = det(x + 10.0, 100.0, 20.0, 30.0, 0.3, ObjectClass::Car);
+            let half = Detection { large: true, ..det(x + 10.0, 100.0, 20.0, 30.0, 0.3, ObjectClass::Car) };
             let out = tracker.update(&[car(x, 100.0, 0.9), half]);
             assert_eq!(ids(&out), vec![1], "frame {i}");
         }
@@ -1077,11 +1086,10 @@ mod tests {
                         let y = value(480.0);
                         let w = value(120.0);
                         let h = value(120.0);
-                        Detection::new(
-                            BBox::new(x, y, x + w, y + h),
-                            value(1.0),
-                            ObjectClass::ALL[next() as usize % ObjectClass::ALL.len()],
-                        )
+                        let score = value(1.0);
+                        let class = ObjectClass::ALL[next() as usize % ObjectClass::ALL.len()];
+                        let detection = Detection::new(BBox::new(x, y, x + w, y + h), score, class);
+                        Detection { large: next() % 2 == 0, ..detection }
                     })
                     .collect();
                 let out = tracker.update(&detections);

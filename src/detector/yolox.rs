@@ -1,7 +1,7 @@
 //! Decoder for YOLOX raw output: one row per grid cell over strides 8, 16 and 32, row-major,
 //! each `(tx, ty, tw, th, objectness, class scores...)` with objectness and classes already sigmoid.
 
-use super::input::Overview;
+use super::input::{Overview, OVERVIEW_FACTOR};
 use super::Letterbox;
 use crate::objects::{BBox, Detection, ObjectClass, VehicleProbs};
 
@@ -15,6 +15,10 @@ pub const STRIDES: [u32; 3] = [8, 16, 32];
 /// The smallest box height, in input pixels, the overview reports: it is there for vehicles too
 /// large for the main view, which sees everything smaller better.
 pub const OVERVIEW_MIN_HEIGHT: f32 = 32.0;
+
+/// The height, in input pixels of the main view, from which a box is large (`Detection::large`):
+/// the height from which the overview reports a vehicle, so every box the overview reports is.
+pub const LARGE_HEIGHT: f32 = OVERVIEW_MIN_HEIGHT * OVERVIEW_FACTOR as f32;
 
 /// One frame's detections: of the main picture and of the overview (`input` module docs).
 #[derive(Debug, Default)]
@@ -79,7 +83,8 @@ pub fn decode(rows: &[f32], row_len: usize, letterbox: &Letterbox, score_thresho
                 };
                 if bbox.area() > 0.0 {
                     let view = if overview.is_some() { &mut out.overview } else { &mut out.main };
-                    view.push(Detection { bbox, score, class, vehicle });
+                    let large = overview.is_some() || h >= LARGE_HEIGHT;
+                    view.push(Detection { bbox, score, class, vehicle, large });
                 }
             }
         }
@@ -204,9 +209,12 @@ mod tests {
         put(32, 6, 11, (40.0, 48.0)); // centre (208, 368): right of the overview's picture
         put(32, 2, 11, (140.0, 48.0)); // wider than the overview's picture
         put(32, 1, 2, (40.0, 48.0)); // centre (48, 80): the main picture
+        put(32, 5, 3, (100.0, LARGE_HEIGHT)); // centre (176, 112): the main picture, large
         let decoded = decode(&rows, ROW, &lb, 0.3);
-        assert_eq!(decoded.main.len(), 1);
+        let large: Vec<bool> = decoded.main.iter().map(|d| d.large).collect();
+        assert_eq!(large, [false, true], "a main box is large from LARGE_HEIGHT input pixels tall");
         assert_eq!(decoded.overview.len(), 1, "{:?}", decoded.overview);
+        assert!(decoded.overview[0].large, "every box the overview reports is large");
         let b = decoded.overview[0].bbox;
         let expect = [28.0 / ratio, (344.0 - 312.0) / ratio, 68.0 / ratio, (392.0 - 312.0) / ratio];
         for (a, e) in [b.x1, b.y1, b.x2, b.y2].into_iter().zip(expect) {
