@@ -98,9 +98,11 @@ impl Letterbox {
         self.region != Region::full(self.src_width, self.src_height)
     }
 
-    /// A point of the input square (model pixels) in source-frame pixels.
-    pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
-        (x / self.ratio + self.region.x as f32, y / self.ratio + self.region.y as f32)
+    /// A point of the input square (model pixels) in source-frame pixels: a point of the main
+    /// picture, or of `overview` when one is given.
+    pub fn to_source(&self, overview: Option<&Overview>, x: f32, y: f32) -> (f32, f32) {
+        let (ratio, top) = overview.map_or((self.ratio, 0.0), |o| (o.ratio, o.top as f32));
+        (x / ratio + self.region.x as f32, (y - top) / ratio + self.region.y as f32)
     }
 
     /// Size of the scaled image inside the input square, never zero, never past the square.
@@ -108,11 +110,6 @@ impl Letterbox {
         let w = ((self.region.width as f32 * self.ratio).round() as u32).clamp(1, self.input_size);
         let h = ((self.region.height as f32 * self.ratio).round() as u32).clamp(1, self.input_size);
         (w, h)
-    }
-
-    /// A point of the overview (model pixels of the input square) in source-frame pixels.
-    pub fn overview_to_source(&self, overview: &Overview, x: f32, y: f32) -> (f32, f32) {
-        (x / overview.ratio + self.region.x as f32, (y - overview.top as f32) / overview.ratio + self.region.y as f32)
     }
 
     /// Bytes of one frame in the model layout.
@@ -186,9 +183,9 @@ mod tests {
         assert_eq!(lb.scaled_size(), (370, 416));
         let whole = Letterbox::new(1920, 1080, 416);
         assert!(lb.ratio > 1.7 * whole.ratio);
-        let (x, y) = lb.to_source(0.0, 208.0);
+        let (x, y) = lb.to_source(None, 0.0, 208.0);
         assert!((x - 960.0).abs() < 1e-3 && (y - 540.0).abs() < 1e-3, "({x}, {y})");
-        let (x, y) = whole.to_source(208.0, 0.0);
+        let (x, y) = whole.to_source(None, 208.0, 0.0);
         assert!((x - 960.0).abs() < 1e-2 && y == 0.0, "({x}, {y})");
     }
 
@@ -225,7 +222,7 @@ mod tests {
         let overview = lb.overview.expect("4:3 leaves a third of the picture's height");
         assert_eq!(overview.size, (138, 104));
         assert_eq!(overview.top, 312);
-        let (x, y) = lb.overview_to_source(&overview, 138.0, 416.0);
+        let (x, y) = lb.to_source(Some(&overview), 138.0, 416.0);
         assert!((x - 318.46).abs() < 0.01 && (y - 240.0).abs() < 1e-3, "({x}, {y})"); // 414 of 416 columns
         let wide = Letterbox::new(1920, 1080, 416).with_overview().overview.expect("16:9");
         assert_eq!((wide.size, wide.top), ((138, 78), 338));
@@ -237,7 +234,7 @@ mod tests {
         let half = Region { x: 0, y: 120, width: 320, height: 120 };
         let lb = Letterbox::cropped(320, 240, half, 416).with_overview();
         let overview = lb.overview.expect("8:3 region");
-        let (_, y) = lb.overview_to_source(&overview, 0.0, overview.top as f32);
+        let (_, y) = lb.to_source(Some(&overview), 0.0, overview.top as f32);
         assert_eq!(y, 120.0);
     }
 

@@ -107,12 +107,8 @@ fn to_source(x1: f32, y1: f32, x2: f32, y2: f32, lb: &Letterbox, overview: Optio
     let r = lb.region;
     let (left, top) = (r.x as f32, r.y as f32);
     let (right, bottom) = ((r.x + r.width) as f32, (r.y + r.height) as f32);
-    let point = |x, y| match &overview {
-        Some(o) => lb.overview_to_source(o, x, y),
-        None => lb.to_source(x, y),
-    };
-    let (x1, y1) = point(x1, y1);
-    let (x2, y2) = point(x2, y2);
+    let (x1, y1) = lb.to_source(overview.as_ref(), x1, y1);
+    let (x2, y2) = lb.to_source(overview.as_ref(), x2, y2);
     BBox::new(x1.clamp(left, right), y1.clamp(top, bottom), x2.clamp(left, right), y2.clamp(top, bottom))
 }
 
