@@ -23,7 +23,7 @@ use its_analytics::overflow::WhenFull;
 
 /// A YOLOX output with `n` confident cells (the rest background), like a busy road scene.
 fn raw_output(n: usize) -> Vec<f32> {
-    let rows = yolox::rows_for(416);
+    let rows = yolox::rows_for((416, 320));
     let mut out = vec![0.0f32; rows * 85];
     for i in 0..n {
         let r = (i * 97) % rows;
@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
     let letterbox = Letterbox::new(320, 240, 416);
     let output = raw_output(60);
     c.bench_function("yolox_decode_and_nms_60_boxes", |b| {
-        b.iter(|| nms::suppress_views(yolox::decode(black_box(&output), 85, &letterbox, 0.1), 0.45))
+        b.iter(|| nms::suppress(yolox::decode(black_box(&output), 85, letterbox.input, &letterbox, None, 0.1), 0.45))
     });
 
     let bgr = vec![128u8; 416 * 312 * 3];

@@ -16,8 +16,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 options=(
-  "ONNX Runtime fp32, 416 (default)|"
-  "overview (model.overview)|ITS__MODEL__OVERVIEW=true"
+  "ONNX Runtime fp32, 416, overview (default)|"
+  "no overview (model.overview = false)|ITS__MODEL__OVERVIEW=false"
   "TorchScript fp32 channels-last|ITS__MODEL__PATH=models/yolox_nano.torchscript.pt"
   "TorchScript bf16 channels-last|ITS__MODEL__PATH=models/yolox_nano.bf16.pt"
   "ONNX Runtime, input 320|ITS__MODEL__INPUT_SIZE=320"

@@ -17,7 +17,7 @@ become its outputs) and flatten / concat / transpose are added again in a form t
 
 Usage: convert_model.py SRC.onnx OUT_DIR
 Checks before saving: each file equals the original graph on one image, and a batch of 4 equals
-four single-image runs, at 416 and at 320 pixels.
+four single-image runs, at 416x416, 320x320 and 416x320.
 """
 import os
 import sys
@@ -107,18 +107,20 @@ def original_output(session: ort.InferenceSession, frame: np.ndarray) -> np.ndar
 
 
 def check(name: str, run, original: ort.InferenceSession, tolerance: float) -> str:
-    """Batch-4 vs singles at 416 and 320, and batch-1 vs the original graph at 416."""
+    """Batch-4 vs singles at 416x416, 320x320 and 416x320 (a 4:3 frame's input), and batch-1 vs
+    the original graph at 416."""
     rng = np.random.default_rng(0)
     notes = []
-    for side in (INPUT, 320):
-        batch = rng.integers(0, 256, (4, side, side, 3), dtype=np.uint8)
+    for width, height in ((INPUT, INPUT), (320, 320), (INPUT, 320)):
+        batch = rng.integers(0, 256, (4, height, width, 3), dtype=np.uint8)
         together = run(batch)
         singles = np.concatenate([run(batch[i : i + 1]) for i in range(4)])
-        anchors = sum((side // s) ** 2 for s in (8, 16, 32))
+        anchors = sum((width // s) * (height // s) for s in (8, 16, 32))
         diff = float(np.abs(together - singles).max())
+        size = f"{width}x{height}"
         if together.shape != (4, anchors, 85) or diff > tolerance:
-            raise SystemExit(f"{name}: batch check at {side} failed: shape {together.shape}, max diff {diff}")
-        notes.append(f"batch-4 vs singles at {side}: {diff:.1e}")
+            raise SystemExit(f"{name}: batch check at {size} failed: shape {together.shape}, max diff {diff}")
+        notes.append(f"batch-4 vs singles at {size}: {diff:.1e}")
     frame = rng.integers(0, 256, (INPUT, INPUT, 3), dtype=np.uint8)
     ref_diff = float(np.abs(original_output(original, frame) - run(frame[None])).max())
     if ref_diff > tolerance:

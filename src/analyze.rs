@@ -26,7 +26,7 @@ use crate::analytics::rollup::{roll_up, ElementSeries, Interval};
 use crate::analytics::{AggregateRow, ElementKind};
 use crate::camera_spec::{CameraSpec, ReplayOptions};
 use crate::detector::config::ModelSettings;
-use crate::detector::Detector;
+use crate::detector::{Detector, Letterbox};
 use crate::events::{Event, EventDetail};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -327,20 +327,21 @@ pub async fn bench(
     let first = *devices.map_err(anyhow::Error::msg)?.first().unwrap_or(&tch::Device::Cpu);
     let batch_size = settings.batching.max_batch_on(first).min(settings.batching.queue_per_camera).max(1);
     let reference_model = reference.map(|path| ModelSettings { path: path.to_path_buf(), ..settings.model.clone() });
+    let letterbox = clip_letterbox(&settings.model, video);
     // This machine's speed drifts between runs; each model alone is measured before and after the
     // pipeline and averaged, so a drift does not land on one side of a ratio only.
     let reference_before = match &reference_model {
-        Some(model) => Some(model_only_on_thread(settings, model, batch_size)?.0),
+        Some(model) => Some(model_only_on_thread(settings, model, &letterbox, batch_size)?.0),
         None => None,
     };
-    let (before, device) = model_only_on_thread(settings, &settings.model, batch_size)?;
+    let (before, device) = model_only_on_thread(settings, &settings.model, &letterbox, batch_size)?;
     // `analyze` returns once its inference thread has ended, so it cannot slow the next timing.
     let run = analyze(settings, video, geometry.clone(), None, CameraMode::Offline).await?;
-    let (after, _) = model_only_on_thread(settings, &settings.model, batch_size)?;
+    let (after, _) = model_only_on_thread(settings, &settings.model, &letterbox, batch_size)?;
     let model_only_fps = (before + after) / 2.0;
     let reference = match (&reference_model, reference_before) {
         (Some(model), Some(first)) => {
-            let fps = (first + model_only_on_thread(settings, model, batch_size)?.0) / 2.0;
+            let fps = (first + model_only_on_thread(settings, model, &letterbox, batch_size)?.0) / 2.0;
             let model = model.path.display().to_string();
             Some(ReferenceRun { model, model_only_fps: fps, speedup: model_only_fps / fps })
         }
@@ -390,10 +391,11 @@ pub async fn bench(
 fn model_only_on_thread(
     settings: &Settings,
     model: &ModelSettings,
+    letterbox: &Letterbox,
     batch_size: usize,
 ) -> anyhow::Result<(f64, String)> {
-    let (settings, model) = (settings.clone(), model.clone());
-    std::thread::spawn(move || model_only(&settings, &model, batch_size, MODEL_ONLY_FRAMES))
+    let (settings, model, letterbox) = (settings.clone(), model.clone(), *letterbox);
+    std::thread::spawn(move || model_only(&settings, &model, &letterbox, batch_size, MODEL_ONLY_FRAMES))
         .join()
         .map_err(|_| anyhow::anyhow!("model-only run panicked"))?
 }
@@ -407,11 +409,45 @@ const MODEL_ONLY_FRAMES: usize = 600;
 fn model_only(
     settings: &Settings,
     model: &ModelSettings,
+    letterbox: &Letterbox,
     batch_size: usize,
     frames: usize,
 ) -> anyhow::Result<(f64, String)> {
     let (detector, name) = load_for_timing(settings, model)?;
-    Ok((time_batches(&detector, model, batch_size, frames)?.0, name))
+    Ok((time_batches(&detector, letterbox, batch_size, frames)?.0, name))
+}
+
+/// How the pipeline places `video`'s frames in the model input (the whole frame), so that the
+/// model alone is timed on inputs of the same shape: the first video stream's size, a square
+/// where it cannot be read.
+fn clip_letterbox(model: &ModelSettings, video: &Path) -> Letterbox {
+    let side = model.input_size;
+    let (width, height) = video_size(video).unwrap_or((side, side));
+    placement(model, width, height)
+}
+
+/// How the model places a whole `width` x `height` frame: with its overview when that is on.
+fn placement(model: &ModelSettings, width: u32, height: u32) -> Letterbox {
+    let letterbox = Letterbox::new(width, height, model.input_size);
+    if model.overview {
+        letterbox.with_overview()
+    } else {
+        letterbox
+    }
+}
+
+#[cfg(feature = "ffmpeg")]
+fn video_size(video: &Path) -> Option<(u32, u32)> {
+    let input = ffmpeg_next::format::input(&video).ok()?;
+    let stream = input.streams().best(ffmpeg_next::media::Type::Video)?;
+    let context = ffmpeg_next::codec::context::Context::from_parameters(stream.parameters()).ok()?;
+    let decoder = context.decoder().video().ok()?;
+    Some((decoder.width(), decoder.height())).filter(|&(w, h)| w > 0 && h > 0)
+}
+
+#[cfg(not(feature = "ffmpeg"))]
+fn video_size(_: &Path) -> Option<(u32, u32)> {
+    None
 }
 
 /// The model on the first device its backend runs on, on a thread set up as an inference thread.
@@ -422,21 +458,22 @@ fn load_for_timing(settings: &Settings, model: &ModelSettings) -> anyhow::Result
     Ok((Detector::load(model, device)?, crate::detector::model::device_name(device)))
 }
 
-/// (frames/s, ms per batch) of `frames` frames in batches of `batch_size` grey frames, after one
-/// warm-up batch.
+/// (frames/s, ms per batch) of `frames` frames in batches of `batch_size` grey frames placed by
+/// `letterbox` (its main input, and its overview's when it has one), after one warm-up batch. The
+/// decoder runs too, on output that holds nothing.
 fn time_batches(
     detector: &Detector,
-    model: &ModelSettings,
+    letterbox: &Letterbox,
     batch_size: usize,
     frames: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let grey = vec![crate::detector::input::PAD_VALUE; 3 * (model.input_size as usize).pow(2)];
-    let batch = vec![grey.as_slice(); batch_size];
-    detector.forward(&batch)?; // warm-up, and the allocator's growth for this size
+    let grey = vec![crate::detector::input::PAD_VALUE; letterbox.input_len()];
+    let batch = vec![(grey.as_slice(), *letterbox); batch_size];
+    detector.detect(&batch)?; // warm-up, and the allocator's growth for this size
     let calls = frames.div_ceil(batch_size).max(1);
     let started = Instant::now();
     for _ in 0..calls {
-        detector.forward(&batch)?;
+        detector.detect(&batch)?;
     }
     let seconds = started.elapsed().max(Duration::from_nanos(1)).as_secs_f64();
     Ok(((calls * batch_size) as f64 / seconds, seconds * 1e3 / calls as f64))
@@ -468,13 +505,15 @@ pub fn model_bench(settings: &Settings, batches: &[usize], frames: usize) -> any
     const MIB: f64 = (1u64 << 20) as f64;
     let (detector, device) = load_for_timing(settings, &settings.model)?;
     let free = || crate::device_memory::free_bytes(&device, None);
-    time_batches(&detector, &settings.model, 1, 1)?;
+    let side = settings.model.input_size;
+    let letterbox = placement(&settings.model, side, side);
+    time_batches(&detector, &letterbox, 1, 1)?;
     let base = free();
     let mut sizes: Vec<usize> = batches.iter().copied().filter(|&b| b > 0).collect();
     sizes.sort_unstable();
     let mut runs = Vec::new();
     for batch in sizes {
-        let (frames_per_s, ms_per_batch) = time_batches(&detector, &settings.model, batch, frames)?;
+        let (frames_per_s, ms_per_batch) = time_batches(&detector, &letterbox, batch, frames)?;
         let memory_mib = base.zip(free()).map(|(base, now)| base.saturating_sub(now) as f64 / MIB);
         let memory_per_frame_mib = memory_mib.map(|m| m / batch as f64);
         runs.push(ModelBatchRun { batch, frames_per_s, ms_per_batch, memory_mib, memory_per_frame_mib });

@@ -13,9 +13,9 @@ use its_analytics::objects::Detection;
 use its_analytics::settings::{ModelSettings, Settings};
 
 /// `n` frames of a clip from frame 300 on (several vehicles in view), scaled by the ffmpeg CLI to
-/// the letterboxed size, laid out as model input by our letterbox code.
+/// the letterboxed size, laid out as model input by our letterbox code, overview included.
 fn real_frames(n: usize) -> Vec<(Vec<u8>, Letterbox)> {
-    let letterbox = Letterbox::new(320, 240, 416);
+    let letterbox = Letterbox::new(320, 240, 416).with_overview();
     let (w, h) = letterbox.scaled_size();
     let out = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
@@ -32,6 +32,7 @@ fn real_frames(n: usize) -> Vec<(Vec<u8>, Letterbox)> {
         .map(|bgr| {
             let mut pixels = Vec::new();
             letterbox.write_interleaved(bgr, (w * 3) as usize, &mut pixels);
+            letterbox.fill_overview(&mut pixels);
             (pixels, letterbox)
         })
         .collect()
@@ -89,19 +90,21 @@ fn every_backend_gives_the_reference_detections_in_batches_and_alone() {
             assert_same(&format!("{name}, batches of {batch}"), &detect(detector, &frames, batch), &want);
         }
     }
-    // The raw output really has a batch dimension (not one image's rows folded).
-    let pixels: Vec<&[u8]> = frames.iter().map(|(p, _)| p.as_slice()).collect();
-    let (values, row_len) = onnx.forward(&pixels).unwrap();
-    assert_eq!(values.len(), 8 * 3549 * row_len);
+    // The raw output really has a batch dimension (not one image's rows folded), over the grid
+    // of the 4:3 frame's 416x320 input.
+    let pixels: Vec<_> = frames.iter().map(|(p, l)| (&p[..l.main_len()], l.input)).collect();
+    let output = onnx.forward(&pixels).unwrap();
+    assert_eq!(output.input, (416, 320));
+    assert_eq!(output.values.len(), 8 * (52 * 40 + 26 * 20 + 13 * 10) * output.row_len);
 }
 
 #[test]
 fn other_input_sizes_follow_the_grid() {
-    // YOLOX is fully convolutional and the files keep H and W free: at 320 the grid has 2100
-    // cells and the same vehicles are found, in source pixels.
+    // YOLOX is fully convolutional and the files keep H and W free: at 320 a 4:3 frame's input
+    // is 320x256, its grid has 1680 cells, and the same vehicles are found, in source pixels.
     tch::set_num_threads(2);
     let small = Letterbox::new(320, 240, 320);
-    assert_eq!(small.scaled_size(), (320, 240));
+    assert_eq!((small.scaled_size(), small.input), ((320, 240), (320, 256)));
     let out = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(common::clip("overpass_video03.avi"))
@@ -113,8 +116,8 @@ fn other_input_sizes_follow_the_grid() {
     for file in ["yolox_nano.onnx", "yolox_nano.torchscript.pt"] {
         let settings = ModelSettings { input_size: 320, ..model(file) };
         let detector = Detector::load(&settings, tch::Device::Cpu).unwrap();
-        let (values, row_len) = detector.forward(&[pixels.as_slice()]).unwrap();
-        assert_eq!(values.len(), 2100 * row_len, "{file}");
+        let output = detector.forward(&[(pixels.as_slice(), small.input)]).unwrap();
+        assert_eq!(output.values.len(), 1680 * output.row_len, "{file}");
         let found = detector.detect(&[(pixels.as_slice(), small)]).unwrap().remove(0);
         assert!(found.len() >= 2, "{file} at 320: {found:?}");
         assert!(found.iter().all(|d| d.bbox.x2 <= 321.0 && d.bbox.y2 <= 241.0), "{file}: {found:?}");

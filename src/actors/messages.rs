@@ -22,7 +22,8 @@ pub struct Frame {
     /// Monotonic capture time, for latency measurements.
     pub captured: Instant,
     /// Interleaved (HWC) BGR bytes of `letterbox.input_len()`: the letterboxed frame at the top
-    /// left of the input square, padded with `PAD_VALUE`; shared, never copied after decode.
+    /// left of the model input, padded with `PAD_VALUE`, then the overview's input if any;
+    /// shared, never copied after decode.
     pub pixels: Bytes,
     pub letterbox: Letterbox,
     /// The frame's trace (`frame` root span) when it was sampled, else `Span::none()`; every

@@ -25,10 +25,11 @@ pub struct ModelSettings {
     /// TorchScript and run on libtorch (CPU or CUDA).
     pub path: PathBuf,
     pub family: ModelFamily,
-    /// Square network input side in pixels.
+    /// The network input's longest side in pixels: a frame is scaled to fit a square of it, and
+    /// the input is the scaled frame rounded up to whole cells of 32 (`detector::input`).
     pub input_size: u32,
-    /// A third-scale copy of the frame in the letterbox's padding, where it fits, for vehicles too
-    /// large for the main view (`detector::input`).
+    /// A third-scale copy of the frame as a second, small model input, for vehicles too large
+    /// for the main view (`detector::input`).
     pub overview: bool,
     /// Minimum objectness x class score kept.
     pub score_threshold: f32,

@@ -24,7 +24,7 @@ const CLIP: f32 = 0.005;
 /// keeps its grey) in place.
 pub fn normalise(letterbox: &Letterbox, pixels: &mut [u8]) {
     let (w, h) = letterbox.scaled_size();
-    let (row_bytes, side_bytes) = (3 * w as usize, 3 * letterbox.input_size as usize);
+    let (row_bytes, side_bytes) = (3 * w as usize, letterbox.row_bytes());
     let mut histogram = [0u32; 256];
     let mut samples = 0u32;
     for row in pixels.chunks_exact(side_bytes).take(h as usize).step_by(2) {
@@ -85,7 +85,7 @@ mod tests {
     use super::*;
     use crate::detector::input::PAD_VALUE;
 
-    /// A letterboxed 4x2 picture in an 8x8 input whose pixels are grey levels `levels`.
+    /// A letterboxed 8x4 picture in a 32x32 input (one cell) whose pixels are grey levels `levels`.
     fn frame(levels: &[u8; 8]) -> (Letterbox, Vec<u8>) {
         let letterbox = Letterbox::new(8, 4, 8); // scaled to 8x4
         let bgr: Vec<u8> = (0..4).flat_map(|_| levels.iter().flat_map(|&v| [v, v, v])).collect();
@@ -105,7 +105,10 @@ mod tests {
         assert!(first_row.windows(3).step_by(3).all(|w| w[0] == w[1] && w[1] == w[2]), "grey stays grey");
         let values: Vec<u8> = first_row.chunks(3).map(|p| p[0]).collect();
         assert!(values.windows(2).all(|w| w[0] <= w[1]), "order is kept: {values:?}");
-        assert!(pixels[4 * 24..].iter().all(|&b| b == PAD_VALUE), "padding is untouched");
+        for (y, row) in pixels.chunks_exact(letterbox.row_bytes()).enumerate() {
+            let picture = if y < 4 { 24 } else { 0 };
+            assert!(row[picture..].iter().all(|&b| b == PAD_VALUE), "padding is untouched, row {y}");
+        }
     }
 
     #[test]

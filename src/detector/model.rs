@@ -11,8 +11,10 @@ use tch::Device;
 
 use super::config::{Backend, DeviceKind, ModelFamily, ModelSettings};
 pub use super::error::DetectorError;
+use super::input::{Overview, PAD_VALUE};
 use super::onnx::OnnxModel;
 use super::torchscript::TorchScript;
+use super::yolox::Decoded;
 use super::{nms, yolox, Letterbox};
 use crate::objects::Detection;
 
@@ -44,12 +46,18 @@ impl Model for Detector {
     }
 }
 
+/// The model's output for a batch: `[N, rows, row_len]` values, for inputs of `input` pixels.
+pub struct RawOutput {
+    pub values: Vec<f32>,
+    pub row_len: usize,
+    pub input: (u32, u32),
+}
+
 pub struct Detector {
     runner: Runner,
     device: Device,
     family: ModelFamily,
     input_size: u32,
-    rows: usize,
     score_threshold: f32,
     nms_iou: f32,
 }
@@ -81,12 +89,12 @@ impl Detector {
             device,
             family: settings.family,
             input_size: settings.input_size,
-            rows: yolox::rows_for(settings.input_size),
             score_threshold: settings.score_threshold,
             nms_iou: settings.nms_iou,
         };
-        let grey = vec![crate::detector::input::PAD_VALUE; 3 * (settings.input_size as usize).pow(2)];
-        detector.forward(&[grey.as_slice()])?;
+        let side = settings.input_size;
+        let grey = vec![PAD_VALUE; 3 * (side * side) as usize];
+        detector.forward(&[(grey.as_slice(), (side, side))])?;
         Ok(detector)
     }
 
@@ -105,27 +113,22 @@ impl Detector {
         self.input_size
     }
 
-    /// Runs the model on frames in the model layout and returns the raw output `[N, rows, row_len]`
-    /// on the CPU, shape-checked: what `bench` measures as "model-only".
-    pub fn forward(&self, frames: &[&[u8]]) -> Result<(Vec<f32>, usize), DetectorError> {
-        let side = self.input_size as usize;
-        let expected = 3 * side * side;
-        let mut bytes = Vec::with_capacity(expected * frames.len());
-        for (index, frame) in frames.iter().enumerate() {
-            if frame.len() != expected {
-                return Err(DetectorError::Input { index, got: frame.len(), expected });
-            }
-            bytes.extend_from_slice(frame);
-        }
-        let shape = [frames.len() as i64, side as i64, side as i64, 3];
+    /// Runs the model on images in the model layout, each `(pixels, (width, height))`, as one
+    /// batch of the largest width and height (smaller images padded grey), and returns the raw
+    /// output `[N, rows, row_len]` on the CPU, shape-checked, with its row length and the batch's
+    /// input size: what `bench` measures as "model-only".
+    pub fn forward(&self, images: &[(&[u8], (u32, u32))]) -> Result<RawOutput, DetectorError> {
+        let (bytes, input) = stack(images)?;
+        let shape = [images.len() as i64, input.1 as i64, input.0 as i64, 3];
         let (values, size) = match &self.runner {
             Runner::Onnx(model) => model.forward(&bytes, shape)?,
             Runner::Torch(model) => model.forward(&bytes, shape)?,
         };
-        if size.len() != 3 || size[0] != frames.len() as i64 || size[1] != self.rows as i64 || size[2] < 6 {
-            return Err(DetectorError::Shape { got: size, rows: self.rows });
+        let rows = yolox::rows_for(input);
+        if size.len() != 3 || size[0] != images.len() as i64 || size[1] != rows as i64 || size[2] < 6 {
+            return Err(DetectorError::Shape { got: size, rows });
         }
-        Ok((values, size[2] as usize))
+        Ok(RawOutput { values, row_len: size[2] as usize, input })
     }
 
     /// Detections of one real frame, as a reloaded model's smoke test: it must run and give
@@ -140,25 +143,79 @@ impl Detector {
         Ok(detections.len())
     }
 
-    /// Detections per frame, in source-frame pixels, after NMS.
+    /// Detections per frame, in source-frame pixels, after NMS: the main pictures in one batch,
+    /// then the overviews of the frames that have one in another.
     pub fn detect(&self, frames: &[(&[u8], Letterbox)]) -> Result<Vec<Vec<Detection>>, DetectorError> {
-        let pixels: Vec<&[u8]> = frames.iter().map(|(p, _)| *p).collect();
-        let (values, row_len) = self.forward(&pixels)?;
-        let per_frame = self.rows * row_len;
-        Ok(frames
-            .iter()
-            .enumerate()
-            .map(|(i, (_, letterbox))| self.decode(&values[i * per_frame..(i + 1) * per_frame], row_len, letterbox))
-            .collect())
-    }
-
-    fn decode(&self, rows: &[f32], row_len: usize, letterbox: &Letterbox) -> Vec<Detection> {
-        match self.family {
-            ModelFamily::Yolox => {
-                nms::suppress_views(yolox::decode(rows, row_len, letterbox, self.score_threshold), self.nms_iou)
+        let mut pictures = Vec::with_capacity(frames.len());
+        let mut overviews = Vec::new();
+        for (index, (pixels, letterbox)) in frames.iter().enumerate() {
+            if pixels.len() != letterbox.input_len() {
+                return Err(DetectorError::Input { index, got: pixels.len(), expected: letterbox.input_len() });
+            }
+            let (picture, overview) = pixels.split_at(letterbox.main_len());
+            pictures.push((picture, letterbox.input));
+            if let Some(o) = &letterbox.overview {
+                overviews.push((index, overview, o));
             }
         }
+        let mut decoded: Vec<Decoded> = self
+            .decode(&pictures, frames.iter().map(|(_, letterbox)| (letterbox, None)))?
+            .into_iter()
+            .map(|main| Decoded { main, overview: Vec::new() })
+            .collect();
+        if !overviews.is_empty() {
+            let images: Vec<_> = overviews.iter().map(|(_, pixels, o)| (*pixels, o.input)).collect();
+            let views = overviews.iter().map(|&(index, _, o)| (&frames[index].1, Some(o)));
+            for ((index, ..), found) in overviews.iter().zip(self.decode(&images, views)?) {
+                decoded[*index].overview = found;
+            }
+        }
+        Ok(decoded.into_iter().map(|d| nms::suppress_views(d, self.nms_iou)).collect())
     }
+
+    /// One batch of images through the model, each decoded as the view of its letterbox given
+    /// with it.
+    fn decode<'a>(
+        &self,
+        images: &[(&[u8], (u32, u32))],
+        views: impl Iterator<Item = (&'a Letterbox, Option<&'a Overview>)>,
+    ) -> Result<Vec<Vec<Detection>>, DetectorError> {
+        let RawOutput { values, row_len, input } = self.forward(images)?;
+        let per_image = yolox::rows_for(input) * row_len;
+        Ok(values
+            .chunks_exact(per_image)
+            .zip(views)
+            .map(|(rows, (letterbox, overview))| match self.family {
+                ModelFamily::Yolox => yolox::decode(rows, row_len, input, letterbox, overview, self.score_threshold),
+            })
+            .collect())
+    }
+}
+
+/// Images of `(width, height)` pixels (interleaved BGR) as one batch of the largest width and
+/// height, each at the top left of its slot, padded grey.
+fn stack(images: &[(&[u8], (u32, u32))]) -> Result<(Vec<u8>, (u32, u32)), DetectorError> {
+    let width = images.iter().map(|(_, size)| size.0).max().unwrap_or(0) as usize;
+    let height = images.iter().map(|(_, size)| size.1).max().unwrap_or(0) as usize;
+    let slot = 3 * width * height;
+    let mut bytes = Vec::with_capacity(slot * images.len());
+    for (index, (pixels, (w, h))) in images.iter().enumerate() {
+        let (row, expected) = (3 * *w as usize, 3 * (*w * *h) as usize);
+        if pixels.len() != expected || expected == 0 {
+            return Err(DetectorError::Input { index, got: pixels.len(), expected });
+        }
+        let start = bytes.len();
+        if *w as usize == width {
+            bytes.extend_from_slice(pixels);
+        } else {
+            for line in pixels.chunks_exact(row) {
+                bytes.extend_from_slice(line);
+                bytes.resize(bytes.len() + 3 * width - row, PAD_VALUE);
+            }
+        }
+        bytes.resize(start + slot, PAD_VALUE);
+    }
+    Ok((bytes, (width as u32, height as u32)))
 }
 
 /// The inference devices for a device setting: each CUDA device libtorch sees, else the CPU. An
@@ -203,5 +260,29 @@ pub fn device_name(device: Device) -> String {
         Device::Cpu => "cpu".into(),
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_as_large_as_its_largest_image_and_pads_the_others_grey() {
+        let wide = vec![1u8; 3 * 64 * 32]; // 64x32
+        let tall = vec![2u8; 3 * 32 * 64]; // 32x64
+        let (bytes, input) = stack(&[(&wide, (64, 32)), (&tall, (32, 64))]).unwrap();
+        assert_eq!(input, (64, 64));
+        let (first, second) = bytes.split_at(3 * 64 * 64);
+        let row = 3 * 64;
+        assert!(first[..32 * row].iter().all(|&b| b == 1) && first[32 * row..].iter().all(|&b| b == PAD_VALUE));
+        for line in second.chunks_exact(row) {
+            assert!(line[..row / 2].iter().all(|&b| b == 2) && line[row / 2..].iter().all(|&b| b == PAD_VALUE));
+        }
+        let short = vec![0u8; 5];
+        let Err(DetectorError::Input { index, got, expected }) = stack(&[(&wide, (64, 32)), (&short, (32, 32))]) else {
+            panic!("a short image was stacked")
+        };
+        assert_eq!((index, got, expected), (1, 5, 3 * 32 * 32));
     }
 }

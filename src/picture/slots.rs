@@ -31,7 +31,7 @@ impl LatestFrame {
     /// The picture without its padding: a packed BGR image of `letterbox.scaled_size()`.
     pub fn image(&self) -> (Vec<u8>, u32, u32) {
         let (w, h) = self.letterbox.scaled_size();
-        let (row, side) = (3 * w as usize, 3 * self.letterbox.input_size as usize);
+        let (row, side) = (3 * w as usize, self.letterbox.row_bytes());
         let mut out = Vec::with_capacity(row * h as usize);
         for y in 0..h as usize {
             match self.pixels.get(y * side..y * side + row) {
@@ -156,10 +156,10 @@ mod tests {
 
     #[test]
     fn the_image_is_the_letterboxed_frame_without_its_padding() {
-        let letterbox = Letterbox::new(4, 2, 8); // scaled to 8x4 in an 8x8 square
+        let letterbox = Letterbox::new(4, 2, 8).with_overview(); // 8x4 in a 32x32 input, then the overview's
         let mut pixels = vec![114u8; letterbox.input_len()];
         pixels[0..3].copy_from_slice(&[1, 2, 3]);
-        let last_row = 3 * 8 * 3 + 3 * 7;
+        let last_row = 3 * 32 * 3 + 3 * 7;
         pixels[last_row..last_row + 3].copy_from_slice(&[7, 8, 9]);
         let frame = LatestFrame { seq: 1, captured_at: SystemTime::UNIX_EPOCH, pixels: Bytes::from(pixels), letterbox };
         let (image, w, h) = frame.image();

@@ -56,7 +56,7 @@ pub struct SourceConfig {
     pub realtime: bool,
     pub rtsp_transport: RtspTransport,
     pub input_size: u32,
-    /// `model.overview`: a third-scale copy of the frame in the letterbox's padding.
+    /// `model.overview`: a third-scale copy of the frame as a second model input.
     pub overview: bool,
     pub read_timeout: Duration,
     pub reconnect_initial: Duration,

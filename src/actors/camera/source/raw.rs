@@ -236,13 +236,18 @@ mod tests {
         assert_eq!(frame.letterbox.scaled_size(), (8, 4));
         assert_eq!(frame.pixels.len(), frame.letterbox.input_len());
         let value = frame.pixels[0];
-        // Interleaved BGR rows of 8 pixels: the top four rows hold the image, the rest is padding
-        // but for the overview (the image shrunk by 3: 2x1 pixels) at the start of the last row.
-        assert!(frame.pixels[..8 * 4 * 3].iter().all(|&v| v == value), "the scaled image, top");
-        let (padding, last_row) = frame.pixels[8 * 4 * 3..].split_at(8 * 3 * 3);
-        assert!(padding.iter().all(|&v| v == PAD_VALUE), "padding below it");
-        assert!(last_row[..2 * 3].iter().all(|&v| v == value), "the overview");
-        assert!(last_row[2 * 3..].iter().all(|&v| v == PAD_VALUE), "padding beside it");
+        // The main input is one cell (32x32): the image top left, padding beside and below it.
+        // Then the overview's input, also one cell: the image shrunk by 3 (2x1 pixels) top left.
+        assert_eq!(frame.letterbox.input, (32, 32));
+        let (main, overview) = frame.pixels.split_at(frame.letterbox.main_len());
+        for (y, line) in main.chunks_exact(frame.letterbox.row_bytes()).enumerate() {
+            let picture = if y < 4 { 8 * 3 } else { 0 };
+            assert!(line[..picture].iter().all(|&v| v == value), "the scaled image, row {y}");
+            assert!(line[picture..].iter().all(|&v| v == PAD_VALUE), "padding, row {y}");
+        }
+        assert_eq!(overview.len(), 32 * 32 * 3);
+        assert!(overview[..2 * 3].iter().all(|&v| v == value), "the overview");
+        assert!(overview[2 * 3..].iter().all(|&v| v == PAD_VALUE), "padding around it");
     }
 
     #[test]
