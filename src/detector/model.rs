@@ -146,6 +146,9 @@ impl Detector {
     /// Detections per frame, in source-frame pixels, after NMS: the main pictures in one batch,
     /// then the overviews of the frames that have one in another.
     pub fn detect(&self, frames: &[(&[u8], Letterbox)]) -> Result<Vec<Vec<Detection>>, DetectorError> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pictures = Vec::with_capacity(frames.len());
         let mut overviews = Vec::new();
         for (index, (pixels, letterbox)) in frames.iter().enumerate() {
